@@ -1,0 +1,84 @@
+"""The `metarec` command line: one subcommand per pipeline stage, wiring only.
+
+Each subcommand reads params.yaml once, passes its own section to the stage's ``run`` function
+and turns a :class:`MetarecError` into a one-line message and exit code 2. dvc.yaml and the
+Prefect flows call the same subcommands / functions.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from metarec.config import load_params
+from metarec.errors import MetarecError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Meta-learned recommendations for cold-start users.")
+console = Console(stderr=True)
+
+PARAMS = typer.Option(Path("params.yaml"), "--params", help="params file to read")
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def ingest(
+    out: Path = typer.Option(Path("data/canonical"), help="folder for the canonical tables"),
+    params: Path = PARAMS,
+) -> None:
+    """Fetch or read the data source named in params.yaml; write canonical Parquet tables."""
+    from metarec.stages import ingest as stage
+
+    try:
+        stage.run(load_params(params).ingest, out)
+    except MetarecError as exc:
+        _fail(exc)
+
+
+@app.command()
+def validate(
+    inp: Path = typer.Option(Path("data/canonical"), "--in", help="canonical tables"),
+    out: Path = typer.Option(Path("data/validated"), help="folder for the validated tables"),
+    quarantine: Path = typer.Option(Path("data/quarantine"), help="folder for rejected rows"),
+    report: Path = typer.Option(Path("reports/validation"), help="summary JSON + Markdown"),
+    params: Path = PARAMS,
+) -> None:
+    """Check the canonical tables with Great Expectations; quarantine or fail on bad rows."""
+    from metarec.stages import validate as stage
+
+    try:
+        stage.run(load_params(params).validate, inp, out, quarantine, report)
+    except MetarecError as exc:
+        _fail(exc)
+
+
+@app.command()
+def episodes(
+    inp: Path = typer.Option(Path("data/validated"), "--in", help="validated tables"),
+    out: Path = typer.Option(Path("data/episodes"), help="folder for tasks and vocabularies"),
+    metrics: Path = typer.Option(Path("metrics/data.json"), help="data metrics (DVC)"),
+    report: Path = typer.Option(Path("reports/validation/summary.json"),
+                                help="validation summary (for the quarantine count)"),
+    params: Path = PARAMS,
+) -> None:
+    """Split users in time and build one support/query task per user and K."""
+    from metarec.stages import episodes as stage
+
+    try:
+        stage.run(load_params(params).episodes, inp, out, metrics, report)
+    except MetarecError as exc:
+        _fail(exc)
+
+
+# -- later stages register below this line (train, evaluate, score, ...) --
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    sys.exit(app())

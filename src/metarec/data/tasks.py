@@ -1,0 +1,141 @@
+"""Episodes on disk -> padded task tensors for models, meta-learners and evaluation.
+
+The episodes stage writes ``episodes.parquet`` (one row per task, role, item) beside
+``vocab.json`` and the validated ``users.parquet`` / ``items.parquet``. :func:`load_episodes`
+reads them back with every feature encoded, and :func:`to_batch` turns any set of tasks into
+padded tensors with masks, so that a meta-batch of tasks of unequal sizes is processed at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from metarec.data.encoding import FeatureTable, encode_entity
+from metarec.errors import DataError
+from metarec.io import read_json
+
+EPISODE_COLUMNS = {
+    "task_id": "int32",       # unique per (user, split, scenario, k, draw)
+    "user_id": "string",
+    "split": "string",        # train | val | test
+    "scenario": "string",     # train | warm | user_cold | item_cold | user_item_cold
+    "k": "int16",             # support size of the task
+    "role": "string",         # support | query
+    "item_id": "string",
+    "rating": "float32",
+    "timestamp": "int64",     # seconds since the epoch, UTC
+}
+SCENARIOS = ("warm", "user_cold", "item_cold", "user_item_cold")
+
+
+@dataclass
+class EpisodeData:
+    """Everything a model needs: tasks with entity indices, encoded feature tables, vocab."""
+
+    tasks: pd.DataFrame           # EPISODE_COLUMNS + user_idx, item_idx (int64)
+    users: FeatureTable
+    items: FeatureTable
+    vocab: dict[str, Any]
+
+    @property
+    def rating_range(self) -> tuple[float, float]:
+        r = self.vocab["rating"]
+        return float(r["min"]), float(r["max"])
+
+    def select(self, split: str, scenario: str | None = None, k: int | None = None
+               ) -> pd.DataFrame:
+        t = self.tasks
+        mask = t["split"] == split
+        if scenario is not None:
+            mask &= t["scenario"] == scenario
+        if k is not None:
+            mask &= t["k"] == k
+        return t[mask]
+
+
+def load_episodes(directory: str | Path) -> EpisodeData:
+    """Read an episodes directory written by ``metarec episodes``."""
+    directory = Path(directory)
+    for name in ("episodes.parquet", "vocab.json", "users.parquet", "items.parquet"):
+        if not (directory / name).exists():
+            raise DataError(f"missing; run `dvc repro episodes` (or `dvc pull`) to restore it",
+                            file=str(directory / name))
+    vocab = read_json(directory / "vocab.json")
+    users_df = pd.read_parquet(directory / "users.parquet")
+    items_df = pd.read_parquet(directory / "items.parquet")
+    users = encode_entity(users_df, "user_id", vocab["users"])
+    items = encode_entity(items_df, "item_id", vocab["items"])
+    tasks = pd.read_parquet(directory / "episodes.parquet")
+    tasks["user_idx"] = users.index_of(tasks["user_id"])
+    tasks["item_idx"] = items.index_of(tasks["item_id"])
+    return EpisodeData(tasks=tasks, users=users, items=items, vocab=vocab)
+
+
+@dataclass
+class TaskBatch:
+    """T tasks padded to the largest support (S) and query (Q) among them.
+
+    Padded positions have item 0, rating 0 and mask False; every loss and metric must use
+    the masks. ``user_idx`` indexes :class:`FeatureTable` rows of the users.
+    """
+
+    task_id: torch.Tensor          # (T,) long
+    user_idx: torch.Tensor         # (T,) long
+    support_items: torch.Tensor    # (T, S) long
+    support_ratings: torch.Tensor  # (T, S) float
+    support_mask: torch.Tensor     # (T, S) bool
+    query_items: torch.Tensor      # (T, Q) long
+    query_ratings: torch.Tensor    # (T, Q) float
+    query_mask: torch.Tensor       # (T, Q) bool
+
+    def __len__(self) -> int:
+        return int(self.task_id.shape[0])
+
+    def to(self, device: torch.device | str) -> TaskBatch:
+        return TaskBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    def slice(self, start: int, stop: int) -> TaskBatch:
+        return TaskBatch(**{f.name: getattr(self, f.name)[start:stop] for f in fields(self)})
+
+
+def _pad(frame: pd.DataFrame, order: np.ndarray, n_tasks: int) -> tuple[torch.Tensor, ...]:
+    """Scatter rows (already sorted by task position, then time) into (T, L) tensors."""
+    pos = order
+    counts = np.bincount(pos, minlength=n_tasks)
+    width = max(int(counts.max()) if n_tasks else 0, 1)
+    starts = np.cumsum(counts) - counts
+    col = np.arange(len(pos)) - starts[pos]
+    items = np.zeros((n_tasks, width), dtype=np.int64)
+    ratings = np.zeros((n_tasks, width), dtype=np.float32)
+    mask = np.zeros((n_tasks, width), dtype=bool)
+    items[pos, col] = frame["item_idx"].to_numpy(np.int64)
+    ratings[pos, col] = frame["rating"].to_numpy(np.float32)
+    mask[pos, col] = True
+    return torch.from_numpy(items), torch.from_numpy(ratings), torch.from_numpy(mask)
+
+
+def to_batch(tasks: pd.DataFrame) -> TaskBatch:
+    """Pad a long-format task frame (rows of support and query) into a :class:`TaskBatch`.
+
+    Task order is ascending ``task_id``; within a task rows keep their time order. A task may
+    have an empty support (k = 0 at test time) but is expected to have a query.
+    """
+    t = tasks.sort_values(["task_id", "timestamp", "item_id"], kind="stable")
+    task_ids, pos = np.unique(t["task_id"].to_numpy(), return_inverse=True)
+    n = len(task_ids)
+    first = t.groupby(pos, sort=True)["user_idx"].first().to_numpy(np.int64)
+    is_sup = (t["role"] == "support").to_numpy()
+    s_items, s_rat, s_mask = _pad(t[is_sup], pos[is_sup], n)
+    q_items, q_rat, q_mask = _pad(t[~is_sup], pos[~is_sup], n)
+    return TaskBatch(
+        task_id=torch.from_numpy(task_ids.astype(np.int64)),
+        user_idx=torch.from_numpy(first),
+        support_items=s_items, support_ratings=s_rat, support_mask=s_mask,
+        query_items=q_items, query_ratings=q_rat, query_mask=q_mask,
+    )
