@@ -47,6 +47,20 @@ def write_parquet(df: pd.DataFrame | pa.Table, path: str | Path) -> Path:
     return Path(path)
 
 
+def read_parquet(path: str | Path) -> pd.DataFrame:
+    """Read a table written by :func:`write_parquet` with stable dtypes: strings as "string",
+    list columns arrow-backed (no per-row Python lists)."""
+
+    def mapper(tp: pa.DataType) -> Any:
+        if pa.types.is_list(tp) or pa.types.is_large_list(tp):
+            return pd.ArrowDtype(tp)
+        if pa.types.is_string(tp) or pa.types.is_large_string(tp):
+            return pd.StringDtype()
+        return None
+
+    return pq.read_table(path).to_pandas(types_mapper=mapper)
+
+
 def write_json(obj: Any, path: str | Path) -> Path:
     """Write JSON atomically with sorted keys, so reruns give identical bytes."""
     with atomic_path(path) as tmp:

@@ -16,10 +16,28 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - registers pa.compute
 import torch
 
 UNKNOWN = 0
 KINDS = ("categorical", "multicategorical", "numeric", "text")
+
+
+LIST_TYPE = pa.list_(pa.string())
+
+
+def list_series(arr: pa.Array | pa.ChunkedArray, index: pd.Index) -> pd.Series:
+    """A list<string> arrow array as a pandas Series without materialising Python lists."""
+    return pd.Series(pd.arrays.ArrowExtensionArray(arr.cast(LIST_TYPE)), index=index)
+
+
+def list_array(col: pd.Series) -> pa.ListArray:
+    """A multi-valued column (arrow-backed or object lists) as one arrow list<string> array."""
+    if isinstance(col.dtype, pd.ArrowDtype):
+        arr = col.array._pa_array  # noqa: SLF001 - the arrow data behind the column
+        arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+        return arr.cast(LIST_TYPE)
+    return pa.array(col.tolist(), type=LIST_TYPE)
 
 
 def _codes(values: pd.Series, vocab: list[str]) -> np.ndarray:
@@ -45,8 +63,8 @@ def fit_entity_vocab(table: pd.DataFrame, id_col: str, features: dict[str, dict[
             values = sorted(pd.unique(col.dropna().astype("string")).tolist())
             out["features"][name] = {"kind": kind, "values": values}
         elif kind == "multicategorical":
-            tokens = col.dropna().explode().dropna().astype("string")
-            out["features"][name] = {"kind": kind, "values": sorted(pd.unique(tokens).tolist())}
+            tokens = pa.compute.unique(pa.compute.list_flatten(list_array(col))).drop_null()
+            out["features"][name] = {"kind": kind, "values": sorted(tokens.to_pylist())}
         elif kind == "numeric":
             num = pd.to_numeric(col, errors="coerce").astype("float64")
             mean = float(num.mean()) if num.notna().any() else 0.0
@@ -133,8 +151,7 @@ def encode_entity(table: pd.DataFrame, id_col: str, vocab: dict[str, Any]) -> Fe
 
 def _pad_lists(col: pd.Series, vocab: list[str]) -> np.ndarray:
     """(n, max_len) codes of a list column, 0-padded; unknown tokens dropped to 0."""
-    arr = pa.array(col.tolist(), type=pa.list_(pa.string()))
-    arr = arr.fill_null([]) if arr.null_count else arr
+    arr = list_array(col)
     lengths = np.asarray(arr.value_lengths().fill_null(0), dtype=np.int64)
     n, width = len(lengths), int(lengths.max()) if len(lengths) else 0
     out = np.zeros((n, max(width, 1)), dtype=np.int64)

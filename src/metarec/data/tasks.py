@@ -64,7 +64,7 @@ def load_episodes(directory: str | Path) -> EpisodeData:
     directory = Path(directory)
     for name in ("episodes.parquet", "vocab.json", "users.parquet", "items.parquet"):
         if not (directory / name).exists():
-            raise DataError(f"missing; run `dvc repro episodes` (or `dvc pull`) to restore it",
+            raise DataError("missing; run `dvc repro episodes` (or `dvc pull`) to restore it",
                             file=str(directory / name))
     vocab = read_json(directory / "vocab.json")
     users_df = pd.read_parquet(directory / "users.parquet")
@@ -129,7 +129,7 @@ def to_batch(tasks: pd.DataFrame) -> TaskBatch:
     t = tasks.sort_values(["task_id", "timestamp", "item_id"], kind="stable")
     task_ids, pos = np.unique(t["task_id"].to_numpy(), return_inverse=True)
     n = len(task_ids)
-    first = t.groupby(pos, sort=True)["user_idx"].first().to_numpy(np.int64)
+    first = np.array(t.groupby(pos, sort=True)["user_idx"].first(), dtype=np.int64)
     is_sup = (t["role"] == "support").to_numpy()
     s_items, s_rat, s_mask = _pad(t[is_sup], pos[is_sup], n)
     q_items, q_rat, q_mask = _pad(t[~is_sup], pos[~is_sup], n)

@@ -1,0 +1,241 @@
+"""Stage `episodes`: one meta-learning task per user (and support size K).
+
+Protocol "temporal" (default): users ordered by first interaction; the earliest fraction are
+meta-train, the next validation, the latest test. ``test_start`` is the first interaction of the
+first test user; nothing dated at or after it is used for meta-train or validation tasks. Items
+first seen before ``test_start`` are *existing*, the others *new*. Test tasks carry a scenario:
+
+- warm:           meta-train users, support = their last K interactions before test_start,
+                  query = their first Q later interactions with existing items;
+- item_cold:      the same users and support, query = later interactions with new items;
+- user_cold:      test users, support = their first K interactions, query = the next Q
+                  interactions with existing items;
+- user_item_cold: test users, same support, query = the next Q interactions with new items.
+
+Validation tasks are validation users' first K / next Q interactions before test_start.
+Meta-train tasks draw support and query from each train user's history before test_start, at
+random (param) or in time order. Users with too few interactions for a K are counted per split,
+scenario and K in the summary, never silently lost. Everything is vectorised over rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from metarec.config import EpisodesParams
+from metarec.data.encoding import fit_entity_vocab
+from metarec.data.tasks import EPISODE_COLUMNS
+from metarec.errors import DataError
+from metarec.io import read_json, read_parquet, write_json, write_parquet
+
+log = logging.getLogger("metarec.episodes")
+SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
+SCENARIO_ORDER = {"train": 0, "val": 1, "warm": 2, "user_cold": 3, "item_cold": 4,
+                  "user_item_cold": 5}
+
+
+def _ordered(df: pd.DataFrame) -> pd.DataFrame:
+    """Interactions sorted by user then time (ties by item), with each row's position."""
+    out = df.sort_values(["user_id", "timestamp", "item_id"], kind="stable").reset_index(drop=True)
+    out["pos"] = out.groupby("user_id", sort=False).cumcount().astype(np.int64)
+    out["n"] = out.groupby("user_id", sort=False)["pos"].transform("size").astype(np.int64)
+    return out
+
+
+def _label(frame: pd.DataFrame, split: str, scenario: str, k: int, draw: int = 0
+           ) -> pd.DataFrame:
+    return frame.assign(split=split, scenario=scenario, k=k, draw=draw)
+
+
+def _first_k_next_q(hist: pd.DataFrame, k: int, q: int, query_filter: pd.Series | None
+                    ) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """Support = positions < k; query = the first q later rows passing ``query_filter``.
+
+    Returns support rows, query rows (for users that have >= 1 query row) and the number of
+    users without enough interactions.
+    """
+    sup = hist[hist["pos"] < k]
+    later = hist[hist["pos"] >= k]
+    if query_filter is not None:
+        later = later[query_filter.loc[later.index]]
+    qrank = later.groupby("user_id", sort=False).cumcount()
+    query = later[qrank < q]
+    ok = pd.Index(query["user_id"].unique()).intersection(
+        sup.groupby("user_id", sort=False).size().loc[lambda s: s == k].index)
+    users = hist["user_id"].nunique()
+    return sup[sup["user_id"].isin(ok)], query[query["user_id"].isin(ok)], users - len(ok)
+
+
+def _roles(sup: pd.DataFrame, query: pd.DataFrame) -> pd.DataFrame:
+    return pd.concat([sup.assign(role="support"), query.assign(role="query")],
+                     ignore_index=True)
+
+
+def _train_draws(hist: pd.DataFrame, p: EpisodesParams, rng: np.random.Generator
+                 ) -> tuple[list[pd.DataFrame], dict[str, int]]:
+    """Meta-train tasks: ``train_draws`` per user, K cycling through ``support_sizes``."""
+    frames, too_few = [], {}
+    for draw in range(p.train_draws):
+        k = p.support_sizes[draw % len(p.support_sizes)]
+        h = hist.copy()
+        if p.train_draw == "random":
+            h["key"] = rng.random(len(h))
+            h = h.sort_values(["user_id", "key"], kind="stable")
+            h["pos"] = h.groupby("user_id", sort=False).cumcount()
+        sup, query, lacking = _first_k_next_q(h, k, p.query_size, None)
+        too_few[f"draw{draw}_k{k}"] = lacking
+        frames.append(_label(_roles(sup, query), "train", "train", k, draw))
+    return frames, too_few
+
+
+def _temporal(df: pd.DataFrame, p: EpisodesParams) -> tuple[pd.DataFrame, dict[str, Any],
+                                                          pd.Series, pd.Series]:
+    rng = np.random.default_rng(p.seed)
+    first = df.groupby("user_id")["timestamp"].min().reset_index()
+    first = first.sort_values(["timestamp", "user_id"], kind="stable").reset_index(drop=True)
+    n = len(first)
+    f_train, f_val, _ = p.split_fractions
+    n_train, n_val = int(np.floor(f_train * n)), int(np.floor(f_val * n))
+    if n_train == 0 or n - n_train - n_val <= 0:
+        raise DataError(f"too few users ({n}) for split fractions {p.split_fractions}")
+    split = pd.Series(np.where(np.arange(n) < n_train, "train",
+                               np.where(np.arange(n) < n_train + n_val, "val", "test")),
+                      index=first["user_id"])
+    test_start = int(first["timestamp"].iloc[n_train + n_val])
+    val_start = int(first["timestamp"].iloc[n_train]) if n_val else test_start
+    item_first = df.groupby("item_id")["timestamp"].min()
+    existing_items = item_first.index[item_first < test_start]
+
+    data = _ordered(df)
+    data["user_split"] = split.loc[data["user_id"]].to_numpy()
+    data["existing"] = data["item_id"].isin(existing_items)
+    before = data["timestamp"] < test_start
+    frames: list[pd.DataFrame] = []
+    too_few: dict[str, Any] = {}
+
+    # meta-train: train users' history before the test period
+    train_hist = data[(data["user_split"] == "train") & before]
+    draws, too_few["train"] = _train_draws(train_hist, p, rng)
+    frames += draws
+
+    val_hist = data[(data["user_split"] == "val") & before]
+    test_hist = data[data["user_split"] == "test"]
+    # warm / item-cold: train users' last K before test_start as support, later rows as query
+    known = data[data["user_split"] == "train"].copy()
+    n_before = before[known.index].groupby(known["user_id"], sort=False).transform("sum")
+    too_few["val"], too_few["test"] = {}, {}
+    for k in p.support_sizes:
+        sup, query, lacking = _first_k_next_q(val_hist, k, p.query_size, None)
+        frames.append(_label(_roles(sup, query), "val", "user_cold", k))
+        too_few["val"][f"user_cold_k{k}"] = lacking
+        for scen, flt in (("user_cold", data["existing"]), ("user_item_cold", ~data["existing"])):
+            sup, query, lacking = _first_k_next_q(test_hist, k, p.query_size, flt)
+            frames.append(_label(_roles(sup, query), "test", scen, k))
+            too_few["test"][f"{scen}_k{k}"] = lacking
+        # shift positions so that the last k rows before test_start get pos < k
+        shifted = known.assign(pos=known["pos"] - (n_before - k))
+        shifted = shifted[shifted["pos"] >= 0]
+        for scen, flt in (("warm", data["existing"]), ("item_cold", ~data["existing"])):
+            after = shifted[(shifted["timestamp"] >= test_start) & flt.loc[shifted.index]]
+            sup_rows = shifted[(shifted["timestamp"] < test_start) & (shifted["pos"] < k)]
+            hist = pd.concat([sup_rows, after.assign(pos=k + after.groupby(
+                "user_id", sort=False).cumcount())])
+            sup, query, lacking = _first_k_next_q(hist, k, p.query_size, None)
+            frames.append(_label(_roles(sup, query), "test", scen, k))
+            too_few["test"][f"{scen}_k{k}"] = lacking
+    tasks = pd.concat(frames, ignore_index=True)
+    info = {"test_start": test_start, "val_start": val_start,
+            "users": {s: int((split == s).sum()) for s in ("train", "val", "test")},
+            "items": {"existing": int(len(existing_items)),
+                      "new": int(len(item_first) - len(existing_items))},
+            "too_few": too_few}
+    train_users = split.index[split == "train"].to_series()
+    return tasks, info, train_users, existing_items.to_series()
+
+
+def _finish(tasks: pd.DataFrame) -> pd.DataFrame:
+    """Assign deterministic task ids and the on-disk column types."""
+    tasks = tasks.assign(_s=tasks["split"].map(SPLIT_ORDER),
+                         _c=tasks["scenario"].map(SCENARIO_ORDER))
+    keys = ["_s", "_c", "k", "draw", "user_id"]
+    tasks = tasks.sort_values(keys + ["role", "timestamp", "item_id"],
+                              ascending=[True] * 5 + [False, True, True], kind="stable")
+    tasks["task_id"] = tasks.groupby(keys, sort=False).ngroup()
+    out = tasks[list(EPISODE_COLUMNS)].astype(EPISODE_COLUMNS)
+    return out.reset_index(drop=True)
+
+
+def summarise(tasks: pd.DataFrame) -> dict[str, Any]:
+    """Task counts per split, scenario and K (nested, JSON-ready)."""
+    per = tasks.drop_duplicates("task_id").groupby(["split", "scenario", "k"]).size()
+    out: dict[str, Any] = {}
+    for (split, scen, k), count in per.items():
+        out.setdefault(split, {}).setdefault(scen, {})[str(k)] = int(count)
+    return out
+
+
+def run(params: EpisodesParams, inp: str | Path, out: str | Path, metrics: str | Path,
+        validation_summary: str | Path | None = None) -> dict[str, Any]:
+    """Build tasks, vocabularies and the data metrics from the validated tables."""
+    inp, out = Path(inp), Path(out)
+    for name in ("interactions.parquet", "users.parquet", "items.parquet", "schema.json"):
+        if not (inp / name).exists():
+            raise DataError("missing; run `dvc repro validate` (or `dvc pull`) to restore it",
+                            file=str(inp / name))
+    schema = read_json(inp / "schema.json")
+    inter = read_parquet(inp / "interactions.parquet")
+    users = read_parquet(inp / "users.parquet")
+    items = read_parquet(inp / "items.parquet")
+    df = inter[["user_id", "item_id", "rating", "timestamp"]].copy()
+    df["timestamp"] = df["timestamp"].astype("int64")
+    if params.protocol == "temporal":
+        tasks, info, train_users, known_items = _temporal(df, params)
+    elif params.protocol == "melu":
+        from metarec.stages.protocols import melu
+
+        tasks, info, train_users, known_items = melu(df, params)
+    else:
+        from metarec.stages.protocols import predefined
+
+        tasks, info, train_users, known_items = predefined(df, params)
+    tasks = _finish(tasks)
+    vocab = {
+        "dataset": schema["dataset"], "protocol": params.protocol,
+        "rating": schema["rating"],
+        "users": fit_entity_vocab(users, "user_id", schema["users"], train_users),
+        "items": fit_entity_vocab(items, "item_id", schema["items"], known_items),
+    }
+    summary = {"protocol": params.protocol, "tasks": summarise(tasks), **info,
+               "rows": int(len(tasks))}
+    write_parquet(tasks, out / "episodes.parquet")
+    write_parquet(users, out / "users.parquet")
+    write_parquet(items, out / "items.parquet")
+    write_json(vocab, out / "vocab.json")
+    write_json(summary, out / "summary.json")
+    quarantined = _quarantined(validation_summary)
+    data_metrics = {"dataset": schema["dataset"], "interactions": int(len(inter)),
+                    "users": int(len(users)), "items": int(len(items)),
+                    "quarantined": quarantined, "tasks": summary["tasks"],
+                    "too_few": info["too_few"]}
+    write_json(data_metrics, metrics)
+    log.info("episodes: %d tasks (%s)", tasks["task_id"].nunique(),
+             {s: sum(sum(v.values()) for v in d.values()) for s, d in summary["tasks"].items()})
+    return data_metrics
+
+
+def _quarantined(path: str | Path | None) -> int:
+    """Rows set aside by validation (0 when the summary is absent, e.g. in unit tests)."""
+    if path is None or not Path(path).exists():
+        return 0
+    summary = read_json(path)
+    tables = summary.get("tables", summary)
+    total = 0
+    for value in tables.values() if isinstance(tables, dict) else []:
+        if isinstance(value, dict) and "rows_quarantined" in value:
+            total += int(value["rows_quarantined"])
+    return int(summary.get("rows_quarantined", total))
