@@ -7,6 +7,7 @@ Prefect flows call the same subcommands / functions.
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -21,6 +22,17 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 console = Console(stderr=True)
 
 PARAMS = typer.Option(Path("params.yaml"), "--params", help="params file to read")
+
+
+@app.callback()
+def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging")) -> None:
+    """Progress goes to stderr through rich; results go to files and stdout."""
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(console=console, show_path=False)], force=True)
+    for noisy in ("great_expectations", "lightning", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _fail(exc: Exception) -> None:

@@ -146,7 +146,7 @@ def _genres_from_flags(flags: pd.DataFrame) -> pd.Series:
 
 
 def _split_lists(col: pd.Series, sep: str, drop: tuple[str, ...] = ()) -> pd.Series:
-    """'A|B|C' -> ['A', 'B', 'C'] (arrow split, no Python loop per row)."""
+    """'A|B|C' -> ['A', 'B', 'C'] (arrow split on a literal separator, no per-row Python)."""
     arr = pa.array(col.astype("string").fillna(""), type=pa.string())
     import pyarrow.compute as pc
 
@@ -311,7 +311,7 @@ def read_movielens_dat(params: IngestParams) -> RawData:
         "item_id": m["item_id"].str.strip(),
         "title": m["title"].str.replace(r"\s*\(\d{4}\)\s*$", "", regex=True),
         "release_year": _numeric(m["title"].str.extract(r"\((\d{4})\)\s*$")[0]),
-        "genres": _split_lists(m["genres"], r"\|", drop=("(no genres listed)",)),
+        "genres": _split_lists(m["genres"], "|", drop=("(no genres listed)",)),
     })
     user_features: dict[str, dict[str, Any]] = {}
     if (folder / "users.dat").exists():
@@ -361,7 +361,7 @@ def read_movielens_latest(params: IngestParams) -> RawData:
         "item_id": m["movieId"].str.strip(),
         "title": m["title"].str.replace(r"\s*\(\d{4}\)\s*$", "", regex=True),
         "release_year": _numeric(m["title"].str.extract(r"\((\d{4})\)\s*$")[0]),
-        "genres": _split_lists(m["genres"], r"\|", drop=("(no genres listed)",)),
+        "genres": _split_lists(m["genres"], "|", drop=("(no genres listed)",)),
     })
     users = pd.DataFrame({"user_id": pd.unique(interactions["user_id"])}, dtype="string")
     return RawData(
@@ -459,7 +459,7 @@ def read_table(params: IngestParams) -> RawData:
             if kind == "numeric":
                 out[name] = _numeric(col.astype("string"))
             elif kind == "multicategorical":
-                out[name] = col if _is_list(col) else _split_lists(col, _re(spec.list_separator))
+                out[name] = col if _is_list(col) else _split_lists(col, spec.list_separator)
             elif kind in ("categorical", "text"):
                 out[name] = col.astype("string")
             else:
@@ -472,12 +472,6 @@ def read_table(params: IngestParams) -> RawData:
                    items=items, user_features=ufeat, item_features=ifeat,
                    rating={"kind": spec.label, "min": float(lo), "max": float(hi)},
                    source_files={"interactions": str(path), "users": ufile, "items": ifile})
-
-
-def _re(sep: str) -> str:
-    import re
-
-    return re.escape(sep)
 
 
 # ------------------------------------------------------------------------------------------
@@ -504,9 +498,16 @@ def synthesize(spec: SyntheticSource) -> RawData:
     signup = t0 + np.sort(rng.uniform(0, spec.days * day, n_u)).astype(np.int64)
     activity = rng.lognormal(0.0, 1.0, n_u)
     popularity = rng.lognormal(0.0, 1.0, n_i)
-    n = int(spec.interactions * 1.25) + 1000                      # oversample: pairs repeat
-    users = rng.choice(n_u, size=n, p=activity / activity.sum())
-    items = rng.choice(n_i, size=n, p=popularity / popularity.sum())
+    pairs = np.empty(0, dtype=np.int64)
+    for _ in range(8):                     # a few rounds: repeated (user, item) pairs redrawn
+        m = int((spec.interactions - len(pairs)) * 1.3) + 100
+        u = rng.choice(n_u, size=m, p=activity / activity.sum())
+        i = rng.choice(n_i, size=m, p=popularity / popularity.sum())
+        pairs = pd.unique(np.concatenate([pairs, u * n_i + i]))
+        if len(pairs) >= spec.interactions:
+            break
+    pairs = pairs[: spec.interactions]
+    users, items, n = pairs // n_i, pairs % n_i, len(pairs)
     delay = rng.exponential(3 * day, n) * rng.uniform(0.2, 3.0, n_u)[users]
     ts = np.minimum(signup[users] + delay.astype(np.int64), t0 + (spec.days + 30) * day)
     years = (ts - signup[users]) / (365 * day)
@@ -514,7 +515,6 @@ def synthesize(spec: SyntheticSource) -> RawData:
     score = 3.6 + b_u[users] + b_i[items] + 2.0 * np.einsum("nf,nf->n", taste, V[items])
     rating = np.clip(np.rint(score + rng.normal(0, spec.noise, n)), 1, 5)
     frame = pd.DataFrame({"u": users, "i": items, "r": rating, "t": ts})
-    frame = frame.drop_duplicates(["u", "i"], keep="first").iloc[: spec.interactions]
     inter = pd.DataFrame({
         "user_id": _ids("u", n_u)[frame["u"].to_numpy()],
         "item_id": _ids("i", n_i)[frame["i"].to_numpy()],

@@ -1,0 +1,195 @@
+"""Episodes: every rule on one tiny hand-written data set, with exact assertions.
+
+Users by first interaction: u1 (t=100), u2 (150) -> meta-train; u3 (200) -> validation;
+u4 (300) -> test. So test_start = 300; items first seen before it (i1, i2, i3, i5) are
+existing, i4 (first at 500) and i9 (first at 310) are new.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from metarec.config import EpisodesParams
+from metarec.data.tasks import load_episodes, to_batch
+from metarec.io import read_json, sha256_file, write_json, write_parquet
+from metarec.stages import episodes
+
+ROWS = [  # user, item, rating, timestamp
+    ("u1", "i1", 4, 100), ("u1", "i2", 3, 110), ("u1", "i3", 5, 120),
+    ("u1", "i4", 2, 500), ("u1", "i9", 1, 510),
+    ("u2", "i1", 5, 150), ("u2", "i2", 4, 160), ("u2", "i5", 3, 170),
+    ("u3", "i1", 2, 200), ("u3", "i3", 3, 210), ("u3", "i2", 4, 220), ("u3", "i4", 5, 600),
+    ("u4", "i2", 1, 300), ("u4", "i9", 2, 310), ("u4", "i1", 3, 320), ("u4", "i3", 4, 330),
+]
+PARAMS = EpisodesParams(split_fractions=(0.5, 0.25, 0.25), support_sizes=(1,), query_size=10,
+                        train_draw="temporal", train_draws=1)
+
+
+def write_validated(folder: Path, rows: list[tuple] = ROWS) -> Path:
+    inter = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
+    inter = inter.astype({"user_id": "string", "item_id": "string", "rating": "float64"})
+    inter["source_row"] = range(1, len(inter) + 1)
+    users = pd.DataFrame({"user_id": ["u1", "u2", "u3", "u4"], "gender": ["F", "M", "M", "X"],
+                          "age": [20.0, 40.0, 30.0, None]}).astype({"user_id": "string",
+                                                                   "gender": "string"})
+    items = pd.DataFrame({"item_id": ["i1", "i2", "i3", "i4", "i5", "i9"],
+                          "genres": [["a"], ["a", "b"], ["b"], ["c"], [], ["z"]]})
+    items["item_id"] = items["item_id"].astype("string")
+    write_parquet(inter, folder / "interactions.parquet")
+    write_parquet(users, folder / "users.parquet")
+    write_parquet(items, folder / "items.parquet")
+    write_json({"dataset": "tiny", "rating": {"kind": "explicit", "min": 1.0, "max": 5.0},
+                "users": {"gender": {"kind": "categorical"}, "age": {"kind": "numeric"}},
+                "items": {"genres": {"kind": "multicategorical"}}}, folder / "schema.json")
+    return folder
+
+
+@pytest.fixture()
+def built(tmp_path: Path) -> tuple[pd.DataFrame, dict, Path]:
+    src = write_validated(tmp_path / "validated")
+    out = tmp_path / "episodes"
+    metrics = episodes.run(PARAMS, src, out, tmp_path / "data.json")
+    return pd.read_parquet(out / "episodes.parquet"), metrics, out
+
+
+def _task(tasks: pd.DataFrame, split: str, scenario: str, user: str) -> dict[str, list[str]]:
+    t = tasks[(tasks["split"] == split) & (tasks["scenario"] == scenario)
+              & (tasks["user_id"] == user)]
+    return {role: t[t["role"] == role]["item_id"].tolist() for role in ("support", "query")}
+
+
+def test_time_split_and_no_leakage(built: tuple) -> None:
+    tasks, _, out = built
+    summary = read_json(out / "summary.json")
+    assert summary["test_start"] == 300
+    assert summary["users"] == {"train": 2, "val": 1, "test": 1}
+    assert summary["items"] == {"existing": 4, "new": 2}
+    used_for_training = tasks[tasks["split"].isin(["train", "val"])]
+    assert used_for_training["timestamp"].max() < 300          # nothing from the test period
+    assert set(tasks[tasks["split"] == "train"]["user_id"]) == {"u1", "u2"}
+
+
+def test_support_and_query_construction(built: tuple) -> None:
+    tasks, _, _ = built
+    assert _task(tasks, "train", "train", "u1") == {"support": ["i1"], "query": ["i2", "i3"]}
+    assert _task(tasks, "train", "train", "u2") == {"support": ["i1"], "query": ["i2", "i5"]}
+    # validation: first K / next Q before test_start only (u3's i4 at t=600 is excluded)
+    assert _task(tasks, "val", "user_cold", "u3") == {"support": ["i1"], "query": ["i3", "i2"]}
+
+
+def test_scenario_labels(built: tuple) -> None:
+    tasks, metrics, _ = built
+    assert _task(tasks, "test", "user_cold", "u4") == {"support": ["i2"],
+                                                       "query": ["i1", "i3"]}
+    assert _task(tasks, "test", "user_item_cold", "u4") == {"support": ["i2"],
+                                                            "query": ["i9"]}
+    # known user u1: support = last K before test_start, query = later rows with new items
+    assert _task(tasks, "test", "item_cold", "u1") == {"support": ["i3"],
+                                                       "query": ["i4", "i9"]}
+    # u1 has no later interaction with an existing item, u2 none at all: no warm task, counted
+    assert tasks[(tasks["scenario"] == "warm")].empty
+    assert metrics["too_few"]["test"]["warm_k1"] == 2
+    assert metrics["too_few"]["test"]["item_cold_k1"] == 1
+    assert metrics["tasks"]["test"] == {"user_cold": {"1": 1}, "user_item_cold": {"1": 1},
+                                        "item_cold": {"1": 1}}
+
+
+def test_unknown_values_map_to_index_zero(built: tuple) -> None:
+    _, _, out = built
+    data = load_episodes(out)
+    vocab = data.vocab
+    assert vocab["users"]["ids"] == ["u1", "u2"]               # vocab from meta-train users
+    assert vocab["users"]["features"]["gender"]["values"] == ["F", "M"]
+    assert vocab["items"]["ids"] == ["i1", "i2", "i3", "i5"]   # existing items only
+    users = data.users
+    u4 = users.ids.index("u4")
+    assert users.id_code[u4].item() == 0                       # unseen user id -> unknown
+    assert users.categorical[u4, 0].item() == 0                # unseen gender "X" -> unknown
+    assert users.numeric[u4, 0].item() == 0.0                  # missing age -> training mean
+    assert users.numeric[users.ids.index("u1"), 0].item() == pytest.approx(-1.0)
+    items = data.items
+    assert items.id_code[items.ids.index("i9")].item() == 0    # new item -> unknown id
+    assert items.multi[items.ids.index("i9"), 0].tolist() == [0, 0]   # unseen genre "z"
+    assert items.multi[items.ids.index("i2"), 0].tolist() == [1, 2]   # a, b
+
+
+def test_batches_pad_with_masks(built: tuple) -> None:
+    _, _, out = built
+    data = load_episodes(out)
+    batch = to_batch(data.select("train"))
+    assert batch.support_mask.sum(1).tolist() == [1, 1]
+    assert batch.query_mask.sum(1).tolist() == [2, 2]
+    assert batch.query_ratings.tolist() == [[3.0, 5.0], [4.0, 3.0]]
+
+
+def test_random_draws_are_seeded_and_byte_identical(tmp_path: Path) -> None:
+    src = write_validated(tmp_path / "validated")
+    params = EpisodesParams(split_fractions=(0.5, 0.25, 0.25), support_sizes=(1, 2),
+                            train_draw="random", train_draws=3, seed=7)
+    episodes.run(params, src, tmp_path / "a", tmp_path / "a.json")
+    episodes.run(params, src, tmp_path / "b", tmp_path / "b.json")
+    assert sha256_file(tmp_path / "a/episodes.parquet") == \
+        sha256_file(tmp_path / "b/episodes.parquet")
+    tasks = pd.read_parquet(tmp_path / "a/episodes.parquet")
+    train = tasks[tasks["split"] == "train"]
+    # draws cycle K through support_sizes: 1, 2, 1; every draw keeps support + query disjoint
+    assert sorted(train.drop_duplicates("task_id")["k"].tolist()) == [1, 1, 1, 1, 2, 2]
+    for _, task in train.groupby("task_id"):
+        assert not set(task[task.role == "support"].item_id) & set(task[task.role == "query"]
+                                                                   .item_id)
+
+
+def test_too_few_users_are_counted(tmp_path: Path) -> None:
+    src = write_validated(tmp_path / "validated")
+    params = EpisodesParams(split_fractions=(0.5, 0.25, 0.25), support_sizes=(1, 3),
+                            train_draw="temporal", train_draws=1)
+    metrics = episodes.run(params, src, tmp_path / "e", tmp_path / "m.json")
+    # u4 has 4 interactions: K=3 leaves 1 query row, which is an existing item (i3)
+    assert metrics["tasks"]["test"]["user_cold"] == {"1": 1, "3": 1}
+    assert metrics["too_few"]["test"]["user_item_cold_k3"] == 1
+    # u3 has 3 interactions before test_start: K=3 leaves no query
+    assert metrics["too_few"]["val"]["user_cold_k3"] == 1
+
+
+def test_melu_protocol(tmp_path: Path) -> None:
+    rows = [(f"u{u}", f"i{i}", 1 + (u + i) % 5, 1000 * u + i) for u in range(10)
+            for i in range(15 + u)]
+    src = write_validated(tmp_path / "validated", rows)
+    users = pd.DataFrame({"user_id": [f"u{u}" for u in range(10)], "gender": "F", "age": 1.0})
+    write_parquet(users.astype({"user_id": "string", "gender": "string"}),
+                  src / "users.parquet")
+    items = pd.DataFrame({"item_id": [f"i{i}" for i in range(30)], "genres": [["a"]] * 30})
+    write_parquet(items.astype({"item_id": "string"}), src / "items.parquet")
+    params = EpisodesParams(protocol="melu", melu_max_ratings=20, split_fractions=(0.6, 0.2,
+                                                                                  0.2))
+    metrics = episodes.run(params, src, tmp_path / "e", tmp_path / "m.json")
+    tasks = pd.read_parquet(tmp_path / "e/episodes.parquet")
+    assert tasks["user_id"].nunique() == 6                      # 15..20 ratings: u0..u5
+    assert metrics["too_few"]["outside_13_100"] == 4
+    query = tasks[tasks["role"] == "query"].groupby("task_id").size()
+    assert (query == 10).all()
+    sizes = tasks.groupby("user_id").size()
+    assert sizes.to_dict() == {f"u{u}": 15 + u for u in range(6)}
+
+
+def test_predefined_protocol(tmp_path: Path) -> None:
+    src = write_validated(tmp_path / "validated")
+    split = tmp_path / "split.csv"
+    pd.DataFrame({"user_id": ["u1", "u2", "u3", "u4"],
+                  "split": ["train", "train", "val", "test"]}).to_csv(split, index=False)
+    params = EpisodesParams(protocol="predefined", predefined_path=str(split),
+                            support_sizes=(2,), query_size=1)
+    episodes.run(params, src, tmp_path / "e", tmp_path / "m.json")
+    tasks = pd.read_parquet(tmp_path / "e/episodes.parquet")
+    assert _task(tasks, "test", "user_cold", "u4") == {"support": ["i2", "i9"],
+                                                       "query": ["i1"]}
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"user_id": ["u1"], "split": ["training"]}).to_csv(bad, index=False)
+    from metarec.errors import DataError
+
+    with pytest.raises(DataError, match=r"bad\.csv, row 1, column 'split'"):
+        episodes.run(EpisodesParams(protocol="predefined", predefined_path=str(bad)), src,
+                     tmp_path / "e2", tmp_path / "m2.json")
