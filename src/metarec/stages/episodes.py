@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from metarec.config import EpisodesParams
 from metarec.data.encoding import fit_entity_vocab
@@ -35,21 +37,62 @@ from metarec.io import read_json, read_parquet, write_json, write_parquet
 
 log = logging.getLogger("metarec.episodes")
 SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
+ROLE_ORDER = {"support": 0, "query": 1}
 SCENARIO_ORDER = {"train": 0, "val": 1, "warm": 2, "user_cold": 3, "item_cold": 4,
                   "user_item_cold": 5}
 
 
+def _sort(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Stable multi-key sort, fast on tens of millions of rows.
+
+    Keys are packed (by their value ranges) into as few int64 words as fit, then sorted with
+    stable argsorts from the least significant word: pandas' and numpy's multi-key sorts
+    compare key by key and are several times slower.
+    """
+    cols = []
+    for k in keys:
+        v = df[k].cat.codes if isinstance(df[k].dtype, pd.CategoricalDtype) else df[k]
+        v = np.asarray(v, dtype=np.int64)
+        lo = int(v.min()) if len(v) else 0
+        bits = max(int(v.max() - lo).bit_length(), 1) if len(v) else 1
+        cols.append((v - lo, bits))
+    words: list[np.ndarray] = []
+    word, used = None, 0
+    for v, bits in cols:                      # most significant key first
+        if word is None or used + bits > 62:
+            if word is not None:
+                words.append(word)
+            word, used = v.copy(), bits
+        else:
+            word = (word << bits) | v
+            used += bits
+    if word is not None:
+        words.append(word)
+    order = np.arange(len(df))
+    for w in reversed(words):
+        order = order[np.argsort(w[order], kind="stable")]
+    return df.take(order)
+
+
 def _ordered(df: pd.DataFrame) -> pd.DataFrame:
     """Interactions sorted by user then time (ties by item), with each row's position."""
-    out = df.sort_values(["user_id", "timestamp", "item_id"], kind="stable").reset_index(drop=True)
+    out = _sort(df, ["user_id", "timestamp", "item_id"]).reset_index(drop=True)
     out["pos"] = out.groupby("user_id", sort=False).cumcount().astype(np.int64)
     out["n"] = out.groupby("user_id", sort=False)["pos"].transform("size").astype(np.int64)
     return out
 
 
+def _const(value: str, order: dict[str, int], n: int) -> pd.Categorical:
+    """A column holding one label, as a cheap ordered categorical (no per-row strings)."""
+    return pd.Categorical.from_codes(np.full(n, order[value], dtype=np.int8),
+                                     categories=list(order), ordered=True)
+
+
 def _label(frame: pd.DataFrame, split: str, scenario: str, k: int, draw: int = 0
            ) -> pd.DataFrame:
-    return frame.assign(split=split, scenario=scenario, k=k, draw=draw)
+    n = len(frame)
+    return frame.assign(split=_const(split, SPLIT_ORDER, n),
+                        scenario=_const(scenario, SCENARIO_ORDER, n), k=k, draw=draw)
 
 
 def _first_k_next_q(hist: pd.DataFrame, k: int, q: int, query_filter: pd.Series | None
@@ -72,7 +115,8 @@ def _first_k_next_q(hist: pd.DataFrame, k: int, q: int, query_filter: pd.Series 
 
 
 def _roles(sup: pd.DataFrame, query: pd.DataFrame) -> pd.DataFrame:
-    return pd.concat([sup.assign(role="support"), query.assign(role="query")],
+    return pd.concat([sup.assign(role=_const("support", ROLE_ORDER, len(sup))),
+                      query.assign(role=_const("query", ROLE_ORDER, len(query)))],
                      ignore_index=True)
 
 
@@ -85,7 +129,7 @@ def _train_draws(hist: pd.DataFrame, p: EpisodesParams, rng: np.random.Generator
         h = hist.copy()
         if p.train_draw == "random":
             h["key"] = rng.random(len(h))
-            h = h.sort_values(["user_id", "key"], kind="stable")
+            h = _sort(h, ["user_id", "key"])
             h["pos"] = h.groupby("user_id", sort=False).cumcount()
         sup, query, lacking = _first_k_next_q(h, k, p.query_size, None)
         too_few[f"draw{draw}_k{k}"] = lacking
@@ -112,7 +156,7 @@ def _temporal(df: pd.DataFrame, p: EpisodesParams) -> tuple[pd.DataFrame, dict[s
     existing_items = item_first.index[item_first < test_start]
 
     data = _ordered(df)
-    data["user_split"] = split.loc[data["user_id"]].to_numpy()
+    data["user_split"] = split.reindex(data["user_id"]).to_numpy()
     data["existing"] = data["item_id"].isin(existing_items)
     before = data["timestamp"] < test_start
     frames: list[pd.DataFrame] = []
@@ -160,19 +204,42 @@ def _temporal(df: pd.DataFrame, p: EpisodesParams) -> tuple[pd.DataFrame, dict[s
 
 def _finish(tasks: pd.DataFrame) -> pd.DataFrame:
     """Assign deterministic task ids and the on-disk column types."""
-    tasks = tasks.assign(_s=tasks["split"].map(SPLIT_ORDER),
-                         _c=tasks["scenario"].map(SCENARIO_ORDER))
-    keys = ["_s", "_c", "k", "draw", "user_id"]
-    tasks = tasks.sort_values(keys + ["role", "timestamp", "item_id"],
-                              ascending=[True] * 5 + [False, True, True], kind="stable")
-    tasks["task_id"] = tasks.groupby(keys, sort=False).ngroup()
-    out = tasks[list(EPISODE_COLUMNS)].astype(EPISODE_COLUMNS)
-    return out.reset_index(drop=True)
+    for col, order in (("split", SPLIT_ORDER), ("scenario", SCENARIO_ORDER),
+                       ("role", ROLE_ORDER)):
+        if not isinstance(tasks[col].dtype, pd.CategoricalDtype):
+            tasks[col] = pd.Categorical(tasks[col], categories=list(order), ordered=True)
+    keys = ["split", "scenario", "k", "draw", "user_id"]
+    tasks = _sort(tasks, keys + ["role", "timestamp", "item_id"])
+    tasks["task_id"] = tasks.groupby(keys, sort=False, observed=True).ngroup()
+    return tasks[list(EPISODE_COLUMNS)].reset_index(drop=True)
+
+
+def _to_arrow(tasks: pd.DataFrame, user_index: pd.Index, item_index: pd.Index) -> pa.Table:
+    """Tasks (id codes, categorical labels) -> the on-disk arrow table of EPISODE_COLUMNS.
+
+    Strings are gathered from the small dictionaries with arrow's ``take`` instead of building
+    millions of Python strings."""
+    def take(values: Any, codes: np.ndarray) -> pa.Array:
+        return pc.take(pa.array(np.asarray(values, dtype=object), type=pa.string()),
+                       pa.array(codes))
+
+    cols = {}
+    for name, dtype in EPISODE_COLUMNS.items():
+        col = tasks[name]
+        if name in ("user_id", "item_id"):
+            index = user_index if name == "user_id" else item_index
+            cols[name] = take(index, col.to_numpy(np.int64))
+        elif isinstance(col.dtype, pd.CategoricalDtype):
+            cols[name] = take(col.cat.categories, col.cat.codes.to_numpy(np.int64))
+        else:
+            cols[name] = pa.array(col.to_numpy(dtype))
+    return pa.table(cols)
 
 
 def summarise(tasks: pd.DataFrame) -> dict[str, Any]:
     """Task counts per split, scenario and K (nested, JSON-ready)."""
-    per = tasks.drop_duplicates("task_id").groupby(["split", "scenario", "k"]).size()
+    per = tasks.drop_duplicates("task_id").groupby(["split", "scenario", "k"],
+                                                   observed=True).size()
     out: dict[str, Any] = {}
     for (split, scen, k), count in per.items():
         out.setdefault(split, {}).setdefault(scen, {})[str(k)] = int(count)
@@ -191,8 +258,12 @@ def run(params: EpisodesParams, inp: str | Path, out: str | Path, metrics: str |
     inter = read_parquet(inp / "interactions.parquet")
     users = read_parquet(inp / "users.parquet")
     items = read_parquet(inp / "items.parquet")
-    df = inter[["user_id", "item_id", "rating", "timestamp"]].copy()
-    df["timestamp"] = df["timestamp"].astype("int64")
+    # work on sorted integer codes of the ids (fast grouping, same order as the strings)
+    ucodes, user_index = pd.factorize(inter["user_id"], sort=True)
+    icodes, item_index = pd.factorize(inter["item_id"], sort=True)
+    df = pd.DataFrame({"user_id": ucodes.astype(np.int32), "item_id": icodes.astype(np.int32),
+                       "rating": inter["rating"].to_numpy(np.float32),
+                       "timestamp": inter["timestamp"].to_numpy(np.int64)})
     if params.protocol == "temporal":
         tasks, info, train_users, known_items = _temporal(df, params)
     elif params.protocol == "melu":
@@ -202,8 +273,10 @@ def run(params: EpisodesParams, inp: str | Path, out: str | Path, metrics: str |
     else:
         from metarec.stages.protocols import predefined
 
-        tasks, info, train_users, known_items = predefined(df, params)
+        tasks, info, train_users, known_items = predefined(df, params, user_index, item_index)
     tasks = _finish(tasks)
+    train_users = pd.Series(np.asarray(user_index)[train_users.to_numpy()])
+    known_items = pd.Series(np.asarray(item_index)[known_items.to_numpy()])
     vocab = {
         "dataset": schema["dataset"], "protocol": params.protocol,
         "rating": schema["rating"],
@@ -212,7 +285,7 @@ def run(params: EpisodesParams, inp: str | Path, out: str | Path, metrics: str |
     }
     summary = {"protocol": params.protocol, "tasks": summarise(tasks), **info,
                "rows": int(len(tasks))}
-    write_parquet(tasks, out / "episodes.parquet")
+    write_parquet(_to_arrow(tasks, user_index, item_index), out / "episodes.parquet")
     write_parquet(users, out / "users.parquet")
     write_parquet(items, out / "items.parquet")
     write_json(vocab, out / "vocab.json")

@@ -63,14 +63,16 @@ def melu(df: pd.DataFrame, p: EpisodesParams) -> tuple[pd.DataFrame, dict[str, A
     return data.drop(columns=["key"]), info, train_users, known
 
 
-def predefined(df: pd.DataFrame, p: EpisodesParams) -> tuple[pd.DataFrame, dict[str, Any],
-                                                             pd.Series, pd.Series]:
+def predefined(df: pd.DataFrame, p: EpisodesParams, user_index: pd.Index,
+               item_index: pd.Index) -> tuple[pd.DataFrame, dict[str, Any], pd.Series,
+                                              pd.Series]:
     """A file assigns users to splits (and optionally scenarios, single interactions and
     roles), so that a published split is reproduced exactly.
 
     Columns: user_id, split (train|val|test), optional scenario, optional item_id + role
     (support|query) + optional k. With item_id and role, the listed interactions are the tasks;
-    without, each user's first K / next Q interactions are (one task per K).
+    without, each user's first K / next Q interactions are (one task per K). ``df`` holds id
+    codes; ``user_index`` / ``item_index`` map codes back to ids.
     """
     if not p.predefined_path:
         raise DataError("episodes.predefined_path must name the split file",
@@ -84,6 +86,12 @@ def predefined(df: pd.DataFrame, p: EpisodesParams) -> tuple[pd.DataFrame, dict[
         if col not in spec.columns:
             raise DataError("required column missing", file=str(path), column=col)
     spec = spec.astype({"user_id": "string", "split": "string"})
+    codes = pd.Index(user_index).get_indexer(spec["user_id"])
+    if (codes < 0).any():
+        row = int(np.flatnonzero(codes < 0)[0]) + 1
+        raise DataError(f"user {spec['user_id'].iloc[row - 1]!r} has no interactions",
+                        file=str(path), row=row, column="user_id")
+    spec["user_id"] = codes
     bad = ~spec["split"].isin(["train", "val", "test"])
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0]) + 1
@@ -92,7 +100,7 @@ def predefined(df: pd.DataFrame, p: EpisodesParams) -> tuple[pd.DataFrame, dict[
     if "scenario" not in spec.columns:
         spec["scenario"] = np.where(spec["split"] == "train", "train", "user_cold")
     if "item_id" in spec.columns and "role" in spec.columns:
-        spec = spec.astype({"item_id": "string"})
+        spec["item_id"] = pd.Index(item_index).get_indexer(spec["item_id"].astype("string"))
         tasks = spec.merge(df, on=["user_id", "item_id"], how="left", validate="many_to_one")
         missing = tasks["rating"].isna()
         if missing.any():
