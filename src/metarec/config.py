@@ -78,6 +78,8 @@ class IngestParams:
 
 @dataclass(frozen=True)
 class ValidateParams:
+    """Row policy and plausibility bounds of the validate stage (dates naive = UTC)."""
+
     policy: Literal["fail", "quarantine"] = "quarantine"
     min_timestamp: str = "1990-01-01"
     max_timestamp: str | None = None
@@ -124,11 +126,14 @@ class TrainParams:
     inner_lr: float = 0.05
     meta_batch: int = 32
     outer_optimizer: Literal["adam", "sgd"] = "adam"
-    outer_lr: float = 3e-4
+    outer_lr: float = 1e-3
     reptile_epsilon: float = 1.0
     reptile_mode: Literal["interpolate", "adam"] = "adam"
     max_steps: int = 1000
-    val_every: int = 50
+    val_every: int = 100
+    grad_clip: float = 10.0
+    finetune_steps: tuple[int, ...] = (1, 5, 10)
+    finetune_lrs: tuple[float, ...] = (0.01, 0.05, 0.2)
     accelerator: str = "auto"
     seed: int = 0
 
@@ -142,7 +147,9 @@ class EvaluateParams:
     relevance_threshold: float = 4.0
     seeds: tuple[int, ...] = (0, 1, 2)
     bootstrap_samples: int = 1000
+    bootstrap_confidence: float = 0.95
     catalogue_k: int = 20
+    query_ndcg_ks: tuple[int, ...] = (1, 3, 5)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Evaluation: accuracy and ranking metrics over padded task tensors, paired bootstrap."""
