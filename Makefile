@@ -16,7 +16,8 @@ venv: $(STAMP)
 
 ## run: create the environment, run the whole pipeline on ML-100K, print what it recommends
 run: venv
-	$(BIN)/metarec run-all
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	$(BIN)/metarec summary
 
 ## test: create or reuse the environment and run the test suite
 test: venv

@@ -92,5 +92,32 @@ def episodes(
 # -- later stages register below this line (train, evaluate, score, ...) --
 
 
+@app.command()
+def train(
+    episodes: Path = typer.Option(Path("data/episodes"), help="episodes folder"),
+    out: Path = typer.Option(Path("models"), help="folder for checkpoints and training logs"),
+    metrics: Path = typer.Option(Path("metrics/train.json"), help="training metrics (DVC)"),
+    params: Path = PARAMS,
+) -> None:
+    """Meta-train every algorithm in params.yaml (+ pretrain/finetune); write checkpoints."""
+    from metarec.stages import train as stage
+
+    try:
+        loaded = load_params(params)
+        stage.run(loaded.model, loaded.train, episodes, out, metrics)
+    except MetarecError as exc:
+        _fail(exc)
+
+
+@app.command()
+def summary(
+    metrics: Path = typer.Option(Path("metrics"), help="folder of DVC metrics"),
+) -> None:
+    """Print what the last pipeline run produced: data, training, evaluation, recommendations."""
+    from metarec.summary import print_summary
+
+    print_summary(metrics)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
