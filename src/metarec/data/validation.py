@@ -1,0 +1,361 @@
+"""Data rules of the validate stage: structural checks, row masks and their GX twins.
+
+Each :class:`Rule` is one data rule stated twice: as a vectorised pandas mask (which rows
+break it; this decides the quarantine) and as a Great Expectations expectation run on the same
+frame (the independent verdict written to the report). The stage checks that both flag the same
+number of rows, so a rule cannot silently drift from its report.
+
+GX is imported lazily (~4 s) and never handed a huge ``value_set``: GX copies an expectation's
+kwargs many times per run (pydantic), so a 100k-id set costs tens of seconds. Referential
+integrity is therefore checked in GX on a derived frame (the id looked up in the other table
+with ``Series.map``: null = not found), while the mask uses ``isin``: two code paths.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from metarec.errors import DataError
+
+TABLES = ("interactions", "users", "items")
+ID_COLUMN = {"users": "user_id", "items": "item_id"}
+INTERACTION_KEY = ["user_id", "item_id", "timestamp"]
+CODE_LIMIT = 2**62  # combined duplicate-key codes stay below this (int64)
+
+
+# --------------------------------------------------------------------------------------------
+# structure: whole columns that no row-wise quarantine can repair
+
+
+def _is_str(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+
+
+def _is_str_list(t: pa.DataType) -> bool:
+    return ((pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_list_view(t))
+            and _is_str(t.value_type))
+
+
+def _is_number(t: pa.DataType) -> bool:
+    return pa.types.is_floating(t) or pa.types.is_integer(t)
+
+
+_KIND_TYPES = {
+    "categorical": (_is_str, "string"),
+    "text": (_is_str, "string"),
+    "multicategorical": (_is_str_list, "list<string>"),
+    "numeric": (_is_number, "float64"),
+}
+
+INTERACTION_COLUMNS = {
+    "user_id": (_is_str, "string"),
+    "item_id": (_is_str, "string"),
+    "rating": (pa.types.is_floating, "float64"),
+    "timestamp": (pa.types.is_integer, "int64 seconds"),
+    "source_row": (pa.types.is_integer, "int64"),
+}
+
+
+def required_columns(table: str, schema: dict[str, Any]) -> dict[str, tuple[Any, str]]:
+    """Column -> (type predicate, expected type name) for one canonical table."""
+    if table == "interactions":
+        return dict(INTERACTION_COLUMNS)
+    cols = {ID_COLUMN[table]: (_is_str, "string")}
+    for name, spec in (schema.get(table) or {}).items():
+        kind = spec.get("kind")
+        if kind not in _KIND_TYPES:
+            raise DataError(f"schema.json declares unknown feature kind {kind!r}",
+                            file="schema.json", column=name)
+        cols[name] = _KIND_TYPES[kind]
+    return cols
+
+
+def check_structure(table: str, arrow: pa.Table, schema: dict[str, Any], path: str) -> None:
+    """Raise DataError for a missing required column or a column of the wrong type."""
+    for name, (ok, expected) in required_columns(table, schema).items():
+        if name not in arrow.column_names:
+            raise DataError(f"required column missing (have: {', '.join(arrow.column_names)})",
+                            file=path, column=name)
+        found = arrow.schema.field(name).type
+        if not ok(found):
+            raise DataError(f"column has type {found}, expected {expected}",
+                            file=path, column=name)
+
+
+# --------------------------------------------------------------------------------------------
+# rules
+
+
+@dataclass
+class Rule:
+    """One data rule: a pandas mask over a frame plus the GX expectation that checks it.
+
+    ``frame_mask`` is indexed by row position in ``table`` (an exploded frame repeats
+    positions); a frame of distinct ids sets ``gx_count``/``gx_elements`` instead.
+    ``quarantine`` is the row mask of the rows set aside, usually the same rows; duplicates
+    keep their first copy. ``expectation`` is None for derived rules (cascades).
+    """
+
+    table: str
+    frame: str
+    column: str
+    reason: str
+    frame_mask: pd.Series
+    expectation: tuple[str, dict[str, Any]] | None
+    quarantine: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    gx_count: int | None = None  # what GX should count, where its frame is not per row
+    gx_elements: int | None = None
+
+    def row_mask(self, n: int) -> np.ndarray:
+        """(n,) bool: the table rows with at least one flagged element."""
+        mask = np.zeros(n, dtype=bool)
+        mask[self.frame_mask.index[self.frame_mask.to_numpy(dtype=bool)]] = True
+        return mask
+
+
+def timestamp_bound(value: str, key: str) -> int:
+    """A params date/time (naive = UTC) as epoch seconds."""
+    from metarec.errors import ParamsError
+
+    try:
+        ts = pd.Timestamp(value)
+    except (ValueError, TypeError) as exc:
+        raise ParamsError(f"validate.{key}: not a date/time: {value!r}") from exc
+    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    return int(ts.timestamp())
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def interaction_rules(df: pd.DataFrame, rating: dict[str, Any], min_ts: int, max_ts: int,
+                      min_label: str, max_label: str) -> list[Rule]:
+    """Row rules on interactions that need no other table."""
+    r = df["rating"]
+    ts = df["timestamp"]
+    lo, hi = rating.get("min"), rating.get("max")
+    lo = -math.inf if lo is None else float(lo)
+    hi = math.inf if hi is None else float(hi)
+    finite = np.isfinite(r.to_numpy(dtype=float, na_value=np.nan))
+    scale = f"[{_fmt(lo)}, {_fmt(hi)}]"
+    rules = [
+        Rule("interactions", "interactions", "user_id", "user_id missing", df["user_id"].isna(),
+             ("expect_column_values_to_not_be_null", {"column": "user_id"})),
+        Rule("interactions", "interactions", "item_id", "item_id missing", df["item_id"].isna(),
+             ("expect_column_values_to_not_be_null", {"column": "item_id"})),
+        Rule("interactions", "interactions", "rating", "rating missing (NaN)", r.isna(),
+             ("expect_column_values_to_not_be_null", {"column": "rating"})),
+        Rule("interactions", "interactions", "rating", "rating not finite",
+             pd.Series(r.notna().to_numpy() & ~finite, index=df.index),
+             ("expect_column_values_to_not_be_in_set",
+              {"column": "rating", "value_set": [math.inf, -math.inf]})),
+        Rule("interactions", "interactions", "rating", f"rating out of scale {scale}",
+             r.notna() & ((r < lo) | (r > hi)),
+             ("expect_column_values_to_be_between",
+              {"column": "rating", "min_value": None if math.isinf(lo) else lo,
+               "max_value": None if math.isinf(hi) else hi})),
+        Rule("interactions", "interactions", "timestamp", "timestamp missing or unparseable",
+             ts.isna(), ("expect_column_values_to_not_be_null", {"column": "timestamp"})),
+        Rule("interactions", "interactions", "timestamp", f"timestamp before {min_label}",
+             (ts < min_ts).fillna(False).astype(bool),
+             ("expect_column_values_to_be_between", {"column": "timestamp",
+                                                     "min_value": min_ts})),
+        Rule("interactions", "interactions", "timestamp", f"timestamp after {max_label}",
+             (ts > max_ts).fillna(False).astype(bool),
+             ("expect_column_values_to_be_between", {"column": "timestamp",
+                                                     "max_value": max_ts})),
+    ]
+    return rules
+
+
+def _key_codes(df: pd.DataFrame) -> np.ndarray:
+    """(n,) int64: one code per distinct (user, item, timestamp), nulls equal to each other
+    (as in ``DataFrame.duplicated``), built by factorising column by column: several times
+    faster than ``duplicated`` on three columns of 10M strings."""
+    codes = np.zeros(len(df), dtype=np.int64)
+    bound = 1  # codes < bound
+    for col in INTERACTION_KEY:
+        c, uniques = pd.factorize(df[col])  # NA -> -1
+        width = len(uniques) + 1
+        if bound * width >= CODE_LIMIT:  # re-number densely (codes < n) so the product fits
+            codes, seen = pd.factorize(codes)
+            codes, bound = codes.astype(np.int64), len(seen)
+        codes = codes * width + (c.astype(np.int64) + 1)
+        bound *= width
+    return codes
+
+
+def duplicate_rule(df: pd.DataFrame, others: np.ndarray) -> Rule:
+    """(user, item, timestamp) repeated. GX flags every copy; we quarantine all but the first
+    copy among rows that pass the other rules (so a bad first copy does not doom a good one)."""
+    key = pd.Series(_key_codes(df))
+    all_missing = df[INTERACTION_KEY].isna().all(axis=1).to_numpy()
+    flagged = key.duplicated(keep=False).to_numpy() & ~all_missing
+    later = key.duplicated(keep="first").to_numpy()
+    good = ~others
+    q = np.zeros(len(df), dtype=bool)
+    q[good] = key[good].duplicated(keep="first").to_numpy()
+    q |= others & later & flagged
+    return Rule("interactions", "interactions", ", ".join(INTERACTION_KEY),
+                "duplicate (user_id, item_id, timestamp)", pd.Series(flagged, index=df.index),
+                ("expect_compound_columns_to_be_unique", {"column_list": INTERACTION_KEY}),
+                quarantine=q)
+
+
+def reference_rule(df: pd.DataFrame, ref: pd.DataFrame, table: str) -> tuple[Rule, pd.DataFrame]:
+    """Every interaction's user/item id is present in the users/items table.
+
+    Returns the rule and the derived GX frame: one row per distinct non-null id (with the
+    source_row of its first use), the id looked up (map) in the other table, null where absent.
+    GX thus counts distinct missing ids (``gx_count``) while the mask flags every row.
+    """
+    col = ID_COLUMN[table]
+    ids = ref[col].dropna().drop_duplicates()
+    present = df[col].notna()
+    mask = present & ~df[col].isin(ids)
+    looked_up = f"{table}_{col}"
+    sub = df.loc[present, [col, "source_row"]].drop_duplicates(col)
+    frame = sub.assign(**{looked_up: sub[col].map(pd.Series(ids.to_numpy(), index=ids))})
+    rule = Rule("interactions", f"interactions->{table}", col, f"{col} not in {table} table",
+                mask, ("expect_column_values_to_not_be_null", {"column": looked_up}),
+                gx_count=int(df.loc[mask, col].nunique()), gx_elements=len(frame))
+    return rule, frame
+
+
+def cascade_rule(df: pd.DataFrame, kept_ids: pd.Series, rejected_ids: pd.Series,
+                 table: str) -> Rule:
+    """Interactions whose user/item row was quarantined from its own table (derived, no GX)."""
+    col = ID_COLUMN[table]
+    mask = df[col].isin(rejected_ids.dropna()) & ~df[col].isin(kept_ids.dropna())
+    return Rule("interactions", "interactions", col,
+                f"{col} quarantined from {table} table", mask, None)
+
+
+def feature_rules(df: pd.DataFrame, table: str, features: dict[str, Any], index_col: str
+                  ) -> tuple[list[Rule], dict[str, pd.DataFrame]]:
+    """Id rules and vocabulary rules of a users/items table, plus derived (exploded) frames.
+
+    ``index_col`` (source_row, or row = 1-based position) names offending rows in the report.
+    """
+    col = ID_COLUMN[table]
+    ids = df[col]
+    rules = [
+        Rule(table, table, col, f"{col} missing", ids.isna(),
+             ("expect_column_values_to_not_be_null", {"column": col})),
+        Rule(table, table, col, f"duplicate {col}", ids.notna() & ids.duplicated(keep=False),
+             ("expect_column_values_to_be_unique", {"column": col})),
+    ]
+    frames: dict[str, pd.DataFrame] = {}
+    for name, spec in features.items():
+        vocab = spec.get("vocabulary")
+        if vocab is None:
+            continue
+        vocab = [str(v) for v in vocab]
+        expectation = ("expect_column_values_to_be_in_set",
+                       {"column": name, "value_set": vocab})
+        reason = f"{name} value outside vocabulary"
+        if spec["kind"] == "multicategorical":
+            key = f"{table}.{name}[]"
+            exploded = df[[name, index_col]].explode(name)
+            values = exploded[name]
+            frames[key] = exploded
+            mask = values.notna() & ~values.isin(vocab)
+            rules.append(Rule(table, key, name, reason, mask.astype(bool), expectation))
+        else:
+            values = df[name]
+            rules.append(Rule(table, table, name, reason,
+                              values.notna() & ~values.isin(vocab), expectation))
+    return rules, frames
+
+
+# --------------------------------------------------------------------------------------------
+# Great Expectations: the independent verdict
+
+
+def run_gx(frames: dict[str, pd.DataFrame], rules: list[Rule], examples: int
+           ) -> dict[int, dict[str, Any]]:
+    """Run each frame's expectations in an ephemeral GX context.
+
+    Returns, per rule index, success / element_count / unexpected_count and GX's first
+    ``examples`` offending rows (with source_row, or row for tables that have none).
+    """
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    classes = {
+        "expect_column_values_to_not_be_null": gxe.ExpectColumnValuesToNotBeNull,
+        "expect_column_values_to_not_be_in_set": gxe.ExpectColumnValuesToNotBeInSet,
+        "expect_column_values_to_be_between": gxe.ExpectColumnValuesToBeBetween,
+        "expect_column_values_to_be_in_set": gxe.ExpectColumnValuesToBeInSet,
+        "expect_column_values_to_be_unique": gxe.ExpectColumnValuesToBeUnique,
+        "expect_compound_columns_to_be_unique": gxe.ExpectCompoundColumnsToBeUnique,
+    }
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    source = context.data_sources.add_pandas("metarec")
+    out: dict[int, dict[str, Any]] = {}
+    for frame_name, frame in frames.items():
+        mine = [(i, r) for i, r in enumerate(rules)
+                if r.frame == frame_name and r.expectation is not None]
+        if not mine:
+            continue
+        batch = source.add_dataframe_asset(frame_name).add_batch_definition_whole_dataframe(
+            frame_name)
+        suite = context.suites.add(gx.ExpectationSuite(name=frame_name))
+        for _, rule in mine:
+            etype, kwargs = rule.expectation  # type: ignore[misc]
+            kw = {k: v for k, v in kwargs.items() if v is not None}
+            suite.add_expectation(classes[etype](**kw))
+        vd = context.validation_definitions.add(
+            gx.ValidationDefinition(name=frame_name, data=batch, suite=suite))
+        index_col = "source_row" if "source_row" in frame.columns else "row"
+        result = vd.run(batch_parameters={"dataframe": frame}, result_format={
+            "result_format": "SUMMARY", "partial_unexpected_count": max(examples, 1),
+            "unexpected_index_column_names": [index_col]})
+        if len(result.results) != len(mine):
+            raise RuntimeError(f"GX returned {len(result.results)} results for {len(mine)} "
+                               f"expectations on {frame_name}")
+        # GX keeps suite order; match on type + column as a guard.
+        for (i, rule), res in zip(mine, result.results, strict=True):
+            cfg = res.expectation_config
+            if cfg.type != rule.expectation[0]:  # type: ignore[index]
+                raise RuntimeError(f"GX result order changed on {frame_name}: {cfg.type}")
+            if res.exception_info and res.exception_info.get("raised_exception"):
+                raise RuntimeError(f"GX failed on {frame_name} {cfg.type}: "
+                                   f"{res.exception_info.get('exception_message')}")
+            info = res.result
+            rows = info.get("partial_unexpected_index_list") or []
+            out[i] = {
+                "success": bool(res.success),
+                "element_count": int(info.get("element_count", len(frame))),
+                "unexpected_count": int(info.get("unexpected_count", 0)),
+                "examples": [{k: jsonable(v) for k, v in row.items()}
+                             for row in rows[:examples]],
+            }
+    return out
+
+
+def jsonable(v: Any) -> Any:
+    """A cell value as strict JSON (NaN/inf as strings, NA as null, arrays as lists)."""
+    if v is None or v is pd.NA or v is pd.NaT:
+        return None
+    if isinstance(v, (np.ndarray, list, tuple)):
+        return [jsonable(x) for x in v]
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "NaN"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+    return v

@@ -1,0 +1,1 @@
+"""Meta-learning core: batched inner loops (torch.func), algorithms, predictors, checkpoints."""

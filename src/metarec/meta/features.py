@@ -1,0 +1,89 @@
+"""Feature gathering: task batches of indices -> dicts of feature tensors for the network.
+
+Features live here, outside the network's state dict, so that a checkpoint scores users and
+items it never saw: the caller hands in the current :class:`FeatureTable` rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from metarec.data.encoding import FeatureTable
+from metarec.data.tasks import TaskBatch
+from metarec.models.network import Feats
+
+
+@dataclass
+class TaskSet:
+    """One side (support, query or candidates) of T tasks, padded to L items."""
+
+    user: Feats       # each (T, ·)
+    items: Feats      # each (T, L, ·)
+    ratings: Tensor   # (T, L)
+    mask: Tensor      # (T, L) bool
+
+    def __len__(self) -> int:
+        return int(self.ratings.shape[0])
+
+    def cat(self, other: TaskSet) -> TaskSet:
+        """Support and query side by side (T, L1 + L2): e.g. all of a task's ratings."""
+        if set(self.items) != set(other.items):
+            raise ValueError("cannot concatenate task sets with different item encodings")
+        items = {k: torch.cat([v, other.items[k]], dim=1) for k, v in self.items.items()}
+        return TaskSet(user=self.user, items=items,
+                       ratings=torch.cat([self.ratings, other.ratings], dim=1),
+                       mask=torch.cat([self.mask, other.mask], dim=1))
+
+
+class FeatureStore:
+    """Encoded user and item features on one device and dtype, gathered by index."""
+
+    def __init__(self, users: FeatureTable, items: FeatureTable,
+                 dtype: torch.dtype = torch.float32) -> None:
+        self.dtype = dtype
+        self._users = self._tensors(users, dtype)
+        self._items = self._tensors(items, dtype)
+
+    @staticmethod
+    def _tensors(table: FeatureTable, dtype: torch.dtype) -> Feats:
+        return {"id": table.id_code.long(), "cat": table.categorical.long(),
+                "multi": table.multi.long(), "num": table.numeric.to(dtype)}
+
+    def to(self, device: torch.device | str) -> FeatureStore:
+        """Move every table to ``device`` in place (returns self)."""
+        self._users = {k: v.to(device) for k, v in self._users.items()}
+        self._items = {k: v.to(device) for k, v in self._items.items()}
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self._users["cat"].device
+
+    def users(self, idx: Tensor) -> Feats:
+        """Feature dict of users ``idx`` (any shape): each value (*idx.shape, ·)."""
+        return {k: v[idx] for k, v in self._users.items() if k != "id"}
+
+    def items(self, idx: Tensor) -> Feats:
+        """Feature dict of items ``idx`` (any shape), id code included (new items -> 0)."""
+        return {k: v[idx] for k, v in self._items.items()}
+
+    def _side(self, user_idx: Tensor, items: Tensor, ratings: Tensor, mask: Tensor) -> TaskSet:
+        dev = self.device
+        return TaskSet(user=self.users(user_idx.to(dev)), items=self.items(items.to(dev)),
+                       ratings=ratings.to(dev, self.dtype), mask=mask.to(dev))
+
+    def support(self, batch: TaskBatch) -> TaskSet:
+        return self._side(batch.user_idx, batch.support_items, batch.support_ratings,
+                          batch.support_mask)
+
+    def query(self, batch: TaskBatch) -> TaskSet:
+        return self._side(batch.user_idx, batch.query_items, batch.query_ratings,
+                          batch.query_mask)
+
+    def candidates(self, user_idx: Tensor, items: Tensor) -> TaskSet:
+        """Items (T, C) to score: no ratings (zeros), all positions valid."""
+        zeros = torch.zeros(items.shape, dtype=self.dtype)
+        return self._side(user_idx, items, zeros, torch.ones(items.shape, dtype=torch.bool))

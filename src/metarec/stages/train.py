@@ -1,0 +1,62 @@
+"""Train stage: every meta-learner in ``train.algorithms`` plus the pretrain/finetune baselines.
+
+Writes ``<out_dir>/<name>.pt`` (read by :func:`metarec.meta.checkpoint.load_predictor`),
+Lightning CSV logs under ``<out_dir>/logs/<name>/`` and ``metrics_path`` with, per algorithm,
+the validation query MSE before and after training, the best step, steps and seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from metarec.config import ModelParams, TrainParams, to_dict
+from metarec.data.tasks import load_episodes
+from metarec.errors import ParamsError
+from metarec.io import write_json
+from metarec.meta.algorithms import ALGORITHMS
+from metarec.meta.checkpoint import save_checkpoint
+from metarec.train.fit import FitResult, fit_algorithm, tune_finetune
+
+META_LEARNERS = tuple(a for a in ALGORITHMS if a not in ("pretrain", "finetune"))
+console = Console(stderr=True)
+
+
+def run(model_params: ModelParams, train_params: TrainParams, episodes_dir: str | Path,
+        out_dir: str | Path, metrics_path: str | Path) -> dict[str, Any]:
+    """Train, checkpoint and report every algorithm; returns the metrics written."""
+    unknown = [a for a in train_params.algorithms if a not in META_LEARNERS]
+    if unknown:
+        raise ParamsError(f"train.algorithms: unknown {', '.join(unknown)} "
+                          f"(known: {', '.join(META_LEARNERS)}; pretrain/finetune always run)")
+    data = load_episodes(episodes_dir)
+    out_dir = Path(out_dir)
+    params = {"model": to_dict(model_params), "train": to_dict(train_params)}
+    results: dict[str, Any] = {}
+    names = ["pretrain", *train_params.algorithms]
+    start = time.perf_counter()
+    for name in names:
+        console.print(f"[bold]train[/] {name}: {train_params.max_steps} outer steps ...")
+        fit = fit_algorithm(name, data, model_params, train_params, out_dir / "logs")
+        _save(fit, out_dir, params, data.vocab, results)
+        if name == "pretrain":
+            console.print("[bold]train[/] finetune: choosing steps and lr on validation tasks")
+            _save(tune_finetune(fit, data, model_params, train_params), out_dir, params,
+                  data.vocab, results)
+    metrics = {"algorithms": results, "seconds": round(time.perf_counter() - start, 2),
+               "val_tasks": int(data.select("val")["task_id"].nunique()),
+               "train_tasks": int(data.select("train")["task_id"].nunique())}
+    write_json(metrics, metrics_path)
+    return metrics
+
+
+def _save(fit: FitResult, out_dir: Path, params: dict[str, Any], vocab: dict[str, Any],
+          results: dict[str, Any]) -> None:
+    save_checkpoint(out_dir / f"{fit.name}.pt", fit.algorithm, fit.model_kwargs, params, vocab,
+                    extra=fit.metrics())
+    results[fit.name] = fit.metrics()
+    console.print(f"[bold]train[/] {fit.name}: val loss {fit.initial_val_loss:.4f} -> "
+                  f"{fit.best_val_loss:.4f} (step {fit.best_step}, {fit.seconds:.1f} s)")

@@ -1,0 +1,1 @@
+"""Lightning wiring of the meta-learners: data module, training module, fitting helpers."""

@@ -1,0 +1,144 @@
+"""Fit one algorithm on an :class:`EpisodeData` with Lightning; tune the fine-tuning baseline.
+
+Each fit seeds everything first, so the same params and data give the same weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import CSVLogger
+
+from metarec.config import ModelParams, TrainParams
+from metarec.data.tasks import EpisodeData, TaskBatch
+from metarec.meta.algorithms import MetaAlgorithm, build_algorithm
+from metarec.meta.checkpoint import build_model, model_kwargs
+from metarec.meta.features import FeatureStore
+from metarec.meta.predictor import query_loss_sum
+from metarec.train.data import EpisodeDataModule, take
+from metarec.train.module import MetaLearner
+
+log = logging.getLogger(__name__)
+# Lightning notices that say nothing about our run (tasks are few per epoch by design).
+_QUIET = (r".*isinstance\(treespec, LeafSpec\).*", r".*number of training batches.*",
+          r".*does not have many workers.*")
+
+
+@dataclass
+class FitResult:
+    name: str
+    algorithm: MetaAlgorithm
+    model_kwargs: dict[str, Any]
+    initial_val_loss: float
+    best_val_loss: float
+    best_step: int
+    steps: int
+    seconds: float
+    history: list[tuple[int, float]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, Any]:
+        return {"initial_val_loss": self.initial_val_loss, "best_val_loss": self.best_val_loss,
+                "best_step": self.best_step, "steps": self.steps,
+                "seconds": round(self.seconds, 2), **self.extra}
+
+
+def algorithm_config(name: str, model: ModelParams, train: TrainParams) -> dict[str, Any]:
+    """Constructor arguments of algorithm ``name`` from the params."""
+    cfg: dict[str, Any] = {"adapt": model.adapt, "inner_lr": train.inner_lr,
+                           "inner_steps": train.inner_steps}
+    if name == "reptile":
+        cfg.update(epsilon=train.reptile_epsilon, mode=train.reptile_mode)
+    return cfg
+
+
+def validation_loss(algorithm: MetaAlgorithm, store: FeatureStore, tasks: TaskBatch,
+                    chunk: int = 512) -> float:
+    """Query MSE per rating over all ``tasks`` after adaptation (same seeds as validation)."""
+    sse, n = 0.0, 0
+    for b, start in enumerate(range(0, len(tasks), chunk)):
+        idx = torch.arange(start, min(start + chunk, len(tasks)))
+        gen = torch.Generator(device=store.device).manual_seed(b)
+        s, c = query_loss_sum(algorithm, store, take(tasks, idx).to(store.device), gen)
+        sse, n = sse + s, n + c
+    return sse / max(n, 1)
+
+
+def fit_algorithm(name: str, data: EpisodeData, model: ModelParams, train: TrainParams,
+                  log_dir: str | Path) -> FitResult:
+    """Meta-train ``name`` (or pretrain) for ``train.max_steps`` outer steps; keep the best."""
+    for logger_name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(logger_name).setLevel(logging.WARNING)
+    L.seed_everything(train.seed, workers=True, verbose=False)
+    kwargs = model_kwargs(data, model)
+    algorithm = build_algorithm(name, build_model(kwargs), algorithm_config(name, model, train))
+    store = FeatureStore(data.users, data.items)
+    dm = EpisodeDataModule(data, train.meta_batch, seed=train.seed)
+    dm.setup("fit")
+    assert dm.val_tasks is not None
+    initial = validation_loss(algorithm, store, dm.val_tasks)
+    module = MetaLearner(algorithm, store, train.outer_optimizer, train.outer_lr,
+                         grad_clip=train.grad_clip)
+    trainer = L.Trainer(
+        max_steps=train.max_steps, max_epochs=-1, accelerator=train.accelerator, devices=1,
+        logger=CSVLogger(str(log_dir), name=name, version=0), enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, inference_mode=False,
+        deterministic=True, num_sanity_val_steps=0, val_check_interval=train.val_every,
+        check_val_every_n_epoch=None, log_every_n_steps=min(10, train.val_every))
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        for pattern in _QUIET:
+            warnings.filterwarnings("ignore", message=pattern)
+        trainer.fit(module, datamodule=dm)
+    seconds = time.perf_counter() - start
+    if module.best_state is not None:  # the best validated weights, not the last ones
+        algorithm.load_state_dict(module.best_state)
+    best = module.best_val if module.best_state is not None else initial
+    best_step = module.best_step
+    algorithm.cpu()
+    store.to("cpu")
+    return FitResult(name=name, algorithm=algorithm, model_kwargs=kwargs,
+                     initial_val_loss=initial, best_val_loss=best, best_step=best_step,
+                     steps=int(trainer.global_step), seconds=seconds,
+                     history=module.val_history)
+
+
+def tune_finetune(pretrained: FitResult, data: EpisodeData, model: ModelParams,
+                  train: TrainParams) -> FitResult:
+    """Fine-tuning baseline: the pretrained network + per-task SGD on the support set.
+
+    Steps and learning rate are the pair of ``train.finetune_steps`` x ``train.finetune_lrs``
+    with the lowest validation query loss (a grid of a few cheap first-order evaluations).
+    """
+    start = time.perf_counter()
+    store = FeatureStore(data.users, data.items)
+    dm = EpisodeDataModule(data, train.meta_batch, seed=train.seed)
+    dm.setup("validate")
+    assert dm.val_tasks is not None
+    grid: dict[str, float] = {}
+    best: tuple[float, int, float] | None = None
+    for steps in train.finetune_steps:
+        for lr in train.finetune_lrs:
+            cfg = {"adapt": model.adapt, "inner_lr": lr, "inner_steps": steps}
+            algo = build_algorithm("finetune", pretrained.algorithm.model, cfg)
+            loss = validation_loss(algo, store, dm.val_tasks)
+            grid[f"steps={steps},lr={lr:g}"] = loss
+            if best is None or loss < best[0]:
+                best = (loss, steps, lr)
+    assert best is not None
+    loss, steps, lr = best
+    algo = build_algorithm("finetune", pretrained.algorithm.model,
+                           {"adapt": model.adapt, "inner_lr": lr, "inner_steps": steps})
+    log.info("finetune: chose %d steps, lr %g (val loss %.4f)", steps, lr, loss)
+    return FitResult(name="finetune", algorithm=algo, model_kwargs=pretrained.model_kwargs,
+                     initial_val_loss=pretrained.best_val_loss, best_val_loss=loss,
+                     best_step=pretrained.best_step, steps=pretrained.steps,
+                     seconds=time.perf_counter() - start,
+                     extra={"chosen_steps": steps, "chosen_lr": lr, "grid": grid})

@@ -1,0 +1,143 @@
+"""Training lowers validation loss; checkpoints round-trip and refuse bad files; the stage runs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+from meta_fixtures import episode_data
+
+from metarec.config import ModelParams, TrainParams, to_dict
+from metarec.data.tasks import to_batch
+from metarec.errors import MetarecError
+from metarec.meta.checkpoint import CheckpointError, load_predictor, save_checkpoint
+from metarec.stages import train as train_stage
+from metarec.train.fit import FitResult, fit_algorithm, tune_finetune
+
+MODEL = ModelParams(interaction="dot", embedding_dim=8, hidden=(16,), adapt="user")
+TRAIN = TrainParams(max_steps=30, val_every=10, meta_batch=16, outer_lr=0.01, inner_lr=0.1,
+                    inner_steps=2, finetune_steps=(1, 3), finetune_lrs=(0.05, 0.2))
+
+
+@pytest.fixture(scope="module")
+def data():
+    return episode_data(n_users=80, n_items=40)
+
+
+@pytest.fixture(scope="module")
+def fitted(data, tmp_path_factory) -> dict[str, FitResult]:
+    logs = tmp_path_factory.mktemp("logs")
+    out = {name: fit_algorithm(name, data, MODEL, TRAIN, logs)
+           for name in ("maml", "fomaml", "reptile", "metasgd", "metadropout", "pretrain")}
+    out["finetune"] = tune_finetune(out["pretrain"], data, MODEL, TRAIN)
+    return out
+
+
+@pytest.mark.parametrize("name", ["maml", "fomaml", "reptile", "metasgd", "metadropout",
+                                  "pretrain", "finetune"])
+def test_training_lowers_validation_loss(fitted, name):
+    fit = fitted[name]
+    assert fit.best_val_loss < 0.9 * fit.initial_val_loss, fit.metrics()
+    if name != "finetune":
+        assert fit.steps == TRAIN.max_steps
+        assert [s for s, _ in fit.history] == [10, 20, 30]
+
+
+def test_finetune_adapts_better_than_pretrain(fitted):
+    assert fitted["finetune"].best_val_loss < fitted["pretrain"].best_val_loss
+    assert fitted["finetune"].extra["chosen_steps"] in TRAIN.finetune_steps
+
+
+def test_training_is_deterministic(data, fitted, tmp_path):
+    again = fit_algorithm("maml", data, MODEL, TRAIN, tmp_path)
+    first = fitted["maml"].algorithm.state_dict()
+    for k, v in again.algorithm.state_dict().items():
+        torch.testing.assert_close(v, first[k], rtol=0, atol=0)
+
+
+def _save(fit: FitResult, data, path):
+    params = {"model": to_dict(MODEL), "train": to_dict(TRAIN)}
+    return save_checkpoint(path, fit.algorithm, fit.model_kwargs, params, data.vocab)
+
+
+@pytest.mark.parametrize("name", ["metasgd", "metadropout", "finetune", "reptile"])
+def test_checkpoint_round_trip(fitted, data, tmp_path, name):
+    path = _save(fitted[name], data, tmp_path / f"{name}.pt")
+    blob = torch.load(path, weights_only=True)
+    assert blob["algorithm"] == name and blob["vocab"] == data.vocab
+    assert blob["params"]["train"]["inner_steps"] == TRAIN.inner_steps
+    predictor = load_predictor(path, data)
+    assert predictor.name == name
+    batch = to_batch(data.select("val"))
+    original = fitted[name].algorithm
+    for k, v in predictor.algorithm.state_dict().items():
+        torch.testing.assert_close(v, original.state_dict()[k], rtol=0, atol=0)
+    assert predictor.algorithm.config() == original.config()
+    scores = predictor.predict(batch, batch.query_items)
+    assert scores.shape == batch.query_items.shape
+
+
+def test_truncated_checkpoint_is_refused(fitted, data, tmp_path):
+    path = _save(fitted["maml"], data, tmp_path / "maml.pt")
+    blob = path.read_bytes()
+    path.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_predictor(path, data)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_predictor(tmp_path / "missing.pt", data)
+
+
+def test_altered_checkpoint_is_refused(fitted, data, tmp_path):
+    path = _save(fitted["maml"], data, tmp_path / "maml.pt")
+    blob = torch.load(path, weights_only=True)
+    blob["state_dict"]["model.global_bias"] += 1.0
+    torch.save(blob, path)
+    with pytest.raises(CheckpointError, match="digest"):
+        load_predictor(path, data)
+
+
+def test_vocab_mismatch_is_refused(fitted, data, tmp_path):
+    path = _save(fitted["maml"], data, tmp_path / "maml.pt")
+    other = replace(data, vocab={**data.vocab, "rating": {"min": 0.0, "max": 10.0}})
+    with pytest.raises(CheckpointError, match="different vocabulary"):
+        load_predictor(path, other)
+    assert issubclass(CheckpointError, MetarecError)
+
+
+def test_stage_writes_checkpoints_and_metrics(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_stage, "load_episodes", lambda directory: data)
+    train = replace(TRAIN, algorithms=("maml", "reptile"), max_steps=10, val_every=5)
+    metrics = train_stage.run(MODEL, train, tmp_path / "episodes", tmp_path / "models",
+                              tmp_path / "metrics" / "train.json")
+    assert set(metrics["algorithms"]) == {"pretrain", "finetune", "maml", "reptile"}
+    written = json.loads((tmp_path / "metrics" / "train.json").read_text())
+    assert written == json.loads(json.dumps(metrics))
+    for name in metrics["algorithms"]:
+        assert load_predictor(tmp_path / "models" / f"{name}.pt", data).name == name
+        assert metrics["algorithms"][name]["best_val_loss"] > 0
+    assert (tmp_path / "models" / "logs" / "maml" / "version_0" / "metrics.csv").exists()
+
+
+def test_stage_rejects_unknown_algorithm(data, tmp_path):
+    with pytest.raises(MetarecError, match="unknown"):
+        train_stage.run(MODEL, replace(TRAIN, algorithms=("mamll",)), tmp_path, tmp_path,
+                        tmp_path / "m.json")
+
+
+def test_cli_train_reports_bad_params(tmp_path):
+    from typer.testing import CliRunner
+
+    from metarec.cli import app
+
+    params = tmp_path / "params.yaml"
+    params.write_text("train:\n  inner_stepz: 3\n", encoding="utf-8")
+    result = CliRunner().invoke(app, ["train", "--params", str(params),
+                                      "--episodes", str(tmp_path / "none")])
+    assert result.exit_code == 2
+    assert "inner_stepz" in result.output
+    params.write_text("train:\n  inner_steps: 3\n", encoding="utf-8")
+    result = CliRunner().invoke(app, ["train", "--params", str(params),
+                                      "--episodes", str(tmp_path / "none")])
+    assert result.exit_code == 2 and "episodes.parquet" in result.output
