@@ -13,6 +13,7 @@ from metarec.config import ModelParams, TrainParams, to_dict
 from metarec.data.tasks import to_batch
 from metarec.errors import MetarecError
 from metarec.meta.checkpoint import CheckpointError, load_predictor, save_checkpoint
+from metarec.models.baselines import load_baselines
 from metarec.stages import train as train_stage
 from metarec.train.fit import FitResult, fit_algorithm, tune_finetune
 
@@ -108,16 +109,25 @@ def test_vocab_mismatch_is_refused(fitted, data, tmp_path):
 
 def test_stage_writes_checkpoints_and_metrics(data, tmp_path, monkeypatch):
     monkeypatch.setattr(train_stage, "load_episodes", lambda directory: data)
-    train = replace(TRAIN, algorithms=("maml", "reptile"), max_steps=10, val_every=5)
+    train = replace(TRAIN, algorithms=("maml", "reptile"), max_steps=10, val_every=5,
+                    seeds=(0, 3))
     metrics = train_stage.run(MODEL, train, tmp_path / "episodes", tmp_path / "models",
                               tmp_path / "metrics" / "train.json")
-    assert set(metrics["algorithms"]) == {"pretrain", "finetune", "maml", "reptile"}
+    assert set(metrics["seeds"]) == {"seed0", "seed3"}
+    per_seed = metrics["seeds"]["seed3"]
+    assert set(per_seed) == {"pretrain", "finetune", "maml", "reptile", "baselines"}
     written = json.loads((tmp_path / "metrics" / "train.json").read_text())
     assert written == json.loads(json.dumps(metrics))
-    for name in metrics["algorithms"]:
-        assert load_predictor(tmp_path / "models" / f"{name}.pt", data).name == name
-        assert metrics["algorithms"][name]["best_val_loss"] > 0
-    assert (tmp_path / "models" / "logs" / "maml" / "version_0" / "metrics.csv").exists()
+    folder = tmp_path / "models" / "seed3"
+    for name in ("pretrain", "finetune", "maml", "reptile"):
+        assert load_predictor(folder / f"{name}.pt", data).name == name
+        assert per_seed[name]["best_val_loss"] > 0
+    assert set(load_baselines(folder / "baselines.pt")) == set(per_seed["baselines"])
+    assert (folder / "logs" / "maml" / "version_0" / "metrics.csv").exists()
+    # a different seed gives different weights
+    a = torch.load(tmp_path / "models/seed0/maml.pt", weights_only=True)["state_dict"]
+    b = torch.load(folder / "maml.pt", weights_only=True)["state_dict"]
+    assert any(not torch.equal(a[k], b[k]) for k in a)
 
 
 def test_stage_rejects_unknown_algorithm(data, tmp_path):

@@ -110,6 +110,23 @@ def train(
 
 
 @app.command()
+def evaluate(
+    episodes: Path = typer.Option(Path("data/episodes"), help="episodes folder"),
+    models: Path = typer.Option(Path("models"), help="trained models (seed<S>/ folders)"),
+    metrics: Path = typer.Option(Path("metrics/eval.json"), help="evaluation metrics (DVC)"),
+    report: Path = typer.Option(Path("reports/eval"), help="Markdown report and PNG curves"),
+    params: Path = PARAMS,
+) -> None:
+    """Score every model on the test tasks: 4 scenarios x K x seeds, with bootstrap CIs."""
+    from metarec.stages import evaluate as stage
+
+    try:
+        stage.run(load_params(params).evaluate, episodes, models, metrics, report)
+    except MetarecError as exc:
+        _fail(exc)
+
+
+@app.command()
 def summary(
     metrics: Path = typer.Option(Path("metrics"), help="folder of DVC metrics"),
 ) -> None:

@@ -135,7 +135,8 @@ class TrainParams:
     finetune_steps: tuple[int, ...] = (1, 5, 10)
     finetune_lrs: tuple[float, ...] = (0.01, 0.05, 0.2)
     accelerator: str = "auto"
-    seed: int = 0
+    seeds: tuple[int, ...] = (0, 1, 2)
+    seed: int = 0  # set per run by the train stage from `seeds`; not a params.yaml key
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,7 +146,8 @@ class TrainParams:
 @dataclass(frozen=True)
 class EvaluateParams:
     relevance_threshold: float = 4.0
-    seeds: tuple[int, ...] = (0, 1, 2)
+    inner_steps_grid: tuple[int, ...] = (1, 3, 5, 10, 20)
+    curve_k: int = 5
     bootstrap_samples: int = 1000
     bootstrap_confidence: float = 0.95
     catalogue_k: int = 20
@@ -154,10 +156,17 @@ class EvaluateParams:
 
 @dataclass(frozen=True)
 class ScoreParams:
+    """Nightly batch: which checkpoint scores which users, and how many items each gets."""
+
+    model: str = "maml"
+    as_of: str | None = None
     top_k: int = 20
     max_interactions: int = 20
     active_days: int = 30
     chunk_users: int = 1024
+    landing_dir: str | None = None
+    dynamic: bool = False
+    dynamic_last: int = 20
     cron: str = "0 2 * * *"
 
 

@@ -1,13 +1,16 @@
 """Train stage: every meta-learner in ``train.algorithms`` plus the pretrain/finetune baselines.
 
-Writes ``<out_dir>/<name>.pt`` (read by :func:`metarec.meta.checkpoint.load_predictor`),
-Lightning CSV logs under ``<out_dir>/logs/<name>/`` and ``metrics_path`` with, per algorithm,
-the validation query MSE before and after training, the best step, steps and seconds.
+For each seed in ``train.seeds`` writes ``<out_dir>/seed<S>/<name>.pt`` (read by
+:func:`metarec.meta.checkpoint.load_predictor`), the fitted statistical baselines in
+``<out_dir>/seed<S>/baselines.pt``, Lightning CSV logs under ``<out_dir>/seed<S>/logs/<name>/``
+and ``metrics_path`` with, per seed and algorithm, the validation query MSE before and after
+training, the best step, steps and seconds, and each baseline's validation tuning.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ from metarec.errors import ParamsError
 from metarec.io import write_json
 from metarec.meta.algorithms import ALGORITHMS
 from metarec.meta.checkpoint import save_checkpoint
+from metarec.models.baselines import fit_baselines, save_baselines
 from metarec.train.fit import FitResult, fit_algorithm, tune_finetune
 
 META_LEARNERS = tuple(a for a in ALGORITHMS if a not in ("pretrain", "finetune"))
@@ -34,19 +38,28 @@ def run(model_params: ModelParams, train_params: TrainParams, episodes_dir: str 
                           f"(known: {', '.join(META_LEARNERS)}; pretrain/finetune always run)")
     data = load_episodes(episodes_dir)
     out_dir = Path(out_dir)
-    params = {"model": to_dict(model_params), "train": to_dict(train_params)}
     results: dict[str, Any] = {}
     names = ["pretrain", *train_params.algorithms]
     start = time.perf_counter()
-    for name in names:
-        console.print(f"[bold]train[/] {name}: {train_params.max_steps} outer steps ...")
-        fit = fit_algorithm(name, data, model_params, train_params, out_dir / "logs")
-        _save(fit, out_dir, params, data.vocab, results)
-        if name == "pretrain":
-            console.print("[bold]train[/] finetune: choosing steps and lr on validation tasks")
-            _save(tune_finetune(fit, data, model_params, train_params), out_dir, params,
-                  data.vocab, results)
-    metrics = {"algorithms": results, "seconds": round(time.perf_counter() - start, 2),
+    for seed in train_params.seeds:
+        run_params = replace(train_params, seed=seed)
+        params = {"model": to_dict(model_params), "train": to_dict(run_params)}
+        folder = out_dir / f"seed{seed}"
+        per_seed: dict[str, Any] = {}
+        baselines = fit_baselines(data, seed)
+        save_baselines(baselines, folder / "baselines.pt")
+        per_seed["baselines"] = {n: b.tuning for n, b in baselines.items()}
+        for name in names:
+            console.print(f"[bold]train[/] seed {seed} {name}: {run_params.max_steps} "
+                          "outer steps ...")
+            fit = fit_algorithm(name, data, model_params, run_params, folder / "logs")
+            _save(fit, folder, params, data.vocab, per_seed)
+            if name == "pretrain":
+                console.print("[bold]train[/] finetune: choosing steps and lr on validation")
+                _save(tune_finetune(fit, data, model_params, run_params), folder, params,
+                      data.vocab, per_seed)
+        results[f"seed{seed}"] = per_seed
+    metrics = {"seeds": results, "seconds": round(time.perf_counter() - start, 2),
                "val_tasks": int(data.select("val")["task_id"].nunique()),
                "train_tasks": int(data.select("train")["task_id"].nunique())}
     write_json(metrics, metrics_path)
