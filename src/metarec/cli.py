@@ -36,7 +36,9 @@ def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug lo
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -93,6 +95,37 @@ def episodes(
 
 
 @app.command()
+def serve(
+    project: Path = typer.Option(Path("."), help="project folder (params.yaml, flows/)"),
+) -> None:
+    """Serve the nightly Prefect deployment on params.yaml's score.cron (runs until stopped)."""
+    from metarec.orchestration.local import serve_nightly
+
+    try:
+        serve_nightly(project)
+    except MetarecError as exc:
+        _fail(exc)
+
+
+@app.command()
+def ui(
+    stop: bool = typer.Option(False, "--stop", help="stop the server this project started"),
+    params: Path = PARAMS,
+) -> None:
+    """Start (or find) the local Prefect server of params.yaml's prefect section; Ctrl-C stops."""
+    from metarec.orchestration import server
+
+    try:
+        loaded = load_params(params).prefect
+        if stop:
+            typer.echo("stopped" if server.stop(loaded, params.parent) else "none running")
+        else:
+            server.serve_forever(loaded, params.parent)
+    except MetarecError as exc:
+        _fail(exc)
+
+
+@app.command()
 def train(
     episodes: Path = typer.Option(Path("data/episodes"), help="episodes folder"),
     out: Path = typer.Option(Path("models"), help="folder for checkpoints and training logs"),
@@ -124,6 +157,40 @@ def evaluate(
         stage.run(load_params(params).evaluate, episodes, models, metrics, report)
     except MetarecError as exc:
         _fail(exc)
+
+
+@app.command()
+def score(
+    as_of: str | None = typer.Option(None, "--as-of",
+                                     help="YYYY-MM-DD (UTC); default params.yaml score.as_of"),
+    inp: Path = typer.Option(Path("data/validated"), "--in", help="validated tables"),
+    models: Path = typer.Option(Path("models"), help="folder of checkpoints (<model>.pt)"),
+    out: Path = typer.Option(Path("data/recommendations"), help="root of the dated batches"),
+    params: Path = PARAMS,
+) -> None:
+    """Adapt to the day's cold-start users and write their top-K batch (atomically)."""
+    from metarec.stages import score as stage
+
+    try:
+        batch = stage.run(load_params(params).score, inp, models, out, as_of)
+    except MetarecError as exc:
+        _fail(exc)
+    typer.echo(str(batch))
+
+
+@app.command("verify-batch")
+def verify_batch(
+    batch: Path = typer.Argument(..., help="a batch folder data/recommendations/<DATE>"),
+) -> None:
+    """Rebuild a batch from its manifest; exit 0 only if the Parquet bytes are identical."""
+    from metarec.stages import score as stage
+
+    try:
+        manifest = stage.verify(batch)
+    except MetarecError as exc:
+        _fail(exc)
+    typer.echo(f"{batch}: identical ({manifest['rows']} rows, sha256 "
+               f"{manifest['parquet_sha256']})")
 
 
 @app.command()

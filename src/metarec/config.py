@@ -132,6 +132,13 @@ class TrainParams:
     max_steps: int = 1000
     val_every: int = 100
     grad_clip: float = 10.0
+    ridge_lambda: float = 3.0
+    ridge_query_loss: Literal["mse", "mae", "huber"] = "mse"
+    ridge_outer_lr: float = 3e-4
+    ridge_train_item_ids: bool = True
+    ridge_mf_init: bool = True
+    ridge_mf_reg: float = 15.0
+    ridge_mf_iters: int = 15
     finetune_steps: tuple[int, ...] = (1, 5, 10)
     finetune_lrs: tuple[float, ...] = (0.01, 0.05, 0.2)
     accelerator: str = "auto"
@@ -170,6 +177,27 @@ class ScoreParams:
     cron: str = "0 2 * * *"
 
 
+# --------------------------------------------------------------------------------------------
+# orchestration (Prefect flows, local server, nightly task runner)
+
+
+@dataclass(frozen=True)
+class PrefectParams:
+    """Where the local Prefect server lives, how tasks retry, how the nightly batch shards."""
+
+    host: str = "127.0.0.1"
+    port: int = 4200
+    home: str = ".prefect"
+    startup_timeout_s: int = 90
+    retries: int = 2
+    retry_backoff_s: float = 10.0
+    task_runner: Literal["thread", "dask"] = "thread"
+    dask_address: str | None = None
+    dask_workers: int = 2
+    shards: int = 4
+    models_dir: str = "models/seed0"
+
+
 @dataclass(frozen=True)
 class Params:
     ingest: IngestParams = field(default_factory=IngestParams)
@@ -179,6 +207,7 @@ class Params:
     train: TrainParams = field(default_factory=TrainParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     score: ScoreParams = field(default_factory=ScoreParams)
+    prefect: PrefectParams = field(default_factory=PrefectParams)
 
 
 # --------------------------------------------------------------------------------------------

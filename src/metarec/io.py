@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from metarec.errors import DataError
 
 
 @contextlib.contextmanager
@@ -35,6 +38,49 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a fresh temporary folder beside ``path``; swap it in for ``path`` only on success.
+
+    A stage that writes several files writes them all into the temporary folder, so a failure
+    leaves the previous complete folder (or none) in place, never a mix of old and new files.
+    The swap is two renames (old folder aside, new folder in), then the old one is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old",
+                                        dir=path.parent))
+            os.replace(path, old / path.name)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def read_tracked(path: str | Path, restore: str, reader: Any = None) -> Any:
+    """Read a pipeline input that DVC tracks (default reader: :func:`read_parquet`).
+
+    Missing, truncated or corrupt files raise DataError naming the file and the command that
+    restores it (``dvc repro <stage>`` or ``dvc pull``) instead of a raw pyarrow traceback.
+    """
+    path = Path(path)
+    hint = f"run `{restore}` (or `dvc pull`) to restore it"
+    if not path.exists():
+        raise DataError(f"missing; {hint}", file=str(path))
+    try:
+        return (reader or read_parquet)(path)
+    except (pa.ArrowException, OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise DataError(f"unreadable (truncated or corrupt?): {exc}; {hint}",
+                        file=str(path)) from exc
 
 
 def write_parquet(df: pd.DataFrame | pa.Table, path: str | Path) -> Path:

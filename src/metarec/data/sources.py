@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import re
 import subprocess
 import sys
 import urllib.request
@@ -78,22 +79,100 @@ def content_sha256(interactions: pd.DataFrame) -> str:
 # helpers
 
 
+# Delimiters recognised in a header that did not split: "looks ';'-delimited, not ','".
+_DELIMITERS = ("::", ";", "\t", "|", ",")
+_RAGGED = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
+
+
 def _read_delimited(path: Path, *, sep: str, names: list[str] | None, header: int | None,
-                    encoding: str, dtype: Any = "string") -> pd.DataFrame:
-    """Read a delimited file as strings; turn parser failures into DataError naming the file."""
+                    encoding: str) -> pd.DataFrame:
+    """Read a delimited file as strings; every failure is a DataError naming file, row, column.
+
+    ``header=0``: the first record names the columns; ``header=None``: ``names`` do. Records
+    are read without names first, so a row with more fields than the header is an error (given
+    names, pandas would silently shift such a row into the index). Rows are data records,
+    1-based, header not counted; rows with too few fields are padded with nulls (validation
+    quarantines them). A UTF-8 byte-order mark is dropped.
+    """
     if not path.exists():
         raise DataError("file not found", file=str(path))
     if path.stat().st_size == 0:
-        raise DataError("file is empty", file=str(path))
-    engine = "python" if len(sep) > 1 else "c"
+        raise DataError("file is empty (0 bytes)", file=str(path))
+    has_header = header is not None
+    codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
     try:
-        return pd.read_csv(path, sep=sep, names=names, header=header, encoding=encoding,
-                           dtype=dtype, engine=engine, keep_default_na=False, na_values=[""])
+        frame = pd.read_csv(path, sep=sep, header=None, encoding=codec, dtype="string",
+                            engine="python" if len(sep) > 1 else "c", keep_default_na=False,
+                            na_values=[""])
     except UnicodeDecodeError as exc:
-        raise DataError(f"not valid {encoding} text at byte {exc.start}; set the encoding "
-                        "in params (ingest.table.encoding)", file=str(path)) from exc
+        raise _decode_error(path, sep, has_header, codec, encoding, names) from exc
+    except pd.errors.EmptyDataError as exc:
+        raise DataError("file has no content (blank lines only)", file=str(path)) from exc
     except (pd.errors.ParserError, ValueError) as exc:
+        ragged = _RAGGED.search(str(exc))
+        if ragged:
+            expected, line, saw = map(int, ragged.groups())
+            first = "the header" if has_header else "row 1"
+            raise DataError(f"ragged row: {saw} fields where {first} has {expected}; check "
+                            "the quoting and the delimiter", file=str(path),
+                            row=line - has_header) from exc
         raise DataError(f"cannot be parsed: {exc}", file=str(path)) from exc
+    if has_header:
+        found = ["" if pd.isna(c) else str(c).strip() for c in frame.iloc[0]]
+        found = [c or f"Unnamed: {i}" for i, c in enumerate(found)]
+        dup = pd.Series(found)[pd.Series(found).duplicated()]
+        if len(dup):
+            raise DataError("column name appears more than once in the header",
+                            file=str(path), column=str(dup.iloc[0]))
+        frame = frame.iloc[1:].reset_index(drop=True)
+        frame.columns = found
+        if frame.shape[1] == 1:
+            _check_delimiter(path, sep, found[0], None,
+                             "set the delimiter in params (ingest.table.csv_delimiter)")
+        if len(frame) == 0:
+            raise DataError("has a header but no rows", file=str(path))
+        return frame
+    assert names is not None
+    if frame.shape[1] == 1 and len(names) > 1:
+        _check_delimiter(path, sep, str(frame.iloc[0, 0]), 1,
+                         f"this format is {sep!r}-separated ({', '.join(names)})")
+    if frame.shape[1] != len(names):
+        extra = frame.iloc[:, len(names):].notna().any(axis=1).to_numpy()
+        row = int(np.argmax(extra)) + 1 if extra.any() else 1
+        raise DataError(f"{frame.shape[1]} fields where the format has {len(names)} "
+                        f"({', '.join(names)})", file=str(path), row=row)
+    frame.columns = names
+    return frame
+
+
+def _check_delimiter(path: Path, sep: str, text: str, row: int | None, hint: str) -> None:
+    """One field where several were expected: name the delimiter the text seems to use."""
+    for other in _DELIMITERS:
+        if other != sep and other in text:
+            where = "the header" if row is None else "the row"
+            raise DataError(f"no {sep!r} delimiter: {where} looks {other!r}-delimited "
+                            f"({text[:60]!r}); {hint}", file=str(path), row=row)
+
+
+def _decode_error(path: Path, sep: str, has_header: bool, codec: str, encoding: str,
+                  names: list[str] | None) -> DataError:
+    """Locate the first byte that is not valid text: row (record) and column of the file."""
+    raw = path.read_bytes()  # only on this error path
+    try:
+        raw.decode(codec)
+        start = 0
+    except UnicodeDecodeError as exc:
+        start = exc.start
+    line_start = raw.rfind(b"\n", 0, start) + 1
+    row = raw.count(b"\n", 0, start) + 1 - has_header
+    field = raw[line_start:start].count(sep.encode("ascii"))
+    header = (raw.split(b"\n", 1)[0].decode(codec, errors="replace").strip().split(sep)
+              if has_header else names or [])
+    column = header[field].strip() if field < len(header) and row > 0 else None
+    return DataError(f"byte 0x{raw[start]:02x} at offset {start} is not valid {encoding} text"
+                     f"{' (in the header)' if row == 0 else ''}; set the file's encoding in "
+                     "params (ingest.table.encoding for a table source, e.g. latin-1)",
+                     file=str(path), row=row if row > 0 else None, column=column)
 
 
 def _numeric(col: pd.Series) -> pd.Series:
@@ -117,6 +196,23 @@ def _epoch_seconds(col: pd.Series, unit: str) -> pd.Series:
     return out
 
 
+def _check_parsed(raw: pd.Series, parsed: pd.Series, file: str, column: str, what: str,
+                  hint: str = "") -> None:
+    """A column none of whose given values parse is the wrong column or type: fail, naming the
+    first value. Single unparseable cells stay null, for validation to quarantine by row."""
+    given = raw.notna().to_numpy()
+    if given.any() and parsed.isna().to_numpy()[given].all():
+        pos = int(np.flatnonzero(given)[0])
+        raise DataError(f"no value parses as {what} (first: {raw.iloc[pos]!r}){hint}",
+                        file=file, row=pos + 1, column=column)
+
+
+def _clean_ids(col: pd.Series) -> pd.Series:
+    """Ids as text, unchanged but for surrounding blanks; a blank id is a missing one."""
+    ids = col.astype("string").str.strip()
+    return ids.mask(ids == "")
+
+
 def coarsen_zip(col: pd.Series) -> pd.Series:
     """US zip codes -> their first digit (a region); anything else -> 'other'."""
     first = col.astype("string").str.strip().str[:1]
@@ -127,8 +223,8 @@ def _interactions(users: pd.Series, items: pd.Series, rating: pd.Series, ts: pd.
                   source_row: np.ndarray | None = None) -> pd.DataFrame:
     n = len(users)
     return pd.DataFrame({
-        "user_id": users.astype("string").str.strip().to_numpy(),
-        "item_id": items.astype("string").str.strip().to_numpy(),
+        "user_id": _clean_ids(users).to_numpy(),
+        "item_id": _clean_ids(items).to_numpy(),
         "rating": rating.to_numpy(np.float64, na_value=np.nan),
         "timestamp": ts.to_numpy(),
         "source_row": np.arange(1, n + 1, dtype=np.int64) if source_row is None else source_row,
@@ -308,18 +404,20 @@ def read_movielens_dat(params: IngestParams) -> RawData:
     interactions = _interactions(r["user_id"], r["item_id"], _numeric(r["rating"]),
                                  _epoch_seconds(r["timestamp"], "s"))
     items = pd.DataFrame({
-        "item_id": m["item_id"].str.strip(),
+        "item_id": _clean_ids(m["item_id"]),
         "title": m["title"].str.replace(r"\s*\(\d{4}\)\s*$", "", regex=True),
         "release_year": _numeric(m["title"].str.extract(r"\((\d{4})\)\s*$")[0]),
         "genres": _split_lists(m["genres"], "|", drop=("(no genres listed)",)),
+        "source_row": np.arange(1, len(m) + 1, dtype=np.int64),
     })
     user_features: dict[str, dict[str, Any]] = {}
     if (folder / "users.dat").exists():
         u = _read_delimited(folder / "users.dat", sep="::", header=None, encoding="latin-1",
                             names=["user_id", "gender", "age", "occupation", "zip"])
-        users = pd.DataFrame({"user_id": u["user_id"].str.strip(), "gender": u["gender"],
+        users = pd.DataFrame({"user_id": _clean_ids(u["user_id"]), "gender": u["gender"],
                               "age": u["age"], "occupation": u["occupation"],
-                              "zip": coarsen_zip(u["zip"])})
+                              "zip": coarsen_zip(u["zip"]),
+                              "source_row": np.arange(1, len(u) + 1, dtype=np.int64)})
         user_features = {"gender": {"kind": "categorical", "vocabulary": ["F", "M"]},
                          "age": {"kind": "categorical"},       # ML-1M ages are bucket codes
                          "occupation": {"kind": "categorical"},
@@ -327,7 +425,8 @@ def read_movielens_dat(params: IngestParams) -> RawData:
                                  "vocabulary": [*map(str, range(10)), "other"]}}
         users_file = str(folder / "users.dat")
     else:  # ML-10M / 20M have no user file
-        users = pd.DataFrame({"user_id": pd.unique(interactions["user_id"])}, dtype="string")
+        users = pd.DataFrame({"user_id": pd.unique(interactions["user_id"].dropna())},
+                         dtype="string")
         users_file = str(folder / "ratings.dat")
     return RawData(
         dataset=f"movielens-{folder.name}", interactions=interactions, users=users, items=items,
@@ -358,12 +457,14 @@ def read_movielens_latest(params: IngestParams) -> RawData:
     interactions = _interactions(r["userId"], r["movieId"], _numeric(r["rating"]),
                                  _epoch_seconds(r["timestamp"], "s"))
     items = pd.DataFrame({
-        "item_id": m["movieId"].str.strip(),
+        "item_id": _clean_ids(m["movieId"]),
         "title": m["title"].str.replace(r"\s*\(\d{4}\)\s*$", "", regex=True),
         "release_year": _numeric(m["title"].str.extract(r"\((\d{4})\)\s*$")[0]),
         "genres": _split_lists(m["genres"], "|", drop=("(no genres listed)",)),
+        "source_row": np.arange(1, len(m) + 1, dtype=np.int64),
     })
-    users = pd.DataFrame({"user_id": pd.unique(interactions["user_id"])}, dtype="string")
+    users = pd.DataFrame({"user_id": pd.unique(interactions["user_id"].dropna())},
+                         dtype="string")
     return RawData(
         dataset="movielens-latest", interactions=interactions, users=users, items=items,
         item_features={"title": {"kind": "text"}, "release_year": {"kind": "numeric"},
@@ -379,24 +480,35 @@ def read_movielens_latest(params: IngestParams) -> RawData:
 
 
 def _read_any(path: Path, spec: TableSource) -> pd.DataFrame:
+    """A Parquet or CSV table; ids and values as text where they are text or integers."""
     fmt = spec.format
     if fmt == "auto":
         fmt = "parquet" if path.suffix.lower() in (".parquet", ".pq") else "csv"
     if not path.exists():
         raise DataError("file not found", file=str(path))
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
+    if fmt == "csv":
+        return _read_delimited(path, sep=spec.csv_delimiter, names=None, header=0,
+                               encoding=spec.encoding)
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
 
-        try:
-            frame = pq.read_table(path).to_pandas()
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise DataError(f"not a readable Parquet file (truncated or corrupt?): {exc}",
-                            file=str(path)) from exc
-        # keep ids and values as text first: typing happens once, below, for both formats
-        return frame.astype({c: "string" for c in frame.columns
-                             if frame[c].dtype == object and not _is_list(frame[c])})
-    return _read_delimited(path, sep=spec.csv_delimiter, names=None, header=0,
-                           encoding=spec.encoding)
+    if path.stat().st_size == 0:
+        raise DataError("file is empty (0 bytes)", file=str(path))
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"not a readable Parquet file (truncated or corrupt?): {exc}",
+                        file=str(path)) from exc
+    if table.num_rows == 0:
+        raise DataError("has a schema but no rows", file=str(path))
+    # integers (uint64 ids above 2^63 included) become their exact decimal text here, before
+    # pandas could turn an integer column with a null into floats
+    for i, f in enumerate(table.schema):
+        t = f.type
+        if pa.types.is_integer(t) or pa.types.is_decimal(t) or pa.types.is_dictionary(t):
+            table = table.set_column(i, f.name, pc.cast(table.column(i), pa.string()))
+    return table.to_pandas(types_mapper=lambda t: pd.StringDtype()
+                           if pa.types.is_string(t) or pa.types.is_large_string(t) else None)
 
 
 def _is_list(col: pd.Series) -> bool:
@@ -404,16 +516,26 @@ def _is_list(col: pd.Series) -> bool:
     return len(first) > 0 and isinstance(first.iloc[0], (list, np.ndarray))
 
 
+def _id_column(frame: pd.DataFrame, col: str, file: Path) -> pd.Series:
+    """An id column as text; floating-point ids (1.0, NaN) are ambiguous and rejected."""
+    if pd.api.types.is_float_dtype(frame[col]):
+        raise DataError("ids are stored as floating-point numbers (e.g. 1.0); write them as "
+                        "integers or text", file=str(file), column=col)
+    return _clean_ids(frame[col])
+
+
 def read_table(params: IngestParams) -> RawData:
-    """A log with a column mapping in params, optional user / item feature tables."""
+    """A log with a column mapping in params, optional user / item feature tables.
+
+    Single cells that do not parse (a rating 'five', a date 'yesterday') become nulls that
+    validation quarantines by row; a column none of whose values parse is an error here.
+    """
     spec = params.table
     if not spec.interactions:
         raise DataError("ingest.table.interactions must name the interaction log",
                         column="table.interactions")
     path = Path(spec.interactions)
     log_df = _read_any(path, spec)
-    if len(log_df) == 0:
-        raise DataError("has a header but no rows", file=str(path))
     needed = [spec.user_col, spec.item_col, spec.timestamp_col]
     if spec.rating_col is not None:
         needed.append(spec.rating_col)
@@ -425,7 +547,9 @@ def read_table(params: IngestParams) -> RawData:
     if spec.rating_col is None:
         rating = pd.Series(1.0, index=log_df.index)
     else:
-        rating = _numeric(log_df[spec.rating_col].astype("string"))
+        raw_rating = log_df[spec.rating_col].astype("string")
+        rating = _numeric(raw_rating)
+        _check_parsed(raw_rating, rating, str(path), spec.rating_col, "a number")
     if spec.label == "count":
         lo, hi = 0.0, float("inf")
     elif spec.label == "binary":
@@ -437,33 +561,42 @@ def read_table(params: IngestParams) -> RawData:
         ts = (pd.to_datetime(ts, utc=True) - pd.Timestamp(0, tz="UTC")) // pd.Timedelta("1s")
         ts = ts.astype("Int64")
     else:
-        ts = _epoch_seconds(ts.astype("string"), spec.timestamp_unit)
-    interactions = _interactions(log_df[spec.user_col], log_df[spec.item_col], rating, ts)
+        raw_ts = ts.astype("string")
+        ts = _epoch_seconds(raw_ts, spec.timestamp_unit)
+        _check_parsed(raw_ts, ts, str(path), spec.timestamp_col,
+                      f"a time in unit {spec.timestamp_unit!r}",
+                      "; set ingest.table.timestamp_unit (s | ms | us | ns | iso)")
+    interactions = _interactions(_id_column(log_df, spec.user_col, path),
+                                 _id_column(log_df, spec.item_col, path), rating, ts)
 
     def features(file: str | None, id_col: str, kinds: dict[str, str], entity: str
                  ) -> tuple[pd.DataFrame, dict[str, dict[str, Any]], str]:
         if file is None:
-            ids = pd.unique(interactions[f"{entity}_id"])
+            ids = pd.unique(interactions[f"{entity}_id"].dropna())
             return pd.DataFrame({f"{entity}_id": ids}, dtype="string"), {}, str(path)
         fpath = Path(file)
         frame = _read_any(fpath, spec)
         if id_col not in frame.columns:
             raise DataError(f"id column missing (found: {list(frame.columns)})",
                             file=str(fpath), column=id_col)
-        out = pd.DataFrame({f"{entity}_id": frame[id_col].astype("string").str.strip()})
+        out = pd.DataFrame({f"{entity}_id": _id_column(frame, id_col, fpath)})
         for name, kind in kinds.items():
             if name not in frame.columns:
                 raise DataError("feature column named in params is missing",
                                 file=str(fpath), column=name)
             col = frame[name]
             if kind == "numeric":
-                out[name] = _numeric(col.astype("string"))
+                raw = col.astype("string")
+                out[name] = _numeric(raw)
+                _check_parsed(raw, out[name], str(fpath), name, "a number")
             elif kind == "multicategorical":
                 out[name] = col if _is_list(col) else _split_lists(col, spec.list_separator)
             elif kind in ("categorical", "text"):
                 out[name] = col.astype("string")
             else:
                 raise DataError(f"unknown feature kind {kind!r}", column=name)
+        # the row in the feature file, so validation names it (1-based, header not counted)
+        out["source_row"] = np.arange(1, len(out) + 1, dtype=np.int64)
         return out, {name: {"kind": kind} for name, kind in kinds.items()}, str(fpath)
 
     users, ufeat, ufile = features(spec.users, spec.user_col, spec.user_features, "user")

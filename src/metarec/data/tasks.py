@@ -18,7 +18,7 @@ import torch
 
 from metarec.data.encoding import FeatureTable, encode_entity
 from metarec.errors import DataError
-from metarec.io import read_json
+from metarec.io import read_json, read_tracked
 
 EPISODE_COLUMNS = {
     "task_id": "int32",       # unique per (user, split, scenario, k, draw)
@@ -66,12 +66,13 @@ def load_episodes(directory: str | Path) -> EpisodeData:
         if not (directory / name).exists():
             raise DataError("missing; run `dvc repro episodes` (or `dvc pull`) to restore it",
                             file=str(directory / name))
-    vocab = read_json(directory / "vocab.json")
-    users_df = pd.read_parquet(directory / "users.parquet")
-    items_df = pd.read_parquet(directory / "items.parquet")
+    restore = "dvc repro episodes"
+    vocab = read_tracked(directory / "vocab.json", restore, read_json)
+    users_df = read_tracked(directory / "users.parquet", restore, pd.read_parquet)
+    items_df = read_tracked(directory / "items.parquet", restore, pd.read_parquet)
     users = encode_entity(users_df, "user_id", vocab["users"])
     items = encode_entity(items_df, "item_id", vocab["items"])
-    tasks = pd.read_parquet(directory / "episodes.parquet")
+    tasks = read_tracked(directory / "episodes.parquet", restore, pd.read_parquet)
     tasks["user_idx"] = users.index_of(tasks["user_id"])
     tasks["item_idx"] = items.index_of(tasks["item_id"])
     return EpisodeData(tasks=tasks, users=users, items=items, vocab=vocab)

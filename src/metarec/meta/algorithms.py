@@ -18,12 +18,17 @@ Algorithms:
   ``theta += eps * mean(W - theta)``, or by handing ``theta - mean(W)`` to the outer optimiser
   as its gradient); parameters no task adapts (embeddings) take the first-order query gradient
   at ``W`` - otherwise Reptile would never train them;
+- ``ridge`` (after Bertinetto et al., ICLR 2019): the inner loop is a closed-form ridge
+  regression of the support ratings on the network's item vectors, shrunk towards a prior user
+  vector computed from the user's features, with a learned per-dimension prior precision; item
+  vectors, biases, the prior and the precision are trained end-to-end through the solve;
 - ``pretrain``: no adaptation; trained on every rating of a task (support and query);
 - ``finetune``: the pretrained network, fine-tuned per task with plain first-order SGD.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -35,7 +40,9 @@ from torch.func import functional_call, grad, vmap
 from metarec.meta.features import TaskSet
 from metarec.models.network import Feats, PreferenceNet
 
-ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "metadropout", "pretrain", "finetune")
+ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "metadropout", "ridge", "pretrain",
+              "finetune")
+QUERY_LOSSES = ("mse", "mae", "huber")
 Params = dict[str, Tensor]
 
 
@@ -272,6 +279,112 @@ class Reptile(MetaAlgorithm):
         return {**super().config(), "epsilon": self.epsilon, "mode": self.mode}
 
 
+class RidgeMeta(MetaAlgorithm):
+    """Closed-form inner loop: each task's user weights are a ridge fit to its support.
+
+    With item features ``phi_i = [item_proj(x_i), 1]`` (D = d + 1) and residual targets
+    ``y = r - global_bias - b_i``, a task's weights are the MAP estimate under the prior
+    ``w ~ N(w0(user features), diag(lam)^-1)``::
+
+        w = (Phi^T M Phi + diag(lam))^-1 (Phi^T M y + lam * w0),   w0 = [user_proj(x_u), b_u]
+
+    solved with one batched ``torch.linalg.solve`` (differentiable, so the query loss trains
+    ``lam``, the prior and the item side end-to-end). An empty support gives ``w = w0``: the
+    prediction from features alone. Ratings are ``global_bias + b_i + phi_i . w``, clamped to
+    the rating range. ``inner_steps`` and ``inner_lr`` are kept for the common interface and do
+    nothing: the solve is exact. ``query_loss`` (mse | mae | huber) is the outer objective.
+
+    The per-task state ``w`` depends on item-side parameters, so ``adapt_names`` lists every
+    network parameter: consumers that specialise on "only user-side parameters adapt" (the
+    nightly scorer's fast path) fall back to :meth:`predict`.
+    """
+
+    name = "ridge"
+
+    def __init__(self, model: PreferenceNet, adapt: str, inner_lr: float, inner_steps: int,
+                 lam: float = 1.0, query_loss: str = "mse", train_item_ids: bool = True
+                 ) -> None:
+        super().__init__(model, adapt, inner_lr, inner_steps)
+        self.train_item_ids = bool(train_item_ids)
+        if query_loss not in QUERY_LOSSES:
+            raise ValueError(f"query_loss must be one of {QUERY_LOSSES}, got {query_loss!r}")
+        if lam <= 0:
+            raise ValueError(f"ridge lam must be > 0, got {lam}")
+        self.adapt_names = [n for n, _ in model.named_parameters()]
+        self.query_loss = query_loss
+        dim = model.user_proj.out_features + 1
+        dtype = model.global_bias.dtype
+        self.log_lam = nn.Parameter(torch.full((dim,), math.log(lam), dtype=dtype))
+
+    def meta_params(self) -> Params:
+        return {"log_lam": self.log_lam}
+
+    def outer_parameters(self) -> Iterator[nn.Parameter]:
+        """Everything, or (``train_item_ids=False``) all but the per-item-id tables.
+
+        Per-item-id vectors and biases of rarely rated items overfit their few query ratings
+        and then float to the top of a full-catalogue ranking; shared feature embeddings do not.
+        """
+        frozen = () if self.train_item_ids else ("model.item_id.", "model.item_bias.")
+        return (p for n, p in self.named_parameters() if not n.startswith(frozen))
+
+    def _user_prior(self, user: Feats) -> Tensor:
+        m = self.model
+        xu = user["x"] if "x" in user else m.embed_users(user)           # (T, Du)
+        u = m.user_proj(xu)                                               # (T, d)
+        return torch.cat([u, m.user_bias.expand(*u.shape[:-1], 1)], -1)  # (T, D)
+
+    def _item_side(self, items: Feats) -> tuple[Tensor, Tensor]:
+        """(T, L, D) ridge features and (T, L) rating offsets of the items."""
+        m = self.model
+        if "x" in items:
+            xi, ib = items["x"], items["bias"]
+        else:
+            xi, ib = m.embed_items(items)                                 # (T, L, Di), (T, L)
+        phi = m.item_proj(xi)                                             # (T, L, d)
+        phi = torch.cat([phi, torch.ones_like(phi[..., :1])], -1)         # (T, L, D)
+        return phi, ib + m.global_bias
+
+    def adapt(self, params: Params, support: TaskSet, *, create_graph: bool = True,
+              generator: torch.Generator | None = None) -> Params:
+        """{"w": (T, D)}: each task's MAP user weights on its support (no SGD, no noise)."""
+        if not create_graph:
+            with torch.no_grad():
+                return self._solve(params, support)
+        return self._solve(params, support)
+
+    def _solve(self, params: Params, support: TaskSet) -> Params:
+        phi, offset = self._item_side(support.items)                      # (T, S, D), (T, S)
+        w0 = self._user_prior(support.user)                               # (T, D)
+        m = support.mask.to(phi.dtype)                                    # (T, S)
+        y = (support.ratings - offset) * m                                # (T, S)
+        lam = params["log_lam"].exp()                                     # (D,)
+        phim = phi * m.unsqueeze(-1)                                      # (T, S, D)
+        a = phim.transpose(1, 2) @ phi + torch.diag(lam)                  # (T, D, D)
+        b = (phim * y.unsqueeze(-1)).sum(1) + lam * w0                    # (T, D)
+        return {"w": torch.linalg.solve(a, b)}                            # (T, D)
+
+    def predict(self, task_params: Params, items: TaskSet) -> Tensor:
+        phi, offset = self._item_side(items.items)                        # (T, L, D), (T, L)
+        raw = offset + (phi * task_params["w"].unsqueeze(1)).sum(-1)      # (T, L)
+        return raw.clamp(self.model.rating_min, self.model.rating_max)
+
+    def loss(self, task_params: Params, query: TaskSet) -> Tensor:
+        pred = self.predict(task_params, query)                           # (T, Q)
+        if self.query_loss == "mse":
+            per_task = masked_mse(pred, query.ratings, query.mask)
+        else:
+            e = (pred - query.ratings).abs() if self.query_loss == "mae" else F.huber_loss(
+                pred, query.ratings, reduction="none", delta=0.5)           # (T, Q)
+            m = query.mask.to(pred.dtype)
+            per_task = (e * m).sum(-1) / m.sum(-1).clamp(min=1.0)
+        return task_mean(per_task, query.mask)
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "lam": float(self.log_lam.detach().exp().mean()),
+                "query_loss": self.query_loss, "train_item_ids": self.train_item_ids}
+
+
 class Pretrain(MetaAlgorithm):
     """The plain network fitted to all ratings of the meta-train tasks; no adaptation."""
 
@@ -296,7 +409,7 @@ def build_algorithm(name: str, model: PreferenceNet, config: dict[str, Any]) -> 
     """Algorithm ``name`` around ``model``; ``config`` as returned by ``.config()``."""
     classes: dict[str, type[MetaAlgorithm]] = {
         "maml": MetaAlgorithm, "fomaml": FOMAML, "metasgd": MetaSGD,
-        "metadropout": MetaDropout, "reptile": Reptile, "pretrain": Pretrain,
+        "metadropout": MetaDropout, "reptile": Reptile, "ridge": RidgeMeta, "pretrain": Pretrain,
         "finetune": FineTune}
     if name not in classes:
         raise ValueError(f"unknown algorithm {name!r}; known: {', '.join(ALGORITHMS)}")

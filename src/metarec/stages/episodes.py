@@ -33,7 +33,7 @@ from metarec.config import EpisodesParams
 from metarec.data.encoding import fit_entity_vocab
 from metarec.data.tasks import EPISODE_COLUMNS
 from metarec.errors import DataError
-from metarec.io import read_json, read_parquet, write_json, write_parquet
+from metarec.io import read_json, read_tracked, write_json, write_parquet
 
 log = logging.getLogger("metarec.episodes")
 SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
@@ -254,10 +254,11 @@ def run(params: EpisodesParams, inp: str | Path, out: str | Path, metrics: str |
         if not (inp / name).exists():
             raise DataError("missing; run `dvc repro validate` (or `dvc pull`) to restore it",
                             file=str(inp / name))
-    schema = read_json(inp / "schema.json")
-    inter = read_parquet(inp / "interactions.parquet")
-    users = read_parquet(inp / "users.parquet")
-    items = read_parquet(inp / "items.parquet")
+    restore = "dvc repro validate"
+    schema = read_tracked(inp / "schema.json", restore, read_json)
+    inter = read_tracked(inp / "interactions.parquet", restore)
+    users = read_tracked(inp / "users.parquet", restore)
+    items = read_tracked(inp / "items.parquet", restore)
     # work on sorted integer codes of the ids (fast grouping, same order as the strings)
     ucodes, user_index = pd.factorize(inter["user_id"], sort=True)
     icodes, item_index = pd.factorize(inter["item_id"], sort=True)

@@ -18,7 +18,8 @@ import pyarrow.compute as pc
 from metarec.config import IngestParams
 from metarec.data.encoding import list_array
 from metarec.data.sources import READERS, RawData
-from metarec.io import write_json, write_parquet
+from metarec.errors import DataError
+from metarec.io import atomic_dir, write_json, write_parquet
 
 log = logging.getLogger("metarec.ingest")
 
@@ -52,15 +53,22 @@ def schema_of(raw: RawData) -> dict[str, Any]:
 
 
 def run(params: IngestParams, out: str | Path) -> dict[str, Any]:
-    """Read the configured source and write the canonical tables to ``out``."""
+    """Read the configured source and write the canonical tables to ``out``.
+
+    A failure anywhere (a DataError from the reader included) leaves the previous complete
+    ``out`` folder untouched."""
     out = Path(out)
     start = time.perf_counter()
     raw = READERS[params.source](params)
+    if len(raw.interactions) == 0:
+        raise DataError("no interactions", file=raw.source_files.get("interactions"))
     schema = schema_of(raw)
-    write_parquet(raw.interactions, out / "interactions.parquet")
-    write_parquet(raw.users, out / "users.parquet")
-    write_parquet(raw.items, out / "items.parquet")
-    write_json(schema, out / "schema.json")
+    # all four files or none: written into a folder beside `out`, swapped in at the end
+    with atomic_dir(out) as tmp:
+        write_parquet(raw.interactions, tmp / "interactions.parquet")
+        write_parquet(raw.users, tmp / "users.parquet")
+        write_parquet(raw.items, tmp / "items.parquet")
+        write_json(schema, tmp / "schema.json")
     log.info("ingest %s: %d interactions, %d users, %d items in %.1fs", raw.dataset,
              len(raw.interactions), len(raw.users), len(raw.items),
              time.perf_counter() - start)

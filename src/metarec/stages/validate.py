@@ -3,7 +3,9 @@
 Reads ``<in>/{interactions,users,items}.parquet`` + ``schema.json`` (written by ingest) and
 writes ``<out>/`` (same files, bad rows removed), ``<quarantine>/<table>.parquet`` (the removed
 rows + ``reason``; always written, possibly empty, so DVC outs exist) and
-``<report>/summary.json`` + ``report.md``.
+``<report>/summary.json`` + ``report.md``. Each folder is written whole into a temporary folder
+beside it and swapped in: a failure leaves the previous complete folders (under policy fail
+only the report is replaced: it explains the failure).
 
 Row rules are decided by vectorised pandas masks (10M rows in seconds) and verified by Great
 Expectations on the same frames; a disagreement between the two is a bug and stops the stage.
@@ -27,7 +29,7 @@ import pyarrow.parquet as pq
 from metarec.config import ValidateParams
 from metarec.data import validation as v
 from metarec.errors import DataError
-from metarec.io import write_json, write_parquet, write_text
+from metarec.io import atomic_dir, read_tracked, write_json, write_parquet, write_text
 
 # Feature tables first: their quarantine cascades into interactions; also the fail order.
 ORDER = ("users", "items", "interactions")
@@ -43,9 +45,7 @@ def run(params: ValidateParams, inp: str | Path, out: str | Path, quarantine: st
 
     arrow: dict[str, pa.Table] = {}
     for table in v.TABLES:
-        if not paths[table].exists():
-            raise DataError("canonical table missing", file=str(paths[table]))
-        arrow[table] = pq.read_table(paths[table])
+        arrow[table] = read_tracked(paths[table], "dvc repro ingest", pq.read_table)
         v.check_structure(table, arrow[table], schema, str(paths[table]))
     dfs = {t: arrow[t].to_pandas() for t in v.TABLES}
     index_col = {t: "source_row" if "source_row" in dfs[t].columns else "row" for t in v.TABLES}
@@ -102,8 +102,9 @@ def run(params: ValidateParams, inp: str | Path, out: str | Path, quarantine: st
         "min_timestamp": params.min_timestamp, "max_timestamp": params.max_timestamp or "now",
         "tables": tables, "expectations": expectations,
     }
-    write_json(summary, report / "summary.json")
-    write_text(_markdown(summary), report / "report.md")
+    with atomic_dir(report) as tmp:  # written before any failure: it explains the failure
+        write_json(summary, tmp / "summary.json")
+        write_text(_markdown(summary), tmp / "report.md")
 
     disagree = [e for e in expectations if e["agrees_with_gx"] is False]
     if disagree:
@@ -114,26 +115,26 @@ def run(params: ValidateParams, inp: str | Path, out: str | Path, quarantine: st
     if params.policy == "fail" and not summary["passed"]:
         _raise_first(rules, q_masks, dfs, index_col, sources, paths, report)
 
-    # -- outputs --------------------------------------------------------------------------
-    for t in v.TABLES:
-        q = q_masks[t]
-        write_parquet(arrow[t].filter(pa.array(~q)), out / f"{t}.parquet")
-        reasons = _reasons([r for r in rules if r.table == t], q)
-        write_parquet(arrow[t].filter(pa.array(q)).append_column(
-            "reason", pa.array(reasons, type=pa.string())), quarantine / f"{t}.parquet")
-    write_text(schema_text, out / "schema.json")
+    # -- outputs: both folders complete, or the previous ones untouched --------------------
+    with atomic_dir(out) as out_tmp, atomic_dir(quarantine) as q_tmp:
+        for t in v.TABLES:
+            q = q_masks[t]
+            write_parquet(arrow[t].filter(pa.array(~q)), out_tmp / f"{t}.parquet")
+            reasons = _reasons([r for r in rules if r.table == t], q)
+            write_parquet(arrow[t].filter(pa.array(q)).append_column(
+                "reason", pa.array(reasons, type=pa.string())), q_tmp / f"{t}.parquet")
+        write_text(schema_text, out_tmp / "schema.json")
     return summary
 
 
 def _read_schema(inp: Path) -> tuple[str, dict[str, Any]]:
     path = inp / "schema.json"
-    if not path.exists():
-        raise DataError("schema.json missing (run ingest first)", file=str(path))
-    text = path.read_text(encoding="utf-8")
+    text = read_tracked(path, "dvc repro ingest", lambda p: p.read_text(encoding="utf-8"))
     try:
         return text, json.loads(text)
     except json.JSONDecodeError as exc:
-        raise DataError(f"not valid JSON: {exc}", file=str(path)) from exc
+        raise DataError(f"not valid JSON: {exc}; run `dvc repro ingest` (or `dvc pull`) to "
+                        "restore it", file=str(path)) from exc
 
 
 def _quarantine_mask(rules: list[v.Rule], n: int) -> np.ndarray:

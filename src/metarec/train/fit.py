@@ -22,6 +22,7 @@ from metarec.meta.algorithms import MetaAlgorithm, build_algorithm
 from metarec.meta.checkpoint import build_model, model_kwargs
 from metarec.meta.features import FeatureStore
 from metarec.meta.predictor import query_loss_sum
+from metarec.models.baselines import fit_als, training_ratings
 from metarec.train.data import EpisodeDataModule, take
 from metarec.train.module import MetaLearner
 
@@ -56,7 +57,43 @@ def algorithm_config(name: str, model: ModelParams, train: TrainParams) -> dict[
                            "inner_steps": train.inner_steps}
     if name == "reptile":
         cfg.update(epsilon=train.reptile_epsilon, mode=train.reptile_mode)
+    if name == "ridge":
+        cfg.update(lam=train.ridge_lambda, query_loss=train.ridge_query_loss,
+                   train_item_ids=train.ridge_train_item_ids)
     return cfg
+
+
+def init_from_mf(algorithm: MetaAlgorithm, data: EpisodeData, train: TrainParams) -> None:
+    """Start the ridge learner at biased MF: ALS item factors and biases on meta-train ratings.
+
+    The item-id embedding takes the ALS factors and ``item_proj`` reads only that block (the
+    feature embeddings start with zero weight and are learned by the outer loop); the global
+    bias is the training mean, the user prior is zero and ``lam`` stays at its initial value:
+    at step 0 the learner predicts what :class:`~metarec.models.baselines.BiasedMF` with that
+    ``lam`` does, so meta-training starts from the baseline rather than from noise.
+    """
+    net = algorithm.model
+    if net.item_id is None:
+        raise ValueError("ridge_mf_init needs model.item_id_embedding: true")
+    users, items, ratings = training_ratings(data)
+    mu = float(ratings.mean())
+    d = net.item_id.embedding_dim
+    q, b_i = fit_als(users, items, ratings, len(data.users), len(data.items), mu, d,
+                     train.ridge_mf_reg, train.ridge_mf_iters, train.seed)   # (N, d), (N,)
+    codes = data.items.id_code.long()                                        # (N,)
+    dtype = net.global_bias.dtype
+    with torch.no_grad():
+        net.item_id.weight.zero_()
+        net.item_id.weight.index_copy_(0, codes, q.to(dtype))
+        net.item_bias.weight.zero_()
+        net.item_bias.weight[:, 0].index_copy_(0, codes, b_i.to(dtype))
+        net.item_proj.weight.zero_()
+        net.item_proj.weight[:, -d:] = torch.eye(d, dtype=dtype)  # the id block comes last
+        net.item_proj.bias.zero_()
+        net.user_proj.weight.zero_()
+        net.user_proj.bias.zero_()
+        net.user_bias.zero_()
+        net.global_bias.fill_(mu)
 
 
 def validation_loss(algorithm: MetaAlgorithm, store: FeatureStore, tasks: TaskBatch,
@@ -79,12 +116,15 @@ def fit_algorithm(name: str, data: EpisodeData, model: ModelParams, train: Train
     L.seed_everything(train.seed, workers=True, verbose=False)
     kwargs = model_kwargs(data, model)
     algorithm = build_algorithm(name, build_model(kwargs), algorithm_config(name, model, train))
+    if name == "ridge" and train.ridge_mf_init:
+        init_from_mf(algorithm, data, train)
     store = FeatureStore(data.users, data.items)
     dm = EpisodeDataModule(data, train.meta_batch, seed=train.seed)
     dm.setup("fit")
     assert dm.val_tasks is not None
     initial = validation_loss(algorithm, store, dm.val_tasks)
-    module = MetaLearner(algorithm, store, train.outer_optimizer, train.outer_lr,
+    outer_lr = train.ridge_outer_lr if name == "ridge" else train.outer_lr
+    module = MetaLearner(algorithm, store, train.outer_optimizer, outer_lr,
                          grad_clip=train.grad_clip)
     trainer = L.Trainer(
         max_steps=train.max_steps, max_epochs=-1, accelerator=train.accelerator, devices=1,

@@ -1,0 +1,84 @@
+"""`make run` and `metarec serve` against the project's local Prefect server.
+
+``main`` (``python -m metarec.orchestration.local --as-of 1998-03-15``): start or reuse the
+server, run the training flow and one nightly flow, then print the UI address, the evaluation
+table and the top-5 recommendations of three cold-start users. The server is left running so
+the runs can be inspected (``metarec ui --stop`` stops it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from metarec.config import PrefectParams, load_params
+from metarec.orchestration import PROJECT_ROOT, load_flow
+from metarec.orchestration.server import Server, start
+
+DEPLOYMENT = "metarec-nightly"
+
+
+def use_local_server(params: PrefectParams, project_dir: Path) -> Server:
+    """Start or reuse the server and point this process (and its children) at it.
+
+    Called before the first Prefect client exists, so plain environment variables suffice.
+    """
+    server, _ = start(params, project_dir)
+    os.environ["PREFECT_API_URL"] = server.api_url
+    os.environ["PREFECT_HOME"] = str(server.home)
+    return server
+
+
+def serve_nightly(project_dir: Path = PROJECT_ROOT) -> None:
+    """Register the nightly deployment on ``score.cron`` and run its schedule (blocks)."""
+    project_dir = project_dir.resolve()
+    params = load_params(project_dir / "params.yaml")
+    server = use_local_server(params.prefect, project_dir)
+    print(f"serving {DEPLOYMENT} on cron {params.score.cron!r}; UI {server.ui_url}", flush=True)
+    os.chdir(project_dir)  # deployments refer to flows/nightly.py relative to here
+    load_flow("nightly", project_dir).serve(name=DEPLOYMENT, cron=params.score.cron,
+                                            parameters={"project_dir": str(project_dir)})
+
+
+def evaluation_table(report: Path) -> str:
+    """The "Test metrics" section of reports/eval/report.md."""
+    text = report.read_text(encoding="utf-8")
+    start_at = text.find("## Test metrics")
+    if start_at < 0:
+        return text
+    end_at = text.find("\n## ", start_at + 1)
+    return text[start_at:end_at if end_at > 0 else None]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="training + one nightly flow on the local "
+                                                 "Prefect server")
+    parser.add_argument("--as-of", required=True, help="nightly date (YYYY-MM-DD, UTC)")
+    parser.add_argument("--project", type=Path, default=Path("."))
+    args = parser.parse_args(argv)
+    project = args.project.resolve()
+    server = use_local_server(load_params(project / "params.yaml").prefect, project)
+
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    from metarec.orchestration.tasks import examples
+
+    console = Console()
+    console.print(f"Prefect server: {server.ui_url} "
+                  f"({'started, pid ' + str(server.pid) if server.started else 'reused'})")
+    try:
+        load_flow("training", project)(project_dir=str(project))
+        result = load_flow("nightly", project)(as_of=args.as_of, project_dir=str(project))
+    finally:
+        console.print(f"\nPrefect UI: {server.ui_url}  (runs, task logs, artifacts; "
+                      "`make ui` later, `metarec ui --stop` to stop the server)")
+    console.print(Markdown(evaluation_table(project / "reports/eval/report.md")))
+    console.print(Markdown(examples(result["batch"], project / "data/validated")))
+    console.print(f"batch: {result['batch']} ({result['users_scored']} users, "
+                  f"{result['seconds']} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""A Prefect task that runs one DVC stage, and the retry policy that goes with it.
+
+Each task runs ``dvc repro -s <stage>`` in a subprocess (not the stage function): DVC then
+decides whether the stage is up to date, records what ran in ``dvc.lock`` and keeps outputs in
+its cache, so a flow run and a ``dvc repro`` by hand never disagree about the pipeline state.
+
+Retries are for transient failures only: an OSError (spawning, disk, network), a DVC lock held
+by another ``dvc`` process, a stage killed by a signal. A stage whose ``metarec`` command exits
+with code 2 raised a :class:`~metarec.errors.MetarecError` (bad params, bad data): retrying
+gives the same answer, so the task fails at once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from prefect import Task, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import TaskRun
+from prefect.logging import get_run_logger
+from prefect.states import State
+from prefect.tasks import exponential_backoff
+
+from metarec.config import PrefectParams
+
+# dvc's own wording when a stage command fails: "failed to run: <cmd>, exited with <code>"
+_EXITED = re.compile(r"exited with (-?\d+)")
+METAREC_ERROR_EXIT = 2  # cli._fail: a problem the user must fix; never transient
+_TAIL = 4000
+
+
+class StageFailed(RuntimeError):
+    """``dvc repro -s <stage>`` exited non-zero; ``permanent`` when no retry can help."""
+
+    def __init__(self, stage: str, returncode: int, output: str) -> None:
+        found = _EXITED.findall(output)
+        self.stage, self.returncode = stage, returncode
+        self.stage_exit = int(found[-1]) if found else None
+        self.permanent = self.stage_exit == METAREC_ERROR_EXIT
+        kind = "permanent (metarec error)" if self.permanent else "possibly transient"
+        super().__init__(f"dvc repro -s {stage} exited with {returncode} ({kind}):\n"
+                         f"{output[-_TAIL:]}")
+
+
+def stage_env() -> dict[str, str]:
+    """The environment of a stage subprocess: this interpreter's bin first on PATH, so ``dvc``
+    and the ``metarec`` commands in dvc.yaml are the ones installed beside it."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.setdefault("GX_ANALYTICS_ENABLED", "false")
+    return env
+
+
+def dvc_repro(stage: str, project_dir: str | Path) -> str:
+    """Run one DVC stage in ``project_dir``; return its output, raise :class:`StageFailed`."""
+    cmd = [str(Path(sys.executable).parent / "dvc"), "repro", "-s", stage]
+    proc = subprocess.run(cmd, cwd=project_dir, env=stage_env(), capture_output=True,
+                          text=True, check=False)
+    output = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        raise StageFailed(stage, proc.returncode, output)
+    return output
+
+
+def is_transient(task: Task, task_run: TaskRun, state: State) -> bool:
+    """Prefect ``retry_condition_fn``: retry unless the stage reported a metarec error."""
+    exc = state.data if isinstance(state.data, BaseException) else None
+    if exc is None:
+        try:
+            state.result(raise_on_failure=True)
+        except BaseException as raised:  # only classified here, never swallowed
+            exc = raised
+    return not (isinstance(exc, StageFailed) and exc.permanent)
+
+
+@task(name="dvc-stage", task_run_name="{stage}", cache_policy=NO_CACHE,
+      retry_condition_fn=is_transient)
+def run_stage(stage: str, project_dir: str) -> str:
+    """One pipeline stage through DVC; the last lines of its output go to the run log."""
+    output = dvc_repro(stage, project_dir)
+    get_run_logger().info("dvc repro -s %s:\n%s", stage, output.strip()[-_TAIL:])
+    return stage
+
+
+def with_retries(t: Task, params: PrefectParams) -> Task:
+    """``t`` with the retry count and exponential backoff of params.yaml's prefect section."""
+    return t.with_options(retries=params.retries,
+                          retry_delay_seconds=exponential_backoff(params.retry_backoff_s))

@@ -1,0 +1,138 @@
+"""Prefect tasks of the nightly flow: plan shards, score one shard, merge, publish artifacts.
+
+They live in this package (not in ``flows/``) so that Dask workers can unpickle them by
+reference. Every task passes paths and small plain values, never DataFrames, and opts out of
+Prefect's input caching (``NO_CACHE``): DVC and the batch manifest decide what is reused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+from prefect import task
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from metarec.config import ScoreParams
+from metarec.io import read_json
+from metarec.orchestration import sharding
+from metarec.orchestration.sharding import BatchInputs
+
+
+@task(name="plan-shards", cache_policy=NO_CACHE)
+def plan_shards(params: ScoreParams, validated_dir: str, models_dir: str, out_root: str,
+                as_of: str, shards: int) -> tuple[BatchInputs, dict[str, Any],
+                                                  list[tuple[int, int]], str]:
+    """Inputs checked, the day's counts, chunk ranges per shard and a folder for their files."""
+    inputs = sharding.prepare(params, validated_dir, models_dir, out_root, as_of)
+    stats = sharding.day_stats(inputs)
+    ranges = sharding.split_chunks(sharding.chunks_of(stats, inputs.params), shards)
+    get_run_logger().info("%s: %d users in %d chunks -> %d shards", inputs.params.as_of,
+                          stats["users"], sharding.chunks_of(stats, inputs.params), len(ranges))
+    return inputs, stats, ranges, str(sharding.shard_dir(inputs))
+
+
+@task(name="score-shard", task_run_name="chunks-{lo}-{hi}", cache_policy=NO_CACHE)
+def score_shard(inputs: BatchInputs, lo: int, hi: int, folder: str) -> str:
+    """Adapt to and rank the users of chunks lo..hi-1; returns the shard's Parquet path."""
+    return sharding.write_shard(inputs, lo, hi, folder)
+
+
+@task(name="merge-shards", cache_policy=NO_CACHE)
+def merge_shards(inputs: BatchInputs, stats: dict[str, Any], shard_paths: list[str],
+                 folder: str) -> str:
+    """Publish the batch folder (atomic rename), byte-identical to ``metarec score``'s."""
+    return str(sharding.merge(inputs, stats, shard_paths, folder))
+
+
+# --------------------------------------------------------------------------------------------
+# artifacts (keys: lowercase letters, digits, dashes; cells: plain Python values)
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and other non-JSON cells as plain Python values."""
+    if hasattr(value, "item"):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+@task(name="publish-validation", cache_policy=NO_CACHE)
+def publish_validation(summary_path: str) -> None:
+    """Table artifact: one row per expectation of reports/validation/summary.json."""
+    summary = read_json(summary_path)
+    rows = [{"table": e["table"], "expectation": e["expectation_type"],
+             "column": e.get("column"), "success": e["success"],
+             "unexpected": e.get("unexpected_count"),
+             "quarantined": e.get("rows_quarantined")} for e in summary["expectations"]]
+    counts = "; ".join(f"{t}: {c['rows_in']:,} in, {c['rows_kept']:,} kept, "
+                       f"{c['rows_quarantined']:,} quarantined"
+                       for t, c in summary["tables"].items())
+    create_table_artifact(
+        table=[{k: _plain(v) for k, v in r.items()} for r in rows], key="validation-summary",
+        description=f"{summary['dataset']} (policy {summary['policy']}, passed: "
+                    f"{summary['passed']}). {counts}. Source: {summary_path}")
+
+
+@task(name="publish-evaluation", cache_policy=NO_CACHE)
+def publish_evaluation(report_path: str) -> None:
+    """Markdown artifact with the evaluation report, and a link artifact to where it lives."""
+    path = Path(report_path).resolve()
+    create_markdown_artifact(markdown=path.read_text(encoding="utf-8"), key="evaluation-report",
+                             description=f"reports/eval/report.md ({path})")
+    create_link_artifact(link=path.as_uri(), link_text=str(path), key="evaluation-report-link",
+                         description="the evaluation report and its PNG curves on disk")
+
+
+def examples(batch_dir: str | Path, validated_dir: str | Path, users: int = 3,
+             top: int = 5) -> str:
+    """Markdown: the ``top`` recommendations of the first ``users`` cold-start users."""
+    recs = pq.read_table(Path(batch_dir) / "recommendations.parquet").to_pandas()
+    recs = recs[(recs["kind"] == "cold") & (recs["rank"] <= top)]
+    chosen = list(dict.fromkeys(recs["user_id"]))[:users]
+    items_path = Path(validated_dir) / "items.parquet"
+    titles: dict[str, str] = {}
+    if "title" in pq.read_schema(items_path).names:
+        items = pq.read_table(items_path, columns=["item_id", "title"]).to_pandas()
+        titles = dict(zip(items["item_id"].astype(str), items["title"].astype(str),
+                          strict=True))
+    lines = [f"# Recommendations {Path(batch_dir).name}: top {top} of {len(chosen)} "
+             "cold-start users", ""]
+    for user in chosen:
+        rows: pd.DataFrame = recs[recs["user_id"] == user].sort_values("rank")
+        lines += [f"## user {user}", "", "| rank | item | title | predicted rating |",
+                  "|---|---|---|---|"]
+        lines += [f"| {r.rank} | {r.item_id} | {titles.get(str(r.item_id), '')} | "
+                  f"{r.score:.2f} |" for r in rows.itertuples()]
+        lines.append("")
+    if not chosen:
+        lines.append("(no cold-start users on this date)")
+    return "\n".join(lines)
+
+
+@task(name="publish-batch", cache_policy=NO_CACHE)
+def publish_batch(batch_dir: str, validated_dir: str, seconds: float) -> dict[str, Any]:
+    """Table artifact with the batch's counts and a Markdown artifact with examples."""
+    manifest = read_json(Path(batch_dir) / "manifest.json")
+    row = {"as_of": manifest["as_of"], "users_scored": manifest["users"],
+           "cold_users": manifest["cold_users"], "dynamic_users": manifest["dynamic_users"],
+           "rows": manifest["rows"], "catalogue_items": manifest["catalogue_items"],
+           "seconds": round(seconds, 2), "batch": str(Path(batch_dir).resolve())}
+    row = {k: _plain(v) for k, v in row.items()}
+    create_table_artifact(table=[row], key="nightly-batch",
+                          description=f"nightly batch {manifest['as_of']}: parquet sha256 "
+                                      f"{manifest['parquet_sha256']}")
+    create_markdown_artifact(markdown=examples(batch_dir, validated_dir),
+                             key="nightly-examples",
+                             description=f"top-5 of 3 cold-start users, {manifest['as_of']}")
+    return row
+

@@ -1,0 +1,441 @@
+"""Nightly scoring on a tiny hand-written world, with a checkpoint trained for a few steps.
+
+The world (as of 2024-03-10, N = 3, D = 3, so active means a last interaction at or after
+2024-03-08 00:00 UTC and before 2024-03-11 00:00 UTC):
+
+- a: 1 interaction on 03-10, not in the users table, not in the vocabulary  -> cold
+- b: 3 interactions, the last exactly at 03-08 00:00:00 (window edge)       -> cold
+- c: 2 interactions, the last at 03-07 23:59:59                             -> inactive
+- d: 4 interactions (> N), the last on 03-09                                -> dynamic only
+- e: 1 interaction on 03-09 and 1 at 03-11 00:00:00 (after the day)         -> cold (1)
+- f: 1 interaction at 03-11 00:00:00 only                                   -> not yet seen
+- g: 3 interactions on 03-10 plus 1 on 03-12                                -> cold (3)
+- h: 1 interaction on 03-10 arriving through the landing folder             -> cold
+- t00..t15: training users, active in January only                          -> inactive
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from metarec.cli import app
+from metarec.config import ModelParams, ScoreParams, TrainParams, to_dict
+from metarec.data.encoding import encode_entity, fit_entity_vocab
+from metarec.data.tasks import EpisodeData, to_batch
+from metarec.errors import DataError
+from metarec.io import write_parquet
+from metarec.meta.checkpoint import load_predictor, save_checkpoint
+from metarec.scoring.engine import CatalogueScorer, top_k
+from metarec.scoring.world import day_end, load_world, parse_as_of, users_to_score
+from metarec.stages import score as stage
+
+AS_OF = "2024-03-10"
+N_ITEMS = 12
+PARAMS = ScoreParams(model="maml", top_k=5, max_interactions=3, active_days=3, chunk_users=2)
+MODEL = ModelParams(interaction="dot", embedding_dim=4, hidden=(8,), adapt="user")
+TRAIN = TrainParams(max_steps=4, val_every=2, meta_batch=4, inner_steps=2, inner_lr=0.1,
+                    outer_lr=0.01, finetune_steps=(1,), finetune_lrs=(0.1,))
+
+
+def _ts(text: str) -> int:
+    return int(dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC).timestamp())
+
+
+def _log() -> pd.DataFrame:
+    rows = [("a", 0, "2024-03-10T12:00:00"),
+            ("b", 1, "2024-03-01T00:00:00"), ("b", 2, "2024-03-05T00:00:00"),
+            ("b", 3, "2024-03-08T00:00:00"),
+            ("c", 1, "2024-03-01T00:00:00"), ("c", 4, "2024-03-07T23:59:59"),
+            ("d", 1, "2024-03-01T00:00:00"), ("d", 2, "2024-03-02T00:00:00"),
+            ("d", 3, "2024-03-03T00:00:00"), ("d", 5, "2024-03-09T00:00:00"),
+            ("e", 6, "2024-03-09T10:00:00"), ("e", 7, "2024-03-11T00:00:00"),
+            ("f", 8, "2024-03-11T00:00:00"),
+            ("g", 0, "2024-03-10T01:00:00"), ("g", 9, "2024-03-10T02:00:00"),
+            ("g", 12, "2024-03-10T03:00:00"), ("g", 10, "2024-03-12T00:00:00")]
+    rng = np.random.default_rng(0)
+    for u in range(16):  # training users, January only
+        for j, i in enumerate(rng.choice(N_ITEMS, 6, replace=False)):
+            rows.append((f"t{u:02d}", int(i), f"2024-01-{j + 1:02d}T00:00:00"))
+    frame = pd.DataFrame(rows, columns=["user_id", "item", "when"])
+    return pd.DataFrame({
+        "user_id": frame["user_id"].astype("string"),
+        "item_id": frame["item"].map(lambda i: f"i{i:02d}").astype("string"),  # i12: no row
+        "rating": rng.integers(1, 6, len(frame)).astype("float64"),
+        "timestamp": frame["when"].map(_ts).astype("int64"),
+        "source_row": np.arange(1, len(frame) + 1, dtype=np.int64)})
+
+
+def _tables() -> tuple[pd.DataFrame, pd.DataFrame]:
+    ids = ["b", "c", "d", "e", "f", "g", "h", *[f"t{u:02d}" for u in range(16)]]  # no "a"
+    rng = np.random.default_rng(1)
+    users = pd.DataFrame({"user_id": pd.Series(ids, dtype="string"),
+                          "age": rng.integers(18, 60, len(ids)).astype("float64"),
+                          "gender": pd.Series(rng.choice(["F", "M"], len(ids)),
+                                              dtype="string")})
+    genres = ["Comedy", "Drama", "Action"]
+    items = pd.DataFrame({
+        "item_id": pd.Series([f"i{i:02d}" for i in range(N_ITEMS)], dtype="string"),
+        "year": (1990 + np.arange(N_ITEMS)).astype("float64"),
+        "genres": [[genres[i % 3]] + ([genres[(i + 1) % 3]] if i % 2 else [])
+                   for i in range(N_ITEMS)]})
+    return users, items
+
+
+def _vocab(users: pd.DataFrame, items: pd.DataFrame, train_users: pd.Series) -> dict:
+    used = _log()
+    used = used[used["user_id"].isin(train_users)]
+    return {"rating": {"kind": "explicit", "min": 1.0, "max": 5.0},
+            "users": fit_entity_vocab(users, "user_id", {"age": {"kind": "numeric"},
+                                                         "gender": {"kind": "categorical"}},
+                                      train_users),
+            "items": fit_entity_vocab(items, "item_id", {"year": {"kind": "numeric"},
+                                                         "genres": {"kind": "multicategorical"}},
+                                      used["item_id"])}
+
+
+def _episode_data(vocab: dict, users_df: pd.DataFrame, items_df: pd.DataFrame) -> EpisodeData:
+    """Training users' tasks: support = first 3 ratings, query = last 3; 4 users validate."""
+    log = _log()
+    log = log[log["user_id"].str.startswith("t")].sort_values(["user_id", "timestamp"])
+    users = encode_entity(users_df, "user_id", vocab["users"])
+    items = encode_entity(items_df, "item_id", vocab["items"])
+    tasks = log.assign(
+        task_id=log["user_id"].str[1:].astype(int),
+        split=np.where(log["user_id"] >= "t12", "val", "train"),
+        scenario="train", k=np.int16(3),
+        role=np.tile(["support"] * 3 + ["query"] * 3, 16),
+        rating=log["rating"].astype("float32"))
+    tasks["user_idx"] = users.index_of(tasks["user_id"])
+    tasks["item_idx"] = items.index_of(tasks["item_id"])
+    return EpisodeData(tasks=tasks.reset_index(drop=True), users=users, items=items,
+                       vocab=vocab)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict[str, Path]:
+    """validated/, landing/ and models/maml.pt (trained 4 outer steps) in a temp folder."""
+    from metarec.train.fit import fit_algorithm
+
+    root = tmp_path_factory.mktemp("world")
+    users, items = _tables()
+    log = _log()
+    write_parquet(log, root / "validated" / "interactions.parquet")
+    write_parquet(users, root / "validated" / "users.parquet")
+    write_parquet(items, root / "validated" / "items.parquet")
+    landing = root / "landing"
+    landing.mkdir()
+    pd.DataFrame({"user_id": ["h"], "item_id": ["i11"], "rating": [5.0],
+                  "timestamp": [_ts("2024-03-10T20:00:00")]}).to_csv(
+        landing / "2024-03-10.csv", index=False)
+    pd.DataFrame({"user_id": ["h"], "item_id": ["i03"], "rating": [1.0],  # after the day
+                  "timestamp": [_ts("2024-03-12T20:00:00")]}).to_parquet(
+        landing / "2024-03-12.parquet")
+    train_users = pd.Series([f"t{u:02d}" for u in range(16)], dtype="string")
+    vocab = _vocab(users, items, train_users)
+    data = _episode_data(vocab, users, items)
+    torch.manual_seed(0)
+    fit = fit_algorithm("maml", data, MODEL, TRAIN, root / "logs")
+    save_checkpoint(root / "models" / "maml.pt", fit.algorithm, fit.model_kwargs,
+                    {"model": to_dict(MODEL), "train": to_dict(TRAIN)}, vocab)
+    return {"root": root, "validated": root / "validated", "models": root / "models",
+            "landing": landing, "data": data}  # type: ignore[dict-item]
+
+
+def _params(world: dict, **kw) -> ScoreParams:
+    return replace(PARAMS, landing_dir=str(world["landing"]), **kw)
+
+
+def _run(world: dict, out: Path, **kw) -> Path:
+    return stage.run(_params(world, **kw), world["validated"], world["models"], out, AS_OF)
+
+
+# --- selection ---------------------------------------------------------------------------
+
+
+def _selection(as_of: str, dynamic: bool, landing: list[Path] = ()) -> dict[str, str]:
+    end = day_end(parse_as_of(as_of))
+    log = load_world(_log(), list(landing), end)
+    sel = users_to_score(log, end, max_interactions=3, active_days=3, dynamic=dynamic)
+    return dict(zip(sel.user_ids.tolist(), sel.kinds.tolist(), strict=True))
+
+
+def test_cold_users_exact_set():
+    assert _selection(AS_OF, dynamic=False) == {"a": "cold", "b": "cold", "e": "cold",
+                                                "g": "cold"}
+    assert _selection(AS_OF, dynamic=True) == {"a": "cold", "b": "cold", "d": "dynamic",
+                                               "e": "cold", "g": "cold"}
+    # two days earlier: window 03-06..03-08; b (last 03-08 00:00), c (03-07 23:59:59)
+    assert _selection("2024-03-08", dynamic=False) == {"b": "cold", "c": "cold"}
+    # d had 3 interactions on 03-03, then N = 3 still holds: cold
+    assert _selection("2024-03-03", dynamic=False) == {"b": "cold", "c": "cold", "d": "cold"}
+
+
+def test_landing_files_join_the_world(world):
+    from metarec.scoring.world import landing_files
+
+    files = landing_files(world["landing"], parse_as_of(AS_OF))
+    assert [p.name for p in files] == ["2024-03-10.csv"]  # the 03-12 file is not read yet
+    assert _selection(AS_OF, dynamic=False, landing=files)["h"] == "cold"
+
+
+def test_bad_landing_file_names_file_row_and_column(world, tmp_path):
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    bad = landing / "2024-03-10.csv"
+    bad.write_text("user_id,item_id,rating,timestamp\nh,i01,4,1710000000\nh,i02,x,1710000001\n")
+    with pytest.raises(DataError) as err:
+        _run({**world, "landing": landing}, tmp_path / "out")
+    msg = str(err.value)
+    assert str(bad) in msg and "row 2" in msg and "'rating'" in msg
+    bad.write_text("user_id,item,rating,timestamp\nh,i01,4,1710000000\n")
+    with pytest.raises(DataError, match="missing column.*item_id"):
+        _run({**world, "landing": landing}, tmp_path / "out")
+    assert not (tmp_path / "out" / AS_OF).exists()
+
+
+# --- the batch ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def batch(world, tmp_path_factory) -> Path:
+    return _run(world, tmp_path_factory.mktemp("recs"), dynamic=True, dynamic_last=2)
+
+
+def test_batch_rows_ranks_and_scores(batch):
+    recs = pd.read_parquet(batch / "recommendations.parquet")
+    assert list(recs.columns) == ["user_id", "rank", "item_id", "score", "kind"]
+    schema = pq.read_schema(batch / "recommendations.parquet")
+    assert [str(t) for t in schema.types] == ["string", "int32", "string", "float", "string"]
+    kinds = recs.groupby("user_id")["kind"].first().to_dict()
+    assert kinds == {"a": "cold", "b": "cold", "d": "dynamic", "e": "cold", "g": "cold",
+                     "h": "cold"}
+    for _, rows in recs.groupby("user_id"):
+        assert rows["rank"].tolist() == [1, 2, 3, 4, 5]
+        assert (np.diff(rows["score"].to_numpy()) <= 0).all()
+        assert rows["item_id"].is_unique
+    assert recs["score"].between(1.0, 5.0).all()
+    manifest = json.loads((batch / "manifest.json").read_text())
+    assert manifest["rows"] == len(recs) == 6 * 5
+    assert (manifest["cold_users"], manifest["dynamic_users"]) == (5, 1)
+    assert manifest["catalogue_items"] == N_ITEMS + 1  # i12 has no feature row: unknown
+    assert manifest["scoring_path"] == "catalogue-matmul"
+    assert sorted(Path(k).name for k in manifest["inputs"]) == [
+        "2024-03-10.csv", "interactions.parquet", "items.parquet", "users.parquet"]
+    assert len(manifest["model_sha256"]) == 64 and manifest["as_of"] == AS_OF
+
+
+def test_no_interacted_item_is_recommended(batch, world):
+    recs = pd.read_parquet(batch / "recommendations.parquet")
+    log = _log()
+    seen = log[log["timestamp"] < day_end(parse_as_of(AS_OF))]
+    seen = set(zip(seen["user_id"], seen["item_id"], strict=True)) | {("h", "i11")}
+    got = set(zip(recs["user_id"], recs["item_id"], strict=True))
+    assert not got & seen
+    # d is re-adapted on its last 2 interactions but none of its 4 items come back
+    assert not set(recs.loc[recs["user_id"] == "d", "item_id"]) & {"i01", "i02", "i03", "i05"}
+
+
+def test_output_holds_only_ids(batch):
+    recs = pd.read_parquet(batch / "recommendations.parquet")
+    users, items = _tables()
+    feature_values = {str(v) for v in users["age"]} | set(users["gender"])
+    assert not set(recs.columns) & {"age", "gender", "year", "genres"}
+    assert not set(recs["user_id"]) & feature_values
+    assert set(recs["item_id"]) <= {f"i{i:02d}" for i in range(N_ITEMS + 1)}
+
+
+def test_rerun_is_byte_identical(world, batch, tmp_path):
+    again = _run(world, tmp_path, dynamic=True, dynamic_last=2)
+    for name in ("recommendations.parquet", "manifest.json"):
+        assert (again / name).read_bytes() == (batch / name).read_bytes()
+
+
+# --- the engine --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("interaction", ["dot", "mlp"])
+def test_catalogue_scores_match_the_predictor(world, tmp_path, interaction):
+    """The fast path (items projected once) equals AdaptivePredictor.predict on all items."""
+    from metarec.meta.algorithms import build_algorithm
+    from metarec.meta.checkpoint import build_model, model_kwargs
+
+    data = world["data"]
+    kw = model_kwargs(data, replace(MODEL, interaction=interaction))
+    torch.manual_seed(1)
+    algo = build_algorithm("maml", build_model(kw), {"adapt": "user", "inner_lr": 0.1,
+                                                     "inner_steps": 3})
+    with torch.no_grad():
+        for p in algo.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    save_checkpoint(tmp_path / "m.pt", algo, kw, {}, data.vocab)
+    predictor = load_predictor(tmp_path / "m.pt", data)
+    tasks = to_batch(data.select("train"))
+    scorer = CatalogueScorer(predictor, len(data.items))
+    assert scorer.fast_path
+    key, rating = scorer.score(tasks, 0)
+    items = torch.arange(len(data.items)).expand(len(tasks), -1)
+    predictor.seed = 0
+    torch.testing.assert_close(rating, predictor.predict(tasks, items), rtol=0, atol=1e-5)
+
+
+def test_top_k_breaks_ties_by_position_and_skips_excluded():
+    key = torch.tensor([[1.0, 3.0, 3.0, 2.0, 3.0], [-1.0, -1.0, -2.0, -1.0, -0.0]])
+    idx, valid = top_k(key, torch.tensor([0, 1, 1, 1]), torch.tensor([2, 0, 1, 4]), 4)
+    assert idx.tolist() == [[1, 4, 3, 0], [3, 2, 0, 1]]
+    assert valid.tolist() == [[True] * 4, [True, True, False, False]]
+
+
+# --- verify-batch and atomic writes --------------------------------------------------------
+
+
+def test_verify_batch_passes_then_fails_after_tampering(world, tmp_path):
+    out = _run(world, tmp_path / "recs")
+    runner = CliRunner()
+    ok = runner.invoke(app, ["verify-batch", str(out)])
+    assert ok.exit_code == 0, ok.output
+    assert "identical" in ok.output
+    table = pq.read_table(out / "recommendations.parquet").to_pandas()
+    table.loc[0, "score"] = np.float32(table.loc[0, "score"] + 0.5)
+    write_parquet(table, out / "recommendations.parquet")
+    bad = runner.invoke(app, ["verify-batch", str(out)])
+    assert bad.exit_code == 2
+    assert "modified after it was written" in bad.output
+
+
+def test_verify_batch_catches_an_edited_manifest(world, tmp_path):
+    out = _run(world, tmp_path / "recs")
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**manifest, "rows": 3}))
+    with pytest.raises(stage.VerifyError, match="different rows"):
+        stage.verify(out)
+    (out / "manifest.json").write_text(json.dumps({**manifest, "params": {
+        **manifest["params"], "top_k": 4}}))
+    with pytest.raises(stage.VerifyError, match="params do not match their recorded hash"):
+        stage.verify(out)
+
+
+def test_verify_batch_names_changed_inputs(world, tmp_path):
+    out = _run(world, tmp_path / "recs")
+    (world["models"] / "maml.pt").rename(tmp_path / "kept.pt")
+    try:
+        with pytest.raises(stage.VerifyError, match=r"maml\.pt: missing(.|\n)*dvc pull"):
+            stage.verify(out)
+    finally:
+        (tmp_path / "kept.pt").rename(world["models"] / "maml.pt")
+    extra = world["landing"] / "2024-03-09.csv"
+    extra.write_text("user_id,item_id,rating,timestamp\nz,i01,4,1709980000\n")
+    try:
+        with pytest.raises(stage.VerifyError, match="2024-03-09.csv: landing file"):
+            stage.verify(out)
+    finally:
+        extra.unlink()
+    stage.verify(out)
+
+
+def test_crash_leaves_no_partial_batch(world, tmp_path, monkeypatch):
+    out = tmp_path / "recs"
+
+    def broken(table, path):
+        Path(path).write_bytes(b"PAR1 half")  # part of a file, then the crash
+        raise OSError("disk full")
+
+    monkeypatch.setattr(stage, "write_parquet", broken)
+    with pytest.raises(OSError, match="disk full"):
+        _run(world, out)
+    assert list(out.iterdir()) == []  # no batch, no temporary folder
+    monkeypatch.undo()
+    first = _run(world, out)
+    before = (first / "recommendations.parquet").read_bytes()
+    monkeypatch.setattr(stage, "write_json", lambda *a, **k: (_ for _ in ()).throw(
+        OSError("crash before the manifest")))
+    with pytest.raises(OSError, match="crash before"):
+        _run(world, out, top_k=3)
+    assert [p.name for p in out.iterdir()] == [AS_OF]  # the previous complete batch
+    assert (first / "recommendations.parquet").read_bytes() == before
+
+
+def test_cli_score_writes_the_batch_and_fails_cleanly(world, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(f"score:\n  top_k: 4\n  max_interactions: 3\n  active_days: 3\n"
+                      f"  landing_dir: {world['landing']}\n")
+    args = ["score", "--as-of", AS_OF, "--in", str(world["validated"]), "--models",
+            str(world["models"]), "--out", str(tmp_path / "recs"), "--params", str(params)]
+    ok = CliRunner().invoke(app, args)
+    assert ok.exit_code == 0, ok.output
+    recs = pd.read_parquet(tmp_path / "recs" / AS_OF / "recommendations.parquet")
+    assert sorted(recs["user_id"].unique()) == ["a", "b", "e", "g", "h"]
+    assert (recs.groupby("user_id").size() == 4).all()
+    missing = CliRunner().invoke(app, [*args[:5], "--models", str(tmp_path), *args[7:]])
+    assert missing.exit_code == 2 and "metarec train" in missing.output
+    bad_date = CliRunner().invoke(app, ["score", "--as-of", "10/03/2024", "--params",
+                                        str(params)])
+    assert bad_date.exit_code == 2 and "YYYY-MM-DD" in bad_date.output
+
+
+def test_ridge_scores_match_its_predict(world, tmp_path):
+    """The closed-form learner's fast path equals its own predict (clamped ratings)."""
+    from metarec.meta.algorithms import ALGORITHMS, build_algorithm
+    from metarec.meta.checkpoint import build_model, model_kwargs
+
+    if "ridge" not in ALGORITHMS:
+        pytest.skip("no ridge learner in this version of the meta core")
+    data = world["data"]
+    kw = model_kwargs(data, MODEL)
+    torch.manual_seed(2)
+    algo = build_algorithm("ridge", build_model(kw), {"adapt": "user", "inner_lr": 0.1,
+                                                      "inner_steps": 1, "lam": 0.5})
+    save_checkpoint(tmp_path / "r.pt", algo, kw, {}, data.vocab)
+    predictor = load_predictor(tmp_path / "r.pt", data)
+    tasks = to_batch(data.select("train"))
+    scorer = CatalogueScorer(predictor, len(data.items))
+    assert scorer.fast_path and scorer.ridge
+    key, rating = scorer.score(tasks, 0)
+    items = torch.arange(len(data.items)).expand(len(tasks), -1)
+    torch.testing.assert_close(rating, predictor.predict(tasks, items), rtol=0, atol=1e-5)
+
+
+def test_fallback_path_predicts_in_item_blocks(world, tmp_path, monkeypatch):
+    """adapt = all (item side adapted): AdaptivePredictor.predict's numbers, in blocks."""
+    from metarec.meta.algorithms import build_algorithm
+    from metarec.meta.checkpoint import build_model, model_kwargs
+    from metarec.scoring import engine
+
+    data = world["data"]
+    kw = model_kwargs(data, MODEL)
+    torch.manual_seed(3)
+    algo = build_algorithm("maml", build_model(kw), {"adapt": "all", "inner_lr": 0.1,
+                                                     "inner_steps": 2})
+    save_checkpoint(tmp_path / "a.pt", algo, kw, {}, data.vocab)
+    predictor = load_predictor(tmp_path / "a.pt", data)
+    tasks = to_batch(data.select("train"))
+    monkeypatch.setattr(engine, "FALLBACK_CELLS", 5 * len(tasks))  # blocks of 5 items
+    scorer = CatalogueScorer(predictor, len(data.items))
+    assert not scorer.fast_path
+    _, rating = scorer.score(tasks, 0)
+    items = torch.arange(len(data.items)).expand(len(tasks), -1)
+    torch.testing.assert_close(rating, predictor.predict(tasks, items), rtol=0, atol=1e-5)
+
+
+def test_chunk_ranges_concatenate_to_the_whole_table(world):
+    params = _params(world, dynamic=True, chunk_users=2)
+    end = day_end(parse_as_of(AS_OF))
+    tables = {n: world["validated"] / f"{n}.parquet" for n in stage.TABLES}
+    landing = [world["landing"] / "2024-03-10.csv"]
+    model = world["models"] / "maml.pt"
+    whole, stats = stage.recommend(params, tables, landing, model, end)
+    parts = [stage.recommend(params, tables, landing, model, end, range(lo, hi))[0]
+             for lo, hi in [(0, 1), (1, 3)]]
+    import pyarrow as pa
+
+    assert pa.concat_tables(parts).combine_chunks().equals(whole.combine_chunks())
+    assert stats["users"] == 6 and whole.num_rows == 30
