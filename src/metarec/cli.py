@@ -164,7 +164,8 @@ def score(
     as_of: str | None = typer.Option(None, "--as-of",
                                      help="YYYY-MM-DD (UTC); default params.yaml score.as_of"),
     inp: Path = typer.Option(Path("data/validated"), "--in", help="validated tables"),
-    models: Path = typer.Option(Path("models"), help="folder of checkpoints (<model>.pt)"),
+    models: Path = typer.Option(Path("models/seed0"),
+                                help="folder of checkpoints (<model>.pt)"),
     out: Path = typer.Option(Path("data/recommendations"), help="root of the dated batches"),
     params: Path = PARAMS,
 ) -> None:
