@@ -7,36 +7,19 @@ CLI and dvc.yaml call; assertions are on the files each stage hands to the next.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from metarec.config import SyntheticSource, load_params
 from metarec.data.tasks import SCENARIOS
-from metarec.stages import episodes, evaluate, ingest, train, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    tmp = tmp_path_factory.mktemp("pipeline")
-    p = load_params(ROOT / "params.yaml")
-    ing = replace(p.ingest, source="synthetic",
-                  synthetic=SyntheticSource(users=400, items=120, interactions=12_000, seed=1))
-    ingest.run(ing, tmp / "canonical")
-    validate.run(p.validate, tmp / "canonical", tmp / "validated", tmp / "quarantine",
-                 tmp / "report")
-    data_metrics = episodes.run(replace(p.episodes, support_sizes=(3, 10)), tmp / "validated",
-                                tmp / "episodes", tmp / "data.json", tmp / "report/summary.json")
-    tr = replace(p.train, algorithms=("maml", "reptile"), max_steps=20, val_every=10,
-                 seeds=(0, 1))
-    train.run(p.model, tr, tmp / "episodes", tmp / "models", tmp / "train.json")
-    ev = replace(p.evaluate, bootstrap_samples=200, inner_steps_grid=(1, 5), curve_k=3)
-    result = evaluate.run(ev, tmp / "episodes", tmp / "models", tmp / "eval.json",
-                          tmp / "eval")
-    return {"tmp": tmp, "data": data_metrics, "eval": result}
+def pipeline(synthetic_project: dict) -> dict:
+    return {"tmp": synthetic_project["root"], "data": synthetic_project["data"],
+            "eval": synthetic_project["eval"]}
 
 
 def test_every_model_scenario_k_and_seed_is_evaluated(pipeline: dict) -> None:

@@ -29,3 +29,7 @@ class DataError(MetarecError):
 
 class IntegrityError(MetarecError):
     """A downloaded or tracked file does not match its expected checksum."""
+
+
+class LockedError(MetarecError):
+    """Another run of the same project holds the lock."""

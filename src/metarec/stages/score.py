@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import shutil
 import subprocess
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +35,15 @@ from metarec.config import ScoreParams, params_hash, parse_params, to_dict
 from metarec.data.encoding import FeatureTable, encode_entity
 from metarec.data.tasks import EpisodeData
 from metarec.errors import DataError, MetarecError, ParamsError
-from metarec.io import read_json, read_parquet, sha256_file, write_json, write_parquet
+from metarec.io import (
+    atomic_dir,
+    project_lock,
+    read_json,
+    read_parquet,
+    sha256_file,
+    write_json,
+    write_parquet,
+)
 from metarec.meta.checkpoint import load_predictor, read_checkpoint
 from metarec.scoring.engine import CatalogueScorer, Ragged, task_batch, top_k
 from metarec.scoring.world import (
@@ -72,6 +78,13 @@ def run(params: ScoreParams, validated_dir: str | Path, models_dir: str | Path,
     for path in tables.values():
         if not path.is_file():
             raise DataError("missing; run `dvc repro validate` (or `dvc pull`)", file=str(path))
+    root = Path(out_root)
+    with project_lock(root.parent / f".{root.name}.lock", f"metarec score (out {out_root})"):
+        return _run_locked(params, day, validated_dir, models_dir, model_path, tables, out_root)
+
+
+def _run_locked(params: ScoreParams, day: Any, validated_dir: Path, models_dir: Path,
+                model_path: Path, tables: dict[str, Path], out_root: str | Path) -> Path:
     landing = landing_files(params.landing_dir, day)
     inputs = {str(p): sha256_file(p) for p in [*tables.values(), *landing]}
     model_sha = sha256_file(model_path) if model_path.is_file() else None
@@ -85,6 +98,7 @@ def run(params: ScoreParams, validated_dir: str | Path, models_dir: str | Path,
     }
     target = Path(out_root) / params.as_of
     publish(target, table, manifest)
+    _sweep(target)
     log.info("score: %d rows for %d users -> %s", stats["rows"], stats["users"], target)
     return target
 
@@ -196,31 +210,23 @@ def _user_rows(world: pd.DataFrame, sel: Selection, items: FeatureTable, last: i
                    hist_starts.astype(np.int64)))
 
 
+def _sweep(target: Path) -> None:
+    """Remove temporary folders a killed run may have left beside the batch."""
+    for stale in target.parent.glob(f".{target.name}.*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def publish(target: Path, table: pa.Table, manifest: dict[str, Any]) -> None:
     """Write the batch into a temporary folder beside ``target``, then rename it into place.
 
-    A crash leaves either no batch or the previous complete one (plus a hidden temporary
-    folder at worst, never a half-written ``target``).
+    The folders are exchanged in one atomic syscall (:func:`metarec.io.swap_dir`), so a crash
+    or SIGKILL at any instant leaves either no batch or the previous complete one (plus a
+    hidden temporary folder at worst, removed by the next run), never a half-written one.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    old: Path | None = None
-    try:
-        os.chmod(tmp, 0o755)
+    with atomic_dir(target) as tmp:
         write_parquet(table, tmp / RECS)
         manifest = {**manifest, "parquet_sha256": sha256_file(tmp / RECS)}
         write_json(manifest, tmp / MANIFEST)
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex}")
-            os.replace(target, old)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not target.exists():
-            os.replace(old, target)  # put the previous batch back
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _git_commit() -> str | None:

@@ -1,0 +1,52 @@
+"""Shared fixtures: a small synthetic project run through the real stages once per session."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from metarec.config import Params, SyntheticSource, load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small_params(users: int = 400, items: int = 120, interactions: int = 12_000,
+                 days: int = 365) -> Params:
+    """The real params.yaml, shrunk: a synthetic log, two K values, a few training steps."""
+    p = load_params(ROOT / "params.yaml")
+    return replace(
+        p,
+        ingest=replace(p.ingest, source="synthetic", synthetic=SyntheticSource(
+            users=users, items=items, interactions=interactions, days=days, seed=1)),
+        episodes=replace(p.episodes, support_sizes=(3, 10)),
+        train=replace(p.train, algorithms=("maml", "reptile"), max_steps=20, val_every=10,
+                      seeds=(0, 1)),
+        evaluate=replace(p.evaluate, bootstrap_samples=200, inner_steps_grid=(1, 5),
+                         curve_k=3),
+    )
+
+
+def build_project(root: Path, params: Params, *, evaluate: bool = True) -> dict:
+    """ingest -> validate -> episodes -> train (-> evaluate) into ``root``; returns paths."""
+    from metarec.stages import episodes, ingest, train, validate
+    from metarec.stages import evaluate as evaluate_stage
+
+    ingest.run(params.ingest, root / "canonical")
+    validate.run(params.validate, root / "canonical", root / "validated", root / "quarantine",
+                 root / "report")
+    data = episodes.run(params.episodes, root / "validated", root / "episodes",
+                        root / "data.json", root / "report/summary.json")
+    train.run(params.model, params.train, root / "episodes", root / "models",
+              root / "train.json")
+    out = {"root": root, "data": data, "params": params}
+    if evaluate:
+        out["eval"] = evaluate_stage.run(params.evaluate, root / "episodes", root / "models",
+                                         root / "eval.json", root / "eval")
+    return out
+
+
+@pytest.fixture(scope="session")
+def synthetic_project(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return build_project(tmp_path_factory.mktemp("project"), small_params())

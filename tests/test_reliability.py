@@ -1,0 +1,135 @@
+"""Reliability of the nightly batch: SIGKILL at any moment, reruns, two runs at once.
+
+A small synthetic project is trained once; `metarec score` then runs as a real subprocess
+(~5-10 s for ~2,000 cold-start users in chunks of 8) so that it can be killed part-way.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT, build_project, small_params
+
+AS_OF = "1998-03-01"
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("nightly")
+    p = small_params(users=4000, items=200, interactions=40_000, days=60)
+    p = replace(p, train=replace(p.train, algorithms=("maml",), seeds=(0,), max_steps=4,
+                                 val_every=2))
+    build_project(root, p, evaluate=False)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["score"].update(chunk_users=8, model="maml")
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return root
+
+
+def _cmd(root: Path) -> list[str]:
+    return [str(BIN / "metarec"), "score", "--as-of", AS_OF, "--params",
+            str(root / "params.yaml"), "--in", str(root / "validated"), "--models",
+            str(root / "models/seed0"), "--out", str(root / "recs")]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _score(root: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(_cmd(root), capture_output=True, text=True, env=_env(), timeout=300)
+
+
+def _batch(root: Path) -> dict[str, bytes] | None:
+    folder = root / "recs" / AS_OF
+    if not folder.exists():
+        return None
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def reference(project: Path) -> dict[str, bytes]:
+    done = _score(project)
+    assert done.returncode == 0, done.stderr[-2000:]
+    batch = _batch(project)
+    assert batch is not None and set(batch) == {"manifest.json", "recommendations.parquet"}
+    return batch
+
+
+def _kill_after(root: Path, seconds: float) -> None:
+    proc = subprocess.Popen(_cmd(root), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=_env())
+    time.sleep(seconds)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_sigkill_never_leaves_a_partial_batch(project: Path, reference: dict) -> None:
+    # with a previous complete batch in place: a kill keeps exactly that batch
+    for delay in (1.5, 4.0, 6.5):
+        _kill_after(project, delay)
+        assert _batch(project) == reference
+    # with no batch yet: a kill leaves no batch or a complete one, never a partial one
+    import shutil
+
+    shutil.rmtree(project / "recs" / AS_OF)
+    for delay in (2.0, 5.0):
+        _kill_after(project, delay)
+        assert _batch(project) in (None, reference)
+        visible = [p.name for p in (project / "recs").iterdir() if not p.name.startswith(".")]
+        assert visible in ([], [AS_OF])
+    # the rerun produces the identical batch and sweeps what the killed runs left behind
+    done = _score(project)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _batch(project) == reference
+    assert [p.name for p in (project / "recs").iterdir()] == [AS_OF]
+
+
+@pytest.mark.slow
+def test_same_night_twice_gives_one_identical_batch(project: Path, reference: dict) -> None:
+    assert _score(project).returncode == 0
+    assert _score(project).returncode == 0
+    assert _batch(project) == reference
+    assert [p.name for p in (project / "recs").iterdir()] == [AS_OF]
+
+
+def _locked(path: Path) -> bool:
+    if not path.exists():
+        return False
+    with open(path) as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        return False
+
+
+@pytest.mark.slow
+def test_a_second_run_fails_fast_while_one_holds_the_lock(project: Path,
+                                                          reference: dict) -> None:
+    lock = project / ".recs.lock"
+    first = subprocess.Popen(_cmd(project), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env=_env())
+    deadline = time.time() + 60
+    while not _locked(lock):
+        assert first.poll() is None and time.time() < deadline, "first run never took the lock"
+        time.sleep(0.05)
+    start = time.time()
+    second = _score(project)
+    assert second.returncode == 2
+    assert "already running" in second.stderr and str(lock) in second.stderr.replace("\n", "")
+    assert time.time() - start < 15                     # fails fast, does not wait
+    assert first.wait(timeout=300) == 0
+    assert _batch(project) == reference
