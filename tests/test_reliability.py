@@ -133,3 +133,27 @@ def test_a_second_run_fails_fast_while_one_holds_the_lock(project: Path,
     assert time.time() - start < 15                     # fails fast, does not wait
     assert first.wait(timeout=300) == 0
     assert _batch(project) == reference
+
+
+def test_checkpoint_that_does_not_match_the_inputs_stops_scoring(project: Path,
+                                                                 tmp_path: Path) -> None:
+    import shutil
+
+    from metarec.io import read_json, write_json
+
+    validated = tmp_path / "validated"
+    shutil.copytree(project / "validated", validated)
+    schema = read_json(validated / "schema.json")
+    schema["rating"]["max"] = 10.0
+    del schema["users"]["gender"]
+    write_json(schema, validated / "schema.json")
+    cmd = _cmd(project)
+    cmd[cmd.index("--in") + 1] = str(validated)
+    cmd[cmd.index("--out") + 1] = str(tmp_path / "recs")
+    done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    assert done.returncode == 2
+    err = " ".join(done.stderr.split())
+    assert "does not match the scoring inputs" in err
+    assert "rating max: trained on 5.0, inputs have 10.0" in err
+    assert "users feature 'gender' (categorical): missing from the inputs" in err
+    assert not (tmp_path / "recs" / AS_OF).exists()

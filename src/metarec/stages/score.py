@@ -119,6 +119,7 @@ def recommend(params: ScoreParams, tables: dict[str, Path], landing: list[Path],
     The counts always describe the whole day.
     """
     vocab = read_checkpoint(model_path)["vocab"]
+    check_compatible(vocab, tables["users"].parent / "schema.json", model_path)
     world = load_world(read_parquet(tables["interactions"]), landing, end)
     sel = users_to_score(world, end, params.max_interactions, params.active_days,
                          params.dynamic)
@@ -162,6 +163,33 @@ def recommend(params: ScoreParams, tables: dict[str, Path], landing: list[Path],
              "catalogue_items": len(items), "world_interactions": len(world),
              "scoring_path": "catalogue-matmul" if scorer.fast_path else "predictor.predict"}
     return table, stats
+
+
+def check_compatible(vocab: dict[str, Any], schema_path: Path, model_path: Path) -> None:
+    """Stop when the checkpoint was trained on data shaped differently from the scoring inputs:
+    another rating scale, or a feature that is missing or of another kind. Names which."""
+    if not schema_path.is_file():
+        return  # hand-assembled inputs (tests): encoding still maps unknowns to 0
+    schema = read_json(schema_path)
+    problems = []
+    for key in ("min", "max"):
+        trained, now = vocab.get("rating", {}).get(key), schema.get("rating", {}).get(key)
+        if trained is not None and now is not None and float(trained) != float(now):
+            problems.append(f"rating {key}: trained on {trained}, inputs have {now}")
+    for entity in ("users", "items"):
+        current = schema.get(entity, {})
+        for name, spec in vocab.get(entity, {}).get("features", {}).items():
+            if name not in current:
+                problems.append(f"{entity} feature {name!r} ({spec['kind']}): missing from "
+                                "the inputs")
+            elif current[name]["kind"] != spec["kind"]:
+                problems.append(f"{entity} feature {name!r}: trained as {spec['kind']}, "
+                                f"inputs declare {current[name]['kind']}")
+    if problems:
+        raise MetarecError(f"{model_path} does not match the scoring inputs ({schema_path}): "
+                           + "; ".join(problems)
+                           + ". Retrain on these inputs (`dvc repro train`) or score the "
+                           "inputs it was trained on.")
 
 
 def _encode(table: pd.DataFrame, id_col: str, seen: pd.Series, vocab: dict[str, Any]
