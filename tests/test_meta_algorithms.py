@@ -136,7 +136,7 @@ def test_metadropout_noise_network_receives_gradients(setup):
 
 
 @pytest.mark.parametrize("name", ["maml", "fomaml", "reptile", "metasgd", "metadropout",
-                                  "pretrain", "finetune"])
+                                  "ridge", "pretrain", "finetune"])
 def test_predictor_scores_users_never_trained_on(setup, name):
     data, batch, store = setup
     model = tiny_model(data, "dot")
@@ -155,3 +155,80 @@ def test_predictor_scores_users_never_trained_on(setup, name):
     val.support_ratings = 6 - val.support_ratings
     moved = not torch.allclose(scores, predictor.predict(val, cands))
     assert moved == (name != "pretrain")
+
+
+# --- ridge: closed-form inner loop -----------------------------------------------------------
+
+
+def _ridge(data, item_features=True, train_item_ids=True):
+    model = tiny_model(data, "dot")
+    return build_algorithm("ridge", model, {"adapt": "user", "inner_lr": 0.0, "inner_steps": 1,
+                                            "lam": 0.7, "item_features": item_features,
+                                            "train_item_ids": train_item_ids})
+
+
+def test_ridge_solution_is_the_per_task_map_estimate(setup):
+    """Each task's w minimises its own support squared error + lam |w - w0|^2 (hand-solved)."""
+    data, batch, store = setup
+    algo = _ridge(data)
+    with torch.no_grad():
+        algo.log_lam.copy_(torch.linspace(-1.0, 1.0, algo.log_lam.numel()))
+    sup = store.support(batch)
+    w = algo.adapt(algo.meta_params(), sup)["w"]                       # (T, D)
+    net, lam = algo.model, algo.log_lam.detach().exp()
+    for t in range(len(batch)):
+        s = batch.support_mask[t]
+        items = store.items(batch.support_items[t][s])
+        x, ib = net.embed_items(items)
+        phi = torch.cat([net.item_proj(x), torch.ones(int(s.sum()), 1, dtype=x.dtype)], 1)
+        y = batch.support_ratings[t][s].double() - ib - net.global_bias
+        xu = net.embed_users(store.users(batch.user_idx[t:t + 1]))[0]
+        w0 = torch.cat([net.user_proj(xu), net.user_bias])
+        # stacked least squares: [phi; sqrt(lam) I] w = [y; sqrt(lam) w0]
+        a = torch.cat([phi, torch.diag(lam.sqrt())])
+        b = torch.cat([y, lam.sqrt() * w0])
+        expected = torch.linalg.lstsq(a, b[:, None]).solution[:, 0]
+        torch.testing.assert_close(w[t].detach(), expected.detach(), rtol=1e-7, atol=1e-9)
+
+
+def test_ridge_empty_support_falls_back_to_the_feature_prior(setup):
+    data, batch, store = setup
+    algo = _ridge(data)
+    sup = store.support(batch)
+    sup.mask = torch.zeros_like(sup.mask)
+    w = algo.adapt(algo.meta_params(), sup)["w"]
+    torch.testing.assert_close(w, algo._user_prior(sup.user))
+
+
+def test_ridge_meta_gradient_matches_finite_differences(setup):
+    """The outer gradient w.r.t. the prior precision goes through the solve (gradcheck)."""
+    data, batch, store = setup
+    algo = _ridge(data)
+    sup, qry = store.support(batch), store.query(batch)
+
+    def query_loss(log_lam):
+        return algo.loss(algo.adapt({"log_lam": log_lam}, sup), qry)
+
+    start = algo.log_lam.detach().clone().requires_grad_()
+    assert torch.autograd.gradcheck(query_loss, (start,), eps=1e-6, atol=1e-6)
+    objective, _ = algo.outer_loss(sup, qry)
+    objective.backward()
+    for name in ("log_lam", "model.user_proj.weight", "model.item_proj.weight",
+                 "model.global_bias", "model.item_bias.weight", "model.item_id.weight"):
+        p = dict(algo.named_parameters())[name]
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_ridge_without_item_features_ignores_them_and_freezes_id_tables(setup):
+    data, batch, store = setup
+    algo = _ridge(data, item_features=False, train_item_ids=False)
+    sup, qry = store.support(batch), store.query(batch)
+    before = algo.predict(algo.adapt(algo.meta_params(), sup), qry)
+    with torch.no_grad():
+        for emb in [*algo.model.item_cat, *algo.model.item_multi]:
+            emb.weight.add_(1.0)
+    torch.testing.assert_close(algo.predict(algo.adapt(algo.meta_params(), sup), qry), before)
+    trained = {id(p) for p in algo.outer_parameters()}
+    assert id(algo.model.item_id.weight) not in trained
+    assert id(algo.model.item_bias.weight) not in trained
+    assert id(algo.log_lam) in trained and id(algo.model.user_proj.weight) in trained

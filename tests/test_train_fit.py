@@ -151,3 +151,37 @@ def test_cli_train_reports_bad_params(tmp_path):
     result = CliRunner().invoke(app, ["train", "--params", str(params),
                                       "--episodes", str(tmp_path / "none")])
     assert result.exit_code == 2 and "episodes.parquet" in result.output
+
+
+def test_ridge_starts_at_biased_mf_and_improves(data, tmp_path):
+    """With the MF start, step 0 predicts exactly what BiasedMF does with the same ALS fit."""
+    from metarec.meta.algorithms import build_algorithm
+    from metarec.meta.checkpoint import build_model, model_kwargs
+    from metarec.meta.features import FeatureStore
+    from metarec.meta.predictor import AdaptivePredictor
+    from metarec.models.baselines import BiasedMF, fit_als, training_ratings
+    from metarec.train.fit import algorithm_config, init_from_mf
+
+    train = replace(TRAIN, ridge_lambda=2.0, ridge_mf_reg=3.0, ridge_mf_iters=5)
+    algo = build_algorithm("ridge", build_model(model_kwargs(data, MODEL)),
+                           algorithm_config("ridge", MODEL, train)).double()
+    init_from_mf(algo, data, train)
+    users, items, ratings = training_ratings(data)
+    q, b_i = fit_als(users, items, ratings, len(data.users), len(data.items),
+                     float(ratings.mean()), MODEL.embedding_dim, 3.0, 5, train.seed)
+    mf = BiasedMF(float(ratings.mean()), data.rating_range, q, b_i, 2.0)
+    batch = to_batch(data.select("val"))
+    cands = torch.arange(len(data.items)).expand(len(batch), -1)
+    ours = AdaptivePredictor("ridge", algo, FeatureStore(data.users, data.items,
+                                                         dtype=torch.float64))
+    torch.testing.assert_close(ours.predict(batch, cands), mf.predict(batch, cands),
+                               rtol=1e-6, atol=1e-6)
+    fit = fit_algorithm("ridge", data, MODEL, replace(train, ridge_outer_lr=0.01), tmp_path)
+    assert fit.best_val_loss < fit.initial_val_loss, fit.metrics()
+    path = save_checkpoint(tmp_path / "ridge.pt", fit.algorithm, fit.model_kwargs,
+                           {"model": to_dict(MODEL), "train": to_dict(train)}, data.vocab)
+    loaded = load_predictor(path, data)
+    assert loaded.algorithm.config() == fit.algorithm.config()
+    torch.testing.assert_close(loaded.predict(batch, batch.query_items),
+                               AdaptivePredictor("ridge", fit.algorithm, FeatureStore(
+                                   data.users, data.items)).predict(batch, batch.query_items))

@@ -121,7 +121,8 @@ class ModelParams:
 
 @dataclass(frozen=True)
 class TrainParams:
-    algorithms: tuple[str, ...] = ("maml", "fomaml", "reptile", "metasgd", "metadropout")
+    algorithms: tuple[str, ...] = ("maml", "fomaml", "reptile", "metasgd", "metadropout",
+                                   "ridge")
     inner_steps: int = 5
     inner_lr: float = 0.05
     meta_batch: int = 32
@@ -135,9 +136,10 @@ class TrainParams:
     ridge_lambda: float = 3.0
     ridge_query_loss: Literal["mse", "mae", "huber"] = "mse"
     ridge_outer_lr: float = 3e-4
-    ridge_train_item_ids: bool = True
+    ridge_train_item_ids: bool = False
+    ridge_item_features: bool = False
     ridge_mf_init: bool = True
-    ridge_mf_reg: float = 15.0
+    ridge_mf_reg: float = 5.0
     ridge_mf_iters: int = 15
     finetune_steps: tuple[int, ...] = (1, 5, 10)
     finetune_lrs: tuple[float, ...] = (0.01, 0.05, 0.2)

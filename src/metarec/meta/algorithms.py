@@ -302,10 +302,13 @@ class RidgeMeta(MetaAlgorithm):
     name = "ridge"
 
     def __init__(self, model: PreferenceNet, adapt: str, inner_lr: float, inner_steps: int,
-                 lam: float = 1.0, query_loss: str = "mse", train_item_ids: bool = True
-                 ) -> None:
+                 lam: float = 1.0, query_loss: str = "mse", train_item_ids: bool = True,
+                 item_features: bool = True) -> None:
         super().__init__(model, adapt, inner_lr, inner_steps)
+        if not item_features and model.item_id is None:
+            raise ValueError("ridge item_features=False needs the item-id embedding")
         self.train_item_ids = bool(train_item_ids)
+        self.item_features = bool(item_features)
         if query_loss not in QUERY_LOSSES:
             raise ValueError(f"query_loss must be one of {QUERY_LOSSES}, got {query_loss!r}")
         if lam <= 0:
@@ -341,7 +344,12 @@ class RidgeMeta(MetaAlgorithm):
             xi, ib = items["x"], items["bias"]
         else:
             xi, ib = m.embed_items(items)                                 # (T, L, Di), (T, L)
-        phi = m.item_proj(xi)                                             # (T, L, d)
+        if self.item_features:
+            phi = m.item_proj(xi)                                         # (T, L, d)
+        else:  # only the item-id block (the last d columns) of the item embedding
+            assert m.item_id is not None
+            d_id = m.item_id.embedding_dim
+            phi = F.linear(xi[..., -d_id:], m.item_proj.weight[:, -d_id:], m.item_proj.bias)
         phi = torch.cat([phi, torch.ones_like(phi[..., :1])], -1)         # (T, L, D)
         return phi, ib + m.global_bias
 
@@ -382,7 +390,8 @@ class RidgeMeta(MetaAlgorithm):
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "lam": float(self.log_lam.detach().exp().mean()),
-                "query_loss": self.query_loss, "train_item_ids": self.train_item_ids}
+                "query_loss": self.query_loss, "train_item_ids": self.train_item_ids,
+                "item_features": self.item_features}
 
 
 class Pretrain(MetaAlgorithm):

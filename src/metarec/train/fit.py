@@ -59,7 +59,8 @@ def algorithm_config(name: str, model: ModelParams, train: TrainParams) -> dict[
         cfg.update(epsilon=train.reptile_epsilon, mode=train.reptile_mode)
     if name == "ridge":
         cfg.update(lam=train.ridge_lambda, query_loss=train.ridge_query_loss,
-                   train_item_ids=train.ridge_train_item_ids)
+                   train_item_ids=train.ridge_train_item_ids,
+                   item_features=train.ridge_item_features)
     return cfg
 
 
