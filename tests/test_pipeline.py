@@ -42,20 +42,33 @@ def test_every_model_scenario_k_and_seed_is_evaluated(pipeline: dict) -> None:
         assert metric in row
 
 
+NON_META = {"global_mean", "item_mean", "user_mean", "item_user_bias", "biased_mf", "pretrain",
+            "finetune"}
+
+
 def test_comparisons_against_the_best_baseline(pipeline: dict) -> None:
     result = pipeline["eval"]
     base = result["best_baseline"]
-    assert base in {"global_mean", "item_mean", "user_mean", "item_user_bias", "biased_mf",
-                    "pretrain", "finetune"}
+    assert set(base) == {"accuracy", "ranking"} and set(base.values()) <= NON_META
+    # each family's baseline is the validation winner of that family (majority over seeds)
+    for seed in ("0", "1"):
+        chosen = result["choices"][seed]["best_baseline"]
+        assert chosen["accuracy"]["name"] == min(chosen["accuracy"]["val_mae"],
+                                                 key=chosen["accuracy"]["val_mae"].get)
+        assert chosen["ranking"]["name"] == max(chosen["ranking"]["val_ndcg@20"],
+                                                key=chosen["ranking"]["val_ndcg@20"].get)
     comps = result["comparisons"]
-    assert comps and all(c["baseline"] == base and c["model"] != base for c in comps)
+    assert comps
     for c in comps:
+        fam = "accuracy" if c["metric"] in ("mae", "rmse") else "ranking"
+        assert c["baseline"] == base[fam] and c["model"] != c["baseline"]
         assert c["ci_low"] <= c["diff"] + 1e-9 and c["diff"] <= c["ci_high"] + 1e-9
     # diff = model - baseline, seed-averaged per user: check one against the result rows
     c = next(c for c in comps if c["metric"] == "mae" and c["scenario"] == "user_cold")
     rows = [r for r in result["results"] if r["scenario"] == "user_cold" and r["k"] == c["k"]]
-    mean = {m: sum(r["mae"] for r in rows if r["model"] == m) / 2 for m in (c["model"], base)}
-    assert c["diff"] == pytest.approx(mean[c["model"]] - mean[base], abs=1e-4)
+    mean = {m: sum(r["mae"] for r in rows if r["model"] == m) / 2
+            for m in (c["model"], c["baseline"])}
+    assert c["diff"] == pytest.approx(mean[c["model"]] - mean[c["baseline"]], abs=1e-4)
 
 
 def test_choices_come_from_validation_and_curves_are_written(pipeline: dict) -> None:
@@ -69,8 +82,21 @@ def test_choices_come_from_validation_and_curves_are_written(pipeline: dict) -> 
                  "ndcg_at_20_vs_steps.png"):
         assert (tmp / "eval" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (tmp / "eval" / "report.md").read_text()
-    assert "paired bootstrap" in report and base_in(report, result["best_baseline"])
+    assert "paired bootstrap" in report
+    assert f"**{result['best_baseline']['accuracy']}** for MAE/RMSE" in report
+    assert f"**{result['best_baseline']['ranking']}** for ranking metrics" in report
 
 
-def base_in(text: str, name: str) -> bool:
-    return f"**{name}**" in text
+def test_readme_results_are_generated_from_the_evaluation(pipeline: dict, tmp_path) -> None:
+    from metarec.eval.readme import END, START, results_markdown, update_readme
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{START}\nold numbers\n{END}\noutro\n")
+    update_readme(readme, results_markdown(pipeline["eval"]))
+    text = readme.read_text()
+    assert "old numbers" not in text and text.startswith("intro") and text.endswith("outro\n")
+    row = next(r for r in pipeline["eval"]["results"] if r["model"] == "maml"
+               and r["scenario"] == "user_cold" and r["k"] == 3)
+    both = [r["mae"] for r in pipeline["eval"]["results"] if r["model"] == "maml"
+            and r["scenario"] == "user_cold" and r["k"] == 3]
+    assert row and f"{sum(both) / 2:.3f}" in text

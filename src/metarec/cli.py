@@ -101,6 +101,7 @@ def serve(
     """Serve the nightly Prefect deployment on params.yaml's score.cron (runs until stopped)."""
     from metarec.orchestration.local import serve_nightly
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per schedule poll
     try:
         serve_nightly(project)
     except MetarecError as exc:
@@ -192,6 +193,21 @@ def verify_batch(
         _fail(exc)
     typer.echo(f"{batch}: identical ({manifest['rows']} rows, sha256 "
                f"{manifest['parquet_sha256']})")
+
+
+@app.command("readme-results")
+def readme_results(
+    metrics: Path = typer.Option(Path("metrics/eval.json"), help="evaluation metrics"),
+    readme: Path = typer.Option(Path("README.md"), help="README to update in place"),
+) -> None:
+    """Regenerate the README's results section from an evaluation (never typed by hand)."""
+    from metarec.eval.readme import results_markdown, update_readme
+    from metarec.io import read_json
+
+    try:
+        update_readme(readme, results_markdown(read_json(metrics)))
+    except MetarecError as exc:
+        _fail(exc)
 
 
 @app.command()

@@ -1,0 +1,75 @@
+"""The README's results section, generated from metrics/eval.json (never typed by hand).
+
+``metarec readme-results`` rewrites the block between the two markers below in README.md.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from metarec.errors import DataError
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def _cell(mean: float, std: float) -> str:
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} ± {std:.3f}"
+
+
+def results_markdown(result: dict[str, Any], scenario: str = "user_cold") -> str:
+    """Per model: MAE and catalogue nDCG@20 at each K (mean ± std over seeds), then the
+    paired-bootstrap differences of every meta-learner against the best baseline."""
+    df = pd.DataFrame(result["results"])
+    df = df[df["scenario"] == scenario]
+    if df.empty:
+        raise DataError(f"no {scenario} results in the evaluation")
+    ks = sorted(df["k"].unique())
+    seeds = df["seed"].nunique()
+    lines = [f"Dataset **{result['dataset']}**, protocol **{result['protocol']}**, scenario "
+             f"**{scenario}**, {seeds} seeds (mean ± std); lower MAE is better, higher nDCG@20 "
+             "(whole-catalogue ranking) is better.", ""]
+    for metric in ("mae", "ndcg@20"):
+        g = df.groupby(["model", "k"])[metric]
+        mean, std = g.mean().unstack(), g.std(ddof=1).unstack()
+        order = mean.mean(axis=1).sort_values(ascending=metric == "mae").index
+        lines += [f"**{metric}**", "", "| model | " + " | ".join(f"K={k}" for k in ks) + " |",
+                  "|---|" + "---|" * len(ks)]
+        for model in order:
+            cells = [_cell(mean.loc[model, k], std.loc[model, k]) for k in ks]
+            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        lines.append("")
+    comps = [c for c in result["comparisons"] if c["scenario"] == scenario
+             and c["metric"] in ("mae", "ndcg@20")]
+    if comps:
+        lines += ["Each model minus the best baseline of the metric's family (chosen on "
+                  "validation tasks: lowest MAE for MAE, highest catalogue nDCG@20 for "
+                  "nDCG@20), paired bootstrap over test users of seed-averaged values, 95% CI "
+                  "(significant when the interval excludes 0):", "",
+                  "| model | metric | baseline | " + " | ".join(f"K={k}" for k in ks) + " |",
+                  "|---|---|---|" + "---|" * len(ks)]
+        table = pd.DataFrame(comps)
+        for (model, metric, base), grp in table.groupby(["model", "metric", "baseline"],
+                                                         sort=True):
+            by_k = grp.set_index("k")
+            cells = [(f"{by_k.loc[k, 'diff']:+.3f} [{by_k.loc[k, 'ci_low']:+.3f}, "
+                      f"{by_k.loc[k, 'ci_high']:+.3f}]") if k in by_k.index else "–"
+                     for k in ks]
+            lines.append(f"| {model} | {metric} | {base} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, block: str) -> None:
+    """Replace the text between the markers; fail clearly if they are missing."""
+    text = readme.read_text(encoding="utf-8")
+    if START not in text or END not in text:
+        raise DataError(f"markers {START} / {END} not found", file=str(readme))
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{START}\n{block}\n{END}{tail}", encoding="utf-8")
