@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv run test lint bench clean
+.PHONY: venv run ui test lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,10 +14,16 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## run: create the environment, run the whole pipeline on ML-100K, print what it recommends
+## run: create the environment, run the training flow and one nightly batch (AS_OF) on the
+## local Prefect server (started or reused, left up for the UI), print what it recommends
+AS_OF ?= 1998-03-15
 run: venv
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	$(BIN)/python -m metarec.orchestration.local --as-of $(AS_OF)
 	$(BIN)/metarec summary
+
+## ui: start the local Prefect server alone (127.0.0.1:4200, database in .prefect/); Ctrl-C stops
+ui: venv
+	$(BIN)/metarec ui
 
 ## test: create or reuse the environment and run the test suite
 test: venv

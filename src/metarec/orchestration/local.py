@@ -20,10 +20,15 @@ DEPLOYMENT = "metarec-nightly"
 
 
 def use_local_server(params: PrefectParams, project_dir: Path) -> Server:
-    """Start or reuse the server and point this process (and its children) at it.
+    """Point this process (and its children) at a Prefect server: the one ``PREFECT_API_URL``
+    already names (production), else the project's local one, started or reused.
 
     Called before the first Prefect client exists, so plain environment variables suffice.
     """
+    preset = os.environ.get("PREFECT_API_URL")
+    if preset:
+        return Server(preset, Path(os.environ.get("PREFECT_HOME", "~/.prefect")), None,
+                      started=False)
     server, _ = start(params, project_dir)
     os.environ["PREFECT_API_URL"] = server.api_url
     os.environ["PREFECT_HOME"] = str(server.home)
@@ -61,7 +66,6 @@ def main(argv: list[str] | None = None) -> None:
     server = use_local_server(load_params(project / "params.yaml").prefect, project)
 
     from rich.console import Console
-    from rich.markdown import Markdown
 
     from metarec.orchestration.tasks import examples
 
@@ -74,8 +78,10 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         console.print(f"\nPrefect UI: {server.ui_url}  (runs, task logs, artifacts; "
                       "`make ui` later, `metarec ui --stop` to stop the server)")
-    console.print(Markdown(evaluation_table(project / "reports/eval/report.md")))
-    console.print(Markdown(examples(result["batch"], project / "data/validated")))
+    # raw Markdown: a rendered table would be cut to the terminal's width
+    for text in (evaluation_table(project / "reports/eval/report.md"),
+                 examples(result["batch"], project / "data/validated")):
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
     console.print(f"batch: {result['batch']} ({result['users_scored']} users, "
                   f"{result['seconds']} s)")
 

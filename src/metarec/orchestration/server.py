@@ -174,6 +174,10 @@ def pointed_at(server: Server) -> Iterator[None]:
             os.environ["PREFECT_API_URL"] = old
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def serve_forever(params: PrefectParams, project_dir: str | Path = ".") -> None:
     """`make ui`: start (or find) the server, print its address, stay until Ctrl-C."""
     server, proc = start(params, project_dir)
@@ -183,6 +187,9 @@ def serve_forever(params: PrefectParams, project_dir: str | Path = ".") -> None:
               "one this project started", flush=True)
         return
     print("Ctrl-C stops it.", flush=True)
+    # SIGTERM (and SIGINT where a background shell ignores it) must reach the finally below
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _raise_interrupt)
     try:
         proc.wait()
     except KeyboardInterrupt:

@@ -1,19 +1,19 @@
 """Nightly scoring split into shards of users, merged into the batch ``score.run`` would write.
 
 The score stage adapts and ranks users in chunks of ``score.chunk_users`` (users in user_id
-order, chunk ``c`` seeded with ``c``). A shard here is a run of *whole* chunks scored with the
-same chunk numbers, so every chunk sees the same users, padding and seed as in the
-single-process run, and the concatenated shards are the same rows in the same order: the merged
+order, chunk ``c`` seeded with ``c``), and ``score.recommend(..., chunks=range(lo, hi))``
+scores a run of whole chunks exactly as the single-process run does. A shard is such a run;
+the concatenated shards are the same rows in the same order, so the merged
 ``recommendations.parquet`` and ``manifest.json`` are byte-identical to ``metarec score``'s
 (tests/flows/test_nightly.py checks this for the thread and the Dask runner).
 
-Until the score stage exposes a chunk range itself, :func:`score_chunks` repeats the loop of
-:func:`metarec.stages.score.recommend` on its lower-level functions; the byte-identity test is
-what keeps the two in step.
+:func:`merge` rebuilds the manifest the way ``score._run_locked`` does (no public helper for
+it yet); the byte-identity test is what keeps the two in step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
 import tempfile
@@ -22,20 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
 import metarec
 from metarec.config import ScoreParams, params_hash, to_dict
-from metarec.data.tasks import EpisodeData
 from metarec.errors import DataError
-from metarec.io import read_parquet, sha256_file, write_parquet
-from metarec.meta.checkpoint import load_predictor, read_checkpoint
-from metarec.scoring.engine import CatalogueScorer, task_batch, top_k
-from metarec.scoring.world import day_end, landing_files, load_world, parse_as_of, users_to_score
+from metarec.io import project_lock, sha256_file, write_parquet
+from metarec.scoring.world import day_end, landing_files, parse_as_of
 from metarec.stages import score as stage
 
 
@@ -92,61 +87,23 @@ def split_chunks(n_chunks: int, shards: int) -> list[tuple[int, int]]:
     """Contiguous chunk ranges [lo, hi), as even as possible, none empty (at least one range)."""
     if shards < 1:
         raise ValueError(f"shards must be at least 1, got {shards}")
-    bounds = np.linspace(0, n_chunks, min(shards, max(n_chunks, 1)) + 1).round().astype(int)
-    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    parts = min(shards, max(n_chunks, 1))
+    bounds = [i * n_chunks // parts for i in range(parts + 1)]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
 def score_chunks(inputs: BatchInputs, lo: int, hi: int) -> tuple[pa.Table, dict[str, Any]]:
-    """Rows (``score.SCHEMA``) of chunks lo..hi-1 and the whole day's counts.
+    """Rows (``score.SCHEMA``) of chunks lo..hi-1 and the whole day's counts."""
+    return stage.recommend(inputs.params, inputs.tables, inputs.landing, inputs.model_path,
+                           inputs.end, chunks=range(lo, hi))
 
-    Mirrors :func:`metarec.stages.score.recommend` with its chunk loop restricted to lo..hi.
-    """
-    params = inputs.params
-    vocab = read_checkpoint(inputs.model_path)["vocab"]
-    world = load_world(read_parquet(inputs.tables["interactions"]), inputs.landing, inputs.end)
-    sel = users_to_score(world, inputs.end, params.max_interactions, params.active_days,
-                         params.dynamic)
-    users = stage._encode(read_parquet(inputs.tables["users"]), "user_id", world["user_id"],
-                          vocab["users"])
-    items = stage._encode(read_parquet(inputs.tables["items"]), "item_id", world["item_id"],
-                          vocab["items"])
-    data = EpisodeData(tasks=pd.DataFrame(), users=users, items=items, vocab=vocab)
-    scorer = CatalogueScorer(load_predictor(inputs.model_path, data), len(items))
-    support, history = stage._user_rows(world, sel, items, params.dynamic_last)
-    user_idx = torch.from_numpy(users.index_of(sel.user_ids))               # (U,)
-    n, k, size = len(sel.user_ids), params.top_k, params.chunk_users
-    out_user, out_item, out_score, out_rank = [], [], [], []
-    for chunk_no in range(lo, hi):
-        a, b = chunk_no * size, min((chunk_no + 1) * size, n)
-        batch = task_batch(user_idx[a:b], *support.padded(a, b))
-        key, rating = scorer.score(batch, chunk_no)                         # (T, C) each
-        lengths = np.diff(history.starts[a:b + 1])
-        rows = torch.from_numpy(np.repeat(np.arange(b - a), lengths))
-        cols = torch.from_numpy(history.items[history.starts[a]:history.starts[b]])
-        idx, valid = top_k(key, rows, cols, k)                              # (T, k')
-        picked = rating.gather(1, idx)                                      # (T, k')
-        valid_np = valid.numpy()
-        out_user.append(np.repeat(np.arange(a, b), valid_np.sum(1)))
-        out_item.append(idx.numpy()[valid_np])
-        out_score.append(picked.numpy()[valid_np])
-        out_rank.append(np.broadcast_to(np.arange(1, idx.shape[1] + 1), idx.shape)[valid_np])
 
-    def cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
-        return (np.concatenate(parts) if parts else np.zeros(0, dtype)).astype(dtype)
-
-    u_pos, i_pos = cat(out_user, np.int64), cat(out_item, np.int64)
-    table = pa.table({
-        "user_id": pa.array(sel.user_ids.to_numpy(dtype=object), pa.string()).take(u_pos),
-        "rank": pa.array(cat(out_rank, np.int32)),
-        "item_id": pa.array(items.ids, pa.string()).take(i_pos),
-        "score": pa.array(cat(out_score, np.float32)),
-        "kind": pa.array(sel.kinds.astype(object), pa.string()).take(u_pos),
-    }, schema=stage.SCHEMA)
-    stats = {"users": n, "cold_users": int((sel.kinds == "cold").sum()),
-             "dynamic_users": int((sel.kinds == "dynamic").sum()),
-             "catalogue_items": len(items), "world_interactions": len(world),
-             "scoring_path": "catalogue-matmul" if scorer.fast_path else "predictor.predict"}
-    return table, stats
+def scoring_lock(out_root: str | Path) -> contextlib.AbstractContextManager[None]:
+    """The lock ``metarec score`` holds on ``out_root``: held by the scoring subflow for all
+    its shards, so a nightly run and a ``metarec score`` never write the same batches at once."""
+    root = Path(out_root)
+    return project_lock(root.parent / f".{root.name}.lock",
+                        f"metarec nightly scoring (out {out_root})")
 
 
 def shard_dir(inputs: BatchInputs) -> Path:
@@ -178,9 +135,10 @@ def merge(inputs: BatchInputs, stats: dict[str, Any], shard_paths: list[str],
         "model_sha256": sha256_file(model_path) if model_path.is_file() else None,
         "inputs": {str(p): sha256_file(p) for p in files},
         "git_commit": stage._git_commit(), "metarec_version": metarec.__version__,
-        "torch_version": torch.__version__, "rows": table.num_rows, **stats,
+        "torch_version": torch.__version__, **stats, "rows": table.num_rows,
     }
     target = Path(inputs.out_root) / params.as_of
     stage.publish(target, table, manifest)
     shutil.rmtree(folder, ignore_errors=True)
+    stage._sweep(target)
     return target

@@ -12,10 +12,12 @@ gives the same answer, so the task fails at once.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
 import sys
+from collections import deque
 from pathlib import Path
 
 from prefect import Task, task
@@ -31,6 +33,7 @@ from metarec.config import PrefectParams
 _EXITED = re.compile(r"exited with (-?\d+)")
 METAREC_ERROR_EXIT = 2  # cli._fail: a problem the user must fix; never transient
 _TAIL = 4000
+_TAIL_LINES = 200
 
 
 class StageFailed(RuntimeError):
@@ -55,12 +58,21 @@ def stage_env() -> dict[str, str]:
     return env
 
 
-def dvc_repro(stage: str, project_dir: str | Path) -> str:
-    """Run one DVC stage in ``project_dir``; return its output, raise :class:`StageFailed`."""
+def dvc_repro(stage: str, project_dir: str | Path,
+              log: logging.Logger | logging.LoggerAdapter | None = None) -> str:
+    """Run one DVC stage in ``project_dir``, streaming its output lines to ``log`` (the run
+    log, live in the UI); return the output's tail, raise :class:`StageFailed`."""
     cmd = [str(Path(sys.executable).parent / "dvc"), "repro", "-s", stage]
-    proc = subprocess.run(cmd, cwd=project_dir, env=stage_env(), capture_output=True,
-                          text=True, check=False)
-    output = proc.stdout + proc.stderr
+    tail: deque[str] = deque(maxlen=_TAIL_LINES)
+    with subprocess.Popen(cmd, cwd=project_dir, env=stage_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                          errors="replace") as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            tail.append(line)
+            if log is not None and line.strip():
+                log.info("%s: %s", stage, line.rstrip())
+    output = "".join(tail)
     if proc.returncode != 0:
         raise StageFailed(stage, proc.returncode, output)
     return output
@@ -80,9 +92,8 @@ def is_transient(task: Task, task_run: TaskRun, state: State) -> bool:
 @task(name="dvc-stage", task_run_name="{stage}", cache_policy=NO_CACHE,
       retry_condition_fn=is_transient)
 def run_stage(stage: str, project_dir: str) -> str:
-    """One pipeline stage through DVC; the last lines of its output go to the run log."""
-    output = dvc_repro(stage, project_dir)
-    get_run_logger().info("dvc repro -s %s:\n%s", stage, output.strip()[-_TAIL:])
+    """One pipeline stage through DVC; its output goes to the run log line by line."""
+    dvc_repro(stage, project_dir, get_run_logger())
     return stage
 
 

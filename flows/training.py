@@ -1,0 +1,42 @@
+"""Training flow: ingest → validate → episodes → train → evaluate, then publish the reports.
+
+Each step is one ``dvc repro -s <stage>`` (see :mod:`metarec.orchestration.stages`), so DVC
+skips what is up to date and records what ran; ingest comes first so a fresh checkout works,
+and is skipped by DVC when its params and code are unchanged. Retries (transient failures
+only) come from params.yaml's ``prefect`` section.
+
+Run: ``python flows/training.py [PROJECT_DIR]`` (on the local server, or the one
+``PREFECT_API_URL`` names), or ``make run``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from prefect import flow
+
+from metarec.config import load_params
+from metarec.orchestration.local import use_local_server
+from metarec.orchestration.stages import run_stage, with_retries
+from metarec.orchestration.tasks import publish_evaluation, publish_validation
+
+STAGES = ("ingest", "validate", "episodes", "train", "evaluate")
+
+
+@flow(name="metarec-training")
+def training(project_dir: str = ".") -> dict[str, str]:
+    """Run the DVC pipeline stage by stage; publish validation and evaluation artifacts."""
+    root = Path(project_dir).resolve()
+    stage = with_retries(run_stage, load_params(root / "params.yaml").prefect)
+    for name in STAGES:
+        stage(name, str(root))
+    publish_validation(str(root / "reports/validation/summary.json"))
+    publish_evaluation(str(root / "reports/eval/report.md"))
+    return {"project": str(root), "report": str(root / "reports/eval/report.md")}
+
+
+if __name__ == "__main__":
+    project = Path(sys.argv[1] if len(sys.argv) > 1 else ".").resolve()
+    use_local_server(load_params(project / "params.yaml").prefect, project)
+    training(str(project))

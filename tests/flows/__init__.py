@@ -1,0 +1,1 @@
+"""Flow tests (a package, so its conftest does not shadow tests/conftest.py)."""

@@ -1,0 +1,81 @@
+"""The training flow on a small project: completes, publishes artifacts, retries only what is
+transient (an OSError once: retried and completed; a metarec error: failed at once)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+from prefect.client.schemas.objects import StateType
+
+from metarec.orchestration import load_flow
+from metarec.orchestration import stages as stages_mod
+
+from .flow_helpers import artifacts, flow_run, task_runs, write_params
+
+STAGES = ("ingest", "validate", "episodes", "train", "evaluate")
+
+
+def test_training_completes_with_its_artifacts(trained: UUID, project: Path) -> None:
+    assert flow_run(trained).state_type == StateType.COMPLETED
+    runs = task_runs(trained)
+    assert all(runs[s].state_type == StateType.COMPLETED for s in STAGES)
+    assert (project / "dvc.lock").is_file() and (project / "models/seed0/maml.pt").is_file()
+    found = artifacts(trained)
+    assert {"validation-summary", "evaluation-report", "evaluation-report-link"} <= set(found)
+    table = found["validation-summary"]
+    assert table.type == "table"
+    rows = json.loads(table.data)
+    summary = json.loads((project / "reports/validation/summary.json").read_text())
+    assert len(rows) == len(summary["expectations"]) and {"table", "success"} <= set(rows[0])
+    report = found["evaluation-report"]
+    assert report.type == "markdown"
+    assert report.data == (project / "reports/eval/report.md").read_text()
+    link = found["evaluation-report-link"]
+    assert "reports/eval/report.md" in link.data  # stored as Markdown: [text](file://...)
+
+
+def test_a_transient_oserror_is_retried(trained: UUID, project: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    real_popen = subprocess.Popen
+    failed: list[str] = []
+
+    def flaky(cmd: list[str], *args: object, **kwargs: object) -> object:
+        if cmd[-1] == "validate" and not failed:
+            failed.append("validate")
+            raise OSError("injected: resource temporarily unavailable")
+        return real_popen(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(stages_mod.subprocess, "Popen", flaky)
+    state = load_flow("training", project)(project_dir=str(project), return_state=True)
+    assert failed == ["validate"]
+    assert state.is_completed(), state.message
+    runs = task_runs(state.state_details.flow_run_id)
+    assert runs["validate"].run_count == 2 and runs["episodes"].run_count == 1
+
+
+def test_a_metarec_error_fails_the_flow_without_retries(trained: UUID, project: Path,
+                                                        tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(project, broken)
+    write_params(broken, {"train": {"algorithms": ["no-such-algorithm"]}})
+    state = load_flow("training", broken)(project_dir=str(broken), return_state=True)
+    assert state.is_failed()
+    run_id = state.state_details.flow_run_id
+    assert flow_run(run_id).state_type == StateType.FAILED
+    runs = task_runs(run_id)
+    assert runs["train"].state_type == StateType.FAILED
+    assert runs["train"].run_count == 1  # exit 2 = metarec error: permanent, not retried
+    assert "evaluate" not in runs and runs["episodes"].state_type == StateType.COMPLETED
+    assert "evaluation-report" not in artifacts(run_id)
+
+
+def test_stage_failures_are_classified_by_the_stage_exit_code() -> None:
+    out = "ERROR: failed to reproduce 'train': failed to run: metarec train, exited with {}"
+    assert stages_mod.StageFailed("train", 255, out.format(2)).permanent
+    assert not stages_mod.StageFailed("train", 255, out.format(-9)).permanent
+    assert not stages_mod.StageFailed("train", 255, "ERROR: Unable to acquire lock").permanent
