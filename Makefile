@@ -18,7 +18,9 @@ venv: $(STAMP)
 ## local Prefect server (started or reused, left up for the UI), print what it recommends
 AS_OF ?= 1998-03-15
 run: venv
+	$(BIN)/dvc remote add --local --force --default localremote $(CURDIR)/.dvc-remote
 	$(BIN)/python -m metarec.orchestration.local --as-of $(AS_OF)
+	$(BIN)/dvc push --quiet
 	$(BIN)/metarec summary
 
 ## ui: start the local Prefect server alone (127.0.0.1:4200, database in .prefect/); Ctrl-C stops

@@ -144,6 +144,9 @@ class TrainParams:
     finetune_steps: tuple[int, ...] = (1, 5, 10)
     finetune_lrs: tuple[float, ...] = (0.01, 0.05, 0.2)
     accelerator: str = "auto"
+    strategy: Literal["auto", "ddp"] = "auto"
+    devices: int = 1
+    num_nodes: int = 1
     seeds: tuple[int, ...] = (0, 1, 2)
     seed: int = 0  # set per run by the train stage from `seeds`; not a params.yaml key
 

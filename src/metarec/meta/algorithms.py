@@ -67,6 +67,9 @@ class MetaAlgorithm(nn.Module):
 
     name = "maml"
     first_order = False
+    # The outer gradient differentiates through inner-loop gradients (a double backward).
+    # PyTorch's DistributedDataParallel does not support that, so DDP refuses these.
+    second_order = True
 
     def __init__(self, model: PreferenceNet, adapt: str, inner_lr: float, inner_steps: int
                  ) -> None:
@@ -183,6 +186,7 @@ class MetaAlgorithm(nn.Module):
 class FOMAML(MetaAlgorithm):
     name = "fomaml"
     first_order = True
+    second_order = False
 
 
 class FineTune(MetaAlgorithm):
@@ -190,6 +194,7 @@ class FineTune(MetaAlgorithm):
 
     name = "finetune"
     first_order = True
+    second_order = False
 
     def outer_parameters(self) -> Iterator[nn.Parameter]:
         return iter(())
@@ -242,6 +247,7 @@ class Reptile(MetaAlgorithm):
 
     name = "reptile"
     first_order = True
+    second_order = False
 
     def __init__(self, model: PreferenceNet, adapt: str, inner_lr: float, inner_steps: int,
                  epsilon: float = 1.0, mode: str = "adam") -> None:
@@ -300,6 +306,7 @@ class RidgeMeta(MetaAlgorithm):
     """
 
     name = "ridge"
+    second_order = False  # one backward through a closed-form solve: no inner gradients
 
     def __init__(self, model: PreferenceNet, adapt: str, inner_lr: float, inner_steps: int,
                  lam: float = 1.0, query_loss: str = "mse", train_item_ids: bool = True,
@@ -398,6 +405,7 @@ class Pretrain(MetaAlgorithm):
     """The plain network fitted to all ratings of the meta-train tasks; no adaptation."""
 
     name = "pretrain"
+    second_order = False
 
     def __init__(self, model: PreferenceNet, adapt: str = "head", inner_lr: float = 0.0,
                  inner_steps: int = 0) -> None:
@@ -414,12 +422,33 @@ def _key(name: str) -> str:
     return name.replace(".", "__")
 
 
+CLASSES: dict[str, type[MetaAlgorithm]] = {
+    "maml": MetaAlgorithm, "fomaml": FOMAML, "metasgd": MetaSGD, "metadropout": MetaDropout,
+    "reptile": Reptile, "ridge": RidgeMeta, "pretrain": Pretrain, "finetune": FineTune}
+
+
 def build_algorithm(name: str, model: PreferenceNet, config: dict[str, Any]) -> MetaAlgorithm:
     """Algorithm ``name`` around ``model``; ``config`` as returned by ``.config()``."""
-    classes: dict[str, type[MetaAlgorithm]] = {
-        "maml": MetaAlgorithm, "fomaml": FOMAML, "metasgd": MetaSGD,
-        "metadropout": MetaDropout, "reptile": Reptile, "ridge": RidgeMeta, "pretrain": Pretrain,
-        "finetune": FineTune}
-    if name not in classes:
+    if name not in CLASSES:
         raise ValueError(f"unknown algorithm {name!r}; known: {', '.join(ALGORITHMS)}")
-    return classes[name](model, **config)
+    return CLASSES[name](model, **config)
+
+
+def ddp_refusal(name: str, reptile_mode: str = "adam") -> str | None:
+    """Why algorithm ``name`` cannot be meta-trained data-parallel (DDP), or ``None`` if it can.
+
+    DDP averages gradients in hooks that fire during ``backward``. Two things escape them: a
+    second-order meta-gradient (DDP does not support higher-order gradients) and an update
+    applied outside backward (Reptile's ``interpolate`` mode moves the weights in
+    :meth:`~MetaAlgorithm.post_step`, so each process would drift towards its own tasks).
+    """
+    if name not in CLASSES:
+        raise ValueError(f"unknown algorithm {name!r}; known: {', '.join(ALGORITHMS)}")
+    if CLASSES[name].second_order:
+        return ("its meta-gradient is second order (it differentiates through the inner loop's "
+                "gradients), which PyTorch's DistributedDataParallel does not support; "
+                "use fomaml or reptile")
+    if name == "reptile" and reptile_mode == "interpolate":
+        return ("reptile_mode interpolate updates the weights outside backward, where DDP "
+                "cannot average the update across processes; use reptile_mode: adam")
+    return None

@@ -46,14 +46,15 @@ def serve_nightly(project_dir: Path = PROJECT_ROOT) -> None:
                                             parameters={"project_dir": str(project_dir)})
 
 
-def evaluation_table(report: Path) -> str:
-    """The "Test metrics" section of reports/eval/report.md."""
-    text = report.read_text(encoding="utf-8")
-    start_at = text.find("## Test metrics")
-    if start_at < 0:
-        return text
-    end_at = text.find("\n## ", start_at + 1)
-    return text[start_at:end_at if end_at > 0 else None]
+def evaluation_table(metrics: Path) -> str:
+    """How well it does: user-cold MAE and catalogue nDCG@20 per model and K, with the
+    bootstrap comparisons (the same block as the README's results); the full table of every
+    scenario is in reports/eval/report.md."""
+    from metarec.eval.readme import results_markdown
+    from metarec.io import read_json
+
+    return ("## How well it does (full report: reports/eval/report.md)\n\n"
+            + results_markdown(read_json(metrics)))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         console.print(f"\nPrefect UI: {server.ui_url}  (runs, task logs, artifacts; "
                       "`make ui` later, `metarec ui --stop` to stop the server)")
     # raw Markdown: a rendered table would be cut to the terminal's width
-    for text in (evaluation_table(project / "reports/eval/report.md"),
+    for text in (evaluation_table(project / "metrics/eval.json"),
                  examples(result["batch"], project / "data/validated")):
         console.print(text, markup=False, highlight=False, soft_wrap=True)
     console.print(f"batch: {result['batch']} ({result['users_scored']} users, "

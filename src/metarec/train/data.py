@@ -2,6 +2,12 @@
 
 All tasks of a split are padded into one :class:`TaskBatch` once; a meta-batch is a set of rows
 of it, trimmed to its own longest support and query, so sampling costs no pandas work.
+
+Under DDP each of the W processes takes ``meta_batch / W`` tasks per step. Meta-train tasks are
+shuffled by a ``DistributedSampler`` seeded with the run's seed (also with one process), which
+deals a permutation round-robin: the union of the W processes' meta-batches at a step is the
+one-process meta-batch at that step. Validation tasks are dealt round-robin without padding,
+so every task is validated exactly once; the module sums the losses across processes.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from dataclasses import fields
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from metarec.data.tasks import EpisodeData, TaskBatch, to_batch
 from metarec.errors import DataError
@@ -37,7 +43,10 @@ class _Collate:
 
 
 class EpisodeDataModule(L.LightningDataModule):
-    """Meta-train tasks (split "train") shuffled into meta-batches; validation tasks ("val")."""
+    """Meta-train tasks (split "train") shuffled into meta-batches; validation tasks ("val").
+
+    ``meta_batch`` is the number of tasks per outer step over all processes.
+    """
 
     def __init__(self, data: EpisodeData, meta_batch: int, seed: int = 0,
                  val_batch: int = 512) -> None:
@@ -56,14 +65,28 @@ class EpisodeDataModule(L.LightningDataModule):
             raise DataError("no validation tasks (split 'val') in the episodes")
         self.train_tasks, self.val_tasks = to_batch(train), to_batch(val)
 
+    def _rank(self) -> tuple[int, int]:
+        """(this process's global rank, number of processes); (0, 1) outside a Trainer."""
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
     def train_dataloader(self) -> DataLoader:
         assert self.train_tasks is not None
+        rank, world = self._rank()
+        if self.meta_batch % world:
+            raise ValueError(f"meta_batch {self.meta_batch} is not a multiple of the "
+                             f"{world} processes")
         n = len(self.train_tasks)
-        return DataLoader(range(n), batch_size=min(self.meta_batch, n), shuffle=True,
-                          drop_last=n >= self.meta_batch, collate_fn=_Collate(self.train_tasks),
-                          generator=torch.Generator().manual_seed(self.seed))
+        # Pads the permutation by repeating tasks so that every process gets as many steps.
+        sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True,
+                                     seed=self.seed)
+        per_process, mine = self.meta_batch // world, len(sampler)
+        return DataLoader(range(n), batch_size=min(per_process, mine), sampler=sampler,
+                          drop_last=mine >= per_process, collate_fn=_Collate(self.train_tasks))
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_tasks is not None
-        return DataLoader(range(len(self.val_tasks)), batch_size=self.val_batch, shuffle=False,
+        rank, world = self._rank()
+        mine = list(range(rank, len(self.val_tasks), world))
+        return DataLoader(mine, batch_size=self.val_batch, shuffle=False,
                           collate_fn=_Collate(self.val_tasks))

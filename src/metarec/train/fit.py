@@ -1,6 +1,8 @@
 """Fit one algorithm on an :class:`EpisodeData` with Lightning; tune the fine-tuning baseline.
 
-Each fit seeds everything first, so the same params and data give the same weights.
+Each fit seeds everything first, so the same params and data give the same weights. With
+``train.strategy: ddp`` the fit runs data-parallel over the processes ``torchrun`` started
+(:mod:`metarec.train.distributed`); every process returns the same result.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from metarec.meta.checkpoint import build_model, model_kwargs
 from metarec.meta.features import FeatureStore
 from metarec.meta.predictor import query_loss_sum
 from metarec.models.baselines import fit_als, training_ratings
+from metarec.train import distributed
 from metarec.train.data import EpisodeDataModule, take
 from metarec.train.module import MetaLearner
 
@@ -111,7 +114,11 @@ def validation_loss(algorithm: MetaAlgorithm, store: FeatureStore, tasks: TaskBa
 
 def fit_algorithm(name: str, data: EpisodeData, model: ModelParams, train: TrainParams,
                   log_dir: str | Path) -> FitResult:
-    """Meta-train ``name`` (or pretrain) for ``train.max_steps`` outer steps; keep the best."""
+    """Meta-train ``name`` (or pretrain) for ``train.max_steps`` outer steps; keep the best.
+
+    Under DDP only global rank 0 writes the CSV logs in ``log_dir``.
+    """
+    distributed.check(train, [name])
     for logger_name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(logger_name).setLevel(logging.WARNING)
     L.seed_everything(train.seed, workers=True, verbose=False)
@@ -127,9 +134,13 @@ def fit_algorithm(name: str, data: EpisodeData, model: ModelParams, train: Train
     outer_lr = train.ridge_outer_lr if name == "ridge" else train.outer_lr
     module = MetaLearner(algorithm, store, train.outer_optimizer, outer_lr,
                          grad_clip=train.grad_clip)
+    logger = (CSVLogger(str(log_dir), name=name, version=0)
+              if distributed.global_rank(train) == 0 else False)
     trainer = L.Trainer(
-        max_steps=train.max_steps, max_epochs=-1, accelerator=train.accelerator, devices=1,
-        logger=CSVLogger(str(log_dir), name=name, version=0), enable_checkpointing=False,
+        max_steps=train.max_steps, max_epochs=-1, accelerator=train.accelerator,
+        strategy=distributed.strategy(train, name), devices=train.devices,
+        num_nodes=train.num_nodes, use_distributed_sampler=False,  # the data module shards
+        logger=logger, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, inference_mode=False,
         deterministic=True, num_sanity_val_steps=0, val_check_interval=train.val_every,
         check_val_every_n_epoch=None, log_every_n_steps=min(10, train.val_every))
@@ -177,7 +188,8 @@ def tune_finetune(pretrained: FitResult, data: EpisodeData, model: ModelParams,
     loss, steps, lr = best
     algo = build_algorithm("finetune", pretrained.algorithm.model,
                            {"adapt": model.adapt, "inner_lr": lr, "inner_steps": steps})
-    log.info("finetune: chose %d steps, lr %g (val loss %.4f)", steps, lr, loss)
+    if distributed.global_rank(train) == 0:  # every DDP process chose the same
+        log.info("finetune: chose %d steps, lr %g (val loss %.4f)", steps, lr, loss)
     return FitResult(name="finetune", algorithm=algo, model_kwargs=pretrained.model_kwargs,
                      initial_val_loss=pretrained.best_val_loss, best_val_loss=loss,
                      best_step=pretrained.best_step, steps=pretrained.steps,

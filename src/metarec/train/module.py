@@ -46,6 +46,8 @@ class MetaLearner(L.LightningModule):
         self.store.to(self.device)
 
     def training_step(self, batch: TaskBatch, batch_idx: int) -> None:
+        # Under DDP Lightning calls this through the DistributedDataParallel wrapper's forward,
+        # and manual_backward all-reduces (averages) the gradients before clipping and stepping.
         opt = self.optimizers()
         opt.zero_grad()
         objective, report = self.algorithm.outer_loss(self.store.support(batch),
@@ -69,8 +71,16 @@ class MetaLearner(L.LightningModule):
         self._n += n
 
     def on_validation_epoch_end(self) -> None:
-        val = self._sse / max(self._n, 1)
-        self.log("val_loss", val, prog_bar=True)
+        sse, n = self._sse, float(self._n)
+        if self.trainer.world_size > 1:
+            # Under DDP each process validated its share of the tasks: sum squared errors and
+            # counts over processes, so every process computes the same loss and keeps the
+            # same best step.
+            total = torch.tensor([sse, n], dtype=torch.float64, device=self.device)
+            sse, n = self.trainer.strategy.reduce(total, reduce_op="sum").tolist()
+        val = sse / max(n, 1.0)
+        # sync_dist: the value is already equal on every process; this only tells Lightning so.
+        self.log("val_loss", val, prog_bar=True, sync_dist=True)
         step = int(self.global_step)
         self.val_history.append((step, val))
         if val < self.best_val:
