@@ -19,7 +19,8 @@ from metarec.train.fit import FitResult, fit_algorithm, tune_finetune
 
 MODEL = ModelParams(interaction="dot", embedding_dim=8, hidden=(16,), adapt="user")
 TRAIN = TrainParams(max_steps=30, val_every=10, meta_batch=16, outer_lr=0.01, inner_lr=0.1,
-                    inner_steps=2, finetune_steps=(1, 3), finetune_lrs=(0.05, 0.2))
+                    inner_steps=2, finetune_steps=(1, 3), finetune_lrs=(0.05, 0.2),
+                    patience=0)
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +35,16 @@ def fitted(data, tmp_path_factory) -> dict[str, FitResult]:
            for name in ("maml", "fomaml", "reptile", "metasgd", "metadropout", "pretrain")}
     out["finetune"] = tune_finetune(out["pretrain"], data, MODEL, TRAIN)
     return out
+
+
+def test_early_stopping_ends_training_after_patience_stale_validations(data, tmp_path):
+    # an absurd outer lr: validation stops improving at once, so training must stop early
+    train = replace(TRAIN, outer_lr=50.0, max_steps=200, val_every=5, patience=2)
+    fit = fit_algorithm("fomaml", data, MODEL, train, tmp_path)
+    stale = [v for s, v in fit.history if s > fit.best_step]
+    assert fit.steps < train.max_steps
+    assert len(stale) == train.patience
+    assert fit.steps == fit.best_step + train.patience * train.val_every
 
 
 @pytest.mark.parametrize("name", ["maml", "fomaml", "reptile", "metasgd", "metadropout",

@@ -133,6 +133,7 @@ class TrainParams:
     max_steps: int = 1000
     val_every: int = 100
     grad_clip: float = 10.0
+    patience: int = 3
     ridge_lambda: float = 3.0
     ridge_query_loss: Literal["mse", "mae", "huber"] = "mse"
     ridge_outer_lr: float = 3e-4

@@ -133,7 +133,7 @@ def fit_algorithm(name: str, data: EpisodeData, model: ModelParams, train: Train
     initial = validation_loss(algorithm, store, dm.val_tasks)
     outer_lr = train.ridge_outer_lr if name == "ridge" else train.outer_lr
     module = MetaLearner(algorithm, store, train.outer_optimizer, outer_lr,
-                         grad_clip=train.grad_clip)
+                         grad_clip=train.grad_clip, patience=train.patience)
     logger = (CSVLogger(str(log_dir), name=name, version=0)
               if distributed.global_rank(train) == 0 else False)
     trainer = L.Trainer(

@@ -22,7 +22,7 @@ class MetaLearner(L.LightningModule):
     """Outer loop: objective from the algorithm, manual backward, clipping, step."""
 
     def __init__(self, algorithm: MetaAlgorithm, store: FeatureStore, outer_optimizer: str,
-                 outer_lr: float, grad_clip: float = 10.0) -> None:
+                 outer_lr: float, grad_clip: float = 10.0, patience: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["algorithm", "store"])
         self.automatic_optimization = False
@@ -33,6 +33,7 @@ class MetaLearner(L.LightningModule):
         self.best_state: dict[str, torch.Tensor] | None = None
         self.val_history: list[tuple[int, float]] = []
         self._sse, self._n = 0.0, 0
+        self._stale = 0
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = list(self.algorithm.outer_parameters())
@@ -87,3 +88,9 @@ class MetaLearner(L.LightningModule):
             self.best_val, self.best_step = val, step
             self.best_state = {k: v.detach().clone()
                                for k, v in self.algorithm.state_dict().items()}
+            self._stale = 0
+        else:
+            self._stale += 1
+            # early stopping: every process has the same val, so all stop at the same step
+            if self.hparams.patience and self._stale >= self.hparams.patience:
+                self.trainer.should_stop = True
