@@ -25,7 +25,7 @@ SHRINK: dict[str, dict[str, Any]] = {
     "ingest": {"source": "synthetic", "allow_download": False,
                "synthetic": {"users": 300, "items": 100, "interactions": 6000, "seed": 1}},
     "episodes": {"support_sizes": [3, 5]},
-    "train": {"algorithms": ["maml"], "max_steps": 10, "val_every": 5, "seeds": [0],
+    "train": {"algorithms": ["maml", "ridge"], "max_steps": 10, "val_every": 5, "seeds": [0],
               "finetune_steps": [1], "finetune_lrs": [0.05], "accelerator": "cpu"},
     "evaluate": {"inner_steps_grid": [1, 3], "curve_k": 3, "bootstrap_samples": 50},
     "score": {"as_of": AS_OF, "chunk_users": 4},

@@ -58,9 +58,11 @@ def test_nightly_completes_with_artifacts_and_identical_bytes(project: Path,
 
 
 def test_dask_runner_gives_the_same_bytes(project: Path, single: Path) -> None:
+    # the second nightly run for the same date: still one batch, byte-identical
     _, batch = run_nightly(project, "dask")
     for name in FILES:
         assert (batch / name).read_bytes() == (single / name).read_bytes(), name
+    assert [p.name for p in (project / "data/recommendations").iterdir()] == [AS_OF]
 
 
 def test_shards_cover_every_chunk_once() -> None:

@@ -7,14 +7,12 @@ the concatenated shards are the same rows in the same order, so the merged
 ``recommendations.parquet`` and ``manifest.json`` are byte-identical to ``metarec score``'s
 (tests/flows/test_nightly.py checks this for the thread and the Dask runner).
 
-:func:`merge` rebuilds the manifest the way ``score._run_locked`` does (no public helper for
-it yet); the byte-identity test is what keeps the two in step.
+:func:`merge` publishes through ``score.publish_batch``, the same code ``metarec score`` uses.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import shutil
 import tempfile
 import uuid
@@ -24,12 +22,9 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
-import metarec
-from metarec.config import ScoreParams, params_hash, to_dict
-from metarec.errors import DataError
-from metarec.io import project_lock, sha256_file, write_parquet
+from metarec.config import ScoreParams
+from metarec.io import write_parquet
 from metarec.scoring.world import day_end, landing_files, parse_as_of
 from metarec.stages import score as stage
 
@@ -63,14 +58,8 @@ class BatchInputs:
 def prepare(params: ScoreParams, validated_dir: str | Path, models_dir: str | Path,
             out_root: str | Path, as_of: str | None) -> BatchInputs:
     """Resolve the as-of date and check inputs exactly as ``score.run`` does."""
-    day = parse_as_of(as_of or params.as_of)
-    params = dataclasses.replace(params, as_of=day.isoformat())
-    stage._check(params)
-    inputs = BatchInputs(params, str(validated_dir), str(models_dir), str(out_root))
-    for path in inputs.tables.values():
-        if not path.is_file():
-            raise DataError("missing; run `dvc repro validate` (or `dvc pull`)", file=str(path))
-    return inputs
+    params, _ = stage.resolve(params, validated_dir, as_of)
+    return BatchInputs(params, str(validated_dir), str(models_dir), str(out_root))
 
 
 def day_stats(inputs: BatchInputs) -> dict[str, Any]:
@@ -101,9 +90,7 @@ def score_chunks(inputs: BatchInputs, lo: int, hi: int) -> tuple[pa.Table, dict[
 def scoring_lock(out_root: str | Path) -> contextlib.AbstractContextManager[None]:
     """The lock ``metarec score`` holds on ``out_root``: held by the scoring subflow for all
     its shards, so a nightly run and a ``metarec score`` never write the same batches at once."""
-    root = Path(out_root)
-    return project_lock(root.parent / f".{root.name}.lock",
-                        f"metarec nightly scoring (out {out_root})")
+    return stage.scoring_lock(out_root, "metarec nightly scoring")
 
 
 def shard_dir(inputs: BatchInputs) -> Path:
@@ -126,19 +113,8 @@ def merge(inputs: BatchInputs, stats: dict[str, Any], shard_paths: list[str],
     parts = [pq.read_table(p) for p in shard_paths]
     table = (pa.concat_tables(parts) if parts else stage.SCHEMA.empty_table()).combine_chunks()
     table = table.cast(stage.SCHEMA)
-    params, model_path = inputs.params, inputs.model_path
-    files = [*inputs.tables.values(), *inputs.landing]
-    manifest = {
-        "as_of": params.as_of, "params": to_dict(params), "params_hash": params_hash(params),
-        "validated_dir": inputs.validated_dir, "models_dir": inputs.models_dir,
-        "model": str(model_path),
-        "model_sha256": sha256_file(model_path) if model_path.is_file() else None,
-        "inputs": {str(p): sha256_file(p) for p in files},
-        "git_commit": stage._git_commit(), "metarec_version": metarec.__version__,
-        "torch_version": torch.__version__, **stats, "rows": table.num_rows,
-    }
-    target = Path(inputs.out_root) / params.as_of
-    stage.publish(target, table, manifest)
+    target = stage.publish_batch(inputs.params, inputs.validated_dir, inputs.models_dir,
+                                 [*inputs.tables.values(), *inputs.landing], table, stats,
+                                 inputs.out_root)
     shutil.rmtree(folder, ignore_errors=True)
-    stage._sweep(target)
     return target

@@ -17,6 +17,7 @@ only when complete. ``verify`` rebuilds a batch from its manifest and compares b
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import shutil
@@ -66,40 +67,62 @@ class VerifyError(MetarecError):
     """A batch cannot be rebuilt from its manifest, or the rebuild differs from it."""
 
 
-def run(params: ScoreParams, validated_dir: str | Path, models_dir: str | Path,
-        out_root: str | Path, as_of: str | None = None) -> Path:
-    """Score the users of ``as_of`` (default ``params.as_of``); returns the batch folder."""
+def resolve(params: ScoreParams, validated_dir: str | Path, as_of: str | None
+            ) -> tuple[ScoreParams, dict[str, Path]]:
+    """Params with the as-of date filled in and checked, and the validated tables (which must
+    exist). Shared by ``metarec score`` and the sharded nightly flow."""
     day = parse_as_of(as_of or params.as_of)
     params = dataclasses.replace(params, as_of=day.isoformat())
     _check(params)
-    validated_dir, models_dir = Path(validated_dir), Path(models_dir)
-    model_path = models_dir / f"{params.model}.pt"
-    tables = {name: validated_dir / f"{name}.parquet" for name in TABLES}
+    tables = {name: Path(validated_dir) / f"{name}.parquet" for name in TABLES}
     for path in tables.values():
         if not path.is_file():
             raise DataError("missing; run `dvc repro validate` (or `dvc pull`)", file=str(path))
+    return params, tables
+
+
+def scoring_lock(out_root: str | Path, what: str = "metarec score"
+                 ) -> contextlib.AbstractContextManager[None]:
+    """The one lock on ``out_root``: a second scoring run of the project fails fast."""
     root = Path(out_root)
-    with project_lock(root.parent / f".{root.name}.lock", f"metarec score (out {out_root})"):
-        return _run_locked(params, day, validated_dir, models_dir, model_path, tables, out_root)
+    return project_lock(root.parent / f".{root.name}.lock", f"{what} (out {out_root})")
 
 
-def _run_locked(params: ScoreParams, day: Any, validated_dir: Path, models_dir: Path,
-                model_path: Path, tables: dict[str, Path], out_root: str | Path) -> Path:
-    landing = landing_files(params.landing_dir, day)
-    inputs = {str(p): sha256_file(p) for p in [*tables.values(), *landing]}
-    model_sha = sha256_file(model_path) if model_path.is_file() else None
-    table, stats = recommend(params, tables, landing, model_path, day_end(day))
+def run(params: ScoreParams, validated_dir: str | Path, models_dir: str | Path,
+        out_root: str | Path, as_of: str | None = None) -> Path:
+    """Score the users of ``as_of`` (default ``params.as_of``); returns the batch folder."""
+    params, tables = resolve(params, validated_dir, as_of)
+    model_path = Path(models_dir) / f"{params.model}.pt"
+    with scoring_lock(out_root):
+        landing = landing_files(params.landing_dir, parse_as_of(params.as_of))
+        table, stats = recommend(params, tables, landing, model_path,
+                                 day_end(parse_as_of(params.as_of)))
+        target = publish_batch(params, validated_dir, models_dir, [*tables.values(), *landing],
+                               table, stats, out_root)
+    log.info("score: %d rows for %d users -> %s", stats["rows"], stats["users"], target)
+    return target
+
+
+def publish_batch(params: ScoreParams, validated_dir: str | Path, models_dir: str | Path,
+                  inputs: list[Path], table: pa.Table, stats: dict[str, Any],
+                  out_root: str | Path) -> Path:
+    """Write the manifest (what the batch was built from) and publish the batch atomically.
+
+    Shared by ``metarec score`` and the sharded nightly flow, so both give the same bytes.
+    """
+    model_path = Path(models_dir) / f"{params.model}.pt"
     manifest = {
         "as_of": params.as_of, "params": to_dict(params), "params_hash": params_hash(params),
         "validated_dir": str(validated_dir), "models_dir": str(models_dir),
-        "model": str(model_path), "model_sha256": model_sha, "inputs": inputs,
+        "model": str(model_path),
+        "model_sha256": sha256_file(model_path) if model_path.is_file() else None,
+        "inputs": {str(p): sha256_file(p) for p in inputs},
         "git_commit": _git_commit(), "metarec_version": metarec.__version__,
-        "torch_version": torch.__version__, **stats,
+        "torch_version": torch.__version__, **stats, "rows": table.num_rows,
     }
     target = Path(out_root) / params.as_of
     publish(target, table, manifest)
     _sweep(target)
-    log.info("score: %d rows for %d users -> %s", stats["rows"], stats["users"], target)
     return target
 
 
