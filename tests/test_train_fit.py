@@ -135,6 +135,9 @@ def test_stage_writes_checkpoints_and_metrics(data, tmp_path, monkeypatch):
         assert per_seed[name]["best_val_loss"] > 0
     assert set(load_baselines(folder / "baselines.pt")) == set(per_seed["baselines"])
     assert (folder / "logs" / "maml" / "version_0" / "metrics.csv").exists()
+    live = folder / "logs" / "maml" / "dvclive"
+    assert (live / "metrics.json").exists() and (live / "plots/metrics/val/loss.tsv").exists()
+    assert not (tmp_path / "dvc.yaml").exists()
     # a different seed gives different weights
     a = torch.load(tmp_path / "models/seed0/maml.pt", weights_only=True)["state_dict"]
     b = torch.load(folder / "maml.pt", weights_only=True)["state_dict"]

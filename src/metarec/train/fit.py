@@ -112,6 +112,16 @@ def validation_loss(algorithm: MetaAlgorithm, store: FeatureStore, tasks: TaskBa
     return sse / max(n, 1)
 
 
+def _loggers(log_dir: Path, name: str) -> list[Any]:
+    """CSV logs, and DVCLive's (metrics and plots under ``<log_dir>/<name>/dvclive``) without
+    creating DVC experiments or touching dvc.yaml: the train stage already is a DVC stage."""
+    from dvclive.lightning import DVCLiveLogger
+
+    return [CSVLogger(str(log_dir), name=name, version=0),
+            DVCLiveLogger(dir=str(log_dir / name / "dvclive"), save_dvc_exp=False,
+                          dvcyaml=False, report=None)]
+
+
 def fit_algorithm(name: str, data: EpisodeData, model: ModelParams, train: TrainParams,
                   log_dir: str | Path) -> FitResult:
     """Meta-train ``name`` (or pretrain) for ``train.max_steps`` outer steps; keep the best.
@@ -134,8 +144,7 @@ def fit_algorithm(name: str, data: EpisodeData, model: ModelParams, train: Train
     outer_lr = train.ridge_outer_lr if name == "ridge" else train.outer_lr
     module = MetaLearner(algorithm, store, train.outer_optimizer, outer_lr,
                          grad_clip=train.grad_clip, patience=train.patience)
-    logger = (CSVLogger(str(log_dir), name=name, version=0)
-              if distributed.global_rank(train) == 0 else False)
+    logger = (_loggers(Path(log_dir), name) if distributed.global_rank(train) == 0 else False)
     trainer = L.Trainer(
         max_steps=train.max_steps, max_epochs=-1, accelerator=train.accelerator,
         strategy=distributed.strategy(train, name), devices=train.devices,
