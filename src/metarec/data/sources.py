@@ -392,6 +392,17 @@ def read_movielens_100k(params: IngestParams) -> RawData:
 # MovieLens-1M / 10M / 20M (.dat, '::', latin-1) and ml-latest (.csv)
 
 
+def _movies(m: pd.DataFrame, id_col: str) -> pd.DataFrame:
+    """GroupLens movie tables: 'Title (1995)' -> title + release_year; 'A|B' -> genres."""
+    return pd.DataFrame({
+        "item_id": _clean_ids(m[id_col]),
+        "title": m["title"].str.replace(r"\s*\(\d{4}\)\s*$", "", regex=True),
+        "release_year": _numeric(m["title"].str.extract(r"\((\d{4})\)\s*$")[0]),
+        "genres": _split_lists(m["genres"], "|", drop=("(no genres listed)",)),
+        "source_row": np.arange(1, len(m) + 1, dtype=np.int64),
+    })
+
+
 def read_movielens_dat(params: IngestParams) -> RawData:
     """GroupLens ML-1M format from a local folder: ratings.dat, users.dat, movies.dat."""
     if not params.path:
@@ -403,13 +414,7 @@ def read_movielens_dat(params: IngestParams) -> RawData:
                         names=["item_id", "title", "genres"])
     interactions = _interactions(r["user_id"], r["item_id"], _numeric(r["rating"]),
                                  _epoch_seconds(r["timestamp"], "s"))
-    items = pd.DataFrame({
-        "item_id": _clean_ids(m["item_id"]),
-        "title": m["title"].str.replace(r"\s*\(\d{4}\)\s*$", "", regex=True),
-        "release_year": _numeric(m["title"].str.extract(r"\((\d{4})\)\s*$")[0]),
-        "genres": _split_lists(m["genres"], "|", drop=("(no genres listed)",)),
-        "source_row": np.arange(1, len(m) + 1, dtype=np.int64),
-    })
+    items = _movies(m, "item_id")
     user_features: dict[str, dict[str, Any]] = {}
     if (folder / "users.dat").exists():
         u = _read_delimited(folder / "users.dat", sep="::", header=None, encoding="latin-1",
@@ -456,13 +461,7 @@ def read_movielens_latest(params: IngestParams) -> RawData:
                                 file=str(folder / name), column=col)
     interactions = _interactions(r["userId"], r["movieId"], _numeric(r["rating"]),
                                  _epoch_seconds(r["timestamp"], "s"))
-    items = pd.DataFrame({
-        "item_id": _clean_ids(m["movieId"]),
-        "title": m["title"].str.replace(r"\s*\(\d{4}\)\s*$", "", regex=True),
-        "release_year": _numeric(m["title"].str.extract(r"\((\d{4})\)\s*$")[0]),
-        "genres": _split_lists(m["genres"], "|", drop=("(no genres listed)",)),
-        "source_row": np.arange(1, len(m) + 1, dtype=np.int64),
-    })
+    items = _movies(m, "movieId")
     users = pd.DataFrame({"user_id": pd.unique(interactions["user_id"].dropna())},
                          dtype="string")
     return RawData(
