@@ -157,3 +157,23 @@ def test_checkpoint_that_does_not_match_the_inputs_stops_scoring(project: Path,
     assert "rating max: trained on 5.0, inputs have 10.0" in err
     assert "users feature 'gender' (categorical): missing from the inputs" in err
     assert not (tmp_path / "recs" / AS_OF).exists()
+
+
+@pytest.mark.slow
+def test_manifest_is_the_same_for_relative_and_absolute_paths(project: Path,
+                                                              tmp_path: Path) -> None:
+    """Run from the project root, `metarec score` records project-relative paths whether it
+    was given relative or absolute ones (the nightly flow passes absolute paths)."""
+    manifests = []
+    for absolute in (True, False):
+        base = f"{project}/" if absolute else ""
+        out = tmp_path / ("abs" if absolute else "rel")
+        cmd = [str(BIN / "metarec"), "score", "--as-of", AS_OF, "--params",
+               f"{base}params.yaml", "--in", f"{base}validated", "--models",
+               f"{base}models/seed0", "--out", str(out)]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=project,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        manifests.append((out / AS_OF / "manifest.json").read_bytes())
+    assert manifests[0] == manifests[1]
+    assert b'"validated_dir": "validated"' in manifests[0]

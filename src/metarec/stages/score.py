@@ -103,6 +103,16 @@ def run(params: ScoreParams, validated_dir: str | Path, models_dir: str | Path,
     return target
 
 
+def _rel(path: str | Path) -> str:
+    """A path as recorded in the manifest: relative to the project root (the working
+    directory) when inside it, so a batch records the same manifest however it was started."""
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(resolved)
+
+
 def publish_batch(params: ScoreParams, validated_dir: str | Path, models_dir: str | Path,
                   inputs: list[Path], table: pa.Table, stats: dict[str, Any],
                   out_root: str | Path) -> Path:
@@ -113,10 +123,10 @@ def publish_batch(params: ScoreParams, validated_dir: str | Path, models_dir: st
     model_path = Path(models_dir) / f"{params.model}.pt"
     manifest = {
         "as_of": params.as_of, "params": to_dict(params), "params_hash": params_hash(params),
-        "validated_dir": str(validated_dir), "models_dir": str(models_dir),
-        "model": str(model_path),
+        "validated_dir": _rel(validated_dir), "models_dir": _rel(models_dir),
+        "model": _rel(model_path),
         "model_sha256": sha256_file(model_path) if model_path.is_file() else None,
-        "inputs": {str(p): sha256_file(p) for p in inputs},
+        "inputs": {_rel(p): sha256_file(p) for p in inputs},
         "git_commit": _git_commit(), "metarec_version": metarec.__version__,
         "torch_version": torch.__version__, **stats, "rows": table.num_rows,
     }
