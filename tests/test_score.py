@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -199,6 +200,13 @@ def test_bad_landing_file_names_file_row_and_column(world, tmp_path):
     assert str(bad) in msg and "row 2" in msg and "'rating'" in msg
     bad.write_text("user_id,item,rating,timestamp\nh,i01,4,1710000000\n")
     with pytest.raises(DataError, match="missing column.*item_id"):
+        _run({**world, "landing": landing}, tmp_path / "out")
+    bad.unlink()
+    binary = landing / "2024-03-10.parquet"  # ids stored as bytes, not text
+    pq.write_table(pa.table({"user_id": pa.array([b"h", b"h"], pa.binary()),
+                             "item_id": ["i01", "i02"], "rating": [4.0, 3.0],
+                             "timestamp": [1710000000, 1710000001]}), binary)
+    with pytest.raises(DataError, match=r"row 1, column 'user_id'.*non-string id"):
         _run({**world, "landing": landing}, tmp_path / "out")
     assert not (tmp_path / "out" / AS_OF).exists()
 

@@ -95,7 +95,9 @@ def read_landing(path: Path) -> pd.DataFrame:
                             column=col)
         text = values.astype("string")
         bad = text.isna() | (text.str.len() == 0)
-        if path.suffix == ".parquet":
+        if (path.suffix == ".parquet" and values.dtype == object
+                and pd.api.types.infer_dtype(values, skipna=True) not in ("string", "empty")):
+            # infer_dtype is one C-level pass; only a bad file pays for finding the row
             bad |= ~values.map(lambda v: isinstance(v, str) or v is None)
         _first_bad(bad, path, col, "empty or non-string id")
         out[col] = text
