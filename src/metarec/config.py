@@ -149,7 +149,7 @@ class TrainParams:
     devices: int = 1
     num_nodes: int = 1
     seeds: tuple[int, ...] = (0, 1, 2)
-    seed: int = 0  # set per run by the train stage from `seeds`; not a params.yaml key
+    seed: int = field(default=0, metadata={"internal": "set per run from train.seeds"})
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,6 +284,10 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
         where = f" in section {prefix!r}" if prefix else ""
         raise ParamsError(f"unknown key(s){where}: {', '.join(unknown)} "
                           f"(known: {', '.join(sorted(names))})")
+    internal = {f.name: f.metadata["internal"] for f in dataclasses.fields(cls)
+                if "internal" in f.metadata and f.name in raw}
+    for name, why in internal.items():
+        raise ParamsError(f"{prefix}.{name} is not a params.yaml key ({why})")
     kwargs = {name: _coerce(raw[name], hints[name], f"{prefix}.{name}" if prefix else name)
               for name in raw}
     return cls(**kwargs)
