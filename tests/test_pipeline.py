@@ -25,17 +25,21 @@ def pipeline(synthetic_project: dict) -> dict:
 def test_every_model_scenario_k_and_seed_is_evaluated(pipeline: dict) -> None:
     result = json.loads((pipeline["tmp"] / "eval.json").read_text())
     assert result["dataset"] == "synthetic" and result["protocol"] == "temporal"
-    models = {r["model"] for r in result["results"]}
+    models = {r["model"] for r in result["results"] if r["seed"] >= 0}
     assert models == {"global_mean", "item_mean", "user_mean", "item_user_bias", "biased_mf",
                       "pretrain", "finetune", "maml", "reptile"}
+    ensembles = {r["model"] for r in result["results"] if r["seed"] == -1}
+    assert ensembles == {"maml-ens", "reptile-ens", "meta-ens"}
     present = {s for s, per_k in pipeline["data"]["tasks"]["test"].items()}
     assert present <= set(SCENARIOS)
     keys = {(r["model"], r["scenario"], r["k"], r["seed"]) for r in result["results"]}
-    for model in models:
-        for scenario in present:
-            for k in pipeline["data"]["tasks"]["test"][scenario]:
+    for scenario in present:
+        for k in pipeline["data"]["tasks"]["test"][scenario]:
+            for model in models:
                 for seed in (0, 1):
                     assert (model, scenario, int(k), seed) in keys
+            for model in ensembles:
+                assert (model, scenario, int(k), -1) in keys
     row = result["results"][0]
     for metric in ("mae", "rmse", "ndcg@1", "ndcg@3", "ndcg@5", "recall@20", "ndcg@20",
                    "hit@20"):
@@ -69,6 +73,20 @@ def test_comparisons_against_the_best_baseline(pipeline: dict) -> None:
     mean = {m: sum(r["mae"] for r in rows if r["model"] == m) / 2
             for m in (c["model"], c["baseline"])}
     assert c["diff"] == pytest.approx(mean[c["model"]] - mean[c["baseline"]], abs=1e-4)
+
+
+def test_ensembles_average_the_seeds_and_meta_ens_is_chosen_on_validation(
+        pipeline: dict) -> None:
+    result = pipeline["eval"]
+    chosen = result["choices"]["ensembles"]
+    val_mae = chosen["val_mae"]
+    assert set(val_mae) == {"maml-ens", "reptile-ens"}
+    assert chosen["meta-ens"] == sorted(val_mae, key=lambda n: (val_mae[n], n))[:2]
+    # a seed-ensemble's MAE is not worse than the mean of its members' MAEs (convexity)
+    for row in (r for r in result["results"] if r["model"] == "maml-ens"):
+        members = [r["mae"] for r in result["results"] if r["model"] == "maml"
+                   and r["scenario"] == row["scenario"] and r["k"] == row["k"]]
+        assert row["mae"] <= sum(members) / len(members) + 1e-6
 
 
 def test_choices_come_from_validation_and_curves_are_written(pipeline: dict) -> None:

@@ -161,6 +161,7 @@ class EvaluateParams:
     relevance_threshold: float = 4.0
     inner_steps_grid: tuple[int, ...] = (1, 3, 5, 10, 20)
     curve_k: int = 5
+    ensemble_size: int = 2
     bootstrap_samples: int = 1000
     bootstrap_confidence: float = 0.95
     catalogue_k: int = 20

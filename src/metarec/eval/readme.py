@@ -30,10 +30,11 @@ def results_markdown(result: dict[str, Any], scenario: str = "user_cold") -> str
     if df.empty:
         raise DataError(f"no {scenario} results in the evaluation")
     ks = sorted(df["k"].unique())
-    seeds = df["seed"].nunique()
+    seeds = df.loc[df["seed"] >= 0, "seed"].nunique()   # -1: ensembles over the seeds
     lines = [f"Dataset **{result['dataset']}**, protocol **{result['protocol']}**, scenario "
-             f"**{scenario}**, {seeds} seeds (mean ± std); lower MAE is better, higher nDCG@20 "
-             "(whole-catalogue ranking) is better.", ""]
+             f"**{scenario}**, {seeds} seeds (mean ± std; `-ens` models average the seeds' "
+             "predictions, `meta-ens` the best seed-ensembles on validation); lower MAE is "
+             "better, higher nDCG@20 (whole-catalogue ranking) is better.", ""]
     for metric in ("mae", "ndcg@20"):
         g = df.groupby(["model", "k"])[metric]
         mean, std = g.mean().unstack(), g.std(ddof=1).unstack()

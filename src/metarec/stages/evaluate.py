@@ -120,6 +120,8 @@ NON_META = ("pretrain", "finetune")
 
 def is_baseline(name: str, model: Any) -> bool:
     """Statistical baselines and the network without meta-learning (pretrain / finetune)."""
+    if isinstance(model, Ensemble):
+        return False
     return getattr(model, "algorithm", None) is None or name in NON_META
 
 
@@ -188,23 +190,12 @@ def run(params: EvaluateParams, episodes_dir: str | Path, models_dir: str | Path
         choices[str(seed)] = {"inner_steps": choose_inner_steps(models, val,
                                                                 params.inner_steps_grid)}
         choices[str(seed)]["best_baseline"] = best_baselines(models, val, n_items, params)
-        for scenario in SCENARIOS:
-            for k in ks:
-                tasks = data.select("test", scenario, k)
-                if tasks.empty:
-                    continue
-                batch = to_batch(tasks)
-                for name, model in models.items():
-                    vals = score_batch(model, batch, n_items, params)
-                    per_user.setdefault((name, scenario, k), []).append(vals)
-                    rows.append({"model": name, "scenario": scenario, "k": k, "seed": seed,
-                                 "users": len(batch),
-                                 **{m: round(_nanmean(v), 6) for m, v in vals.items()}})
-                log.info("seed %d %s K=%d: %d users, %d models", seed, scenario, k, len(batch),
-                         len(models))
+        _score_all(models, seed, data, ks, n_items, params, rows, per_user)
         if not curves:  # the inner-steps curve on the first seed only: 11x the scoring work
             curve_batch = to_batch(data.select("test", "user_cold", ref_k))
             curves = steps_curve(models, curve_batch, n_items, params, seed)
+    ensembles, choices["ensembles"] = build_ensembles(all_models, val, params.ensemble_size)
+    _score_all(ensembles, ENSEMBLE_SEED, data, ks, n_items, params, rows, per_user)
     baselines = _majority_baselines(choices)
     comparisons = _compare(per_user, baselines, params)
     result = {"dataset": data.vocab.get("dataset"), "protocol": data.vocab.get("protocol"),
@@ -216,11 +207,68 @@ def run(params: EvaluateParams, episodes_dir: str | Path, models_dir: str | Path
     return result
 
 
+ENSEMBLE_SEED = -1  # the "seed" of result rows that average every seed's model
+
+
+class Ensemble:
+    """Averages the predictions of adapted predictors (one algorithm over seeds, or several).
+
+    Each member adapts to the support on its own (with its validation-chosen inner steps)."""
+
+    def __init__(self, name: str, members: list[Any]) -> None:
+        self.name, self.members = name, members
+
+    def predict(self, batch: TaskBatch, items: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m.predict(batch, items) for m in self.members]).mean(0)
+
+
+def build_ensembles(all_models: dict[int, dict[str, Any]], val: TaskBatch, size: int
+                    ) -> tuple[dict[str, Ensemble], dict[str, Any]]:
+    """``<algo>-ens``: every meta-learner averaged over the seeds; ``meta-ens``: the ``size``
+    seed-ensembles with the lowest validation MAE averaged together (chosen on validation)."""
+    seeds = list(all_models.values())
+    if len(seeds) < 2 or size < 1:
+        return {}, {}
+    names = [n for n, m in seeds[0].items() if not is_baseline(n, m)
+             and all(n in models for models in seeds)]
+    out = {f"{n}-ens": Ensemble(f"{n}-ens", [models[n] for models in seeds]) for n in names}
+    val_mae = {}
+    for name, ens in out.items():
+        pred = ens.predict(val, val.query_items)
+        val_mae[name] = _nanmean(per_task_mae(pred, val.query_ratings, val.query_mask))
+    chosen = sorted(val_mae, key=lambda n: (val_mae[n], n))[:size]
+    if len(chosen) > 1:
+        out["meta-ens"] = Ensemble("meta-ens", [m for n in chosen for m in out[n].members])
+    return out, {"val_mae": {n: round(v, 6) for n, v in val_mae.items()},
+                 "meta-ens": chosen if len(chosen) > 1 else []}
+
+
+def _score_all(models: dict[str, Any], seed: int, data: EpisodeData, ks: list[int],
+               n_items: int, params: EvaluateParams, rows: list[dict[str, Any]],
+               per_user: dict[tuple[str, str, int], list[dict[str, torch.Tensor]]]) -> None:
+    """Every model on every (scenario, K) of the test tasks: result rows + per-user values."""
+    for scenario in SCENARIOS:
+        for k in ks:
+            tasks = data.select("test", scenario, k)
+            if tasks.empty:
+                continue
+            batch = to_batch(tasks)
+            for name, model in models.items():
+                vals = score_batch(model, batch, n_items, params)
+                per_user.setdefault((name, scenario, k), []).append(vals)
+                rows.append({"model": name, "scenario": scenario, "k": k, "seed": seed,
+                             "users": len(batch),
+                             **{m: round(_nanmean(v), 6) for m, v in vals.items()}})
+            log.info("seed %d %s K=%d: %d users, %d models", seed, scenario, k, len(batch),
+                     len(models))
+
+
 def _majority_baselines(choices: dict[str, Any]) -> dict[str, str]:
     """Per metric family, the baseline most seeds chose (ties: alphabetical)."""
     out = {}
     for fam in ("accuracy", "ranking"):
-        names = [c["best_baseline"][fam]["name"] for c in choices.values()]
+        names = [c["best_baseline"][fam]["name"] for c in choices.values()
+             if "best_baseline" in c]
         out[fam] = max(sorted(set(names)), key=names.count)
     return out
 
@@ -275,6 +323,10 @@ def _write_report(result: dict[str, Any], report_dir: Path, params: EvaluatePara
                      f"{c['diff']:+.4f} | [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] |")
     lines += ["", "## Choices made on validation tasks", ""]
     for seed, ch in result["choices"].items():
+        if seed == "ensembles":
+            lines.append(f"- ensembles: meta-ens averages {', '.join(ch.get('meta-ens', []))} "
+                         "(lowest validation MAE among the seed-ensembles)")
+            continue
         steps = ", ".join(f"{n}: {v['steps']}" for n, v in ch["inner_steps"].items())
         lines.append(f"- seed {seed}: test-time inner steps {steps}; best baselines "
                      f"{ch['best_baseline']['accuracy']['name']} (accuracy), "
