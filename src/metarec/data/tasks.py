@@ -17,7 +17,6 @@ import pandas as pd
 import torch
 
 from metarec.data.encoding import FeatureTable, encode_entity
-from metarec.errors import DataError
 from metarec.io import read_json, read_tracked
 
 EPISODE_COLUMNS = {
@@ -62,17 +61,13 @@ class EpisodeData:
 def load_episodes(directory: str | Path) -> EpisodeData:
     """Read an episodes directory written by ``metarec episodes``."""
     directory = Path(directory)
-    for name in ("episodes.parquet", "vocab.json", "users.parquet", "items.parquet"):
-        if not (directory / name).exists():
-            raise DataError("missing; run `dvc repro episodes` (or `dvc pull`) to restore it",
-                            file=str(directory / name))
     restore = "dvc repro episodes"
+    tasks = read_tracked(directory / "episodes.parquet", restore, pd.read_parquet)
     vocab = read_tracked(directory / "vocab.json", restore, read_json)
     users_df = read_tracked(directory / "users.parquet", restore, pd.read_parquet)
     items_df = read_tracked(directory / "items.parquet", restore, pd.read_parquet)
     users = encode_entity(users_df, "user_id", vocab["users"])
     items = encode_entity(items_df, "item_id", vocab["items"])
-    tasks = read_tracked(directory / "episodes.parquet", restore, pd.read_parquet)
     tasks["user_idx"] = users.index_of(tasks["user_id"])
     tasks["item_idx"] = items.index_of(tasks["item_id"])
     return EpisodeData(tasks=tasks, users=users, items=items, vocab=vocab)
