@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
+from metarec import algorithms
 from metarec.config import ModelParams, TrainParams
 from metarec.data.encoding import FeatureTable
 from metarec.data.tasks import TaskBatch
 from metarec.io import write_json
-from metarec.meta.algorithms import ALGORITHMS, build_algorithm
 from metarec.meta.features import FeatureStore
 from metarec.models.network import PreferenceNet
 
@@ -88,7 +88,7 @@ def make_batch(rng: np.random.Generator, k: int = K) -> TaskBatch:
 
 
 def step_batched(model: PreferenceNet, adapt: str, store: FeatureStore, batch: TaskBatch) -> None:
-    algo = build_algorithm("maml", model, {"adapt": adapt, "inner_lr": LR, "inner_steps": STEPS})
+    algo = algorithms.get("maml")(model, adapt=adapt, inner_lr=LR, inner_steps=STEPS)
     objective, _ = algo.outer_loss(store.support(batch), store.query(batch))
     objective.backward()
 
@@ -146,14 +146,10 @@ def outer_step_seconds(users, items, rng, repeats: int) -> dict[str, float]:
     mp, tp = ModelParams(), TrainParams()
     store = FeatureStore(users, items)
     out = {}
-    for name in ALGORITHMS:
-        if name == "finetune":
-            continue
+    for name in [*algorithms.names("meta"), "pretrain"]:
+        cls = algorithms.get(name)
         torch.manual_seed(0)
-        cfg = {"adapt": mp.adapt, "inner_lr": tp.inner_lr, "inner_steps": tp.inner_steps}
-        if name == "reptile":
-            cfg.update(epsilon=tp.reptile_epsilon, mode=tp.reptile_mode)
-        algo = build_algorithm(name, make_model(users, items, mp), cfg)
+        algo = cls(make_model(users, items, mp), **cls.config_from(mp, tp))
         opt = torch.optim.Adam(algo.parameters(), lr=tp.outer_lr)
         times = []
         for r in range(repeats + 1):

@@ -8,7 +8,7 @@ users with age, gender (2), occupation (21) and zip region (10); 1,682 items wit
 genres (19) and an id embedding. Weights are a random initialisation: speed does not depend on
 them. Every cold user has K = 10 interactions and is scored against all 1,682 items.
 
-- ``users_per_s``: adaptation + catalogue scoring + top-K of ``CatalogueScorer`` over
+- ``users_per_s``: adaptation + catalogue scoring + top-K of ``recommend_chunk`` over
   ``--users`` users in chunks of ``score.chunk_users`` (after one warm-up chunk).
 - ``gflops``: analytic FLOPs of that work / its time. Per user, with d = 32, Du = 4d (user
   fields), Di = 3d (item fields), K = 10, s = 5 steps, C = 1,682 items:
@@ -40,13 +40,16 @@ import numpy as np
 import pandas as pd
 import torch
 
+from metarec import algorithms
 from metarec.config import ModelParams, ScoreParams, TrainParams, to_dict
 from metarec.data.encoding import encode_entity, fit_entity_vocab
 from metarec.data.tasks import EpisodeData
 from metarec.io import write_parquet
-from metarec.meta.algorithms import build_algorithm
-from metarec.meta.checkpoint import build_model, load_predictor, model_kwargs, save_checkpoint
-from metarec.scoring.engine import CatalogueScorer, task_batch, top_k
+from metarec.meta.checkpoint import load_model, save_model
+from metarec.meta.features import FeatureStore
+from metarec.meta.predictor import AdaptivePredictor
+from metarec.models.network import build_network, network_kwargs
+from metarec.scoring.engine import recommend_chunk, task_batch
 
 N_ITEMS, K, STEPS = 1682, 10, 5
 AS_OF = "2024-06-30"
@@ -92,12 +95,14 @@ def make_world(root: Path, n_users: int, seed: int = 0) -> None:
                        users=encode_entity(users, "user_id", vocab["users"]),
                        items=encode_entity(items, "item_id", vocab["items"]))
     model, train = ModelParams(), TrainParams(inner_steps=STEPS)
-    kwargs = model_kwargs(data, model)
+    kwargs = network_kwargs(data.items, data.users, data.rating_range, model)
     torch.manual_seed(seed)
-    algo = build_algorithm("maml", build_model(kwargs), {
-        "adapt": model.adapt, "inner_lr": train.inner_lr, "inner_steps": train.inner_steps})
-    save_checkpoint(root / "models" / "maml.pt", algo, kwargs,
-                    {"model": to_dict(model), "train": to_dict(train)}, vocab)
+    maml = algorithms.get("maml")
+    algo = maml(build_network(kwargs), **maml.config_from(model, train))
+    algo.network_kwargs = kwargs
+    save_model(root / "models" / "maml.pt",
+               AdaptivePredictor("maml", algo, FeatureStore(data.users, data.items)),
+               {"model": to_dict(model), "train": to_dict(train)}, vocab)
 
 
 def flops_per_user(d: int, du: int, di: int, k: int, steps: int, c: int) -> int:
@@ -130,7 +135,7 @@ def throughput(root: Path, n_users: int, chunk: int) -> dict[str, float]:
     items = encode_entity(read_parquet(root / "validated" / "items.parquet"), "item_id",
                           vocab["items"])
     data = EpisodeData(tasks=pd.DataFrame(), users=users, items=items, vocab=vocab)
-    scorer = CatalogueScorer(load_predictor(root / "models" / "maml.pt", data), len(items))
+    predictor = load_model(root / "models" / "maml.pt", data)
     rng = np.random.default_rng(1)
     sup = torch.from_numpy(np.stack([rng.choice(N_ITEMS, K, replace=False)
                                      for _ in range(n_users)]))             # (U, K)
@@ -140,17 +145,15 @@ def throughput(root: Path, n_users: int, chunk: int) -> dict[str, float]:
 
     def chunk_run(a: int, b: int, no: int) -> None:
         batch = task_batch(user_idx[a:b], sup[a:b], ratings[a:b], mask[a:b])
-        key, rating = scorer.score(batch, no)                               # (T, C)
         rows = torch.arange(b - a).repeat_interleave(K)
-        idx, valid = top_k(key, rows, sup[a:b].reshape(-1), 20)
-        rating.gather(1, idx)
+        recommend_chunk(predictor, batch, no, rows, sup[a:b].reshape(-1), 20)
 
     chunk_run(0, min(chunk, n_users), 0)  # warm-up
     start = time.perf_counter()
     for no, a in enumerate(range(0, n_users, chunk)):
         chunk_run(a, min(a + chunk, n_users), no)
     seconds = time.perf_counter() - start
-    model = scorer.model
+    model = predictor.algorithm.model
     d = model.user_proj.out_features
     f = flops_per_user(d, model.user_width, model.item_width, K, STEPS, N_ITEMS)
     return {"users_per_s": n_users / seconds, "gflops": f * n_users / seconds / 1e9,

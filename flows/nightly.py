@@ -5,7 +5,7 @@ Scoring is a subflow whose task runner is a parameter: ``thread`` (default) or `
 scoring chunks, so the merged batch is byte-identical to ``metarec score --as-of DATE``.
 
 Run once: ``python flows/nightly.py run [--as-of YYYY-MM-DD]``; serve on the cron schedule of
-params.yaml (``score.cron``): ``python flows/nightly.py serve`` or ``metarec serve``.
+params.yaml (``prefect.nightly_cron``): ``python flows/nightly.py serve`` or ``metarec serve``.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from typing import Any
 
 from prefect import flow
 
-from metarec.config import load_params
 from metarec.orchestration.local import serve_nightly, use_local_server
 from metarec.orchestration.runners import RunnerKind, make_task_runner
 from metarec.orchestration.sharding import scoring_lock
 from metarec.orchestration.stages import run_stage, with_retries
 from metarec.orchestration.tasks import merge_shards, plan_shards, publish_batch, score_shard
+from metarec.params import load_params
 
 
 def yesterday_utc() -> str:
@@ -40,10 +40,10 @@ def score_shards(project_dir: str, as_of: str, models_dir: str, shards: int) -> 
     with scoring_lock(out_root):
         inputs, stats, ranges, folder = plan_shards(
             params, str(root / "data/validated"), str(root / models_dir), out_root, as_of,
-            shards)
+            shards, str(root / "metrics/selection.json"))
         futures = score_shard.map(inputs, [lo for lo, _ in ranges], [hi for _, hi in ranges],
                                   folder)
-        return merge_shards(inputs, stats, futures.result(), folder)
+        return merge_shards(inputs, stats, futures.result(), folder, out_root)
 
 
 @flow(name="metarec-nightly")
@@ -70,7 +70,7 @@ def nightly(as_of: str | None = None, project_dir: str = ".",
 
 
 def serve(project_dir: str = ".") -> None:
-    """Register the deployment on params.yaml's ``score.cron`` and run its schedule (blocks);
+    """Register the deployment on params.yaml's ``prefect.nightly_cron`` and run its schedule;
     each scheduled run scores yesterday, UTC. Same as ``metarec serve``."""
     serve_nightly(Path(project_dir))
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 from prefect import flow
 
-from metarec.config import load_params
 from metarec.orchestration.local import use_local_server
 from metarec.orchestration.stages import run_stage, with_retries
 from metarec.orchestration.tasks import publish_evaluation, publish_validation
+from metarec.params import load_params
 
 STAGES = ("ingest", "validate", "episodes", "train", "evaluate")
 

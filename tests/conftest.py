@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from metarec.config import Params, SyntheticSource, load_params
+from metarec.config import Params, SyntheticSource
+from metarec.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 

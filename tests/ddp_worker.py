@@ -29,17 +29,16 @@ def _digest(state: dict[str, torch.Tensor]) -> str:
 
 
 def main(spec_path: str) -> None:
-    from metarec.config import parse_params
+    from metarec.params import parse
     from metarec.stages import train as stage
     from metarec.train.distributed import global_rank
 
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
     data = pickle.loads(Path(spec["data"]).read_bytes())
-    params = parse_params({"model": spec["model"], "train": spec["train"]})
+    params = parse({"model": spec["model"], "train": spec["train"]})
     digests: dict[str, str] = {}
     written: list[str] = []
-    fit, save, write = stage.fit_algorithm, stage.save_checkpoint, stage.write_json
-    save_baselines = stage.save_baselines
+    fit, save, write = stage.fit_meta, stage.save_model, stage.write_json
 
     def fit_and_digest(name: str, *args: Any, **kwargs: Any) -> Any:
         result = fit(name, *args, **kwargs)
@@ -54,15 +53,10 @@ def main(spec_path: str) -> None:
         written.append(Path(path).name)
         return write(obj, path)
 
-    def save_baselines_and_record(baselines: Any, path: Any) -> Any:
-        written.append(Path(path).name)
-        return save_baselines(baselines, path)
-
     stage.load_episodes = lambda directory: data
-    stage.fit_algorithm = fit_and_digest
-    stage.save_checkpoint = save_and_record
+    stage.fit_meta = fit_and_digest
+    stage.save_model = save_and_record
     stage.write_json = write_and_record
-    stage.save_baselines = save_baselines_and_record
     out = Path(spec["out"])
     metrics = stage.run(params.model, params.train, out / "episodes", out / "models",
                         out / "metrics" / "train.json")

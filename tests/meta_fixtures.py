@@ -6,13 +6,21 @@ personal offset only its support set reveals, so both feature learning and adapt
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import torch
 
+from metarec import algorithms
+from metarec.config import ModelParams
 from metarec.data.encoding import FeatureTable
 from metarec.data.tasks import EpisodeData, TaskBatch, to_batch
-from metarec.models.network import PreferenceNet
+from metarec.meta.checkpoint import save_model
+from metarec.meta.features import FeatureStore
+from metarec.meta.gradient import MetaAlgorithm
+from metarec.meta.predictor import AdaptivePredictor
+from metarec.models.network import PreferenceNet, build_network, network_kwargs
 
 
 def feature_tables(n_users: int, n_items: int, rng: np.random.Generator
@@ -92,3 +100,22 @@ def tiny_model(data: EpisodeData, interaction: str) -> PreferenceNet:
         item_multi_cardinalities=i.multi_cardinalities, item_numeric=1, n_item_ids=i.n_ids,
         rating_range=(1.0, 5.0), embedding_dim=4, hidden=(6, 5), interaction=interaction,
     ).double()
+
+
+def build_algorithm(name: str, model: PreferenceNet, config: dict) -> MetaAlgorithm:
+    """Registered gradient learner ``name`` around ``model`` (``config`` as in checkpoints)."""
+    return algorithms.get(name)(model, **config)
+
+
+def network_for(data: EpisodeData, model: ModelParams) -> tuple[dict, PreferenceNet]:
+    kw = network_kwargs(data.items, data.users, data.rating_range, model)
+    return kw, build_network(kw)
+
+
+def save_algorithm(algo: MetaAlgorithm, kwargs: dict, data: EpisodeData, path: Path,
+                   params: dict | None = None) -> Path:
+    """Checkpoint ``algo`` as the train stage would."""
+    algo.network_kwargs = kwargs
+    store = FeatureStore(data.users, data.items)
+    return save_model(path, AdaptivePredictor(algo.name, algo, store), params or {},
+                      data.vocab)

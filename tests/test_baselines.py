@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from metarec import algorithms
+from metarec.algorithms.biased_mf import BiasedMF, BiasedMFParams
+from metarec.algorithms.item_mean import ItemMean, ItemMeanParams
+from metarec.algorithms.item_user_bias import ItemUserBias, ItemUserBiasParams
+from metarec.algorithms.user_mean import UserMean, UserMeanParams
+from metarec.config import ModelParams, TrainParams
 from metarec.data.encoding import encode_entity
 from metarec.data.tasks import EpisodeData, TaskBatch, to_batch
-from metarec.models.baselines import (
-    BaselineGrids,
-    BiasedMF,
-    ItemMean,
-    ItemUserBias,
-    UserMean,
-    fit_als,
-    fit_baselines,
-    load_baselines,
-    ridge,
-    save_baselines,
-    training_ratings,
-)
+from metarec.meta.checkpoint import load_model, save_model
+from metarec.models.base import FitContext
+from metarec.models.linalg import fit_als, ridge_solve
+from metarec.models.statistical import rows_to_codes, training_ratings
 
 USERS = ["u1", "u2", "u3", "v1", "v2", "t1"]
 ITEMS = ["i1", "i2", "i3", "i4"]          # i4 never rated in meta-train: a new item
@@ -64,8 +63,27 @@ TEST = [(20, "t1", "test", "user_cold", 1, "support", "i1", 1),
         (20, "t1", "test", "user_cold", 1, "query", "i2", 1)]
 MU = 3.6
 # grids deliberately not sorted, so that "picks the best" cannot pass by picking the first value
-SMALL = BaselineGrids(item_shrinkage=(50.0, 0.0, 2.0), user_shrinkage=(25.0, 1.0, 0.0),
-                      mf_reg=(1.0, 10.0), mf_user_lambda=(0.5, 5.0), mf_dim=2, mf_iters=5)
+ITEM_GRID, USER_GRID = (50.0, 0.0, 2.0), (25.0, 1.0, 0.0)
+SMALL = {"item_mean": ItemMeanParams(shrinkage=ITEM_GRID),
+         "user_mean": UserMeanParams(shrinkage=USER_GRID),
+         "item_user_bias": ItemUserBiasParams(shrinkage=USER_GRID),
+         "biased_mf": BiasedMFParams(reg=(1.0, 10.0), user_lambda=(0.5, 5.0), dim=2, iters=5)}
+NAMES = ("global_mean", "item_mean", "user_mean", "item_user_bias", "biased_mf")
+
+
+def fit_baselines(data: EpisodeData, seed: int = 0, sections: dict = SMALL) -> dict:
+    """Every statistical baseline fitted through the registry, as the train stage does."""
+    train = TrainParams(seed=seed, sections=sections)
+    fitted: dict = {}
+    for name in NAMES:
+        ctx = FitContext(data=data, model=ModelParams(), train=train, log_dir=Path("."),
+                         fitted=fitted)
+        fitted[name] = algorithms.get(name).fit(ctx)
+    return fitted
+
+
+def codes(per_row: torch.Tensor, data: EpisodeData) -> torch.Tensor:
+    return rows_to_codes(per_row, data)
 
 
 @pytest.fixture(scope="module")
@@ -84,11 +102,11 @@ def test_training_ratings_are_deduplicated(data: EpisodeData) -> None:
 
 
 def test_item_mean_is_the_shrunk_mean(data: EpisodeData) -> None:
-    models = fit_baselines(data, seed=0, grids=SMALL)
+    models = fit_baselines(data, seed=0)
     item = models["item_mean"]
     assert isinstance(item, ItemMean)
     b = _val_batch(data)
-    m = ItemMean(MU, (1, 5), item.item_resid, item.item_count, shrinkage=2.0)
+    m = ItemMean(MU, (1, 5), item.item_resid, item.item_count, shrinkage=2.0).bind(data)
     pred = m.predict(b, torch.tensor([[0, 1, 2, 3]] * len(b)))
     # i1: (5 + 4 + 2 mu) / 4; i2: (3 + 4 + 2 mu) / 4; i3: (2 + 2 mu) / 3; i4 (new): mu
     expect = [(9 + 2 * MU) / 4, (7 + 2 * MU) / 4, (2 + 2 * MU) / 3, MU]
@@ -98,11 +116,12 @@ def test_item_mean_is_the_shrunk_mean(data: EpisodeData) -> None:
 def test_user_mean_and_item_user_bias_hand_computed(data: EpisodeData) -> None:
     b = _val_batch(data)                                   # task 10: support i1 5, i3 4
     items = torch.tensor([[1, 3], [0, 2]])
-    user = UserMean(MU, (1, 5), shrinkage=1.0).predict(b, items)
+    user = UserMean(MU, (1, 5), shrinkage=1.0).bind(data).predict(b, items)
     assert user[0, 0].item() == pytest.approx(MU + ((5 - MU) + (4 - MU)) / 3)
     assert user[1, 0].item() == pytest.approx(MU + (1 - MU) / 2)
     b_i = torch.tensor([1.8 / 4, -0.2 / 4, -1.6 / 3, 0.0], dtype=torch.float64)  # beta_i = 2
-    bias = ItemUserBias(MU, (1, 5), b_i, shrinkage=1.0).predict(b, items)
+    bias = ItemUserBias(MU, (1, 5), codes(b_i, data), shrinkage=1.0).bind(data).predict(
+        b, items)
     b_u = ((5 - MU - b_i[0]) + (4 - MU - b_i[2])) / 3
     assert bias[0, 0].item() == pytest.approx(float(MU + b_i[1] + b_u), rel=1e-6)
     assert bias[0, 1].item() == pytest.approx(float(MU + b_u), rel=1e-6)   # new item
@@ -114,21 +133,24 @@ def test_ridge_matches_numpy_lstsq() -> None:
     y = torch.randn(2, 4, generator=gen, dtype=torch.float64)
     mask = torch.tensor([[True, True, True, False], [True, True, False, False]])
     lam = 0.7
-    w = ridge(x, y, mask, lam)
+    w = ridge_solve(x, y, mask, lam)
     for t in range(2):
         xs, ys = x[t][mask[t]].numpy(), y[t][mask[t]].numpy()
         aug_x = np.vstack([xs, np.sqrt(lam) * np.eye(3)])
         aug_y = np.concatenate([ys, np.zeros(3)])
         ref = np.linalg.lstsq(aug_x, aug_y, rcond=None)[0]
         np.testing.assert_allclose(w[t].numpy(), ref, rtol=1e-10)
-    empty = ridge(x[:1], y[:1], torch.zeros(1, 4, dtype=torch.bool), lam)
+    empty = ridge_solve(x[:1], y[:1], torch.zeros(1, 4, dtype=torch.bool), lam)
     assert torch.equal(empty, torch.zeros(1, 3, dtype=torch.float64))
+    prior = torch.tensor([[1.0, -2.0, 0.5]], dtype=torch.float64)
+    shrunk = ridge_solve(x[:1], y[:1], torch.zeros(1, 4, dtype=torch.bool), lam, prior)
+    torch.testing.assert_close(shrunk, prior)      # no support: the prior itself
 
 
 def test_biased_mf_cold_user_is_a_ridge_fit_on_the_support(data: EpisodeData) -> None:
     q = torch.tensor([[0.5, -1.0], [1.0, 0.2], [-0.3, 0.8], [0.0, 0.0]], dtype=torch.float64)
     b_i = torch.tensor([0.3, -0.1, -0.4, 0.0], dtype=torch.float64)
-    mf = BiasedMF(MU, (1, 5), q, b_i, user_lambda=0.5)
+    mf = BiasedMF(MU, (1, 5), codes(q, data), codes(b_i, data), user_lambda=0.5).bind(data)
     b = _val_batch(data)
     pred = mf.predict(b, torch.tensor([[1, 3], [0, 2]]))
     # task 10: support (i1, 5), (i3, 4); features [q, 1], target r - mu - b_i
@@ -141,7 +163,7 @@ def test_biased_mf_cold_user_is_a_ridge_fit_on_the_support(data: EpisodeData) ->
 
 
 def test_batched_predictions_equal_task_by_task(data: EpisodeData) -> None:
-    models = fit_baselines(data, seed=0, grids=SMALL)
+    models = fit_baselines(data, seed=0)
     b = _val_batch(data)
     items = torch.tensor([[0, 1, 2, 3], [3, 2, 1, 0]])
     for m in models.values():
@@ -166,16 +188,16 @@ def _val_mae_by_hand(pred_fn, data: EpisodeData) -> float:
 
 
 def test_tuning_picks_the_grid_value_best_on_validation(data: EpisodeData) -> None:
-    models = fit_baselines(data, seed=0, grids=SMALL)
+    models = fit_baselines(data, seed=0)
     n_i = {0: 2, 1: 2, 2: 1, 3: 0}
     r_i = {0: 1.8, 1: -0.2, 2: -1.6, 3: 0.0}
 
     def item_pred(beta: float):
         return lambda sup, i: MU + (r_i[i] / (n_i[i] + beta) if n_i[i] + beta > 0 else 0.0)
 
-    scores = [_val_mae_by_hand(item_pred(beta), data) for beta in SMALL.item_shrinkage]
+    scores = [_val_mae_by_hand(item_pred(beta), data) for beta in ITEM_GRID]
     assert models["item_mean"].tuning["shrinkage"]["val_mae"] == pytest.approx(scores)
-    assert models["item_mean"].shrinkage == SMALL.item_shrinkage[int(np.argmin(scores))]
+    assert models["item_mean"].shrinkage == ITEM_GRID[int(np.argmin(scores))]
 
     def user_pred(beta: float):
         def f(sup: pd.DataFrame, i: int) -> float:
@@ -183,11 +205,11 @@ def test_tuning_picks_the_grid_value_best_on_validation(data: EpisodeData) -> No
             return MU + ((sup["rating"] - MU).sum() / (n + beta) if n + beta > 0 else 0.0)
         return f
 
-    scores = [_val_mae_by_hand(user_pred(beta), data) for beta in SMALL.user_shrinkage]
+    scores = [_val_mae_by_hand(user_pred(beta), data) for beta in USER_GRID]
     assert models["user_mean"].tuning["shrinkage"]["val_mae"] == pytest.approx(scores)
-    assert models["user_mean"].shrinkage == SMALL.user_shrinkage[int(np.argmin(scores))]
-    assert models["user_mean"].shrinkage != SMALL.user_shrinkage[0]   # the test discriminates
-    assert models["item_mean"].shrinkage != SMALL.item_shrinkage[0]
+    assert models["user_mean"].shrinkage == USER_GRID[int(np.argmin(scores))]
+    assert models["user_mean"].shrinkage != USER_GRID[0]   # the test discriminates
+    assert models["item_mean"].shrinkage != ITEM_GRID[0]
     mf = models["biased_mf"]
     grid = [(rec["reg"], lam, v) for rec in mf.tuning["user_lambda"]
             for lam, v in zip(rec["grid"], rec["val_mae"], strict=True)]
@@ -196,10 +218,10 @@ def test_tuning_picks_the_grid_value_best_on_validation(data: EpisodeData) -> No
 
 
 def test_tuning_never_reads_test_tasks(data: EpisodeData) -> None:
-    a = fit_baselines(data, seed=0, grids=SMALL)
+    a = fit_baselines(data, seed=0)
     changed = data.tasks.copy()
     changed.loc[changed["split"] == "test", "rating"] = 5.0
-    b = fit_baselines(EpisodeData(changed, data.users, data.items, data.vocab), 0, SMALL)
+    b = fit_baselines(EpisodeData(changed, data.users, data.items, data.vocab), 0)
     for name in a:
         assert a[name].state()["tuning"] == b[name].state()["tuning"]
 
@@ -222,6 +244,7 @@ def test_als_is_seeded_deterministic_and_fits_a_planted_model() -> None:
     assert float(b_hat[n_i]) == 0.0
     # planted rank-2 ratings: a cold user's ridge fit on 10 ratings predicts the rest well
     mf = BiasedMF(mu, (-100.0, 100.0), q_hat, b_hat, user_lambda=1e-3)
+    mf.codes = torch.arange(n_i + 1)                        # rows are codes in this fixture
     u = torch.randn(5, d, generator=gen)
     sup, qry = torch.arange(10).expand(5, 10), torch.arange(10, 40).expand(5, 30)
     batch = TaskBatch(torch.arange(5), torch.zeros(5, dtype=torch.long), sup,
@@ -232,14 +255,13 @@ def test_als_is_seeded_deterministic_and_fits_a_planted_model() -> None:
 
 
 def test_save_load_round_trip_weights_only(data: EpisodeData, tmp_path) -> None:
-    models = fit_baselines(data, seed=0, grids=SMALL)
-    path = save_baselines(models, tmp_path / "baselines.pt")
-    torch.load(path, weights_only=True)                     # plain tensors and dicts only
-    loaded = load_baselines(path)
+    models = fit_baselines(data, seed=0)
     b = _val_batch(data)
     items = torch.tensor([[0, 1, 2, 3], [3, 2, 1, 0]])
-    assert list(loaded) == list(models)
     for name, m in models.items():
-        assert loaded[name].name == name
-        torch.testing.assert_close(loaded[name].predict(b, items), m.predict(b, items))
-        assert loaded[name].tuning == m.tuning
+        path = save_model(tmp_path / f"{name}.pt", m, {}, data.vocab)
+        torch.load(path, weights_only=True)                 # plain tensors and dicts only
+        loaded = load_model(path, data)
+        assert loaded.name == name and type(loaded) is type(m)
+        torch.testing.assert_close(loaded.predict(b, items), m.predict(b, items))
+        assert loaded.tuning == m.tuning

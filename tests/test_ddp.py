@@ -20,6 +20,9 @@ from types import SimpleNamespace
 import pytest
 from meta_fixtures import episode_data
 
+from metarec.algorithms.finetune import FinetuneParams
+from metarec.algorithms.reptile import ReptileParams
+from metarec.algorithms.ridge import RidgeParams
 from metarec.config import ModelParams, TrainParams, to_dict
 from metarec.errors import ParamsError
 from metarec.stages import train as train_stage
@@ -29,10 +32,11 @@ from metarec.train.fit import fit_algorithm
 WORKER = Path(__file__).with_name("ddp_worker.py")
 MODEL = ModelParams(interaction="dot", embedding_dim=8, hidden=(16,), adapt="user")
 # meta_batch is global: 16 tasks per outer step, i.e. B = 8 tasks on each of the 2 ranks.
+SECTIONS = {"ridge": RidgeParams(outer_lr=0.01), "finetune": FinetuneParams(steps=(1,), lrs=(0.1,)),
+            "reptile": ReptileParams(mode="adam")}
 TRAIN = TrainParams(algorithms=("fomaml", "reptile", "ridge"), max_steps=30, val_every=10,
-                    meta_batch=16, outer_lr=0.01, ridge_outer_lr=0.01, inner_lr=0.1,
-                    inner_steps=2,
-                    finetune_steps=(1,), finetune_lrs=(0.1,), reptile_mode="adam", seeds=(0,))
+                    meta_batch=16, outer_lr=0.01, inner_lr=0.1, inner_steps=2, seeds=(0,),
+                    sections=SECTIONS)
 DDP = replace(TRAIN, strategy="ddp", devices=2)
 RTOL = 1e-3
 
@@ -107,8 +111,9 @@ def test_ddp_two_ranks_match_one_process(data, tmp_path, monkeypatch):
     assert r0["world_size"] == 2 and r0["backend"] == "gloo"
     assert r0["digests"] == r1["digests"]  # gradients were averaged: identical weights
     assert set(r0["digests"]) == {"pretrain", "fomaml", "reptile", "ridge"}
-    assert sorted(r0["written"]) == ["baselines.pt", "finetune.pt", "fomaml.pt", "pretrain.pt",
-                                     "reptile.pt", "ridge.pt", "train.json"]
+    assert sorted(r0["written"]) == sorted([f"{n}.pt" for n in (*TRAIN.baselines,
+                                                                  *TRAIN.algorithms)]
+                                           + ["train.json"])
     assert r1["written"] == []
     written = json.loads((tmp_path / "ddp" / "metrics" / "train.json").read_text())
     assert written["processes"] == 2
@@ -156,7 +161,8 @@ def test_ranks_split_each_meta_batch_of_one_process(data):
     ("maml", DDP, "second order"),
     ("metasgd", DDP, "second order"),
     ("metadropout", DDP, "second order"),
-    ("reptile", replace(DDP, reptile_mode="interpolate"), "reptile_mode interpolate"),
+    ("reptile", replace(DDP, sections={**SECTIONS, "reptile": ReptileParams(mode="interpolate")}),
+     "mode interpolate"),
 ])
 def test_ddp_refuses_what_it_cannot_average(data, tmp_path, name, train, reason):
     train = replace(train, algorithms=("fomaml", name))

@@ -193,3 +193,66 @@ def test_predefined_protocol(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"bad\.csv, row 1, column 'split'"):
         episodes.run(EpisodesParams(protocol="predefined", predefined_path=str(bad)), src,
                      tmp_path / "e2", tmp_path / "m2.json")
+
+
+def _long_history(tmp_path: Path) -> Path:
+    """6 users x 24 interactions, one a day; u0-u3 train (first seen earliest), u4 val, u5
+    test; every rating distinct in time so orders are visible."""
+    rows = [(f"u{u}", f"i{(u * 7 + j) % 40:02d}", 1 + (u + j) % 5, 86_400 * (u * 3 + j))
+            for u in range(6) for j in range(24)]
+    src = write_validated(tmp_path / "validated", rows)
+    users = pd.DataFrame({"user_id": [f"u{u}" for u in range(6)], "gender": "F", "age": 1.0})
+    write_parquet(users.astype({"user_id": "string", "gender": "string"}),
+                  src / "users.parquet")
+    items = pd.DataFrame({"item_id": [f"i{i:02d}" for i in range(40)], "genres": [["a"]] * 40})
+    write_parquet(items.astype({"item_id": "string"}), src / "items.parquet")
+    return src
+
+
+def _train_tasks(out: Path) -> dict[tuple[str, int], tuple[list[str], list[str]]]:
+    tasks = pd.read_parquet(out / "episodes.parquet")
+    train = tasks[tasks["split"] == "train"].copy()
+    ids = train.drop_duplicates("task_id")
+    draw = ids.groupby("user_id").cumcount()           # draws in task-id order, per user
+    train["draw"] = train["task_id"].map(dict(zip(ids.task_id, draw, strict=True)))
+    return {(u, int(d)): (g[g.role == "support"].item_id.tolist(),
+                          g[g.role == "query"].item_id.tolist())
+            for (u, d), g in train.groupby(["user_id", "draw"])}
+
+
+def test_random_draws_are_random_reproducible_and_before_the_test_period(tmp_path: Path) -> None:
+    src = _long_history(tmp_path)
+    base = EpisodesParams(split_fractions=(4 / 6, 1 / 6, 1 / 6), support_sizes=(3,),
+                          query_size=5, train_draws=2, train_draw="random", seed=7)
+    runs = {}
+    for name, params in {"a": base, "again": base,
+                         "seed8": EpisodesParams(**{**base.__dict__, "seed": 8}),
+                         "temporal": EpisodesParams(**{**base.__dict__,
+                                                       "train_draw": "temporal"})}.items():
+        episodes.run(params, src, tmp_path / name, tmp_path / f"{name}.json")
+        runs[name] = _train_tasks(tmp_path / name)
+    assert sha256_file(tmp_path / "a/episodes.parquet") == \
+        sha256_file(tmp_path / "again/episodes.parquet")
+    assert runs["a"] != runs["seed8"]                  # another seed, other draws
+    test_start = read_json(tmp_path / "a/summary.json")["test_start"]
+    inter = pd.read_parquet(src / "interactions.parquet")
+    before = inter[inter["timestamp"] < test_start]
+    for (user, _), (sup, qry) in runs["a"].items():
+        history = before[before["user_id"] == user].sort_values("timestamp").item_id.tolist()
+        assert len(sup) == 3 and len(qry) == min(5, len(history) - 3)
+        assert not set(sup) & set(qry)
+        assert set(sup + qry) <= set(history)          # never a test-period interaction
+        assert (sup, qry) != (history[:3], history[3:8])   # not the time-ordered prefix
+        assert runs["temporal"][(user, 0)] == (history[:3], history[3:8])
+    assert runs["a"][("u0", 0)] != runs["a"][("u0", 1)]    # each draw draws again
+
+
+def test_history_holds_the_training_period_of_the_training_users(built: tuple) -> None:
+    _, _, out = built
+    history = pd.read_parquet(out / "history.parquet")
+    got = list(zip(history.user_id, history.item_id, history.timestamp, strict=True))
+    # u1's i4 (t=500) and i9 (t=510) are in the test period; u3 validates, u4 tests
+    assert got == [("u1", "i1", 100), ("u1", "i2", 110), ("u1", "i3", 120),
+                   ("u2", "i1", 150), ("u2", "i2", 160), ("u2", "i5", 170)]
+    data = load_episodes(out)
+    assert data.relevance_threshold == 4.0             # 0.8 x the 1-5 scale's maximum

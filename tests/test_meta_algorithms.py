@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from meta_fixtures import episode_data, tiny_model, train_batch
+from meta_fixtures import build_algorithm, episode_data, tiny_model, train_batch
 
-from metarec.meta.algorithms import MetaDropoutNoise, build_algorithm
+from metarec.algorithms.metadropout import MetaDropoutNoise
 from metarec.meta.features import FeatureStore
 from metarec.meta.predictor import AdaptivePredictor
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 import higher
 import pytest
 import torch
-from meta_fixtures import episode_data, tiny_model, train_batch
+from meta_fixtures import build_algorithm, episode_data, tiny_model, train_batch
 from torch.func import functional_call
 
-from metarec.meta.algorithms import build_algorithm
 from metarec.meta.features import FeatureStore
 
 LR = 0.3

@@ -19,15 +19,15 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def pipeline(synthetic_project: dict) -> dict:
     return {"tmp": synthetic_project["root"], "data": synthetic_project["data"],
-            "eval": synthetic_project["eval"]}
+            "eval": synthetic_project["eval"], "params": synthetic_project["params"]}
 
 
 def test_every_model_scenario_k_and_seed_is_evaluated(pipeline: dict) -> None:
     result = json.loads((pipeline["tmp"] / "eval.json").read_text())
     assert result["dataset"] == "synthetic" and result["protocol"] == "temporal"
     models = {r["model"] for r in result["results"] if r["seed"] >= 0}
-    assert models == {"global_mean", "item_mean", "user_mean", "item_user_bias", "biased_mf",
-                      "pretrain", "finetune", "maml", "reptile"}
+    params = pipeline["params"]
+    assert models == {*params.train.baselines, *params.train.algorithms}
     ensembles = {r["model"] for r in result["results"] if r["seed"] == -1}
     assert ensembles == {"maml-ens", "reptile-ens", "meta-ens"}
     present = {s for s, per_k in pipeline["data"]["tasks"]["test"].items()}
@@ -47,7 +47,7 @@ def test_every_model_scenario_k_and_seed_is_evaluated(pipeline: dict) -> None:
 
 
 NON_META = {"global_mean", "item_mean", "user_mean", "item_user_bias", "biased_mf", "pretrain",
-            "finetune"}
+            "finetune", "most_popular", "itemknn", "ease"}
 
 
 def test_comparisons_against_the_best_baseline(pipeline: dict) -> None:

@@ -27,16 +27,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from meta_fixtures import build_algorithm, network_for, save_algorithm
 from typer.testing import CliRunner
 
+from metarec.algorithms.finetune import FinetuneParams
 from metarec.cli import app
 from metarec.config import ModelParams, ScoreParams, TrainParams, to_dict
 from metarec.data.encoding import encode_entity, fit_entity_vocab
 from metarec.data.tasks import EpisodeData, to_batch
 from metarec.errors import DataError
 from metarec.io import write_parquet
-from metarec.meta.checkpoint import load_predictor, save_checkpoint
-from metarec.scoring.engine import CatalogueScorer, top_k
+from metarec.meta.checkpoint import load_model
+from metarec.scoring import batch as scoring_batch
+from metarec.scoring.engine import top_k
+from metarec.scoring.verify import VerifyError
 from metarec.scoring.world import day_end, load_world, parse_as_of, users_to_score
 from metarec.stages import score as stage
 
@@ -45,7 +49,8 @@ N_ITEMS = 12
 PARAMS = ScoreParams(model="maml", top_k=5, max_interactions=3, active_days=3, chunk_users=2)
 MODEL = ModelParams(interaction="dot", embedding_dim=4, hidden=(8,), adapt="user")
 TRAIN = TrainParams(max_steps=4, val_every=2, meta_batch=4, inner_steps=2, inner_lr=0.1,
-                    outer_lr=0.01, finetune_steps=(1,), finetune_lrs=(0.1,))
+                    outer_lr=0.01,
+                    sections={"finetune": FinetuneParams(steps=(1,), lrs=(0.1,))})
 
 
 def _ts(text: str) -> int:
@@ -146,8 +151,8 @@ def world(tmp_path_factory) -> dict[str, Path]:
     data = _episode_data(vocab, users, items)
     torch.manual_seed(0)
     fit = fit_algorithm("maml", data, MODEL, TRAIN, root / "logs")
-    save_checkpoint(root / "models" / "maml.pt", fit.algorithm, fit.model_kwargs,
-                    {"model": to_dict(MODEL), "train": to_dict(TRAIN)}, vocab)
+    save_algorithm(fit.algorithm, fit.algorithm.network_kwargs, data, root / "models/maml.pt",
+                   {"model": to_dict(MODEL), "train": to_dict(TRAIN)})
     return {"root": root, "validated": root / "validated", "models": root / "models",
             "landing": landing, "data": data}  # type: ignore[dict-item]
 
@@ -221,9 +226,11 @@ def batch(world, tmp_path_factory) -> Path:
 
 def test_batch_rows_ranks_and_scores(batch):
     recs = pd.read_parquet(batch / "recommendations.parquet")
-    assert list(recs.columns) == ["user_id", "rank", "item_id", "score", "kind"]
+    assert list(recs.columns) == ["user_id", "rank", "item_id", "score", "predicted_rating",
+                                  "kind"]
     schema = pq.read_schema(batch / "recommendations.parquet")
-    assert [str(t) for t in schema.types] == ["string", "int32", "string", "float", "string"]
+    assert [str(t) for t in schema.types] == ["string", "int32", "string", "float", "float",
+                                              "string"]
     kinds = recs.groupby("user_id")["kind"].first().to_dict()
     assert kinds == {"a": "cold", "b": "cold", "d": "dynamic", "e": "cold", "g": "cold",
                      "h": "cold"}
@@ -231,12 +238,12 @@ def test_batch_rows_ranks_and_scores(batch):
         assert rows["rank"].tolist() == [1, 2, 3, 4, 5]
         assert (np.diff(rows["score"].to_numpy()) <= 0).all()
         assert rows["item_id"].is_unique
-    assert recs["score"].between(1.0, 5.0).all()
+    assert recs["predicted_rating"].between(1.0, 5.0).all()
     manifest = json.loads((batch / "manifest.json").read_text())
     assert manifest["rows"] == len(recs) == 6 * 5
     assert (manifest["cold_users"], manifest["dynamic_users"]) == (5, 1)
     assert manifest["catalogue_items"] == N_ITEMS + 1  # i12 has no feature row: unknown
-    assert manifest["scoring_path"] == "catalogue-matmul"
+    assert manifest["algorithm"] == "maml"
     assert sorted(Path(k).name for k in manifest["inputs"]) == [
         "2024-03-10.csv", "interactions.parquet", "items.parquet", "users.parquet"]
     assert len(manifest["model_sha256"]) == 64 and manifest["as_of"] == AS_OF
@@ -273,27 +280,22 @@ def test_rerun_is_byte_identical(world, batch, tmp_path):
 
 @pytest.mark.parametrize("interaction", ["dot", "mlp"])
 def test_catalogue_scores_match_the_predictor(world, tmp_path, interaction):
-    """The fast path (items projected once) equals AdaptivePredictor.predict on all items."""
-    from metarec.meta.algorithms import build_algorithm
-    from metarec.meta.checkpoint import build_model, model_kwargs
-
+    """rank (items projected once, then one product per block) gives the pre-sigmoid scores
+    whose ratings are exactly what rate gives item by item."""
     data = world["data"]
-    kw = model_kwargs(data, replace(MODEL, interaction=interaction))
+    kw, net = network_for(data, replace(MODEL, interaction=interaction))
     torch.manual_seed(1)
-    algo = build_algorithm("maml", build_model(kw), {"adapt": "user", "inner_lr": 0.1,
-                                                     "inner_steps": 3})
+    algo = build_algorithm("maml", net, {"adapt": "user", "inner_lr": 0.1, "inner_steps": 3})
     with torch.no_grad():
         for p in algo.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    save_checkpoint(tmp_path / "m.pt", algo, kw, {}, data.vocab)
-    predictor = load_predictor(tmp_path / "m.pt", data)
+    predictor = load_model(save_algorithm(algo, kw, data, tmp_path / "m.pt"), data)
     tasks = to_batch(data.select("train"))
-    scorer = CatalogueScorer(predictor, len(data.items))
-    assert scorer.fast_path
-    key, rating = scorer.score(tasks, 0)
+    state = predictor.adapt(tasks)
+    key = predictor.rank(state)
     items = torch.arange(len(data.items)).expand(len(tasks), -1)
-    predictor.seed = 0
-    torch.testing.assert_close(rating, predictor.predict(tasks, items), rtol=0, atol=1e-5)
+    rating = predictor.algorithm.model.to_rating(key)
+    torch.testing.assert_close(rating, predictor.rate(state, items), rtol=0, atol=1e-5)
 
 
 def test_top_k_breaks_ties_by_position_and_skips_excluded():
@@ -324,11 +326,11 @@ def test_verify_batch_catches_an_edited_manifest(world, tmp_path):
     out = _run(world, tmp_path / "recs")
     manifest = json.loads((out / "manifest.json").read_text())
     (out / "manifest.json").write_text(json.dumps({**manifest, "rows": 3}))
-    with pytest.raises(stage.VerifyError, match="different rows"):
+    with pytest.raises(VerifyError, match="different rows"):
         stage.verify(out)
     (out / "manifest.json").write_text(json.dumps({**manifest, "params": {
         **manifest["params"], "top_k": 4}}))
-    with pytest.raises(stage.VerifyError, match="params do not match their recorded hash"):
+    with pytest.raises(VerifyError, match="params do not match their recorded hash"):
         stage.verify(out)
 
 
@@ -336,14 +338,14 @@ def test_verify_batch_names_changed_inputs(world, tmp_path):
     out = _run(world, tmp_path / "recs")
     (world["models"] / "maml.pt").rename(tmp_path / "kept.pt")
     try:
-        with pytest.raises(stage.VerifyError, match=r"maml\.pt: missing(.|\n)*dvc pull"):
+        with pytest.raises(VerifyError, match=r"maml\.pt: missing(.|\n)*dvc pull"):
             stage.verify(out)
     finally:
         (tmp_path / "kept.pt").rename(world["models"] / "maml.pt")
     extra = world["landing"] / "2024-03-09.csv"
     extra.write_text("user_id,item_id,rating,timestamp\nz,i01,4,1709980000\n")
     try:
-        with pytest.raises(stage.VerifyError, match="2024-03-09.csv: landing file"):
+        with pytest.raises(VerifyError, match="2024-03-09.csv: landing file"):
             stage.verify(out)
     finally:
         extra.unlink()
@@ -357,14 +359,14 @@ def test_crash_leaves_no_partial_batch(world, tmp_path, monkeypatch):
         Path(path).write_bytes(b"PAR1 half")  # part of a file, then the crash
         raise OSError("disk full")
 
-    monkeypatch.setattr(stage, "write_parquet", broken)
+    monkeypatch.setattr(scoring_batch, "write_parquet", broken)
     with pytest.raises(OSError, match="disk full"):
         _run(world, out)
     assert list(out.iterdir()) == []  # no batch, no temporary folder
     monkeypatch.undo()
     first = _run(world, out)
     before = (first / "recommendations.parquet").read_bytes()
-    monkeypatch.setattr(stage, "write_json", lambda *a, **k: (_ for _ in ()).throw(
+    monkeypatch.setattr(scoring_batch, "write_json", lambda *a, **k: (_ for _ in ()).throw(
         OSError("crash before the manifest")))
     with pytest.raises(OSError, match="crash before"):
         _run(world, out, top_k=3)
@@ -374,8 +376,8 @@ def test_crash_leaves_no_partial_batch(world, tmp_path, monkeypatch):
 
 def test_cli_score_writes_the_batch_and_fails_cleanly(world, tmp_path):
     params = tmp_path / "params.yaml"
-    params.write_text(f"score:\n  top_k: 4\n  max_interactions: 3\n  active_days: 3\n"
-                      f"  landing_dir: {world['landing']}\n")
+    params.write_text(f"score:\n  model: maml\n  top_k: 4\n  max_interactions: 3\n"
+                      f"  active_days: 3\n  landing_dir: {world['landing']}\n")
     args = ["score", "--as-of", AS_OF, "--in", str(world["validated"]), "--models",
             str(world["models"]), "--out", str(tmp_path / "recs"), "--params", str(params)]
     ok = CliRunner().invoke(app, args)
@@ -391,58 +393,46 @@ def test_cli_score_writes_the_batch_and_fails_cleanly(world, tmp_path):
 
 
 def test_ridge_scores_match_its_predict(world, tmp_path):
-    """The closed-form learner's fast path equals its own predict (clamped ratings)."""
-    from metarec.meta.algorithms import ALGORITHMS, build_algorithm
-    from metarec.meta.checkpoint import build_model, model_kwargs
-
-    if "ridge" not in ALGORITHMS:
-        pytest.skip("no ridge learner in this version of the meta core")
+    """The closed-form learner ranks on its unclamped rating; clamped, it is its predict."""
     data = world["data"]
-    kw = model_kwargs(data, MODEL)
+    kw, net = network_for(data, MODEL)
     torch.manual_seed(2)
-    algo = build_algorithm("ridge", build_model(kw), {"adapt": "user", "inner_lr": 0.1,
-                                                      "inner_steps": 1, "lam": 0.5})
-    save_checkpoint(tmp_path / "r.pt", algo, kw, {}, data.vocab)
-    predictor = load_predictor(tmp_path / "r.pt", data)
+    algo = build_algorithm("ridge", net, {"adapt": "user", "inner_lr": 0.1, "inner_steps": 1,
+                                          "lam": 0.5})
+    predictor = load_model(save_algorithm(algo, kw, data, tmp_path / "r.pt"), data)
     tasks = to_batch(data.select("train"))
-    scorer = CatalogueScorer(predictor, len(data.items))
-    assert scorer.fast_path and scorer.ridge
-    key, rating = scorer.score(tasks, 0)
+    state = predictor.adapt(tasks)
+    key = predictor.rank(state)
     items = torch.arange(len(data.items)).expand(len(tasks), -1)
-    torch.testing.assert_close(rating, predictor.predict(tasks, items), rtol=0, atol=1e-5)
+    model = predictor.algorithm.model
+    torch.testing.assert_close(key.clamp(model.rating_min, model.rating_max),
+                               predictor.rate(state, items), rtol=0, atol=1e-5)
 
 
-def test_fallback_path_predicts_in_item_blocks(world, tmp_path, monkeypatch):
-    """adapt = all (item side adapted): AdaptivePredictor.predict's numbers, in blocks."""
-    from metarec.meta.algorithms import build_algorithm
-    from metarec.meta.checkpoint import build_model, model_kwargs
-    from metarec.scoring import engine
+def test_item_side_adaptation_ranks_in_item_blocks(world, tmp_path, monkeypatch):
+    """adapt = all (item side adapted per user): raw item features go through each user's
+    own network, in blocks of items; the same numbers as rate."""
+    from metarec.meta import predictor as predictor_mod
 
     data = world["data"]
-    kw = model_kwargs(data, MODEL)
+    kw, net = network_for(data, MODEL)
     torch.manual_seed(3)
-    algo = build_algorithm("maml", build_model(kw), {"adapt": "all", "inner_lr": 0.1,
-                                                     "inner_steps": 2})
-    save_checkpoint(tmp_path / "a.pt", algo, kw, {}, data.vocab)
-    predictor = load_predictor(tmp_path / "a.pt", data)
+    algo = build_algorithm("maml", net, {"adapt": "all", "inner_lr": 0.1, "inner_steps": 2})
+    predictor = load_model(save_algorithm(algo, kw, data, tmp_path / "a.pt"), data)
     tasks = to_batch(data.select("train"))
-    monkeypatch.setattr(engine, "FALLBACK_CELLS", 5 * len(tasks))  # blocks of 5 items
-    scorer = CatalogueScorer(predictor, len(data.items))
-    assert not scorer.fast_path
-    _, rating = scorer.score(tasks, 0)
+    monkeypatch.setattr(predictor_mod, "CELLS", 5 * len(tasks))  # blocks of 5 items
+    state = predictor.adapt(tasks)
+    key = predictor.rank(state)
     items = torch.arange(len(data.items)).expand(len(tasks), -1)
-    torch.testing.assert_close(rating, predictor.predict(tasks, items), rtol=0, atol=1e-5)
+    torch.testing.assert_close(predictor.algorithm.model.to_rating(key),
+                               predictor.rate(state, items), rtol=0, atol=1e-5)
 
 
 def test_chunk_ranges_concatenate_to_the_whole_table(world):
-    params = _params(world, dynamic=True, chunk_users=2)
-    end = day_end(parse_as_of(AS_OF))
-    tables = {n: world["validated"] / f"{n}.parquet" for n in stage.TABLES}
-    landing = [world["landing"] / "2024-03-10.csv"]
-    model = world["models"] / "maml.pt"
-    whole, stats = stage.recommend(params, tables, landing, model, end)
-    parts = [stage.recommend(params, tables, landing, model, end, range(lo, hi))[0]
-             for lo, hi in [(0, 1), (1, 3)]]
+    params = _params(world, dynamic=True, chunk_users=2, model="maml")
+    inputs = scoring_batch.resolve(params, world["validated"], world["models"], AS_OF)
+    whole, stats = scoring_batch.recommend(inputs)
+    parts = [scoring_batch.recommend(inputs, range(lo, hi))[0] for lo, hi in [(0, 1), (1, 3)]]
     import pyarrow as pa
 
     assert pa.concat_tables(parts).combine_chunks().equals(whole.combine_chunks())

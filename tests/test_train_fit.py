@@ -9,18 +9,32 @@ import pytest
 import torch
 from meta_fixtures import episode_data
 
+from metarec.algorithms.finetune import FineTune, FinetuneParams
 from metarec.config import ModelParams, TrainParams, to_dict
 from metarec.data.tasks import to_batch
 from metarec.errors import MetarecError
-from metarec.meta.checkpoint import CheckpointError, load_predictor, save_checkpoint
-from metarec.models.baselines import load_baselines
+from metarec.meta.checkpoint import CheckpointError, load_model, save_model
+from metarec.meta.features import FeatureStore
+from metarec.meta.predictor import AdaptivePredictor
+from metarec.models.base import FitContext
 from metarec.stages import train as train_stage
-from metarec.train.fit import FitResult, fit_algorithm, tune_finetune
+from metarec.train.fit import FitResult, fit_algorithm
 
 MODEL = ModelParams(interaction="dot", embedding_dim=8, hidden=(16,), adapt="user")
+FINETUNE = FinetuneParams(steps=(1, 3), lrs=(0.05, 0.2))
 TRAIN = TrainParams(max_steps=30, val_every=10, meta_batch=16, outer_lr=0.01, inner_lr=0.1,
-                    inner_steps=2, finetune_steps=(1, 3), finetune_lrs=(0.05, 0.2),
-                    patience=0)
+                    inner_steps=2, patience=0, sections={"finetune": FINETUNE})
+
+
+def predictor(fit: FitResult, data) -> AdaptivePredictor:
+    return AdaptivePredictor(fit.name, fit.algorithm, FeatureStore(data.users, data.items),
+                             fit_metrics=fit.metrics())
+
+
+def tune_finetune(pretrained: FitResult, data) -> AdaptivePredictor:
+    ctx = FitContext(data=data, model=MODEL, train=TRAIN, log_dir=None,
+                     fitted={"pretrain": predictor(pretrained, data)})
+    return FineTune.fit(ctx)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +47,11 @@ def fitted(data, tmp_path_factory) -> dict[str, FitResult]:
     logs = tmp_path_factory.mktemp("logs")
     out = {name: fit_algorithm(name, data, MODEL, TRAIN, logs)
            for name in ("maml", "fomaml", "reptile", "metasgd", "metadropout", "pretrain")}
-    out["finetune"] = tune_finetune(out["pretrain"], data, MODEL, TRAIN)
+    tuned = tune_finetune(out["pretrain"], data)
+    m = tuned.fit_metrics
+    out["finetune"] = FitResult("finetune", tuned.algorithm, m["initial_val_loss"],
+                                m["best_val_loss"], m["best_step"], m["steps"], m["seconds"])
+    out["finetune"].extra = m
     return out
 
 
@@ -59,7 +77,7 @@ def test_training_lowers_validation_loss(fitted, name):
 
 def test_finetune_adapts_better_than_pretrain(fitted):
     assert fitted["finetune"].best_val_loss < fitted["pretrain"].best_val_loss
-    assert fitted["finetune"].extra["chosen_steps"] in TRAIN.finetune_steps
+    assert fitted["finetune"].extra["chosen_steps"] in FINETUNE.steps
 
 
 def test_training_is_deterministic(data, fitted, tmp_path):
@@ -71,7 +89,7 @@ def test_training_is_deterministic(data, fitted, tmp_path):
 
 def _save(fit: FitResult, data, path):
     params = {"model": to_dict(MODEL), "train": to_dict(TRAIN)}
-    return save_checkpoint(path, fit.algorithm, fit.model_kwargs, params, data.vocab)
+    return save_model(path, predictor(fit, data), params, data.vocab)
 
 
 @pytest.mark.parametrize("name", ["metasgd", "metadropout", "finetune", "reptile"])
@@ -80,7 +98,7 @@ def test_checkpoint_round_trip(fitted, data, tmp_path, name):
     blob = torch.load(path, weights_only=True)
     assert blob["algorithm"] == name and blob["vocab"] == data.vocab
     assert blob["params"]["train"]["inner_steps"] == TRAIN.inner_steps
-    predictor = load_predictor(path, data)
+    predictor = load_model(path, data)
     assert predictor.name == name
     batch = to_batch(data.select("val"))
     original = fitted[name].algorithm
@@ -96,25 +114,25 @@ def test_truncated_checkpoint_is_refused(fitted, data, tmp_path):
     blob = path.read_bytes()
     path.write_bytes(blob[: len(blob) // 2])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
-        load_predictor(path, data)
+        load_model(path, data)
     with pytest.raises(CheckpointError, match="not found"):
-        load_predictor(tmp_path / "missing.pt", data)
+        load_model(tmp_path / "missing.pt", data)
 
 
 def test_altered_checkpoint_is_refused(fitted, data, tmp_path):
     path = _save(fitted["maml"], data, tmp_path / "maml.pt")
     blob = torch.load(path, weights_only=True)
-    blob["state_dict"]["model.global_bias"] += 1.0
+    blob["state"]["state_dict"]["model.global_bias"] += 1.0
     torch.save(blob, path)
     with pytest.raises(CheckpointError, match="digest"):
-        load_predictor(path, data)
+        load_model(path, data)
 
 
 def test_vocab_mismatch_is_refused(fitted, data, tmp_path):
     path = _save(fitted["maml"], data, tmp_path / "maml.pt")
     other = replace(data, vocab={**data.vocab, "rating": {"min": 0.0, "max": 10.0}})
     with pytest.raises(CheckpointError, match="different vocabulary"):
-        load_predictor(path, other)
+        load_model(path, other)
     assert issubclass(CheckpointError, MetarecError)
 
 
@@ -126,21 +144,23 @@ def test_stage_writes_checkpoints_and_metrics(data, tmp_path, monkeypatch):
                               tmp_path / "metrics" / "train.json")
     assert set(metrics["seeds"]) == {"seed0", "seed3"}
     per_seed = metrics["seeds"]["seed3"]
-    assert set(per_seed) == {"pretrain", "finetune", "maml", "reptile", "baselines"}
+    assert set(per_seed) == {*train.baselines, "maml", "reptile"}
     written = json.loads((tmp_path / "metrics" / "train.json").read_text())
     assert written == json.loads(json.dumps(metrics))
     folder = tmp_path / "models" / "seed3"
     for name in ("pretrain", "finetune", "maml", "reptile"):
-        assert load_predictor(folder / f"{name}.pt", data).name == name
+        assert load_model(folder / f"{name}.pt", data).name == name
         assert per_seed[name]["best_val_loss"] > 0
-    assert set(load_baselines(folder / "baselines.pt")) == set(per_seed["baselines"])
+    for name in train.baselines:
+        assert load_model(folder / f"{name}.pt", data).tuning == json.loads(
+            json.dumps(per_seed[name]))
     assert (folder / "logs" / "maml" / "version_0" / "metrics.csv").exists()
     live = folder / "logs" / "maml" / "dvclive"
     assert (live / "metrics.json").exists() and (live / "plots/metrics/val/loss.tsv").exists()
     assert not (tmp_path / "dvc.yaml").exists()
     # a different seed gives different weights
-    a = torch.load(tmp_path / "models/seed0/maml.pt", weights_only=True)["state_dict"]
-    b = torch.load(folder / "maml.pt", weights_only=True)["state_dict"]
+    a = torch.load(tmp_path / "models/seed0/maml.pt", weights_only=True)["state"]["state_dict"]
+    b = torch.load(folder / "maml.pt", weights_only=True)["state"]["state_dict"]
     assert any(not torch.equal(a[k], b[k]) for k in a)
 
 
@@ -169,33 +189,31 @@ def test_cli_train_reports_bad_params(tmp_path):
 
 def test_ridge_starts_at_biased_mf_and_improves(data, tmp_path):
     """With the MF start, step 0 predicts exactly what BiasedMF does with the same ALS fit."""
-    from metarec.meta.algorithms import build_algorithm
-    from metarec.meta.checkpoint import build_model, model_kwargs
-    from metarec.meta.features import FeatureStore
-    from metarec.meta.predictor import AdaptivePredictor
-    from metarec.models.baselines import BiasedMF, fit_als, training_ratings
-    from metarec.train.fit import algorithm_config, init_from_mf
+    from metarec.algorithms.biased_mf import BiasedMF
+    from metarec.algorithms.ridge import RidgeMeta, RidgeParams
+    from metarec.models.linalg import fit_als
+    from metarec.models.statistical import rows_to_codes, training_ratings
 
-    train = replace(TRAIN, ridge_lambda=2.0, ridge_mf_reg=3.0, ridge_mf_iters=5)
-    algo = build_algorithm("ridge", build_model(model_kwargs(data, MODEL)),
-                           algorithm_config("ridge", MODEL, train)).double()
-    init_from_mf(algo, data, train)
+    ridge = RidgeParams(lam=2.0, mf_reg=3.0, mf_iters=5)
+    train = replace(TRAIN, sections={**TRAIN.sections, "ridge": ridge})
+    algo = RidgeMeta.create(data, MODEL, train).double()
     users, items, ratings = training_ratings(data)
     q, b_i = fit_als(users, items, ratings, len(data.users), len(data.items),
                      float(ratings.mean()), MODEL.embedding_dim, 3.0, 5, train.seed)
-    mf = BiasedMF(float(ratings.mean()), data.rating_range, q, b_i, 2.0)
+    mf = BiasedMF(float(ratings.mean()), data.rating_range, rows_to_codes(q, data),
+                  rows_to_codes(b_i, data), 2.0).bind(data)
     batch = to_batch(data.select("val"))
     cands = torch.arange(len(data.items)).expand(len(batch), -1)
     ours = AdaptivePredictor("ridge", algo, FeatureStore(data.users, data.items,
                                                          dtype=torch.float64))
     torch.testing.assert_close(ours.predict(batch, cands), mf.predict(batch, cands),
                                rtol=1e-6, atol=1e-6)
-    fit = fit_algorithm("ridge", data, MODEL, replace(train, ridge_outer_lr=0.01), tmp_path)
+    train = replace(train, sections={**train.sections, "ridge": replace(ridge, outer_lr=0.01)})
+    fit = fit_algorithm("ridge", data, MODEL, train, tmp_path)
     assert fit.best_val_loss < fit.initial_val_loss, fit.metrics()
-    path = save_checkpoint(tmp_path / "ridge.pt", fit.algorithm, fit.model_kwargs,
-                           {"model": to_dict(MODEL), "train": to_dict(train)}, data.vocab)
-    loaded = load_predictor(path, data)
+    path = save_model(tmp_path / "ridge.pt", predictor(fit, data),
+                      {"model": to_dict(MODEL), "train": to_dict(train)}, data.vocab)
+    loaded = load_model(path, data)
     assert loaded.algorithm.config() == fit.algorithm.config()
     torch.testing.assert_close(loaded.predict(batch, batch.query_items),
-                               AdaptivePredictor("ridge", fit.algorithm, FeatureStore(
-                                   data.users, data.items)).predict(batch, batch.query_items))
+                               predictor(fit, data).predict(batch, batch.query_items))

@@ -14,8 +14,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from metarec.config import load_params
 from metarec.errors import MetarecError
+from metarec.params import load_params
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Meta-learned recommendations for cold-start users.")
@@ -98,7 +98,7 @@ def episodes(
 def serve(
     project: Path = typer.Option(Path("."), help="project folder (params.yaml, flows/)"),
 ) -> None:
-    """Serve the nightly Prefect deployment on params.yaml's score.cron (runs until stopped)."""
+    """Serve the nightly Prefect deployment on prefect.nightly_cron (runs until stopped)."""
     from metarec.orchestration.local import serve_nightly
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per schedule poll
@@ -149,13 +149,15 @@ def evaluate(
     models: Path = typer.Option(Path("models"), help="trained models (seed<S>/ folders)"),
     metrics: Path = typer.Option(Path("metrics/eval.json"), help="evaluation metrics (DVC)"),
     report: Path = typer.Option(Path("reports/eval"), help="Markdown report and PNG curves"),
+    selection: Path = typer.Option(Path("metrics/selection.json"),
+                                   help="the model score.model: auto serves (DVC)"),
     params: Path = PARAMS,
 ) -> None:
     """Score every model on the test tasks: 4 scenarios x K x seeds, with bootstrap CIs."""
     from metarec.stages import evaluate as stage
 
     try:
-        stage.run(load_params(params).evaluate, episodes, models, metrics, report)
+        stage.run(load_params(params).evaluate, episodes, models, metrics, report, selection)
     except MetarecError as exc:
         _fail(exc)
 
@@ -168,13 +170,15 @@ def score(
     models: Path = typer.Option(Path("models/seed0"),
                                 help="folder of checkpoints (<model>.pt)"),
     out: Path = typer.Option(Path("data/recommendations"), help="root of the dated batches"),
+    selection: Path = typer.Option(Path("metrics/selection.json"),
+                                   help="evaluate's choice, read when score.model is auto"),
     params: Path = PARAMS,
 ) -> None:
     """Adapt to the day's cold-start users and write their top-K batch (atomically)."""
     from metarec.stages import score as stage
 
     try:
-        batch = stage.run(load_params(params).score, inp, models, out, as_of)
+        batch = stage.run(load_params(params).score, inp, models, out, as_of, selection)
     except MetarecError as exc:
         _fail(exc)
     typer.echo(str(batch))
@@ -208,6 +212,25 @@ def readme_results(
         update_readme(readme, results_markdown(read_json(metrics)))
     except MetarecError as exc:
         _fail(exc)
+
+
+@app.command()
+def dag(
+    write: bool = typer.Option(False, "--write", help="rewrite the src/ deps of dvc.yaml"),
+    dvc_yaml: Path = typer.Option(Path("dvc.yaml"), "--dvc-yaml", help="pipeline file"),
+) -> None:
+    """Check (or --write) dvc.yaml's code and params dependencies against the code."""
+    from metarec import dag as pipeline_dag
+
+    if write:
+        pipeline_dag.write(dvc_yaml)
+    problems = pipeline_dag.check(dvc_yaml)
+    for line in problems:
+        console.print(f"[red]{line}[/]")
+    if problems:
+        console.print("run `metarec dag --write` to regenerate the code dependencies")
+        raise typer.Exit(code=1)
+    typer.echo(f"{dvc_yaml}: code and params dependencies match the code")
 
 
 @app.command()

@@ -1,8 +1,14 @@
 """params.yaml, parsed once into frozen, typed dataclasses.
 
-Every section of params.yaml is one dataclass below. Unknown keys and values of the wrong type
-are rejected with the dotted key in the message, so a typo fails loudly instead of silently
-falling back to a default. Stages receive only their own section.
+Every section of params.yaml is one dataclass below. Unknown keys, values of the wrong type and
+values out of range (``field(metadata=...)``: ``min``, ``max``, ``nonempty``) are rejected with
+the dotted key in the message, so a typo fails loudly instead of silently falling back to a
+default. Stages receive only their own section.
+
+Each algorithm owns a sub-section of ``train:`` named after it (``train.ridge:``); its
+dataclass lives in the algorithm's module and is handed to :func:`parse_params` by
+:func:`metarec.params.load_params`, the one loader the entry points call. This module never
+imports the algorithms, so a stage's code closure stays its own.
 """
 
 from __future__ import annotations
@@ -12,13 +18,22 @@ import hashlib
 import json
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from metarec.errors import ParamsError
+
+
+def bounded(default: Any, lo: float | None = None, hi: float | None = None, *,
+            nonempty: bool = False, **meta: Any) -> Any:
+    """A dataclass field whose value (or every element of a list value) must lie in
+    [lo, hi]; ``nonempty`` lists must hold at least one element. Checked at parse time."""
+    metadata = {**meta, "min": lo, "max": hi, "nonempty": nonempty}
+    if isinstance(default, (list, tuple, dict)):
+        frozen = tuple(default) if not isinstance(default, dict) else dict(default)
+        return field(default_factory=lambda: frozen, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 # --------------------------------------------------------------------------------------------
 # ingest
@@ -50,14 +65,14 @@ class TableSource:
 class SyntheticSource:
     """Seeded generator with planted latent structure (for tests and benchmarks)."""
 
-    users: int = 2000
-    items: int = 500
-    interactions: int = 100_000
-    factors: int = 8
-    noise: float = 0.5
-    drift: float = 0.0
-    days: int = 365
-    genres: int = 12
+    users: int = bounded(2000, 1)
+    items: int = bounded(500, 1)
+    interactions: int = bounded(100_000, 1)
+    factors: int = bounded(8, 1)
+    noise: float = bounded(0.5, 0.0)
+    drift: float = bounded(0.0, 0.0)
+    days: int = bounded(365, 1)
+    genres: int = bounded(12, 1)
     seed: int = 0
 
 
@@ -83,7 +98,7 @@ class ValidateParams:
     policy: Literal["fail", "quarantine"] = "quarantine"
     min_timestamp: str = "1990-01-01"
     max_timestamp: str | None = None
-    examples: int = 5
+    examples: int = bounded(5, 0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -93,16 +108,17 @@ class ValidateParams:
 @dataclass(frozen=True)
 class EpisodesParams:
     protocol: Literal["temporal", "melu", "predefined"] = "temporal"
-    split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
-    support_sizes: tuple[int, ...] = (1, 3, 5, 10, 20)
-    query_size: int = 10
+    split_fractions: tuple[float, float, float] = bounded((0.7, 0.1, 0.2), 0.0, 1.0)
+    support_sizes: tuple[int, ...] = bounded((1, 3, 5, 10, 20), 1, nonempty=True)
+    query_size: int = bounded(10, 1)
     train_draw: Literal["random", "temporal"] = "random"
-    train_draws: int = 4
-    melu_min_ratings: int = 13
-    melu_max_ratings: int = 100
-    melu_query_size: int = 10
-    melu_new_item_quantile: float = 0.8
+    train_draws: int = bounded(4, 1)
+    melu_min_ratings: int = bounded(13, 2)
+    melu_max_ratings: int = bounded(100, 2)
+    melu_query_size: int = bounded(10, 1)
+    melu_new_item_quantile: float = bounded(0.8, 0.0, 1.0)
     predefined_path: str | None = None
+    relevance_threshold: float | None = None
     seed: int = 0
 
 
@@ -113,43 +129,43 @@ class EpisodesParams:
 @dataclass(frozen=True)
 class ModelParams:
     interaction: Literal["mlp", "dot"] = "dot"
-    embedding_dim: int = 32
-    hidden: tuple[int, ...] = (64, 64)
+    embedding_dim: int = bounded(32, 1)
+    hidden: tuple[int, ...] = bounded((64, 64), 1)
     item_id_embedding: bool = True
     adapt: Literal["decision", "all", "head", "user"] = "user"
 
 
 @dataclass(frozen=True)
 class TrainParams:
+    """What every algorithm's training shares; each algorithm's own knobs are in
+    ``sections[<name>]`` (params.yaml ``train.<name>:``), parsed by that algorithm's dataclass."""
+
     algorithms: tuple[str, ...] = ("maml", "fomaml", "reptile", "metasgd", "metadropout",
                                    "ridge")
-    inner_steps: int = 5
-    inner_lr: float = 0.05
-    meta_batch: int = 32
+    baselines: tuple[str, ...] = ("global_mean", "item_mean", "user_mean", "item_user_bias",
+                                  "biased_mf", "pretrain", "finetune")
+    inner_steps: int = bounded(5, 0)
+    inner_lr: float = bounded(0.05, 0.0)
+    meta_batch: int = bounded(32, 1)
     outer_optimizer: Literal["adam", "sgd"] = "adam"
-    outer_lr: float = 1e-3
-    reptile_epsilon: float = 1.0
-    reptile_mode: Literal["interpolate", "adam"] = "adam"
-    max_steps: int = 1000
-    val_every: int = 100
-    grad_clip: float = 10.0
-    patience: int = 3
-    ridge_lambda: float = 3.0
-    ridge_query_loss: Literal["mse", "mae", "huber"] = "mse"
-    ridge_outer_lr: float = 3e-4
-    ridge_train_item_ids: bool = False
-    ridge_item_features: bool = False
-    ridge_mf_init: bool = True
-    ridge_mf_reg: float = 5.0
-    ridge_mf_iters: int = 15
-    finetune_steps: tuple[int, ...] = (1, 5, 10)
-    finetune_lrs: tuple[float, ...] = (0.01, 0.05, 0.2)
-    accelerator: str = "auto"
+    outer_lr: float = bounded(1e-3, 0.0)
+    max_steps: int = bounded(1000, 0)
+    val_every: int = bounded(100, 1)
+    grad_clip: float = bounded(10.0, 0.0)
+    patience: int = bounded(3, 0)
+    val_ndcg_k: int = bounded(20, 1)
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     strategy: Literal["auto", "ddp"] = "auto"
-    devices: int = 1
-    num_nodes: int = 1
-    seeds: tuple[int, ...] = (0, 1, 2)
+    devices: int = bounded(1, 1)
+    num_nodes: int = bounded(1, 1)
+    seeds: tuple[int, ...] = bounded((0, 1, 2), nonempty=True)
     seed: int = field(default=0, metadata={"internal": "set per run from train.seeds"})
+    sections: Mapping[str, Any] = field(default_factory=dict,
+                                        metadata={"internal": "train.<algorithm> sections"})
+
+    def section(self, name: str, default: Any) -> Any:
+        """Algorithm ``name``'s own params (``default`` when params.yaml has none)."""
+        return self.sections.get(name, default)
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,30 +174,28 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    relevance_threshold: float = 4.0
-    inner_steps_grid: tuple[int, ...] = (1, 3, 5, 10, 20)
-    curve_k: int = 5
-    ensemble_size: int = 2
-    bootstrap_samples: int = 1000
-    bootstrap_confidence: float = 0.95
-    catalogue_k: int = 20
-    query_ndcg_ks: tuple[int, ...] = (1, 3, 5)
+    inner_steps_grid: tuple[int, ...] = bounded((1, 3, 5, 10, 20), 0, nonempty=True)
+    curve_k: int = bounded(5, 1)
+    ensemble_size: int = bounded(2, 0)
+    bootstrap_samples: int = bounded(1000, 10)
+    bootstrap_confidence: float = bounded(0.95, 0.5, 0.999)
+    catalogue_k: int = bounded(20, 1)
+    query_ndcg_ks: tuple[int, ...] = bounded((1, 3, 5), 1, nonempty=True)
 
 
 @dataclass(frozen=True)
 class ScoreParams:
     """Nightly batch: which checkpoint scores which users, and how many items each gets."""
 
-    model: str = "maml"
+    model: str = "auto"
     as_of: str | None = None
-    top_k: int = 20
-    max_interactions: int = 20
-    active_days: int = 30
-    chunk_users: int = 1024
+    top_k: int = bounded(20, 1)
+    max_interactions: int = bounded(20, 1)
+    active_days: int = bounded(30, 1)
+    chunk_users: int = bounded(1024, 1)
     landing_dir: str | None = None
     dynamic: bool = False
-    dynamic_last: int = 20
-    cron: str = "0 2 * * *"
+    dynamic_last: int = bounded(20, 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,16 +207,17 @@ class PrefectParams:
     """Where the local Prefect server lives, how tasks retry, how the nightly batch shards."""
 
     host: str = "127.0.0.1"
-    port: int = 4200
+    port: int = bounded(4200, 1, 65535)
     home: str = ".prefect"
-    startup_timeout_s: int = 90
-    retries: int = 2
-    retry_backoff_s: float = 10.0
+    startup_timeout_s: int = bounded(90, 1)
+    retries: int = bounded(2, 0)
+    retry_backoff_s: float = bounded(10.0, 0.0)
     task_runner: Literal["thread", "dask"] = "thread"
     dask_address: str | None = None
-    dask_workers: int = 2
-    shards: int = 4
+    dask_workers: int = bounded(2, 1)
+    shards: int = bounded(4, 1)
     models_dir: str = "models/seed0"
+    nightly_cron: str = "0 2 * * *"
 
 
 @dataclass(frozen=True)
@@ -221,14 +236,14 @@ class Params:
 # parsing
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
+def _coerce(value: Any, tp: Any, key: str, sections: Mapping[str, type] | None = None) -> Any:
     """Check ``value`` against the annotation ``tp``; convert lists to tuples, ints to floats."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ParamsError(f"{key}: expected a mapping, got {type(value).__name__}")
-        return _build(tp, value, key)
+        return _build(tp, value, key, sections)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -277,47 +292,67 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ParamsError(f"{key}: unsupported annotation {tp!r}")
 
 
-def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+def _check_bounds(f: dataclasses.Field, value: Any, key: str) -> None:
+    """Apply a :func:`bounded` field's range and emptiness rules to a parsed value."""
+    lo, hi = f.metadata.get("min"), f.metadata.get("max")
+    values = value if isinstance(value, tuple) else (value,)
+    if f.metadata.get("nonempty") and isinstance(value, tuple) and not value:
+        raise ParamsError(f"{key}: must list at least one value")
+    for v in values:
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            continue
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            rng = (f"between {lo:g} and {hi:g}" if lo is not None and hi is not None
+                   else f"at least {lo:g}" if lo is not None else f"at most {hi:g}")
+            raise ParamsError(f"{key}: must be {rng}, got {v!r}")
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str,
+           sections: Mapping[str, type] | None = None) -> Any:
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    owned = {n for n, sec in (sections or {}).items() if sec is not None}
+    own = {k: v for k, v in raw.items() if not (cls is TrainParams and k in owned)}
+    unknown = sorted(set(own) - set(fields))
     if unknown:
         where = f" in section {prefix!r}" if prefix else ""
+        known = sorted({n for n, f in fields.items() if "internal" not in f.metadata}
+                       | owned if cls is TrainParams else fields)
         raise ParamsError(f"unknown key(s){where}: {', '.join(unknown)} "
-                          f"(known: {', '.join(sorted(names))})")
-    internal = {f.name: f.metadata["internal"] for f in dataclasses.fields(cls)
-                if "internal" in f.metadata and f.name in raw}
-    for name, why in internal.items():
-        raise ParamsError(f"{prefix}.{name} is not a params.yaml key ({why})")
-    kwargs = {name: _coerce(raw[name], hints[name], f"{prefix}.{name}" if prefix else name)
-              for name in raw}
+                          f"(known: {', '.join(known)})")
+    for name in own:
+        if "internal" in fields[name].metadata:
+            raise ParamsError(f"{prefix}.{name} is not a params.yaml key "
+                              f"({fields[name].metadata['internal']})")
+    kwargs = {}
+    for name, value in own.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(value, hints[name], key, sections)
+        _check_bounds(fields[name], kwargs[name], key)
+    if cls is TrainParams and sections:
+        kwargs["sections"] = {
+            name: _coerce(raw.get(name) or {}, section, f"{prefix}.{name}", sections)
+            for name, section in sorted(sections.items()) if section is not None}
     return cls(**kwargs)
 
 
-def parse_params(raw: dict[str, Any] | None) -> Params:
-    """Build :class:`Params` from a parsed YAML mapping; missing keys take their defaults."""
-    return _build(Params, raw or {}, "")
+def parse_params(raw: dict[str, Any] | None, sections: Mapping[str, type] | None = None
+                 ) -> Params:
+    """Build :class:`Params` from a parsed YAML mapping; missing keys take their defaults.
 
-
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate params.yaml."""
-    path = Path(path)
-    if not path.exists():
-        raise ParamsError(f"{path}: params file not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
-    if raw is not None and not isinstance(raw, dict):
-        raise ParamsError(f"{path}: expected a mapping at the top level")
-    try:
-        return parse_params(raw)
-    except ParamsError as exc:
-        raise ParamsError(f"{path}: {exc}") from exc
+    ``sections`` maps each algorithm name to the dataclass of its ``train.<name>`` section
+    (``None``: the algorithm has no knobs); without it such sections are unknown keys.
+    """
+    return _build(Params, raw or {}, "", sections)
 
 
 def to_dict(obj: Any) -> Any:
-    """A params object (or section) as plain JSON-able data."""
+    """A params object (or section) as plain JSON-able data, shaped like params.yaml (the
+    algorithm sections of ``train`` appear as ``train.<name>``; ``train.seed`` is kept)."""
+    if isinstance(obj, TrainParams):
+        out = {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+               if f.name != "sections"}
+        return {**out, **{k: to_dict(v) for k, v in sorted(obj.sections.items())}}
     if dataclasses.is_dataclass(obj):
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, (list, tuple)):

@@ -26,7 +26,7 @@ SHRINK: dict[str, dict[str, Any]] = {
                "synthetic": {"users": 300, "items": 100, "interactions": 6000, "seed": 1}},
     "episodes": {"support_sizes": [3, 5]},
     "train": {"algorithms": ["maml", "ridge"], "max_steps": 10, "val_every": 5, "seeds": [0],
-              "finetune_steps": [1], "finetune_lrs": [0.05], "accelerator": "cpu"},
+              "finetune": {"steps": [1], "lrs": [0.05]}, "accelerator": "cpu"},
     "evaluate": {"inner_steps_grid": [1, 3], "curve_k": 3, "bootstrap_samples": 50},
     "score": {"as_of": AS_OF, "chunk_users": 4},
     "prefect": {"retries": 2, "retry_backoff_s": 0.1, "shards": 3},

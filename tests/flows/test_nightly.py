@@ -10,9 +10,9 @@ from uuid import UUID
 import pytest
 from prefect.client.schemas.objects import StateType
 
-from metarec.config import load_params
 from metarec.orchestration import load_flow
 from metarec.orchestration.sharding import split_chunks
+from metarec.params import load_params
 from metarec.stages import score
 
 from .flow_helpers import AS_OF, artifacts, flow_run, subflow_runs, task_runs
@@ -25,7 +25,8 @@ def single(trained: UUID, project: Path, tmp_path_factory: pytest.TempPathFactor
     """The same day scored by the score stage in one process (the reference bytes)."""
     out = tmp_path_factory.mktemp("single")
     return score.run(load_params(project / "params.yaml").score,
-                     str(project / "data/validated"), str(project / "models/seed0"), out, AS_OF)
+                     str(project / "data/validated"), str(project / "models/seed0"), out, AS_OF,
+                     str(project / "metrics/selection.json"))
 
 
 def run_nightly(project: Path, runner: str) -> tuple[UUID, Path]:
@@ -75,7 +76,7 @@ def test_shards_cover_every_chunk_once() -> None:
 
 def test_serve_schedules_on_the_params_cron(project: Path) -> None:
     flow = load_flow("nightly", project)
-    cron = load_params(project / "params.yaml").score.cron
+    cron = load_params(project / "params.yaml").prefect.nightly_cron
     deployment = flow.to_deployment(name="metarec-nightly", cron=cron,
                                     parameters={"project_dir": str(project)})
     assert [s.schedule.cron for s in deployment.schedules] == [cron]

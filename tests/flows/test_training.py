@@ -62,16 +62,28 @@ def test_a_metarec_error_fails_the_flow_without_retries(trained: UUID, project: 
                                                         tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     shutil.copytree(project, broken)
-    write_params(broken, {"train": {"algorithms": ["no-such-algorithm"]}})
+    write_params(broken, {"episodes": {"protocol": "predefined",
+                                       "predefined_path": str(tmp_path / "no-such-split.csv")}})
     state = load_flow("training", broken)(project_dir=str(broken), return_state=True)
     assert state.is_failed()
     run_id = state.state_details.flow_run_id
     assert flow_run(run_id).state_type == StateType.FAILED
     runs = task_runs(run_id)
-    assert runs["train"].state_type == StateType.FAILED
-    assert runs["train"].run_count == 1  # exit 2 = metarec error: permanent, not retried
-    assert "evaluate" not in runs and runs["episodes"].state_type == StateType.COMPLETED
+    assert runs["episodes"].state_type == StateType.FAILED
+    assert runs["episodes"].run_count == 1  # exit 2 = metarec error: permanent, not retried
+    assert "train" not in runs and runs["validate"].state_type == StateType.COMPLETED
     assert "evaluation-report" not in artifacts(run_id)
+
+
+def test_bad_params_fail_the_flow_before_any_stage_runs(trained: UUID, project: Path,
+                                                       tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(project, broken)
+    write_params(broken, {"train": {"algorithms": ["no-such-algorithm"]}})
+    state = load_flow("training", broken)(project_dir=str(broken), return_state=True)
+    assert state.is_failed()
+    assert "train.algorithms: unknown 'no-such-algorithm' (valid: fomaml" in state.message
+    assert task_runs(state.state_details.flow_run_id) == {}
 
 
 def test_stage_failures_are_classified_by_the_stage_exit_code() -> None:

@@ -30,22 +30,32 @@ EPISODE_COLUMNS = {
     "rating": "float32",
     "timestamp": "int64",     # seconds since the epoch, UTC
 }
+HISTORY_TYPES = {"user_id": "string", "item_id": "string", "rating": "float32",
+                 "timestamp": "int64"}
 SCENARIOS = ("warm", "user_cold", "item_cold", "user_item_cold")
 
 
 @dataclass
 class EpisodeData:
-    """Everything a model needs: tasks with entity indices, encoded feature tables, vocab."""
+    """Everything a model needs: tasks with entity indices, encoded feature tables, vocab, and
+    the history of the meta-train users (every training-period interaction: what item-side
+    fits read; never a validation or test user's query)."""
 
     tasks: pd.DataFrame           # EPISODE_COLUMNS + user_idx, item_idx (int64)
     users: FeatureTable
     items: FeatureTable
     vocab: dict[str, Any]
+    history: pd.DataFrame | None = None   # HISTORY_TYPES + user_idx, item_idx, by user and time
 
     @property
     def rating_range(self) -> tuple[float, float]:
         r = self.vocab["rating"]
         return float(r["min"]), float(r["max"])
+
+    @property
+    def relevance_threshold(self) -> float:
+        """Ratings at or above this are relevant (positives of the ranking metrics)."""
+        return float(self.vocab["rating"].get("relevant", 0.8 * self.rating_range[1]))
 
     def select(self, split: str, scenario: str | None = None, k: int | None = None
                ) -> pd.DataFrame:
@@ -70,7 +80,10 @@ def load_episodes(directory: str | Path) -> EpisodeData:
     items = encode_entity(items_df, "item_id", vocab["items"])
     tasks["user_idx"] = users.index_of(tasks["user_id"])
     tasks["item_idx"] = items.index_of(tasks["item_id"])
-    return EpisodeData(tasks=tasks, users=users, items=items, vocab=vocab)
+    history = read_tracked(directory / "history.parquet", restore, pd.read_parquet)
+    history["user_idx"] = users.index_of(history["user_id"])
+    history["item_idx"] = items.index_of(history["item_id"])
+    return EpisodeData(tasks=tasks, users=users, items=items, vocab=vocab, history=history)
 
 
 @dataclass
@@ -99,21 +112,41 @@ class TaskBatch:
     def slice(self, start: int, stop: int) -> TaskBatch:
         return TaskBatch(**{f.name: getattr(self, f.name)[start:stop] for f in fields(self)})
 
+    def take(self, idx: list[int] | torch.Tensor) -> TaskBatch:
+        """Tasks ``idx``, padding trimmed to their longest support and query (>= 1)."""
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        parts = {f.name: getattr(self, f.name)[idx] for f in fields(self)}
+        for side in ("support", "query"):
+            width = max(int(parts[f"{side}_mask"].sum(1).max()), 1) if len(idx) else 1
+            for col in ("items", "ratings", "mask"):
+                parts[f"{side}_{col}"] = parts[f"{side}_{col}"][:, :width]
+        return TaskBatch(**parts)
 
-def _pad(frame: pd.DataFrame, order: np.ndarray, n_tasks: int) -> tuple[torch.Tensor, ...]:
-    """Scatter rows (already sorted by task position, then time) into (T, L) tensors."""
-    pos = order
-    counts = np.bincount(pos, minlength=n_tasks)
-    width = max(int(counts.max()) if n_tasks else 0, 1)
+
+def pad_rows(rows: np.ndarray, n_rows: int, items: np.ndarray, ratings: np.ndarray
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Ragged rows -> (n_rows, W) items, ratings and mask, W = the longest row (>= 1).
+
+    ``rows`` (nnz,) gives each value's row and must be sorted; values keep their order within
+    a row. Padded positions hold item 0, rating 0 and mask False.
+    """
+    counts = np.bincount(rows, minlength=n_rows)
+    width = max(int(counts.max()) if n_rows else 0, 1)
     starts = np.cumsum(counts) - counts
-    col = np.arange(len(pos)) - starts[pos]
-    items = np.zeros((n_tasks, width), dtype=np.int64)
-    ratings = np.zeros((n_tasks, width), dtype=np.float32)
-    mask = np.zeros((n_tasks, width), dtype=bool)
-    items[pos, col] = frame["item_idx"].to_numpy(np.int64)
-    ratings[pos, col] = frame["rating"].to_numpy(np.float32)
-    mask[pos, col] = True
-    return torch.from_numpy(items), torch.from_numpy(ratings), torch.from_numpy(mask)
+    col = np.arange(len(rows)) - starts[rows]
+    out_items = np.zeros((n_rows, width), dtype=np.int64)
+    out_ratings = np.zeros((n_rows, width), dtype=np.float32)
+    mask = np.zeros((n_rows, width), dtype=bool)
+    out_items[rows, col] = items
+    out_ratings[rows, col] = ratings
+    mask[rows, col] = True
+    return torch.from_numpy(out_items), torch.from_numpy(out_ratings), torch.from_numpy(mask)
+
+
+def _pad(frame: pd.DataFrame, pos: np.ndarray, n_tasks: int) -> tuple[torch.Tensor, ...]:
+    """Rows of ``frame`` (sorted by task position ``pos``, then time) as (T, L) tensors."""
+    return pad_rows(pos, n_tasks, frame["item_idx"].to_numpy(np.int64),
+                    frame["rating"].to_numpy(np.float32))
 
 
 def to_batch(tasks: pd.DataFrame) -> TaskBatch:

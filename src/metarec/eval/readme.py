@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from metarec.errors import DataError
+from metarec.eval.report import K_ALL, k_label
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -23,38 +24,44 @@ def _cell(mean: float, std: float) -> str:
 
 
 def results_markdown(result: dict[str, Any], scenario: str = "user_cold") -> str:
-    """Per model: MAE and catalogue nDCG@20 at each K (mean ± std over seeds), then the
+    """Per model: MAE and the catalogue metric at each K (mean ± std over seeds), then the
     paired-bootstrap differences of every meta-learner against the best baseline."""
     df = pd.DataFrame(result["results"])
     df = df[df["scenario"] == scenario]
     if df.empty:
         raise DataError(f"no {scenario} results in the evaluation")
+    primary = result.get("catalogue_metric", "ndcg@20")
+    level = f"{result.get('bootstrap', {}).get('confidence', 0.95):.0%} CI"
+    df = df.assign(k=df["k"].map(lambda k: K_ALL if k == "all" else int(k)))
     ks = sorted(df["k"].unique())
     seeds = df.loc[df["seed"] >= 0, "seed"].nunique()   # -1: ensembles over the seeds
     lines = [f"Dataset **{result['dataset']}**, protocol **{result['protocol']}**, scenario "
              f"**{scenario}**, {seeds} seeds (mean ± std; `-ens` models average the seeds' "
              "predictions, `meta-ens` the best seed-ensembles on validation); lower MAE is "
-             "better, higher nDCG@20 (whole-catalogue ranking) is better.", ""]
-    for metric in ("mae", "ndcg@20"):
+             f"better, higher {primary} (whole-catalogue ranking) is better.", ""]
+    for metric in ("mae", primary):
+        if df[metric].isna().all():
+            continue
         g = df.groupby(["model", "k"])[metric]
         mean, std = g.mean().unstack(), g.std(ddof=1).unstack()
-        order = mean.mean(axis=1).sort_values(ascending=metric == "mae").index
-        lines += [f"**{metric}**", "", "| model | " + " | ".join(f"K={k}" for k in ks) + " |",
-                  "|---|" + "---|" * len(ks)]
+        order = mean.mean(axis=1).dropna().sort_values(ascending=metric == "mae").index
+        lines += [f"**{metric}**", "", "| model | " + " | ".join(f"K={k_label(k)}" for k in ks)
+                  + " |", "|---|" + "---|" * len(ks)]
         for model in order:
             cells = [_cell(mean.loc[model, k], std.loc[model, k]) for k in ks]
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
         lines.append("")
     comps = [c for c in result["comparisons"] if c["scenario"] == scenario
-             and c["metric"] in ("mae", "ndcg@20")]
+             and c["metric"] in ("mae", primary)]
     if comps:
         lines += ["Each model minus the best baseline of the metric's family (chosen on "
-                  "validation tasks: lowest MAE for MAE, highest catalogue nDCG@20 for "
-                  "nDCG@20), paired bootstrap over test users of seed-averaged values, 95% CI "
-                  "(significant when the interval excludes 0):", "",
-                  "| model | metric | baseline | " + " | ".join(f"K={k}" for k in ks) + " |",
-                  "|---|---|---|" + "---|" * len(ks)]
+                  f"validation tasks: lowest MAE for MAE, highest catalogue {primary} for "
+                  f"{primary}), paired bootstrap over test users of seed-averaged values, "
+                  f"{level} (significant when the interval excludes 0):", "",
+                  "| model | metric | baseline | " + " | ".join(f"K={k_label(k)}" for k in ks)
+                  + " |", "|---|---|---|" + "---|" * len(ks)]
         table = pd.DataFrame(comps)
+        table["k"] = table["k"].map(lambda k: K_ALL if k == "all" else int(k))
         for (model, metric, base), grp in table.groupby(["model", "metric", "baseline"],
                                                          sort=True):
             by_k = grp.set_index("k")

@@ -17,10 +17,15 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from metarec.io import atomic_path
+from metarec.io import atomic_path, write_text
 
 KEYS = ("model", "scenario", "k", "seed")
 LOWER_IS_BETTER = ("mae", "rmse")
+K_ALL = 10**9   # K = "all" (every test user, whatever their support size) sorts last
+
+
+def k_label(k: Any) -> str:
+    return "all" if k in (K_ALL, "all") else str(k)
 
 
 def _frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -28,6 +33,7 @@ def _frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     missing = [k for k in KEYS if k not in df.columns]
     if df.empty or missing:
         raise ValueError(f"result rows need the keys {KEYS}; missing {missing or 'all rows'}")
+    df["k"] = df["k"].map(lambda k: K_ALL if k == "all" else int(k))
     dup = df.duplicated(list(KEYS))
     if dup.any():
         raise ValueError(f"duplicate result row for {df.loc[dup, list(KEYS)].iloc[0].to_dict()}")
@@ -69,7 +75,7 @@ def markdown_table(rows: Iterable[dict[str, Any]], metrics: Sequence[str], digit
             text = _cell(r[f"{m}_mean"], r[f"{m}_std"], digits)
             cells.append(f"**{text}**" if r[f"{m}_mean"] == best[(r["scenario"], r["k"], m)]
                          else text)
-        lines.append("| " + " | ".join([str(r["scenario"]), str(r["k"]), str(r["model"]),
+        lines.append("| " + " | ".join([str(r["scenario"]), k_label(r["k"]), str(r["model"]),
                                           *cells, str(r["n_seeds"])]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -81,6 +87,7 @@ def adaptation_curves(rows: Iterable[dict[str, Any]], metric: str, path: str | P
     the PNG carries no version metadata, so identical results give identical bytes.
     """
     s = summarize(rows, [metric])
+    s = s[s["k"] != K_ALL]
     scenarios = sorted(s["scenario"].unique())
     fig = Figure(figsize=(4.0 * len(scenarios), 3.2), layout="constrained")
     FigureCanvasAgg(fig)
@@ -100,3 +107,59 @@ def adaptation_curves(rows: Iterable[dict[str, Any]], metric: str, path: str | P
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, metadata={"Software": None})
     return Path(path)
+
+
+def _steps_plot(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
+    """The K-curve plotter with test-time inner steps in the role of K, one panel."""
+    as_k = [{"model": r["model"], "scenario": "user_cold", "k": r["steps"], "seed": r["seed"],
+             metric: r[metric]} for r in rows]
+    adaptation_curves(as_k, metric, path)
+
+
+def plot_name(metric: str, against: str) -> str:
+    """File name of a curve: ``ndcg_at_20_vs_k.png``."""
+    return f"{metric.replace('@', '_at_')}_vs_{against}.png"
+
+
+def write_report(result: dict[str, Any], report_dir: Path, metrics: list[str], primary: str,
+                 confidence: float, ref_k: int) -> None:
+    """``report.md`` and the PNG curves (against K, and against inner steps at ``ref_k``)."""
+    rows = result["results"]
+    for metric in ("mae", primary):
+        adaptation_curves(rows, metric, report_dir / plot_name(metric, "k"))
+        if result["steps_curve"]:
+            _steps_plot(result["steps_curve"], metric, report_dir / plot_name(metric, "steps"))
+    level = f"{confidence:.0%} CI"
+    comp = [c for c in result["comparisons"] if c["scenario"] == "user_cold"
+            and c["metric"] in ("mae", primary)]
+    best = result["best_baseline"]
+    lines = [f"# Evaluation: {result['dataset']} ({result['protocol']} protocol)", "",
+             "Best baselines, chosen on validation tasks (majority over seeds): "
+             f"**{best['accuracy']}** for MAE/RMSE (lowest validation MAE), "
+             f"**{best['ranking']}** for ranking metrics (highest validation catalogue "
+             f"{primary}).", ""]
+    serving = result.get("serving", {})
+    if serving:
+        lines += [f"Nightly batch with `score.model: auto`: **{serving['model']}** "
+                  f"({serving['kind']}; {serving['why']}).", ""]
+    lines += ["## Test metrics (mean ± std over seeds)", "", markdown_table(rows, metrics), "",
+              f"## User-cold: each model minus the best baseline (paired bootstrap over "
+              f"users, {level})", "",
+              f"| model | baseline | K | metric | diff | {level} |", "|---|---|---|---|---|---|"]
+    for c in comp:
+        lines.append(f"| {c['model']} | {c['baseline']} | {k_label(c['k'])} | {c['metric']} | "
+                     f"{c['diff']:+.4f} | [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] |")
+    lines += ["", "## Choices made on validation tasks", ""]
+    for seed, ch in result["choices"].items():
+        if seed == "ensembles":
+            lines.append(f"- ensembles: meta-ens averages {', '.join(ch.get('meta-ens', []))} "
+                         "(lowest validation MAE among the seed-ensembles)")
+            continue
+        steps = ", ".join(f"{n}: {v['steps']}" for n, v in ch["inner_steps"].items())
+        lines.append(f"- seed {seed}: test-time inner steps {steps}; best baselines "
+                     f"{ch['best_baseline']['accuracy']['name']} (accuracy), "
+                     f"{ch['best_baseline']['ranking']['name']} (ranking)")
+    lines += ["", f"Curves: `{plot_name('mae', 'k')}`, `{plot_name(primary, 'k')}`; against "
+              f"inner steps at K={ref_k} (user-cold): `{plot_name('mae', 'steps')}`, "
+              f"`{plot_name(primary, 'steps')}`.", ""]
+    write_text("\n".join(lines), report_dir / "report.md")

@@ -62,6 +62,10 @@ class FeatureStore:
     def device(self) -> torch.device:
         return self._users["cat"].device
 
+    @property
+    def n_items(self) -> int:
+        return int(self._items["id"].shape[0])
+
     def users(self, idx: Tensor) -> Feats:
         """Feature dict of users ``idx`` (any shape): each value (*idx.shape, ·)."""
         return {k: v[idx] for k, v in self._users.items() if k != "id"}

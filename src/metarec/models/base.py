@@ -1,22 +1,113 @@
-"""The one predict interface shared by meta-learners and baselines."""
+"""The two contracts every algorithm keeps: how it is fitted and how it predicts.
+
+An *algorithm* is a registered class (:func:`metarec.algorithms.register`). Class level, for
+the train stage: its ``name``, ``kind`` ("meta": a meta-learner; "baseline": anything else),
+the dataclass of its ``train.<name>`` params section (``Params``), the algorithms it is fitted
+on top of (``requires``), whether it can be trained data-parallel (:meth:`ddp_refusal`), and
+``fit(ctx) -> Predictor`` / ``load(state, data) -> Predictor``.
+
+A *predictor* is a fitted model, for evaluation and the nightly batch:
+
+- ``adapt(batch, chunk)`` reads each task's support set (never its query) and returns
+  per-task state;
+- ``rate(state, items)``: predicted ratings (T, C) of catalogue rows ``items`` (T, C);
+- ``rank(state)``: ranking scores (T, N) of every catalogue row, higher first;
+- ``state()``: plain tensors, numbers, lists and dicts (``torch.load(weights_only=True)``).
+
+Items are rows of the bound data's item table; fitted tensors are indexed by vocabulary code
+(:attr:`FeatureTable.id_code`), so a model scores a catalogue that gained items since it was
+trained (new items share code 0, "unknown").
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 
-from metarec.data.tasks import TaskBatch
+from metarec.config import ModelParams, TrainParams
+from metarec.data.tasks import EpisodeData, TaskBatch
 
 
-class ColdStartPredictor(Protocol):
-    """Adapts to each task's support set, then scores candidate items for that task's user."""
+@dataclass
+class FitContext:
+    """What fitting one algorithm for one seed may use (the train stage builds it)."""
 
-    name: str
+    data: EpisodeData
+    model: ModelParams
+    train: TrainParams                       # ``train.seed`` is this run's seed
+    log_dir: Path
+    fitted: dict[str, Predictor] = field(default_factory=dict)   # this seed's earlier fits
+    meta_train: Callable[..., Any] | None = None   # the Lightning outer loop (train stage)
+
+    @property
+    def seed(self) -> int:
+        return self.train.seed
+
+
+class Predictor:
+    """A fitted model behind the one interface evaluation and scoring use."""
+
+    name: str = ""
+    predicts_ratings: bool = True
+
+    def __init__(self) -> None:
+        self.tuning: dict[str, Any] = {}     # validation record of the choices made in fit
+
+    @property
+    def n_items(self) -> int:
+        raise NotImplementedError
+
+    def adapt(self, batch: TaskBatch, chunk: int = 0) -> Any:
+        """Per-task state from each task's support; ``chunk`` offsets any random stream
+        (Meta-Dropout's noise), so the tasks of chunk c always draw the same numbers."""
+        raise NotImplementedError
+
+    def rate(self, state: Any, items: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def rank(self, state: Any) -> torch.Tensor:
+        """Scores (T, N) of every catalogue row; by default the predicted ratings."""
+        t = self._tasks(state)
+        return self.rate(state, torch.arange(self.n_items).expand(t, self.n_items))
 
     def predict(self, batch: TaskBatch, items: torch.Tensor) -> torch.Tensor:
-        """Predicted ratings (T, C) for candidate item indices ``items`` (T, C).
+        """Predicted ratings (T, C) after reading each task's support: adapt, then rate."""
+        return self.rate(self.adapt(batch), items)
 
-        Only ``batch.user_idx`` and the support tensors may be used; the query ratings never.
-        """
-        ...
+    def state(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _tasks(self, state: Any) -> int:
+        raise NotImplementedError
+
+
+class Algorithm:
+    """Class-level contract of a registered algorithm (see the module docstring)."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = "baseline"
+    Params: ClassVar[type | None] = None
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def params_of(cls, train: TrainParams) -> Any:
+        """This algorithm's section of ``train`` (its defaults when params.yaml has none)."""
+        return train.section(cls.name, cls.Params() if cls.Params is not None else None)
+
+    @classmethod
+    def ddp_refusal(cls, train: TrainParams) -> str | None:
+        """Why this algorithm cannot be trained data-parallel, or None if it can (or is not
+        trained by gradient descent at all, so every process fits it identically)."""
+        return None
+
+    @classmethod
+    def fit(cls, ctx: FitContext) -> Predictor:
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, state: dict[str, Any], data: EpisodeData) -> Predictor:
+        raise NotImplementedError

@@ -15,14 +15,16 @@ Parameter groups (``adapt``) say what a meta-learner changes per task in its inn
 - ``all``: every parameter (embedding tables included: memory grows with the task count).
 
 A dict that already holds ``x`` (and for items ``bias``) is taken as pre-computed embeddings:
-meta-learners compute them once per meta-batch when no embedding is adapted.
+meta-learners compute them once per meta-batch when no embedding is adapted. An item dict
+holding ``v`` (projected item vectors, ``item_vectors``) skips the item side altogether: the
+catalogue is embedded once per run and every user scores it through the same forward.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -121,6 +123,12 @@ class PreferenceNet(nn.Module):
         return any(n.startswith(("item_cat.", "item_multi.", "item_num.", "item_id.",
                                  "item_bias.")) for n in names)
 
+    @staticmethod
+    def projects_items(names: Sequence[str]) -> bool:
+        """True if any of ``names`` is used by :meth:`item_vectors` (embedding or projection)."""
+        return PreferenceNet.embeds_items(names) or any(n.startswith("item_proj.")
+                                                        for n in names)
+
     # ---------------------------------------------------------------------------------------
     # forward
 
@@ -151,18 +159,29 @@ class PreferenceNet(nn.Module):
         x = self._fields(items, self.item_cat, self.item_multi, self.item_num, self.item_id)
         return x, self.item_bias(items["id"]).squeeze(-1)
 
-    def forward(self, user: Feats, items: Feats, perturb: Perturb | None = None) -> Tensor:
-        """Ratings (..., C) of items (..., C, ·) for users (..., ·).
-
-        ``perturb`` (Meta-Dropout) multiplies the hidden interaction features; ``None`` = off.
-        """
-        xu = user["x"] if "x" in user else self.embed_users(user)        # (..., Du)
+    def item_vectors(self, items: Feats) -> tuple[Tensor, Tensor]:
+        """(..., C, d) projected item vectors and (..., C) item biases."""
+        if "v" in items:
+            return items["v"], items["bias"]
         if "x" in items:
             xi, ib = items["x"], items["bias"]                            # (..., C, Di), (..., C)
         else:
             xi, ib = self.embed_items(items)
+        return self.item_proj(xi), ib                                     # (..., C, d)
+
+    def to_rating(self, raw: Tensor) -> Tensor:
+        """The rating scale from the pre-sigmoid score (the ranking score)."""
+        return self.rating_min + (self.rating_max - self.rating_min) * torch.sigmoid(raw)
+
+    def forward(self, user: Feats, items: Feats, perturb: Perturb | None = None,
+                output: Literal["rating", "logit"] = "rating") -> Tensor:
+        """Ratings (or pre-sigmoid scores) (..., C) of items (..., C, ·) for users (..., ·).
+
+        ``perturb`` (Meta-Dropout) multiplies the hidden interaction features; ``None`` = off.
+        """
+        xu = user["x"] if "x" in user else self.embed_users(user)        # (..., Du)
+        i, ib = self.item_vectors(items)                                  # (..., C, d), (..., C)
         u = self.user_proj(xu).unsqueeze(-2)                              # (..., 1, d)
-        i = self.item_proj(xi)                                            # (..., C, d)
         if self.interaction == "dot":
             h = u * i                                                     # (..., C, d)
             if perturb is not None:
@@ -174,4 +193,28 @@ class PreferenceNet(nn.Module):
                 if k == 0 and perturb is not None:
                     h = perturb(h)
         raw = self.out(h).squeeze(-1) + ib + self.user_bias + self.global_bias  # (..., C)
-        return self.rating_min + (self.rating_max - self.rating_min) * torch.sigmoid(raw)
+        return raw if output == "logit" else self.to_rating(raw)
+
+
+def network_kwargs(items: Any, users: Any, rating_range: tuple[float, float],
+                   params: Any) -> dict[str, Any]:
+    """Constructor arguments of :class:`PreferenceNet` for these feature tables
+    (:class:`~metarec.data.encoding.FeatureTable`) and ``model`` params; JSON-able."""
+    return {"user_cat_cardinalities": list(users.cat_cardinalities),
+            "user_multi_cardinalities": list(users.multi_cardinalities),
+            "user_numeric": len(users.num_names),
+            "item_cat_cardinalities": list(items.cat_cardinalities),
+            "item_multi_cardinalities": list(items.multi_cardinalities),
+            "item_numeric": len(items.num_names),
+            "n_item_ids": int(items.n_ids),
+            "rating_range": list(rating_range),
+            "embedding_dim": params.embedding_dim,
+            "hidden": list(params.hidden),
+            "interaction": params.interaction,
+            "item_id_embedding": params.item_id_embedding}
+
+
+def build_network(kwargs: dict[str, Any]) -> PreferenceNet:
+    """A network from :func:`network_kwargs` (as saved in a checkpoint)."""
+    return PreferenceNet(**{**kwargs, "rating_range": tuple(kwargs["rating_range"]),
+                            "hidden": tuple(kwargs["hidden"])})

@@ -12,9 +12,10 @@ import argparse
 import os
 from pathlib import Path
 
-from metarec.config import PrefectParams, load_params
+from metarec.config import PrefectParams
 from metarec.orchestration import PROJECT_ROOT, load_flow
 from metarec.orchestration.server import Server, start
+from metarec.params import load_params
 
 DEPLOYMENT = "metarec-nightly"
 
@@ -36,13 +37,14 @@ def use_local_server(params: PrefectParams, project_dir: Path) -> Server:
 
 
 def serve_nightly(project_dir: Path = PROJECT_ROOT) -> None:
-    """Register the nightly deployment on ``score.cron`` and run its schedule (blocks)."""
+    """Register the nightly deployment on ``prefect.nightly_cron`` and run its schedule (blocks)."""
     project_dir = project_dir.resolve()
     params = load_params(project_dir / "params.yaml")
     server = use_local_server(params.prefect, project_dir)
-    print(f"serving {DEPLOYMENT} on cron {params.score.cron!r}; UI {server.ui_url}", flush=True)
+    cron = params.prefect.nightly_cron
+    print(f"serving {DEPLOYMENT} on cron {cron!r}; UI {server.ui_url}", flush=True)
     os.chdir(project_dir)  # deployments refer to flows/nightly.py relative to here
-    load_flow("nightly", project_dir).serve(name=DEPLOYMENT, cron=params.score.cron,
+    load_flow("nightly", project_dir).serve(name=DEPLOYMENT, cron=cron,
                                             parameters={"project_dir": str(project_dir)})
 
 

@@ -7,7 +7,8 @@ the concatenated shards are the same rows in the same order, so the merged
 ``recommendations.parquet`` and ``manifest.json`` are byte-identical to ``metarec score``'s
 (tests/flows/test_nightly.py checks this for the thread and the Dask runner).
 
-:func:`merge` publishes through ``score.publish_batch``, the same code ``metarec score`` uses.
+:func:`merge` publishes through ``scoring.batch.publish_batch``, the same code ``metarec
+score`` uses.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import contextlib
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,41 +25,15 @@ import pyarrow.parquet as pq
 
 from metarec.config import ScoreParams
 from metarec.io import write_parquet
-from metarec.scoring.world import day_end, landing_files, parse_as_of
-from metarec.stages import score as stage
+from metarec.scoring import batch as stage
 
-
-@dataclass(frozen=True)
-class BatchInputs:
-    """Everything a shard needs, as paths and plain values (cheap to send to a Dask worker)."""
-
-    params: ScoreParams        # as_of filled in
-    validated_dir: str
-    models_dir: str
-    out_root: str
-
-    @property
-    def tables(self) -> dict[str, Path]:
-        return {n: Path(self.validated_dir) / f"{n}.parquet" for n in stage.TABLES}
-
-    @property
-    def model_path(self) -> Path:
-        return Path(self.models_dir) / f"{self.params.model}.pt"
-
-    @property
-    def landing(self) -> list[Path]:
-        return landing_files(self.params.landing_dir, parse_as_of(self.params.as_of))
-
-    @property
-    def end(self) -> int:
-        return day_end(parse_as_of(self.params.as_of))
+BatchInputs = stage.Inputs
 
 
 def prepare(params: ScoreParams, validated_dir: str | Path, models_dir: str | Path,
-            out_root: str | Path, as_of: str | None) -> BatchInputs:
-    """Resolve the as-of date and check inputs exactly as ``score.run`` does."""
-    params, _ = stage.resolve(params, validated_dir, as_of)
-    return BatchInputs(params, str(validated_dir), str(models_dir), str(out_root))
+            as_of: str | None, selection: str | Path | None = None) -> BatchInputs:
+    """Resolve the as-of date and the model and check inputs exactly as ``score.run`` does."""
+    return stage.resolve(params, validated_dir, models_dir, as_of, selection)
 
 
 def day_stats(inputs: BatchInputs) -> dict[str, Any]:
@@ -83,8 +57,7 @@ def split_chunks(n_chunks: int, shards: int) -> list[tuple[int, int]]:
 
 def score_chunks(inputs: BatchInputs, lo: int, hi: int) -> tuple[pa.Table, dict[str, Any]]:
     """Rows (``score.SCHEMA``) of chunks lo..hi-1 and the whole day's counts."""
-    return stage.recommend(inputs.params, inputs.tables, inputs.landing, inputs.model_path,
-                           inputs.end, chunks=range(lo, hi))
+    return stage.recommend(inputs, chunks=range(lo, hi))
 
 
 def scoring_lock(out_root: str | Path) -> contextlib.AbstractContextManager[None]:
@@ -93,9 +66,9 @@ def scoring_lock(out_root: str | Path) -> contextlib.AbstractContextManager[None
     return stage.scoring_lock(out_root, "metarec nightly scoring")
 
 
-def shard_dir(inputs: BatchInputs) -> Path:
+def shard_dir(inputs: BatchInputs, out_root: str | Path) -> Path:
     """A fresh hidden folder beside the batch for the shards' partial files."""
-    root = Path(inputs.out_root)
+    root = Path(out_root)
     root.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{inputs.params.as_of}.shards-{uuid.uuid4().hex[:8]}-",
                                  dir=root))
@@ -108,13 +81,11 @@ def write_shard(inputs: BatchInputs, lo: int, hi: int, folder: str | Path) -> st
 
 
 def merge(inputs: BatchInputs, stats: dict[str, Any], shard_paths: list[str],
-          folder: str | Path) -> Path:
+          folder: str | Path, out_root: str | Path) -> Path:
     """Concatenate shards (in chunk order) and publish the batch as ``score.run`` would."""
     parts = [pq.read_table(p) for p in shard_paths]
     table = (pa.concat_tables(parts) if parts else stage.SCHEMA.empty_table()).combine_chunks()
     table = table.cast(stage.SCHEMA)
-    target = stage.publish_batch(inputs.params, inputs.validated_dir, inputs.models_dir,
-                                 [*inputs.tables.values(), *inputs.landing], table, stats,
-                                 inputs.out_root)
+    target = stage.publish_batch(inputs, table, stats, out_root)
     shutil.rmtree(folder, ignore_errors=True)
     return target

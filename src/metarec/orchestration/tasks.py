@@ -29,15 +29,16 @@ from metarec.orchestration.sharding import BatchInputs
 
 @task(name="plan-shards", cache_policy=NO_CACHE)
 def plan_shards(params: ScoreParams, validated_dir: str, models_dir: str, out_root: str,
-                as_of: str, shards: int) -> tuple[BatchInputs, dict[str, Any],
-                                                  list[tuple[int, int]], str]:
+                as_of: str, shards: int, selection: str | None = None
+                ) -> tuple[BatchInputs, dict[str, Any], list[tuple[int, int]], str]:
     """Inputs checked, the day's counts, chunk ranges per shard and a folder for their files."""
-    inputs = sharding.prepare(params, validated_dir, models_dir, out_root, as_of)
+    inputs = sharding.prepare(params, validated_dir, models_dir, as_of, selection)
     stats = sharding.day_stats(inputs)
     ranges = sharding.split_chunks(sharding.chunks_of(stats, inputs.params), shards)
-    get_run_logger().info("%s: %d users in %d chunks -> %d shards", inputs.params.as_of,
-                          stats["users"], sharding.chunks_of(stats, inputs.params), len(ranges))
-    return inputs, stats, ranges, str(sharding.shard_dir(inputs))
+    get_run_logger().info("%s: %d users in %d chunks -> %d shards (model %s)",
+                          inputs.params.as_of, stats["users"],
+                          sharding.chunks_of(stats, inputs.params), len(ranges), inputs.model)
+    return inputs, stats, ranges, str(sharding.shard_dir(inputs, out_root))
 
 
 @task(name="score-shard", task_run_name="chunks-{lo}-{hi}", cache_policy=NO_CACHE)
@@ -48,9 +49,9 @@ def score_shard(inputs: BatchInputs, lo: int, hi: int, folder: str) -> str:
 
 @task(name="merge-shards", cache_policy=NO_CACHE)
 def merge_shards(inputs: BatchInputs, stats: dict[str, Any], shard_paths: list[str],
-                 folder: str) -> str:
+                 folder: str, out_root: str) -> str:
     """Publish the batch folder (atomic rename), byte-identical to ``metarec score``'s."""
-    return str(sharding.merge(inputs, stats, shard_paths, folder))
+    return str(sharding.merge(inputs, stats, shard_paths, folder, out_root))
 
 
 # --------------------------------------------------------------------------------------------

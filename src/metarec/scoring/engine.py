@@ -1,17 +1,12 @@
-"""Adapt the meta-learned model to many users at once and rank the whole catalogue for each.
+"""Adapt a fitted model to many users at once and pick each user's top K of the catalogue.
 
-Adaptation is the predictor's own batched path (``algorithm.adapt``: ``vmap(grad(...))`` over
-users, no outer graph). Scoring every item for every user through ``AdaptivePredictor.predict``
-would gather and project item features once per user ((T, C, features) tensors); here item
-vectors are embedded and projected once per run and each user's adapted head scores them with
-one matmul (dot) or batched matmuls (MLP). That fast path is valid whenever no item-side
-parameter is adapted (adapt = head, decision or user); the closed-form ``ridge`` learner gets
-its own (item features once, one matmul with each user's weights). Both are checked against
-``predict`` in the tests. Anything else (adapt = all) adapts once and runs the algorithm's own
-``predict`` on blocks of the catalogue, so memory stays bounded by ``FALLBACK_CELLS``.
+Any registered predictor scores: ``adapt`` reads each user's interactions (batched: a
+meta-learner's ``vmap(grad(...))`` inner loop, a baseline's closed-form statistics), ``rank``
+gives the whole catalogue's ranking scores (a meta-learner embeds items once per run, then one
+batched product per block of items), ``rate`` the predicted ratings of the chosen items.
 
-Ranking uses the pre-sigmoid logit (ratings saturate in float32 and would tie) with ties broken
-by catalogue position, so the order is unique and does not depend on ``topk``'s algorithm.
+Ties in the ranking score are broken by catalogue position, so the order is unique and does
+not depend on ``topk``'s algorithm.
 """
 
 from __future__ import annotations
@@ -22,12 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from metarec.data.tasks import TaskBatch
-from metarec.meta.predictor import AdaptivePredictor
-from metarec.models.network import PreferenceNet
-
-_ITEM_SIDE = ("item_", "user_cat.", "user_multi.", "user_num.")
-FALLBACK_CELLS = 1 << 18  # (user, item) pairs per predict call on the fallback path
+from metarec.data.tasks import TaskBatch, pad_rows
+from metarec.models.base import Predictor
 
 
 @dataclass
@@ -40,19 +31,10 @@ class Ragged:
 
     def padded(self, a: int, b: int) -> tuple[Tensor, Tensor, Tensor]:
         """Users a..b-1 as (T, W) items, ratings and mask, W = their longest row (>= 1)."""
-        lo, hi = self.starts[a:b], self.starts[a + 1:b + 1]
-        lengths = hi - lo
-        width = max(int(lengths.max()) if len(lengths) else 0, 1)
-        rows = np.repeat(np.arange(b - a), lengths)
-        cols = np.arange(int(lengths.sum())) - np.repeat(lengths.cumsum() - lengths, lengths)
+        lengths = np.diff(self.starts[a:b + 1])
         flat = slice(int(self.starts[a]), int(self.starts[b]))
-        items = np.zeros((b - a, width), np.int64)
-        ratings = np.zeros((b - a, width), np.float32)
-        mask = np.zeros((b - a, width), bool)
-        items[rows, cols] = self.items[flat]
-        ratings[rows, cols] = self.ratings[flat]
-        mask[rows, cols] = True
-        return torch.from_numpy(items), torch.from_numpy(ratings), torch.from_numpy(mask)
+        rows = np.repeat(np.arange(b - a), lengths)
+        return pad_rows(rows, b - a, self.items[flat], self.ratings[flat])
 
 
 def task_batch(user_idx: Tensor, items: Tensor, ratings: Tensor, mask: Tensor) -> TaskBatch:
@@ -64,93 +46,21 @@ def task_batch(user_idx: Tensor, items: Tensor, ratings: Tensor, mask: Tensor) -
                      query_ratings=empty.float(), query_mask=empty.bool())
 
 
-class CatalogueScorer:
-    """Adapted ratings of every catalogue item for a chunk of users."""
-
-    def __init__(self, predictor: AdaptivePredictor, n_items: int, seed: int = 0) -> None:
-        self.predictor = predictor
-        self.algorithm = predictor.algorithm
-        self.model: PreferenceNet = self.algorithm.model
-        self.store = predictor.store
-        self.n_items = n_items
-        self.seed = seed
-        names = self.algorithm.adapt_names
-        self.ridge = self.algorithm.name == "ridge"
-        self.fast_path = self.ridge or not any(n.startswith(_ITEM_SIDE) for n in names)
-        with torch.no_grad():
-            feats = self.store.items(torch.arange(n_items))
-            if self.ridge:  # the learner's own item features, computed once for all users
-                phi, offset = self.algorithm._item_side(feats)             # (C, D), (C,)
-                self.item_vec, self.item_bias = phi, offset
-            elif self.fast_path:
-                x, bias = self.model.embed_items(feats)                    # (C, Di), (C,)
-                self.item_vec = self.model.item_proj(x)                    # (C, d)
-                self.item_bias = bias                                      # (C,)
-
-    def adapt(self, batch: TaskBatch, chunk_no: int) -> dict[str, Tensor]:
-        """Per-user parameters (T, ...) after the inner loop on each user's interactions."""
-        gen = torch.Generator(device=self.store.device).manual_seed(self.seed + chunk_no)
-        algo = self.algorithm
-        return algo.adapt(algo.meta_params(), self.store.support(batch), create_graph=False,
-                          generator=gen)
-
-    def score(self, batch: TaskBatch, chunk_no: int) -> tuple[Tensor, Tensor]:
-        """(ranking logits, predicted ratings), both (T, C) float32."""
-        fast = self.adapt(batch, chunk_no)
-        if not self.fast_path:
-            rating = self._predict_blocks(fast, batch)                     # (T, C)
-            return rating, rating
-        m = self.model
-        with torch.no_grad():
-            if self.ridge:  # ridge rates offset + phi . w, clamped; rank on the unclamped
-                raw = self.item_bias + fast["w"] @ self.item_vec.T         # (T, C)
-                rating = raw.clamp(m.rating_min, m.rating_max)
-                return raw.float(), rating.float()
-            raw = self._logits(fast, batch.user_idx)                       # (T, C)
-            rating = m.rating_min + (m.rating_max - m.rating_min) * torch.sigmoid(raw)
-        return raw.float(), rating.float()
-
-    def _predict_blocks(self, fast: dict[str, Tensor], batch: TaskBatch) -> Tensor:
-        """``AdaptivePredictor.predict`` split over item blocks: same numbers, bounded memory."""
-        t = len(batch)
-        step = max(1, FALLBACK_CELLS // max(t, 1))
-        parts = []
-        with torch.no_grad():
-            for c0 in range(0, self.n_items, step):
-                items = torch.arange(c0, min(c0 + step, self.n_items)).expand(t, -1)  # (T, B)
-                cands = self.store.candidates(batch.user_idx, items)
-                parts.append(self.algorithm.predict(fast, cands).float())  # (T, B)
-        return torch.cat(parts, dim=1)                                     # (T, C)
-
-    def _param(self, fast: dict[str, Tensor], name: str, t: int) -> Tensor:
-        """The adapted value (T, ...) of ``name``, or the shared one broadcast to T users."""
-        if name in fast:
-            return fast[name]
-        shared = dict(self.model.named_parameters())[name]
-        return shared.expand(t, *shared.shape)
-
-    def _logits(self, fast: dict[str, Tensor], user_idx: Tensor) -> Tensor:
-        """Pre-sigmoid output of :class:`PreferenceNet` for every (user, catalogue item)."""
-        m, t = self.model, user_idx.shape[0]
-        p = lambda name: self._param(fast, name, t)  # noqa: E731 - local shorthand
-        xu = m.embed_users(self.store.users(user_idx))                     # (T, Du)
-        u = torch.einsum("tdk,tk->td", p("user_proj.weight"), xu) + p("user_proj.bias")  # (T, d)
-        iv = self.item_vec                                                 # (C, d)
-        if m.interaction == "dot":
-            w = p("out.weight")[:, 0, :]                                   # (T, d)
-            raw = (u * w) @ iv.T + p("out.bias")                           # (T, C)
-        else:
-            d = u.shape[1]
-            w0 = p("decision.0.weight")                                    # (T, h1, 2d)
-            hu = torch.einsum("thd,td->th", w0[..., :d], u)                # (T, h1)
-            hi = torch.matmul(iv, w0[..., d:].transpose(1, 2))             # (T, C, h1)
-            h = torch.relu(hi + (hu + p("decision.0.bias")).unsqueeze(1))  # (T, C, h1)
-            for k in range(1, len(m.decision)):
-                wk = p(f"decision.{k}.weight").transpose(1, 2)             # (T, h_{k-1}, h_k)
-                h = torch.relu(torch.matmul(h, wk) + p(f"decision.{k}.bias").unsqueeze(1))
-            raw = torch.matmul(h, p("out.weight").transpose(1, 2)).squeeze(-1)  # (T, C)
-            raw = raw + p("out.bias")
-        return raw + self.item_bias + p("user_bias") + p("global_bias")  # (T, C)
+def recommend_chunk(predictor: Predictor, batch: TaskBatch, chunk_no: int,
+                    exclude_rows: Tensor, exclude_cols: Tensor, k: int
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(items (T, k'), valid (T, k'), ranking scores (T, k'), predicted ratings (T, k'))
+    of one chunk of users; excluded cells (what a user already has) are never recommended.
+    Ratings are NaN for a model that only ranks."""
+    state = predictor.adapt(batch, chunk_no)
+    key = predictor.rank(state)                                           # (T, C)
+    idx, valid = top_k(key, exclude_rows, exclude_cols, k)                # (T, k')
+    score = key.gather(1, idx)                                            # (T, k')
+    if predictor.predicts_ratings:
+        rating = predictor.rate(state, idx).float()                       # (T, k')
+    else:
+        rating = torch.full(idx.shape, torch.nan)
+    return idx, valid, score.float(), rating
 
 
 def top_k(key: Tensor, exclude_rows: Tensor, exclude_cols: Tensor, k: int

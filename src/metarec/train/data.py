@@ -12,26 +12,11 @@ so every task is validated exactly once; the module sums the losses across proce
 
 from __future__ import annotations
 
-from dataclasses import fields
-
 import lightning as L
-import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from metarec.data.tasks import EpisodeData, TaskBatch, to_batch
 from metarec.errors import DataError
-
-
-def take(batch: TaskBatch, idx: list[int] | torch.Tensor) -> TaskBatch:
-    """Tasks ``idx`` of ``batch``, padding trimmed to their longest support/query."""
-    idx = torch.as_tensor(idx, dtype=torch.long)
-    parts = {f.name: getattr(batch, f.name)[idx] for f in fields(batch)}
-    s = max(int(parts["support_mask"].sum(1).max()), 1) if len(idx) else 1
-    q = max(int(parts["query_mask"].sum(1).max()), 1) if len(idx) else 1
-    for side, width in (("support", s), ("query", q)):
-        for col in ("items", "ratings", "mask"):
-            parts[f"{side}_{col}"] = parts[f"{side}_{col}"][:, :width]
-    return TaskBatch(**parts)
 
 
 class _Collate:
@@ -39,7 +24,7 @@ class _Collate:
         self.batch = batch
 
     def __call__(self, idx: list[int]) -> TaskBatch:
-        return take(self.batch, idx)
+        return self.batch.take(idx)
 
 
 class EpisodeDataModule(L.LightningDataModule):

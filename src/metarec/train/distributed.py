@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -23,11 +24,6 @@ from lightning.pytorch.strategies import DDPStrategy
 
 from metarec.config import TrainParams
 from metarec.errors import ParamsError
-from metarec.meta.algorithms import ddp_refusal
-
-# The closed-form head of ridge bypasses the network's output layer: those parameters get no
-# gradient, and DDP must be told to look for such parameters in every step.
-_UNUSED_PARAMETERS = frozenset({"ridge"})
 
 
 def world_size(train: TrainParams) -> int:
@@ -35,8 +31,9 @@ def world_size(train: TrainParams) -> int:
     return train.devices * train.num_nodes if train.strategy == "ddp" else 1
 
 
-def check(train: TrainParams, names: Iterable[str]) -> None:
-    """Raise :class:`ParamsError` unless ``train`` can meta-train every algorithm in ``names``."""
+def check(train: TrainParams, classes: Iterable[Any]) -> None:
+    """Raise :class:`ParamsError` unless ``train`` can meta-train every algorithm class in
+    ``classes`` (each says why not: ``ddp_refusal``)."""
     if train.devices < 1 or train.num_nodes < 1:
         raise ParamsError(f"train.devices ({train.devices}) and train.num_nodes "
                           f"({train.num_nodes}) must be at least 1")
@@ -45,10 +42,10 @@ def check(train: TrainParams, names: Iterable[str]) -> None:
             raise ParamsError("train.devices and train.num_nodes above 1 need "
                               "train.strategy: ddp")
         return
-    for name in names:
-        reason = ddp_refusal(name, train.reptile_mode)
+    for cls in classes:
+        reason = cls.ddp_refusal(train)
         if reason is not None:
-            raise ParamsError(f"train.strategy ddp cannot train {name!r}: {reason} "
+            raise ParamsError(f"train.strategy ddp cannot train {cls.name!r}: {reason} "
                               "(or remove it from train.algorithms)")
     n = world_size(train)
     if train.meta_batch % n:
@@ -71,14 +68,17 @@ def check(train: TrainParams, names: Iterable[str]) -> None:
                           f"train.devices x train.num_nodes = {n}")
 
 
-def strategy(train: TrainParams, name: str) -> str | DDPStrategy:
-    """The Lightning strategy for algorithm ``name``: gloo on CPUs, NCCL on GPUs."""
+def strategy(train: TrainParams, cls: Any) -> str | DDPStrategy:
+    """The Lightning strategy for algorithm class ``cls``: gloo on CPUs, NCCL on GPUs.
+
+    An algorithm whose loss skips some network parameters (``ddp_unused_parameters``, e.g.
+    ridge's closed-form head bypasses the output layer) makes DDP look for them every step."""
     if train.strategy != "ddp":
         return "auto"
     gpu = train.accelerator in ("gpu", "cuda") or (
         train.accelerator == "auto" and torch.cuda.is_available())
     return DDPStrategy(process_group_backend="nccl" if gpu else "gloo",
-                       find_unused_parameters=name in _UNUSED_PARAMETERS,
+                       find_unused_parameters=getattr(cls, "ddp_unused_parameters", False),
                        # buffers are not trained; and validation may run a different number
                        # of batches per process, where a per-forward broadcast would hang
                        forward_sync_buffers=False)

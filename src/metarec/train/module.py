@@ -13,8 +13,8 @@ import lightning as L
 import torch
 
 from metarec.data.tasks import TaskBatch
-from metarec.meta.algorithms import MetaAlgorithm
 from metarec.meta.features import FeatureStore
+from metarec.meta.gradient import MetaAlgorithm
 from metarec.meta.predictor import query_loss_sum
 
 

@@ -1,0 +1,95 @@
+"""``itemknn`` fold-in: a user's score for item i is the sum over their support items j of
+cosine(i, j) among j's ``neighbours`` most similar items (on the meta-train users' binary
+history). The neighbour count and the history window are chosen on validation (catalogue
+nDCG). Only each item's top neighbours are kept (items x neighbours), never items x items.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from metarec.algorithms import register
+from metarec.config import bounded
+from metarec.data.tasks import TaskBatch
+from metarec.models.base import FitContext
+from metarec.models.statistical import (
+    RankingBaseline,
+    interaction_matrix,
+    sparse_product,
+    tune_ndcg,
+)
+
+
+@dataclass(frozen=True)
+class ItemKNNParams:
+    neighbours: tuple[int, ...] = bounded((10, 20, 50, 100, 200, 400, 800, 1600), 1,
+                                          nonempty=True)
+    window: tuple[int, ...] = bounded((0, 20), 0, nonempty=True)   # first N per user (0 = all)
+    block: int = bounded(4096, 1)              # items whose similarities are computed at once
+
+
+def top_neighbours(x: torch.Tensor, k: int, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, k) neighbour codes and cosine similarities of every item code of the sparse
+    (users, items) matrix ``x``, computed in blocks of items (bounded memory). An item is not
+    its own neighbour; items without interactions have similarity 0 to everything; equal
+    similarities rank the lower code first."""
+    n = x.shape[1]
+    k = min(k, max(n - 1, 1))
+    xt = x.t().coalesce()                                                # (n, users)
+    norms = torch.sparse.sum(x, 0).to_dense().sqrt()                     # (n,)
+    idx, val = [], []
+    for a in range(0, n, block):
+        b = min(a + block, n)
+        rows = torch.index_select(xt, 0, torch.arange(a, b))             # (B, users)
+        co = sparse_product(rows, x)                                      # (B, n)
+        sim = co / (norms[a:b, None] * norms[None, :]).clamp_min(1e-12)
+        sim[torch.arange(b - a), torch.arange(a, b)] = -1.0               # not itself
+        top = torch.sort(sim, dim=1, descending=True, stable=True)   # ties: lower code first
+        idx.append(top.indices[:, :k])
+        val.append(top.values[:, :k].clamp_min(0.0))
+    return torch.cat(idx), torch.cat(val)
+
+
+@register
+class ItemKNN(RankingBaseline):
+    name = "itemknn"
+    Params = ItemKNNParams
+
+    def __init__(self, neighbours: torch.Tensor, similarity: torch.Tensor, k: int = 0,
+                 window: int = 0) -> None:
+        super().__init__()
+        self.neighbours = neighbours.long()       # (n_ids, k) neighbour codes
+        self.similarity = similarity.float()      # (n_ids, k) their cosine similarity
+        self.k, self.window = int(k), int(window)
+
+    @classmethod
+    def fit(cls, ctx: FitContext) -> ItemKNN:
+        p, data = cls.params_of(ctx.train), ctx.data
+        tops = {w: top_neighbours(interaction_matrix(data, w), max(p.neighbours), p.block)
+                for w in p.window}
+
+        def make(choice: tuple[int, int]) -> ItemKNN:
+            w, k = choice
+            idx, val = tops[w]
+            return cls(idx[:, :k], val[:, :k], k, w).bind(data)
+
+        grid = [(w, k) for w in p.window for k in p.neighbours]
+        best, record = tune_ndcg(make, grid, data, ctx.train.val_ndcg_k)
+        best.tuning = {"window, neighbours": record, "neighbours": best.k,
+                       "window": best.window}
+        return best
+
+    def rank(self, state: TaskBatch) -> torch.Tensor:
+        t, n = len(state), self.neighbours.shape[0]
+        sup = self.codes[state.support_items]                              # (T, S)
+        nb = self.neighbours[sup]                                         # (T, S, k)
+        sim = self.similarity[sup] * state.support_mask[..., None]        # (T, S, k)
+        scores = torch.zeros(t, n).scatter_add_(1, nb.reshape(t, -1), sim.reshape(t, -1))
+        return scores[:, self.codes]                                      # (T, N)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"neighbours": self.neighbours, "similarity": self.similarity, "k": self.k,
+                "window": self.window}

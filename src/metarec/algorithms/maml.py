@@ -1,0 +1,12 @@
+"""``maml`` (Finn et al., 2017): a meta-learned initialisation, second-order meta-gradient
+through every inner step of every task (batched, :mod:`metarec.meta.gradient`)."""
+
+from __future__ import annotations
+
+from metarec.algorithms import register
+from metarec.meta.gradient import MetaAlgorithm
+
+
+@register
+class MAML(MetaAlgorithm):
+    name = "maml"

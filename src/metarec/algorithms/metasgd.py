@@ -1,0 +1,30 @@
+"""``metasgd`` (Li et al., 2017): MAML with one learned inner learning rate per adapted
+parameter entry, trained through the second-order meta-gradient."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from metarec.algorithms import register
+from metarec.meta.gradient import MetaAlgorithm
+from metarec.models.network import PreferenceNet
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")
+
+
+@register
+class MetaSGD(MetaAlgorithm):
+    name = "metasgd"
+
+    def __init__(self, model: PreferenceNet, adapt: str, inner_lr: float, inner_steps: int
+                 ) -> None:
+        super().__init__(model, adapt, inner_lr, inner_steps)
+        self.lrs = nn.ParameterDict({
+            _key(n): nn.Parameter(torch.full_like(p, inner_lr))
+            for n, p in self.meta_params().items()})
+
+    def learning_rates(self) -> dict[str, Tensor | float]:
+        return {n: self.lrs[_key(n)] for n in self.adapt_names}

@@ -1,0 +1,52 @@
+"""``user_mean``: the user's support mean, shrunk toward mu so one rating does not decide."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from metarec.algorithms import register
+from metarec.config import bounded
+from metarec.data.tasks import TaskBatch
+from metarec.models.base import FitContext
+from metarec.models.statistical import (
+    Baseline,
+    support_bias,
+    training_ratings,
+    tune_mae,
+    validation_batch,
+)
+
+
+@dataclass(frozen=True)
+class UserMeanParams:
+    shrinkage: tuple[float, ...] = bounded((0.0, 1.0, 2.0, 5.0, 10.0, 25.0), 0.0,
+                                           nonempty=True)  # beta_u grid
+
+
+@register
+class UserMean(Baseline):
+    name = "user_mean"
+    Params = UserMeanParams
+
+    def __init__(self, mu: float, rating_range: tuple[float, float], shrinkage: float) -> None:
+        super().__init__(mu, rating_range)
+        self.shrinkage = float(shrinkage)
+
+    @classmethod
+    def fit(cls, ctx: FitContext) -> UserMean:
+        data = ctx.data
+        mu = float(training_ratings(data)[2].mean())
+        best, rec = tune_mae(lambda b: cls(mu, data.rating_range, b).bind(data),
+                             cls.params_of(ctx.train).shrinkage, validation_batch(data))
+        best.tuning = {"shrinkage": rec}
+        return best
+
+    def rate(self, state: TaskBatch, items: torch.Tensor) -> torch.Tensor:
+        b_u = support_bias(state, torch.tensor(self.mu, dtype=torch.float64), self.shrinkage)
+        return self._clip((self.mu + b_u)[:, None].expand(items.shape))   # (T, C)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"shrinkage": self.shrinkage}

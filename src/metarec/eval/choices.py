@@ -1,0 +1,108 @@
+"""Every choice the evaluation makes, made on validation tasks only.
+
+- each adaptive model's test-time inner steps (a grid, lowest validation MSE);
+- the *best baseline* of each metric family that every model is compared against (lowest
+  validation MAE for accuracy metrics, highest validation catalogue nDCG for ranking ones);
+- the model the nightly batch uses when ``score.model: auto``: the highest validation
+  catalogue nDCG, meta-learned or not, averaged over seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from metarec import algorithms
+from metarec.config import EvaluateParams
+from metarec.data.tasks import TaskBatch
+from metarec.eval.scoring import catalogue_metric, nanmean, score_batch
+
+
+def inner_loop(model: Any) -> Any:
+    """The adaptive algorithm behind ``model`` whose inner steps can be tuned, or None."""
+    algo = getattr(model, "algorithm", None)
+    return algo if algo is not None and algo.adapts else None
+
+
+def is_baseline(name: str) -> bool:
+    """Statistical baselines and the network without meta-learning (pretrain / finetune)."""
+    return algorithms.get(name).kind == "baseline"
+
+
+def choose_inner_steps(models: dict[str, Any], val: TaskBatch, grid: tuple[int, ...]
+                       ) -> dict[str, dict[str, Any]]:
+    """Test-time inner steps of each adaptive model, chosen by validation MSE (grid search).
+    Sets them on the models; returns the record."""
+    chosen = {}
+    for name, model in models.items():
+        algo = inner_loop(model)
+        if algo is None:
+            continue
+        scores = {}
+        for steps in grid:
+            algo.inner_steps = steps
+            pred = model.predict(val, val.query_items)
+            scores[steps] = float(((pred - val.query_ratings) ** 2)[val.query_mask].mean())
+        best = min(scores, key=lambda s: (scores[s], s))
+        algo.inner_steps = best
+        chosen[name] = {"steps": best, "val_mse": {str(s): round(v, 5)
+                                                   for s, v in scores.items()}}
+    return chosen
+
+
+def validation_scores(models: dict[str, Any], val: TaskBatch, n_items: int,
+                      params: EvaluateParams, threshold: float
+                      ) -> dict[str, dict[str, float]]:
+    """{model: {"mae": ..., catalogue metric: ...}} pooled over every validation task."""
+    ck = catalogue_metric(params)
+    out = {}
+    for name, model in models.items():
+        vals = score_batch(model, val, n_items, params, threshold)
+        out[name] = {"mae": nanmean(vals["mae"]), ck: nanmean(vals[ck])}
+    return out
+
+
+def best_baselines(val_scores: dict[str, dict[str, float]], params: EvaluateParams
+                   ) -> dict[str, dict[str, Any]]:
+    """The best non-meta model on validation tasks for each metric family.
+
+    Comparing a ranking metric against the most accurate baseline would flatter the
+    meta-learners, so each family has its own. Models that only rank have no MAE.
+    """
+    ck = catalogue_metric(params)
+    base = {n: v for n, v in val_scores.items() if is_baseline(n)}
+    mae = {n: v["mae"] for n, v in base.items() if not math.isnan(v["mae"])}
+    ndcg = {n: v[ck] for n, v in base.items()}
+    return {"accuracy": {"name": min(mae, key=lambda n: (mae[n], n)), "val_mae": mae},
+            "ranking": {"name": max(ndcg, key=lambda n: (ndcg[n], n)), f"val_{ck}": ndcg}}
+
+
+def majority_baselines(choices: dict[str, Any]) -> dict[str, str]:
+    """Per metric family, the baseline most seeds chose (ties: alphabetical)."""
+    out = {}
+    for fam in ("accuracy", "ranking"):
+        names = [c["best_baseline"][fam]["name"] for c in choices.values()
+                 if "best_baseline" in c]
+        out[fam] = max(sorted(set(names)), key=names.count)
+    return out
+
+
+def serving_choice(per_seed: dict[str, dict[str, dict[str, float]]], params: EvaluateParams
+                   ) -> dict[str, Any]:
+    """What ``score.model: auto`` scores with: the model (trained in every seed) with the
+    highest validation catalogue nDCG averaged over seeds; ties broken by name."""
+    ck = catalogue_metric(params)
+    seeds = list(per_seed.values())
+    names = sorted(set.intersection(*(set(s) for s in seeds))) if seeds else []
+    mean = {n: sum(s[n][ck] for s in seeds) / len(seeds) for n in names}
+    ranked = sorted(mean, key=lambda n: (-mean[n], n))
+    if not ranked:
+        return {}
+    best = ranked[0]
+    kind = "meta-learner" if not is_baseline(best) else "baseline"
+    runner = ranked[1] if len(ranked) > 1 else None
+    why = (f"highest validation catalogue {ck} ({mean[best]:.4f}, mean over {len(seeds)} "
+           f"seeds) of {len(ranked)} models"
+           + (f"; runner-up {runner} ({mean[runner]:.4f})" if runner else ""))
+    return {"model": best, "kind": kind, "metric": ck, "why": why,
+            f"val_{ck}": {n: round(mean[n], 6) for n in ranked}}

@@ -1,0 +1,45 @@
+"""Paired bootstrap of every model against the best baseline of each metric's family."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from metarec.config import EvaluateParams
+from metarec.eval.bootstrap import paired_bootstrap
+from metarec.eval.scoring import compared_metrics, family
+
+PerUser = dict[tuple[str, str, Any], list[dict[str, torch.Tensor]]]
+
+
+def k_order(k: Any) -> tuple[int, Any]:
+    """Sort key of a K value: numbers first, then ``"all"``."""
+    return (1, str(k)) if isinstance(k, str) else (0, k)
+
+
+def compare(per_user: PerUser, baselines: dict[str, str], params: EvaluateParams
+            ) -> list[dict[str, Any]]:
+    """One row per (model, scenario, K, metric): seed-averaged per-user values of the model
+    minus the baseline's, mean and percentile CI over bootstrap resamples of users."""
+    out = []
+    keys = sorted(per_user, key=lambda key: (key[0], key[1], k_order(key[2])))
+    for name, scenario, k in keys:
+        seeds = per_user[(name, scenario, k)]
+        for metric in compared_metrics(params):
+            baseline = baselines[family(metric)]
+            if name == baseline or (baseline, scenario, k) not in per_user:
+                continue
+            base_seeds = per_user[(baseline, scenario, k)]
+            model_v = torch.stack([s[metric] for s in seeds]).mean(0)          # (U,)
+            base_v = torch.stack([s[metric] for s in base_seeds]).mean(0)     # (U,)
+            ok = torch.isfinite(model_v) & torch.isfinite(base_v)
+            if ok.sum() < 2:
+                continue
+            res = paired_bootstrap(model_v[ok], base_v[ok], params.bootstrap_samples,
+                                   seed=0, confidence=params.bootstrap_confidence)
+            out.append({"model": name, "baseline": baseline, "scenario": scenario, "k": k,
+                        "metric": metric, "diff": round(res.diff, 6),
+                        "ci_low": round(res.low, 6), "ci_high": round(res.high, 6),
+                        "users": res.n_users})
+    return out

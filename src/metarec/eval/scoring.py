@@ -1,0 +1,85 @@
+"""One model on one batch of tasks: the per-task values (T,) of every metric params asks for.
+
+Metric names come from ``params.yaml: evaluate`` (``ndcg@<k>`` for each query cut-off,
+``recall@<c>``, ``ndcg@<c>``, ``hit@<c>`` for the catalogue cut-off), so changing a cut-off
+changes every name downstream: JSON, report, README.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from metarec.config import EvaluateParams
+from metarec.data.tasks import TaskBatch
+from metarec.eval.metrics import (
+    catalogue_metrics,
+    catalogue_targets,
+    per_task_mae,
+    per_task_rmse,
+    query_ndcg,
+)
+from metarec.models.base import Predictor
+
+ACCURACY = ("mae", "rmse")
+
+
+def catalogue_metric(params: EvaluateParams) -> str:
+    """The metric that matters most for a cold user: catalogue nDCG at the cut-off."""
+    return f"ndcg@{params.catalogue_k}"
+
+
+def metric_names(params: EvaluateParams) -> list[str]:
+    """Every metric of a result row, in report order."""
+    c = params.catalogue_k
+    return [*ACCURACY, *(f"ndcg@{k}" for k in params.query_ndcg_ks), f"recall@{c}",
+            f"ndcg@{c}", f"hit@{c}"]
+
+
+def compared_metrics(params: EvaluateParams) -> list[str]:
+    """Metrics compared against the best baseline with a paired bootstrap."""
+    c = params.catalogue_k
+    return [*ACCURACY, *(f"ndcg@{k}" for k in params.query_ndcg_ks), f"ndcg@{c}",
+            f"recall@{c}"]
+
+
+def family(metric: str) -> str:
+    return "accuracy" if metric in ACCURACY else "ranking"
+
+
+def score_batch(model: Predictor, batch: TaskBatch, n_items: int, params: EvaluateParams,
+                threshold: float) -> dict[str, torch.Tensor]:
+    """Per-task metric values (T,) for one model on one batch of tasks.
+
+    The model adapts once per task. Its ratings of the query items give MAE and RMSE (NaN for
+    a model that only ranks); its ranking scores give every ranking metric: of the query items
+    among themselves (the literature's protocol) and of the whole catalogue minus the support,
+    where query items rated at or above ``threshold`` are the relevant ones.
+    """
+    state = model.adapt(batch)
+    full = model.rank(state)                                                  # (T, N)
+    t = len(batch)
+    out: dict[str, torch.Tensor] = {}
+    if model.predicts_ratings:
+        pred = model.rate(state, batch.query_items)                           # (T, Q)
+        out["mae"] = per_task_mae(pred, batch.query_ratings, batch.query_mask)
+        out["rmse"] = per_task_rmse(pred, batch.query_ratings, batch.query_mask)
+    else:
+        out["mae"] = out["rmse"] = torch.full((t,), math.nan)
+    query_scores = full.gather(1, batch.query_items)                          # (T, Q)
+    for k in params.query_ndcg_ks:
+        out[f"ndcg@{k}"] = query_ndcg(query_scores, batch.query_ratings, batch.query_mask, k)
+    cands, rel = catalogue_targets(batch.support_items, batch.support_mask, batch.query_items,
+                                   batch.query_ratings, batch.query_mask, n_items,
+                                   threshold)
+    ck = params.catalogue_k
+    cat = catalogue_metrics(full, cands, rel, ck)
+    out.update({f"recall@{ck}": cat.recall, f"ndcg@{ck}": cat.ndcg, f"hit@{ck}": cat.hit_rate})
+    return out
+
+
+def nanmean(x: torch.Tensor) -> float:
+    """Mean over finite values (tasks a metric skipped are NaN); NaN when there are none."""
+    x = x[torch.isfinite(x)]
+    return float(x.mean()) if x.numel() else math.nan

@@ -1,0 +1,76 @@
+"""The one loader of params.yaml: parse every section, check every value, before any stage runs.
+
+Entry points (the CLI, the flows, benchmarks) call :func:`load_params`; stages receive only
+the typed sections they need. Besides types and ranges (:mod:`metarec.config`), this checks
+what spans keys: algorithm names against the registry (each algorithm's ``train.<name>``
+section parsed by its own dataclass), what an algorithm requires, and the few rules that tie
+two keys together. A mistake fails here, naming the key and the allowed values, with exit 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from metarec import algorithms
+from metarec.config import Params, parse_params
+from metarec.errors import ParamsError
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read, parse and check ``path``; raises :class:`ParamsError` naming the key."""
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
+    if raw is not None and not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping at the top level")
+    try:
+        params = parse(raw)
+    except ParamsError as exc:
+        raise ParamsError(f"{path}: {exc}") from exc
+    return params
+
+
+def parse(raw: dict[str, Any] | None) -> Params:
+    """:func:`metarec.config.parse_params` with the algorithm sections, then cross-checks."""
+    params = parse_params(raw, algorithms.param_sections())
+    check(params)
+    return params
+
+
+def check(params: Params) -> None:
+    """Rules that span keys (each names the keys involved)."""
+    t = params.train
+    for key, kind in (("algorithms", "meta"), ("baselines", "baseline")):
+        names = getattr(t, key)
+        valid = algorithms.names(kind)
+        for name in names:
+            if name not in valid:
+                raise ParamsError(f"train.{key}: unknown {name!r} (valid: {', '.join(valid)})")
+        if len(set(names)) != len(names):
+            raise ParamsError(f"train.{key}: lists an algorithm twice: {list(names)}")
+    chosen = set(t.algorithms) | set(t.baselines)
+    for name in sorted(chosen):
+        for needed in algorithms.get(name).requires:
+            if needed not in chosen:
+                raise ParamsError(f"train: {name} is fitted on top of {needed}; add {needed} "
+                                  "to train.baselines or remove " + name)
+    e = params.episodes
+    if abs(sum(e.split_fractions) - 1.0) > 1e-6:
+        raise ParamsError(f"episodes.split_fractions: must sum to 1, got "
+                          f"{list(e.split_fractions)}")
+    if e.melu_min_ratings > e.melu_max_ratings:
+        raise ParamsError("episodes.melu_min_ratings must not exceed melu_max_ratings "
+                          f"({e.melu_min_ratings} > {e.melu_max_ratings})")
+    if params.model.interaction == "mlp" and not params.model.hidden:
+        raise ParamsError("model.hidden: interaction mlp needs at least one hidden layer")
+    scored = params.score.model
+    if scored != "auto" and scored not in chosen:
+        raise ParamsError(f"score.model: {scored!r} is not trained (valid: auto, "
+                          f"{', '.join(sorted(chosen))})")

@@ -1,0 +1,171 @@
+"""Ranking baselines (most popular, ItemKNN, EASE) against dense references on tiny matrices,
+tuned on validation only, and the item side fitted on the training history only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from metarec import algorithms
+from metarec.algorithms.ease import Ease, EaseParams
+from metarec.algorithms.itemknn import ItemKNN, ItemKNNParams, top_neighbours
+from metarec.algorithms.most_popular import MostPopular, MostPopularParams
+from metarec.config import ModelParams, TrainParams
+from metarec.data.encoding import encode_entity
+from metarec.data.tasks import EpisodeData, to_batch
+from metarec.errors import ParamsError
+from metarec.models.base import FitContext
+from metarec.models.statistical import interaction_matrix
+
+ITEMS = [f"i{i}" for i in range(6)]
+USERS = [f"t{u}" for u in range(5)] + ["v0", "v1", "x0"]
+# the meta-train users' history: (user, item, rating), one a day in this order
+HISTORY = [("t0", "i0", 5), ("t0", "i1", 4), ("t0", "i2", 1),
+           ("t1", "i0", 4), ("t1", "i1", 5),
+           ("t2", "i1", 2), ("t2", "i3", 5), ("t2", "i4", 4),
+           ("t3", "i3", 4), ("t3", "i4", 5), ("t3", "i0", 3),
+           ("t4", "i2", 5), ("t4", "i5", 4)]
+# validation / test tasks: (task, user, split, scenario, k, role, item, rating)
+TASKS = [(0, "v0", "val", "user_cold", 1, "support", "i0", 5),
+         (0, "v0", "val", "user_cold", 1, "query", "i1", 5),
+         (0, "v0", "val", "user_cold", 1, "query", "i5", 2),
+         (1, "v1", "val", "user_cold", 1, "support", "i3", 4),
+         (1, "v1", "val", "user_cold", 1, "query", "i4", 5),
+         (2, "x0", "test", "user_cold", 1, "support", "i2", 4),
+         (2, "x0", "test", "user_cold", 1, "query", "i5", 5)]
+
+
+def make_data(history: list[tuple] = HISTORY, tasks: list[tuple] = TASKS) -> EpisodeData:
+    users = encode_entity(pd.DataFrame({"user_id": USERS}), "user_id",
+                          {"ids": USERS, "features": {}})
+    items = encode_entity(pd.DataFrame({"item_id": ITEMS}), "item_id",
+                          {"ids": ITEMS, "features": {}})
+    hist = pd.DataFrame(history, columns=["user_id", "item_id", "rating"])
+    hist["timestamp"] = np.arange(len(hist), dtype=np.int64)
+    hist = hist.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
+    hist["user_idx"] = users.index_of(hist["user_id"])
+    hist["item_idx"] = items.index_of(hist["item_id"])
+    t = pd.DataFrame(tasks, columns=["task_id", "user_id", "split", "scenario", "k", "role",
+                                     "item_id", "rating"])
+    t["timestamp"] = 1000 + np.arange(len(t), dtype=np.int64)
+    t["rating"] = t["rating"].astype("float32")
+    t["user_idx"] = users.index_of(t["user_id"])
+    t["item_idx"] = items.index_of(t["item_id"])
+    vocab = {"rating": {"kind": "explicit", "min": 1.0, "max": 5.0, "relevant": 4.0}}
+    return EpisodeData(tasks=t, users=users, items=items, vocab=vocab, history=hist)
+
+
+def fit(name: str, data: EpisodeData, section: object) -> object:
+    train = TrainParams(sections={name: section}, val_ndcg_k=3)
+    ctx = FitContext(data=data, model=ModelParams(), train=train, log_dir=Path("."))
+    return algorithms.get(name).fit(ctx)
+
+
+def dense_x(data: EpisodeData, window: int = 0) -> np.ndarray:
+    """(users, item codes) binary matrix built by hand from HISTORY."""
+    x = np.zeros((len(data.users), data.items.n_ids))
+    for user, rows in data.history.groupby("user_idx"):
+        rows = rows.head(window) if window else rows
+        x[user, rows["item_idx"].to_numpy() + 1] = 1.0      # code = row + 1 in this fixture
+    return x
+
+
+@pytest.fixture(scope="module")
+def data() -> EpisodeData:
+    return make_data()
+
+
+def test_interaction_matrix_reads_the_history_window(data: EpisodeData) -> None:
+    np.testing.assert_array_equal(interaction_matrix(data).to_dense().numpy(), dense_x(data))
+    np.testing.assert_array_equal(interaction_matrix(data, 2).to_dense().numpy(),
+                                  dense_x(data, 2))
+    pos = interaction_matrix(data, positive=True).to_dense().numpy()
+    assert pos.sum() == sum(r >= 4 for *_, r in HISTORY) and pos[0, 3] == 0.0  # t0's i2 = 1
+
+
+def test_ease_equals_the_closed_form(data: EpisodeData) -> None:
+    model = fit("ease", data, EaseParams(lam=(2.0,), window=(0,)))
+    x = dense_x(data)
+    p = np.linalg.inv(x.T @ x + 2.0 * np.eye(x.shape[1]))
+    b = np.eye(x.shape[1]) - p / np.diag(p)[None, :]
+    np.fill_diagonal(b, 0.0)
+    np.testing.assert_allclose(model.weights.numpy(), b, rtol=1e-5, atol=1e-6)
+    batch = to_batch(data.select("val"))
+    support = np.zeros((2, x.shape[1]))
+    support[0, 1], support[1, 4] = 1.0, 1.0                 # v0: i0, v1: i3 (codes)
+    np.testing.assert_allclose(model.rank(model.adapt(batch)).numpy(), (support @ b)[:, 1:],
+                               rtol=1e-5, atol=1e-6)
+    assert not model.predicts_ratings
+
+
+def test_ease_refuses_a_catalogue_past_max_items(data: EpisodeData) -> None:
+    with pytest.raises(ParamsError, match=r"train.ease: 7 item codes .*max_items \(6\)"):
+        fit("ease", data, EaseParams(lam=(2.0,), max_items=6))
+
+
+def test_itemknn_equals_dense_cosine_top_k(data: EpisodeData) -> None:
+    model = fit("itemknn", data, ItemKNNParams(neighbours=(2,), window=(0,)))
+    x = dense_x(data)
+    norms = np.sqrt(x.sum(0))
+    sim = (x.T @ x) / np.maximum(np.outer(norms, norms), 1e-12)
+    np.fill_diagonal(sim, -1.0)
+    batch = to_batch(data.select("val"))
+    expect = np.zeros((2, x.shape[1]))
+    for task, code in ((0, 1), (1, 4)):                     # each task's one support item
+        top = np.argsort(-sim[code], kind="stable")[:2]
+        expect[task, top] += np.clip(sim[code, top], 0, None)
+    np.testing.assert_allclose(model.rank(model.adapt(batch)).numpy(), expect[:, 1:],
+                               rtol=1e-5, atol=1e-6)
+    # blocks change nothing
+    a = top_neighbours(interaction_matrix(data), 3, block=2)
+    b = top_neighbours(interaction_matrix(data), 3, block=100)
+    assert torch.equal(a[1], b[1])
+
+
+def test_most_popular_counts_users_in_the_window(data: EpisodeData) -> None:
+    model = fit("most_popular", data, MostPopularParams(window=(0,), positive_only=(False,)))
+    assert model.counts.tolist() == [0, 3, 3, 2, 2, 2, 1]   # code 0 = unknown
+    early = fit("most_popular", data, MostPopularParams(window=(1,), positive_only=(False,)))
+    assert early.counts.tolist() == [0, 2, 1, 1, 1, 0, 0]   # each user's first interaction
+    batch = to_batch(data.select("val"))
+    assert model.rank(model.adapt(batch)).shape == (2, 6)
+
+
+def test_grids_are_chosen_on_validation_only(data: EpisodeData) -> None:
+    section = MostPopularParams(window=(0, 1, 2), positive_only=(False, True))
+    model = fit("most_popular", data, section)
+    record = model.tuning["window, positive_only"]
+    scores = record["val_ndcg@3"]
+    best = record["grid"][int(np.argmax(scores))]
+    assert [model.window, model.positive_only] == best
+    # changing every test rating changes no choice
+    changed = [t if t[2] != "test" else (*t[:7], 1) for t in TASKS]
+    again = fit("most_popular", make_data(tasks=changed), section)
+    assert again.tuning == model.tuning
+
+
+@pytest.mark.parametrize("name", ["item_mean", "biased_mf", "most_popular", "itemknn", "ease"])
+def test_a_planted_test_interaction_changes_no_item_side_fit(name: str) -> None:
+    """The item side reads the meta-train users' history only: a test user's interactions
+    (support and query) never enter it."""
+    base = make_data()
+    planted = make_data(tasks=[*TASKS, (2, "x0", "test", "user_cold", 1, "query", "i0", 5),
+                               (2, "x0", "test", "user_cold", 1, "query", "i3", 5)])
+    a = algorithms.get(name).fit(FitContext(data=base, model=ModelParams(),
+                                            train=TrainParams(val_ndcg_k=3),
+                                            log_dir=Path(".")))
+    b = algorithms.get(name).fit(FitContext(data=planted, model=ModelParams(),
+                                            train=TrainParams(val_ndcg_k=3),
+                                            log_dir=Path(".")))
+    sa, sb = a.state(), b.state()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        if isinstance(sa[key], torch.Tensor):
+            assert torch.equal(sa[key], sb[key]), key
+        else:
+            assert sa[key] == sb[key], key
+    assert isinstance(a, (Ease, ItemKNN, MostPopular)) or a.predicts_ratings
