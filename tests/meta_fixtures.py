@@ -74,9 +74,13 @@ def episode_data(n_users: int = 60, n_items: int = 40, k: int = 5, q: int = 5,
                          "rating": rating, "timestamp": 1_000 * u + pos,
                          "user_idx": u, "item_idx": int(i)})
     tasks = pd.DataFrame(rows)
-    vocab = {"rating": {"min": 1.0, "max": 5.0}, "users": {"ids": users.ids},
-             "items": {"ids": items.ids}}
-    return EpisodeData(tasks=tasks, users=users, items=items, vocab=vocab)
+    vocab = {"rating": {"min": 1.0, "max": 5.0, "relevant": 4.0}, "users": {"ids": users.ids},
+             "items": {"ids": items.ids},
+             "draws": {"support_sizes": [k], "query_size": q, "train_draw": "temporal"}}
+    train = tasks[tasks["split"] == "train"]
+    history = train[["user_id", "item_id", "rating", "timestamp", "user_idx", "item_idx"]]
+    return EpisodeData(tasks=tasks, users=users, items=items, vocab=vocab,
+                       history=history.reset_index(drop=True))
 
 
 def train_batch(data: EpisodeData, n: int | None = None) -> TaskBatch:

@@ -10,7 +10,7 @@ import torch
 from meta_fixtures import episode_data
 
 from metarec.algorithms.finetune import FineTune, FinetuneParams
-from metarec.config import ModelParams, TrainParams, to_dict
+from metarec.config import ModelParams, ObjectiveParams, TrainParams, to_dict
 from metarec.data.tasks import to_batch
 from metarec.errors import MetarecError
 from metarec.meta.checkpoint import CheckpointError, load_model, save_model
@@ -19,11 +19,16 @@ from metarec.meta.predictor import AdaptivePredictor
 from metarec.models.base import FitContext
 from metarec.stages import train as train_stage
 from metarec.train.fit import FitResult, fit_algorithm
+from metarec.train.module import TrainingDiverged
 
-MODEL = ModelParams(interaction="dot", embedding_dim=8, hidden=(16,), adapt="user")
+MODEL = ModelParams(interaction="dot", embedding_dim=8, hidden=(16,), adapt="user",
+                    fold_in=False)
 FINETUNE = FinetuneParams(steps=(1, 3), lrs=(0.05, 0.2))
+# the squared-error objective of the papers (the ranking objective is tested on its own below)
+RATING = ObjectiveParams(ranking_weight=0.0, inner="rating")
 TRAIN = TrainParams(max_steps=30, val_every=10, meta_batch=16, outer_lr=0.01, inner_lr=0.1,
-                    inner_steps=2, patience=0, sections={"finetune": FINETUNE})
+                    inner_steps=2, patience=0, sections={"finetune": FINETUNE},
+                    objective=RATING, resample=False)
 
 
 def predictor(fit: FitResult, data) -> AdaptivePredictor:
@@ -56,13 +61,24 @@ def fitted(data, tmp_path_factory) -> dict[str, FitResult]:
 
 
 def test_early_stopping_ends_training_after_patience_stale_validations(data, tmp_path):
-    # an absurd outer lr: validation stops improving at once, so training must stop early
-    train = replace(TRAIN, outer_lr=50.0, max_steps=200, val_every=5, patience=2)
+    # a far too large outer lr: no validation beats the untrained start, so training stops
+    # after `patience` stale validations and keeps the start, never a worse model
+    train = replace(TRAIN, outer_lr=3.0, max_steps=200, val_every=5, patience=2)
+    start = fit_algorithm("fomaml", data, MODEL, replace(train, max_steps=0), tmp_path / "0")
     fit = fit_algorithm("fomaml", data, MODEL, train, tmp_path)
-    stale = [v for s, v in fit.history if s > fit.best_step]
-    assert fit.steps < train.max_steps
-    assert len(stale) == train.patience
-    assert fit.steps == fit.best_step + train.patience * train.val_every
+    assert all(v > fit.initial_val_loss for _, v in fit.history), fit.history
+    assert fit.steps == train.patience * train.val_every < train.max_steps
+    assert fit.best_step == 0 and fit.best_val_loss == fit.initial_val_loss
+    for k, v in fit.algorithm.state_dict().items():
+        torch.testing.assert_close(v, start.algorithm.state_dict()[k], rtol=0, atol=0)
+
+
+def test_a_diverging_run_fails_naming_algorithm_seed_and_step(data, tmp_path):
+    train = replace(TRAIN, outer_lr=1e38, outer_optimizer="sgd", max_steps=20, val_every=5,
+                    seed=3)
+    with pytest.raises(TrainingDiverged, match=r"fomaml \(seed 3\) diverged at outer step "
+                                               r"\d+: .*not finite|fomaml \(seed 3\).*nan"):
+        fit_algorithm("fomaml", data, MODEL, train, tmp_path)
 
 
 @pytest.mark.parametrize("name", ["maml", "fomaml", "reptile", "metasgd", "metadropout",

@@ -132,7 +132,21 @@ class ModelParams:
     embedding_dim: int = bounded(32, 1)
     hidden: tuple[int, ...] = bounded((64, 64), 1)
     item_id_embedding: bool = True
-    adapt: Literal["decision", "all", "head", "user"] = "user"
+    adapt: Literal["vector", "decision", "all", "head", "user"] = "vector"
+    fold_in: bool = True
+
+
+@dataclass(frozen=True)
+class ObjectiveParams:
+    """What the gradient meta-learners (and pretrain) minimise, inner and outer loop."""
+
+    ranking_weight: float = bounded(1.0, 0.0)
+    rating_weight: float = bounded(0.1, 0.0)
+    inner: Literal["rating", "ranking", "both"] = "both"
+    loss: Literal["softmax", "sampled", "bpr"] = "softmax"
+    negatives: int = bounded(256, 1)
+    sampler: Literal["popularity", "uniform"] = "popularity"
+    popularity_power: float = bounded(0.75, 0.0)
 
 
 @dataclass(frozen=True)
@@ -154,6 +168,10 @@ class TrainParams:
     grad_clip: float = bounded(10.0, 0.0)
     patience: int = bounded(3, 0)
     val_ndcg_k: int = bounded(20, 1)
+    resample: bool = True
+    draws: tuple[Literal["temporal", "random"], ...] = bounded(("temporal", "random"),
+                                                               nonempty=True)
+    objective: ObjectiveParams = field(default_factory=ObjectiveParams)
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     strategy: Literal["auto", "ddp"] = "auto"
     devices: int = bounded(1, 1)

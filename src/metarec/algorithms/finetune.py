@@ -35,6 +35,7 @@ class FineTune(MetaAlgorithm):
     kind = "baseline"
     Params = FinetuneParams
     requires = ("pretrain",)
+    uses_draws = False
     first_order = True
     second_order = False
 
@@ -51,16 +52,21 @@ class FineTune(MetaAlgorithm):
         net = pretrained.algorithm.model
         grid: dict[str, float] = {}
         best: tuple[float, int, float] | None = None
+        common = {k: v for k, v in pretrained.algorithm.config().items()
+                  if k not in ("adapt", "inner_lr", "inner_steps")}
         for steps in p.steps:
             for lr in p.lrs:
-                algo = cls(net, ctx.model.adapt, lr, steps)
-                loss = validation_loss(algo, store, val)
+                algo = cls(net, ctx.model.adapt, lr, steps, **common)
+                algo.use_catalogue(store)
+                algo.log_q = pretrained.algorithm.log_q
+                loss = validation_loss(algo, store, val, k=ctx.train.val_ndcg_k)
                 grid[f"steps={steps},lr={lr:g}"] = loss
                 if best is None or loss < best[0]:
                     best = (loss, steps, lr)
         assert best is not None
         loss, steps, lr = best
-        algo = cls(net, ctx.model.adapt, lr, steps)
+        algo = cls(net, ctx.model.adapt, lr, steps, **common)
+        algo.log_q = pretrained.algorithm.log_q
         algo.network_kwargs = pretrained.algorithm.network_kwargs
         log.info("finetune: chose %d steps, lr %g (val loss %.4f)", steps, lr, loss)
         fit = pretrained.fit_metrics

@@ -8,6 +8,7 @@ through the second-order meta-gradient.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -37,7 +38,7 @@ class MetaDropoutNoise(nn.Module):
 class MetaDropout(MetaAlgorithm):
     name = "metadropout"
 
-    def __init__(self, model: PreferenceNet, adapt: str, inner_lr: float, inner_steps: int
-                 ) -> None:
-        super().__init__(model, adapt, inner_lr, inner_steps)
+    def __init__(self, model: PreferenceNet, adapt: str, inner_lr: float, inner_steps: int,
+                 **common: Any) -> None:
+        super().__init__(model, adapt, inner_lr, inner_steps, **common)
         self.noise = MetaDropoutNoise(model.hidden_width).to(model.global_bias.dtype)

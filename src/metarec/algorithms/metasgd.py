@@ -3,6 +3,8 @@ parameter entry, trained through the second-order meta-gradient."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -19,9 +21,9 @@ def _key(name: str) -> str:
 class MetaSGD(MetaAlgorithm):
     name = "metasgd"
 
-    def __init__(self, model: PreferenceNet, adapt: str, inner_lr: float, inner_steps: int
-                 ) -> None:
-        super().__init__(model, adapt, inner_lr, inner_steps)
+    def __init__(self, model: PreferenceNet, adapt: str, inner_lr: float, inner_steps: int,
+                 **common: Any) -> None:
+        super().__init__(model, adapt, inner_lr, inner_steps, **common)
         self.lrs = nn.ParameterDict({
             _key(n): nn.Parameter(torch.full_like(p, inner_lr))
             for n, p in self.meta_params().items()})

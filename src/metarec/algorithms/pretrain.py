@@ -1,13 +1,16 @@
-"""``pretrain``: the plain network fitted to every rating of the meta-train tasks (support and
-query); no adaptation. The non-meta reference of the network family, and finetune's start."""
+"""``pretrain``: the network trained on the meta-train tasks without any adaptation.
+
+The same network and objective as the meta-learners, with zero inner steps: each task's query
+is predicted from the user's features and (the fold-in) the support items, never from a
+gradient step. The non-meta reference of the network family, and finetune's start.
+"""
 
 from __future__ import annotations
 
-from torch import Tensor
+from typing import Any
 
 from metarec.algorithms import register
-from metarec.meta.features import TaskSet
-from metarec.meta.gradient import MetaAlgorithm, masked_mse, task_mean
+from metarec.meta.gradient import MetaAlgorithm
 from metarec.models.network import PreferenceNet
 
 
@@ -19,11 +22,5 @@ class Pretrain(MetaAlgorithm):
     second_order = False
 
     def __init__(self, model: PreferenceNet, adapt: str = "head", inner_lr: float = 0.0,
-                 inner_steps: int = 0) -> None:
-        super().__init__(model, adapt, 0.0, 0)
-
-    def outer_loss(self, support: TaskSet, query: TaskSet) -> tuple[Tensor, Tensor]:
-        every = support.cat(query)
-        pred = self.model(every.user, every.items)                       # (T, S + Q)
-        loss = task_mean(masked_mse(pred, every.ratings, every.mask), every.mask)
-        return loss, loss.detach()
+                 inner_steps: int = 0, **common: Any) -> None:
+        super().__init__(model, adapt, 0.0, 0, **common)

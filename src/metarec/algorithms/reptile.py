@@ -17,6 +17,7 @@ from torch import Tensor
 
 from metarec.algorithms import register
 from metarec.config import ModelParams, TrainParams, bounded
+from metarec.data.tasks import EpisodeData
 from metarec.meta.features import TaskSet
 from metarec.meta.gradient import MetaAlgorithm, Params
 from metarec.models.network import PreferenceNet
@@ -36,17 +37,19 @@ class Reptile(MetaAlgorithm):
     second_order = False
 
     def __init__(self, model: PreferenceNet, adapt: str, inner_lr: float, inner_steps: int,
-                 epsilon: float = 1.0, mode: str = "adam") -> None:
-        super().__init__(model, adapt, inner_lr, inner_steps)
+                 epsilon: float = 1.0, mode: str = "adam", **common: Any) -> None:
+        super().__init__(model, adapt, inner_lr, inner_steps, **common)
         if mode not in ("adam", "interpolate"):
             raise ValueError(f"reptile mode must be adam or interpolate, got {mode!r}")
         self.epsilon, self.mode = float(epsilon), mode
         self._pending: Params | None = None
 
     @classmethod
-    def config_from(cls, model: ModelParams, train: TrainParams) -> dict[str, Any]:
+    def config_from(cls, model: ModelParams, train: TrainParams,
+                    data: EpisodeData | None = None) -> dict[str, Any]:
         p = cls.params_of(train)
-        return {**super().config_from(model, train), "epsilon": p.epsilon, "mode": p.mode}
+        return {**super().config_from(model, train, data), "epsilon": p.epsilon,
+                "mode": p.mode}
 
     @classmethod
     def ddp_refusal(cls, train: TrainParams) -> str | None:
@@ -61,7 +64,7 @@ class Reptile(MetaAlgorithm):
         fast = self.adapt({k: v.detach() for k, v in theta.items()}, support,
                           create_graph=False)                           # W: (T, ...)
         mean_w = {k: v.mean(0) for k, v in fast.items()}
-        query_loss = self.loss(fast, query)  # grads reach the shared (hoisted) params only
+        query_loss = self.loss(fast, query, support)  # grads reach the shared params only
         objective = query_loss
         if self.mode == "adam":
             for k, p in theta.items():  # d/dp of this term is (p - mean W)

@@ -61,8 +61,9 @@ class RidgeMeta(MetaAlgorithm):
 
     def __init__(self, model: PreferenceNet, adapt: str, inner_lr: float, inner_steps: int,
                  lam: float = 1.0, query_loss: str = "mse", train_item_ids: bool = True,
-                 item_features: bool = True) -> None:
-        super().__init__(model, adapt, inner_lr, inner_steps)
+                 item_features: bool = True, **common: Any) -> None:
+        super().__init__(model, adapt, inner_lr, inner_steps,
+                         **{**common, "objective": None, "fold_in": False})
         if not item_features and model.item_id is None:
             raise ValueError("ridge item_features=False needs the item-id embedding")
         self.train_item_ids = bool(train_item_ids)
@@ -81,10 +82,12 @@ class RidgeMeta(MetaAlgorithm):
     # --- the registry contract -------------------------------------------------------------
 
     @classmethod
-    def config_from(cls, model: ModelParams, train: TrainParams) -> dict[str, Any]:
+    def config_from(cls, model: ModelParams, train: TrainParams,
+                    data: EpisodeData | None = None) -> dict[str, Any]:
         p = cls.params_of(train)
-        return {**super().config_from(model, train), "lam": p.lam, "query_loss": p.query_loss,
-                "train_item_ids": p.train_item_ids, "item_features": p.item_features}
+        return {**super().config_from(model, train, data), "lam": p.lam,
+                "query_loss": p.query_loss, "train_item_ids": p.train_item_ids,
+                "item_features": p.item_features}
 
     @classmethod
     def outer_lr(cls, train: TrainParams) -> float:
@@ -147,10 +150,8 @@ class RidgeMeta(MetaAlgorithm):
     def item_side(self, items: Feats) -> tuple[Tensor, Tensor]:
         """(..., L, D) ridge features and (..., L) rating offsets of the items."""
         m = self.model
-        if "x" in items:
-            xi, ib = items["x"], items["bias"]
-        else:
-            xi, ib = m.embed_items(items)                                 # (.., L, Di), (.., L)
+        emb = items if "x" in items else m.embed_items(items)
+        xi, ib = emb["x"], emb["bias"]                                    # (.., L, Di), (.., L)
         if self.item_features:
             phi = m.item_proj(xi)                                         # (..., L, d)
         else:  # only the item-id block (the last d columns) of the item embedding
@@ -179,20 +180,23 @@ class RidgeMeta(MetaAlgorithm):
         phi, offset = self.item_side(items.items)                         # (T, L, D), (T, L)
         return offset + (phi * task_params["w"].unsqueeze(1)).sum(-1)     # (T, L)
 
-    def predict(self, task_params: Params, items: TaskSet) -> Tensor:
-        return self.scores(task_params, items).clamp(self.model.rating_min,
-                                                     self.model.rating_max)
+    def predict(self, task_params: Params, items: TaskSet, output: str = "rating") -> Tensor:
+        raw = self.scores(task_params, items)
+        return raw if output != "rating" else raw.clamp(self.model.rating_min,
+                                                        self.model.rating_max)
 
     def item_table(self, items: Feats) -> Feats:
         """The catalogue's ridge features (N, D) and offsets (N,), computed once."""
         phi, offset = self.item_side(items)
         return {"phi": phi, "offset": offset}
 
-    def catalogue_scores(self, task_params: Params, user: Feats, table: Feats) -> Tensor:
+    def catalogue_scores(self, task_params: Params, user: Feats, table: Feats,
+                         output: str | None = None) -> Tensor:
         """Unclamped ratings (T, N): one matmul with each task's weights."""
         return table["offset"] + task_params["w"] @ table["phi"].T        # (T, N)
 
-    def loss(self, task_params: Params, query: TaskSet) -> Tensor:
+    def loss(self, task_params: Params, query: TaskSet, support: TaskSet | None = None,
+             generator: torch.Generator | None = None) -> Tensor:
         pred = self.predict(task_params, query)                           # (T, Q)
         if self.query_loss == "mse":
             per_task = masked_mse(pred, query.ratings, query.mask)
@@ -204,6 +208,7 @@ class RidgeMeta(MetaAlgorithm):
         return task_mean(per_task, query.mask)
 
     def config(self) -> dict[str, Any]:
-        return {**super().config(), "lam": float(self.log_lam.detach().exp().mean()),
+        base = {k: v for k, v in super().config().items() if k not in ("objective", "fold_in")}
+        return {**base, "lam": float(self.log_lam.detach().exp().mean()),
                 "query_loss": self.query_loss, "train_item_ids": self.train_item_ids,
                 "item_features": self.item_features}

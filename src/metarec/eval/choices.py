@@ -29,24 +29,32 @@ def is_baseline(name: str) -> bool:
     return algorithms.get(name).kind == "baseline"
 
 
-def choose_inner_steps(models: dict[str, Any], val: TaskBatch, grid: tuple[int, ...]
+def choose_inner_steps(models: dict[str, Any], val: TaskBatch, grid: tuple[int, ...],
+                       n_items: int, params: EvaluateParams, threshold: float
                        ) -> dict[str, dict[str, Any]]:
-    """Test-time inner steps of each adaptive model, chosen by validation MSE (grid search).
-    Sets them on the models; returns the record."""
+    """Test-time inner steps of each adaptive model, chosen on validation tasks (grid
+    search): for its ratings by the lowest MSE, for its ranking by the highest catalogue
+    nDCG. Sets them on the models; returns the record."""
+    ck = catalogue_metric(params)
     chosen = {}
     for name, model in models.items():
         algo = inner_loop(model)
         if algo is None:
             continue
-        scores = {}
+        mse, ndcg = {}, {}
         for steps in grid:
-            algo.inner_steps = steps
-            pred = model.predict(val, val.query_items)
-            scores[steps] = float(((pred - val.query_ratings) ** 2)[val.query_mask].mean())
-        best = min(scores, key=lambda s: (scores[s], s))
-        algo.inner_steps = best
-        chosen[name] = {"steps": best, "val_mse": {str(s): round(v, 5)
-                                                   for s, v in scores.items()}}
+            model.set_steps(rate=steps, rank=steps)
+            vals = score_batch(model, val, n_items, params, threshold)
+            if model.predicts_ratings:   # pooled MSE over ratings, from per-task RMSE
+                n = val.query_mask.sum(1).double()
+                mse[steps] = float((vals["rmse"].double() ** 2 * n).nansum() / n.sum())
+            ndcg[steps] = nanmean(vals[ck])
+        rate = min(mse, key=lambda s: (mse[s], s)) if mse else grid[0]
+        rank = max(ndcg, key=lambda s: (ndcg[s], -s)) if ndcg else rate
+        model.set_steps(rate=rate, rank=rank)
+        chosen[name] = {"steps": rate, "rank_steps": rank,
+                        "val_mse": {str(s): round(v, 5) for s, v in mse.items()},
+                        f"val_{ck}": {str(s): round(v, 5) for s, v in ndcg.items()}}
     return chosen
 
 

@@ -155,8 +155,10 @@ def write_report(result: dict[str, Any], report_dir: Path, metrics: list[str], p
             lines.append(f"- ensembles: meta-ens averages {', '.join(ch.get('meta-ens', []))} "
                          "(lowest validation MAE among the seed-ensembles)")
             continue
-        steps = ", ".join(f"{n}: {v['steps']}" for n, v in ch["inner_steps"].items())
-        lines.append(f"- seed {seed}: test-time inner steps {steps}; best baselines "
+        steps = ", ".join(f"{n}: {v['steps']}/{v.get('rank_steps', v['steps'])}"
+                          for n, v in ch["inner_steps"].items())
+        lines.append(f"- seed {seed}: test-time inner steps (rating/ranking) {steps}; best "
+                     "baselines "
                      f"{ch['best_baseline']['accuracy']['name']} (accuracy), "
                      f"{ch['best_baseline']['ranking']['name']} (ranking)")
     lines += ["", f"Curves: `{plot_name('mae', 'k')}`, `{plot_name(primary, 'k')}`; against "

@@ -20,10 +20,11 @@ from metarec.models.network import Feats
 class TaskSet:
     """One side (support, query or candidates) of T tasks, padded to L items."""
 
-    user: Feats       # each (T, ·)
+    user: Feats       # each (T, ·); ``pool_ids`` / ``pool_mask`` (T, S): the support items
     items: Feats      # each (T, L, ·)
     ratings: Tensor   # (T, L)
     mask: Tensor      # (T, L) bool
+    rows: Tensor | None = None   # (T, L) the items' rows in the item table
 
     def __len__(self) -> int:
         return int(self.ratings.shape[0])
@@ -33,9 +34,11 @@ class TaskSet:
         if set(self.items) != set(other.items):
             raise ValueError("cannot concatenate task sets with different item encodings")
         items = {k: torch.cat([v, other.items[k]], dim=1) for k, v in self.items.items()}
+        rows = (torch.cat([self.rows, other.rows], dim=1)
+                if self.rows is not None and other.rows is not None else None)
         return TaskSet(user=self.user, items=items,
                        ratings=torch.cat([self.ratings, other.ratings], dim=1),
-                       mask=torch.cat([self.mask, other.mask], dim=1))
+                       mask=torch.cat([self.mask, other.mask], dim=1), rows=rows)
 
 
 class FeatureStore:
@@ -74,20 +77,29 @@ class FeatureStore:
         """Feature dict of items ``idx`` (any shape), id code included (new items -> 0)."""
         return {k: v[idx] for k, v in self._items.items()}
 
-    def _side(self, user_idx: Tensor, items: Tensor, ratings: Tensor, mask: Tensor) -> TaskSet:
+    def user_context(self, batch: TaskBatch) -> Feats:
+        """Each task's user: its features and its support items (ids as the network's item-id
+        codes, for the fold-in of the support into the user vector)."""
         dev = self.device
-        return TaskSet(user=self.users(user_idx.to(dev)), items=self.items(items.to(dev)),
-                       ratings=ratings.to(dev, self.dtype), mask=mask.to(dev))
+        ids = self._items["id"][batch.support_items.to(dev)]              # (T, S)
+        return {**self.users(batch.user_idx.to(dev)), "pool_ids": ids,
+                "pool_mask": batch.support_mask.to(dev)}
+
+    def _side(self, user: Feats, items: Tensor, ratings: Tensor, mask: Tensor) -> TaskSet:
+        dev = self.device
+        items = items.to(dev)
+        return TaskSet(user=user, items=self.items(items), ratings=ratings.to(dev, self.dtype),
+                       mask=mask.to(dev), rows=items)
 
     def support(self, batch: TaskBatch) -> TaskSet:
-        return self._side(batch.user_idx, batch.support_items, batch.support_ratings,
-                          batch.support_mask)
+        return self._side(self.user_context(batch), batch.support_items,
+                          batch.support_ratings, batch.support_mask)
 
     def query(self, batch: TaskBatch) -> TaskSet:
-        return self._side(batch.user_idx, batch.query_items, batch.query_ratings,
+        return self._side(self.user_context(batch), batch.query_items, batch.query_ratings,
                           batch.query_mask)
 
-    def candidates(self, user_idx: Tensor, items: Tensor) -> TaskSet:
-        """Items (T, C) to score: no ratings (zeros), all positions valid."""
+    def candidates(self, user: Feats, items: Tensor) -> TaskSet:
+        """Items (T, C) to score for each task's ``user`` context: no ratings, all valid."""
         zeros = torch.zeros(items.shape, dtype=self.dtype)
-        return self._side(user_idx, items, zeros, torch.ones(items.shape, dtype=torch.bool))
+        return self._side(user, items, zeros, torch.ones(items.shape, dtype=torch.bool))

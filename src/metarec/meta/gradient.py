@@ -2,10 +2,17 @@
 
 The inner loop runs for every task of a meta-batch at once: the adapted parameters carry a
 leading task dimension, and ``vmap(grad(task_loss))`` gives each task its own gradient of its
-own masked support loss. Fast weights are plain tensors computed from the meta-parameters, so
+own support loss. Fast weights are plain tensors computed from the meta-parameters, so
 second-order MAML differentiates through every inner step (no ``load_state_dict``, no
 ``deepcopy``, no ``.data``). Embeddings that no task adapts are computed once per meta-batch
 ("hoisted"), which is exact: they do not depend on the fast weights.
+
+The objective (``train.objective``) has two parts, on the support in the inner loop and on the
+query in the outer loop: squared error of the rating head on rated items (explicit labels),
+and a ranking loss of the ranking head against the catalogue (:mod:`metarec.meta.losses`),
+whose positives are the relevant items (rated at or above the data's relevance threshold; every
+interaction for implicit labels). The outer ranking loss never counts a support item as a
+candidate; sampled negatives are never one of the task's own items.
 
 :class:`MetaAlgorithm` is both the learnable module (network + any learned inner machinery)
 and, class-level, the registry contract of :mod:`metarec.models.base`: ``fit`` hands a builder
@@ -18,62 +25,92 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from metarec.config import ModelParams, TrainParams
+from metarec.config import ModelParams, ObjectiveParams, TrainParams, to_dict
 from metarec.data.tasks import EpisodeData
 from metarec.meta.features import FeatureStore, TaskSet
+from metarec.meta.losses import masked_mse, membership, ranking_loss, task_mean
 from metarec.models.base import Algorithm, FitContext
 from metarec.models.network import Feats, PreferenceNet, build_network, network_kwargs
 
 Params = dict[str, Tensor]
-
-
-def masked_mse(pred: Tensor, ratings: Tensor, mask: Tensor) -> Tensor:
-    """Per-task mean squared error over valid positions: (..., L) -> (...); empty -> 0."""
-    m = mask.to(pred.dtype)
-    return ((pred - ratings) ** 2 * m).sum(-1) / m.sum(-1).clamp(min=1.0)
-
-
-def task_mean(per_task: Tensor, mask: Tensor) -> Tensor:
-    """Mean of per-task losses (T,) over the tasks that have at least one rating."""
-    has = mask.any(-1).to(per_task.dtype)                              # (T,)
-    return (per_task * has).sum() / has.sum().clamp(min=1.0)
+RATING_ONLY = {"ranking_weight": 0.0, "inner": "rating"}   # the objective before ranking heads
+__all__ = ["MetaAlgorithm", "Params", "masked_mse", "task_mean"]
 
 
 class MetaAlgorithm(nn.Module, Algorithm):
     """Gradient-based adaptation of a subset of the network's parameters, batched over tasks.
 
     ``inner_lr`` is a float, or (Meta-SGD) learned per parameter; ``noise`` is the Meta-Dropout
-    noise generator or ``None``.
+    noise generator or ``None``. ``objective`` is a :class:`ObjectiveParams` as a dict,
+    ``relevance`` the rating from which an item is a positive, ``explicit`` whether ratings
+    (not counts or 0/1 labels) are there to be predicted, ``fold_in`` whether the user vector
+    reads the support items' context vectors.
     """
 
     kind = "meta"
+    uses_draws = True
     adapts: ClassVar[bool] = True       # has an inner loop whose test-time steps can be tuned
     first_order: ClassVar[bool] = False
     # The outer gradient differentiates through inner-loop gradients (a double backward).
     # PyTorch's DistributedDataParallel does not support that, so DDP refuses these.
     second_order: ClassVar[bool] = True
+    ddp_unused_parameters: ClassVar[bool] = True   # a head the objective does not use
 
-    def __init__(self, model: PreferenceNet, adapt: str, inner_lr: float, inner_steps: int
-                 ) -> None:
+    def __init__(self, model: PreferenceNet, adapt: str, inner_lr: float, inner_steps: int,
+                 objective: dict[str, Any] | None = None, fold_in: bool = False,
+                 relevance: float = 4.0, explicit: bool = True) -> None:
         super().__init__()
         self.model = model
         self.adapt_group = adapt
-        self.adapt_names = model.adapted_names(adapt)
         self.inner_lr = float(inner_lr)
         self.inner_steps = int(inner_steps)
+        self.objective = ObjectiveParams(**(objective if objective is not None
+                                            else RATING_ONLY))
+        self.fold_in, self.relevance, self.explicit = bool(fold_in), float(relevance), explicit
+        unused = self.unused_heads()   # a head no loss reads is not adapted either
+        self.adapt_names = [n for n in model.adapted_names(adapt) if not n.startswith(unused)]
         self.noise: nn.Module | None = None
+        n_ids = model.item_bias.num_embeddings
+        self.register_buffer("log_q", torch.full((n_ids,), -torch.log(torch.tensor(
+            float(n_ids))).item(), dtype=model.global_bias.dtype))      # sampler log-probs
+        self._catalogue: Feats | None = None
+
+    def unused_heads(self) -> tuple[str, ...]:
+        """Prefixes of the parameters no part of the objective reads."""
+        use_rating = self.explicit and (self.objective.rating_weight > 0 or not self.ranks
+                                        or self.objective.inner in ("rating", "both"))
+        return (() if self.ranks else ("rank_out.",)) + (() if use_rating else ("out.",))
+
+    @property
+    def ranks(self) -> bool:
+        """Trained to rank: the ranking head orders the catalogue."""
+        return self.objective.ranking_weight > 0
+
+    @property
+    def rates(self) -> bool:
+        """Trained on ratings too (explicit labels and a rating weight)."""
+        return self.explicit and self.objective.rating_weight > 0
+
+    @property
+    def rank_output(self) -> str:
+        return "rank" if self.ranks else "logit"
 
     # --- the registry contract -------------------------------------------------------------
 
     @classmethod
-    def config_from(cls, model: ModelParams, train: TrainParams) -> dict[str, Any]:
-        """Constructor arguments (besides the network) from the params."""
+    def config_from(cls, model: ModelParams, train: TrainParams, data: EpisodeData | None = None
+                    ) -> dict[str, Any]:
+        """Constructor arguments (besides the network) from the params and the data."""
+        explicit = data is None or data.vocab["rating"].get("kind", "explicit") == "explicit"
         return {"adapt": model.adapt, "inner_lr": train.inner_lr,
-                "inner_steps": train.inner_steps}
+                "inner_steps": train.inner_steps, "objective": to_dict(train.objective),
+                "fold_in": model.fold_in, "explicit": explicit,
+                "relevance": data.relevance_threshold if data is not None else 4.0}
 
     @classmethod
     def outer_lr(cls, train: TrainParams) -> float:
@@ -92,8 +129,9 @@ class MetaAlgorithm(nn.Module, Algorithm):
                ) -> MetaAlgorithm:
         """A freshly initialised algorithm (the outer loop calls this after seeding)."""
         kwargs = network_kwargs(data.items, data.users, data.rating_range, model)
-        algo = cls(build_network(kwargs), **cls.config_from(model, train))
+        algo = cls(build_network(kwargs), **cls.config_from(model, train, data))
         algo.network_kwargs = kwargs
+        algo.set_popularity(data, train.objective.popularity_power)
         return algo
 
     @classmethod
@@ -122,6 +160,22 @@ class MetaAlgorithm(nn.Module, Algorithm):
         return {"state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()},
                 "network_kwargs": self.network_kwargs, "config": self.config()}
 
+    def set_popularity(self, data: EpisodeData, power: float) -> None:
+        """The sampler's q(item code) proportional to (interactions + 1)^power (history)."""
+        n = self.log_q.shape[0]
+        counts = torch.zeros(n, dtype=torch.float64)
+        if data.history is not None and len(data.history):
+            codes = data.items.id_code.long()[torch.from_numpy(
+                data.history["item_idx"].to_numpy(np.int64).copy())]
+            counts.index_add_(0, codes, torch.ones(codes.numel(), dtype=torch.float64))
+        weight = (counts + 1.0) ** (power if self.objective.sampler == "popularity" else 0.0)
+        with torch.no_grad():
+            self.log_q.copy_((weight / weight.sum()).log().to(self.log_q.dtype))
+
+    def use_catalogue(self, store: FeatureStore) -> None:
+        """The items a ranking loss ranks against: every row of ``store``'s item table."""
+        self._catalogue = store.items(torch.arange(store.n_items, device=store.device))
+
     # --- parameters ------------------------------------------------------------------------
 
     def meta_params(self) -> Params:
@@ -141,24 +195,79 @@ class MetaAlgorithm(nn.Module, Algorithm):
     def prepare(self, ts: TaskSet) -> TaskSet:
         """Replace feature indices by embeddings where no adapted parameter touches them."""
         items = ts.items
-        if "x" not in items and not PreferenceNet.embeds_items(self.adapt_names):
-            x, bias = self.model.embed_items(items)                      # (T, L, Di), (T, L)
-            items = {"x": x, "bias": bias}
+        if "x" not in items and "v" not in items \
+                and not PreferenceNet.embeds_items(self.adapt_names):
+            items = self.model.embed_items(items)                        # (T, L, ·)
         return TaskSet(user=self.prepare_user(ts.user), items=items, ratings=ts.ratings,
-                       mask=ts.mask)
+                       mask=ts.mask, rows=ts.rows)
 
     def prepare_user(self, user: Feats) -> Feats:
-        """User feature embeddings (T, Du), computed once unless an adapted parameter
-        embeds users (then the raw features, embedded per task)."""
-        if "x" not in user and not PreferenceNet.embeds_users(self.adapt_names):
-            return {"x": self.model.embed_users(user)}
-        return user
+        """The user's inputs: feature embeddings (T, Du) and the pooled support (T, d),
+        computed once unless an adapted parameter computes them (then per task)."""
+        out = {k: v for k, v in user.items() if k not in ("pool_ids", "pool_mask")}
+        if "x" not in out and not PreferenceNet.embeds_users(self.adapt_names):
+            out = {"x": self.model.embed_users(out), **({"pool": out["pool"]}
+                                                        if "pool" in out else {})}
+        if self.fold_in and "pool" not in out and "pool_ids" in user:
+            if PreferenceNet.pools(self.adapt_names):
+                out.update(pool_ids=user["pool_ids"], pool_mask=user["pool_mask"])
+            else:
+                out["pool"] = self.model.pool_support(user["pool_ids"], user["pool_mask"])
+        return out
+
+    def positives(self, ts: TaskSet) -> Tensor:
+        """(T, L) weights of a side's positives: its relevant, valid items."""
+        return (ts.mask & (ts.ratings >= self.relevance)).to(ts.ratings.dtype)
+
+    # --- the whole catalogue -----------------------------------------------------------------
+
+    def item_table(self, items: Feats) -> Feats:
+        """Catalogue items (N, ·) prepared once for :meth:`catalogue_scores`: embedded and
+        projected when no adapted parameter touches the item side, raw features otherwise."""
+        if PreferenceNet.projects_items(self.adapt_names):
+            return items
+        return self.model.item_vectors(items)                            # v, bias, rbias
+
+    def catalogue_scores(self, task_params: Params, user: Feats, table: Feats,
+                         output: str | None = None) -> Tensor:
+        """Scores (T, C) of the ``table`` items (shared by every task) under each task's own
+        parameters: the ranking head's (or, for a rating-only model, the rating logit)."""
+        out = output or self.rank_output
+
+        def one(fast: Params, u: Feats) -> Tensor:
+            return functional_call(self.model, fast, (u, table), {"output": out})
+
+        return vmap(one)(task_params, self.prepare_user(user))           # (T, C)
+
+    def candidates(self, t: int, generator: torch.Generator | None = None
+                   ) -> tuple[Feats, Tensor, Tensor | None]:
+        """What a ranking loss ranks positives against: (item table (C, ·), catalogue rows
+        (C,), their sampling log-probabilities (C,) or None for the whole catalogue)."""
+        if self._catalogue is None:
+            raise RuntimeError("use_catalogue(store) must be called before a ranking loss")
+        cat = self._catalogue
+        n = cat["id"].shape[0]
+        if self.objective.loss == "softmax":
+            return self.item_table(cat), torch.arange(n, device=cat["id"].device), None
+        log_q = self.log_q[cat["id"]]                                    # (N,) per row
+        rows = torch.multinomial(log_q.exp(), self.objective.negatives, replacement=True,
+                                 generator=generator)                    # (M,)
+        table = self.item_table({k: v[rows] for k, v in cat.items()})
+        return table, rows, log_q[rows] + torch.log(torch.tensor(float(rows.numel())))
+
+    def row_logq(self, rows: Tensor) -> Tensor:
+        """The sampler's log-probability of catalogue rows (any shape)."""
+        if self._catalogue is None:
+            raise RuntimeError("use_catalogue(store) must be called before a ranking loss")
+        return self.log_q[self._catalogue["id"][rows]]
 
     # --- the contract ----------------------------------------------------------------------
 
     def _forward(self, fast: Params, user: Feats, items: Feats,
-                 perturb: Callable[[Tensor], Tensor] | None = None) -> Tensor:
-        return functional_call(self.model, fast, (user, items), {"perturb": perturb})
+                 perturb: Callable[[Tensor], Tensor] | None = None,
+                 output: str = "rating") -> Tensor:
+        return functional_call(self.model, fast, (user, items),
+                               {"perturb": perturb, "output": output})
 
     def adapt(self, params: Params, support: TaskSet, *, create_graph: bool = True,
               generator: torch.Generator | None = None) -> Params:
@@ -171,11 +280,27 @@ class MetaAlgorithm(nn.Module, Algorithm):
                 return self._adapt(params, self.prepare(support), False, generator)
         return self._adapt(params, self.prepare(support), True, generator)
 
+    def _inner_uses(self) -> tuple[bool, bool]:
+        """(rating part, ranking part) of the inner-loop loss."""
+        inner = self.objective.inner
+        return (inner in ("rating", "both") and self.explicit,
+                inner in ("ranking", "both") and self.ranks or not self.explicit)
+
     def support_loss(self, fast: Params, user: Feats, items: Feats, ratings: Tensor,
-                     mask: Tensor, noise: Tensor | None) -> Tensor:
+                     mask: Tensor, pos_w: Tensor, pos_logq: Tensor, table: Feats,
+                     valid: Tensor, cand_logq: Tensor | None, noise: Tensor | None) -> Tensor:
         """One task's inner-loop loss (no task dimension); ``noise``: Meta-Dropout's draw."""
-        perturb = self.noise.perturb(noise) if noise is not None else None  # type: ignore
-        return masked_mse(self._forward(fast, user, items, perturb), ratings, mask)
+        perturb = self.noise.perturb(noise) if self.noise is not None else None  # type: ignore
+        use_rating, use_ranking = self._inner_uses()
+        loss = ratings.new_zeros(())
+        if use_rating:
+            loss = loss + masked_mse(self._forward(fast, user, items, perturb), ratings, mask)
+        if use_ranking:
+            pos = self._forward(fast, user, items, perturb, "rank")                # (S,)
+            cand = self._forward(fast, user, table, None, "rank")                 # (C,)
+            loss = loss + ranking_loss(self.objective.loss, pos, pos_w, cand, valid,
+                                       pos_logq, cand_logq)
+        return loss
 
     def _adapt(self, params: Params, support: TaskSet, create_graph: bool,
                generator: torch.Generator | None) -> Params:
@@ -183,58 +308,80 @@ class MetaAlgorithm(nn.Module, Algorithm):
         fast = {k: v.expand(t, *v.shape) for k, v in params.items()}    # (T, ...)
         if not create_graph:
             fast = {k: v.detach() for k, v in fast.items()}
+        if self.inner_steps == 0:
+            return fast
         lrs = self.learning_rates()
-        if self.noise is None:
-            step_grad = vmap(grad(lambda f, u, i, r, m: self.support_loss(f, u, i, r, m, None)))
+        use_ranking = self._inner_uses()[1]
+        if use_ranking:
+            table, rows, cand_logq = self.candidates(t, generator)
+            valid = torch.ones(t, rows.numel(), dtype=torch.bool, device=rows.device)
+            pos_logq = self.row_logq(support.rows)                       # (T, S)
         else:
-            step_grad = vmap(grad(self.support_loss))
-            shape = (t, *support.mask.shape[1:], self.model.hidden_width)
+            table, valid, cand_logq = {"v": support.ratings[:1, :1]}, support.mask[:, :1], None
+            pos_logq = support.ratings
+        pos_w = self.positives(support) if use_ranking else support.ratings
+        in_dims = (0, 0, 0, 0, 0, 0, 0, None, 0, None, 0)
+        step_grad = vmap(grad(self.support_loss), in_dims=in_dims)
+        shape = (t, *support.mask.shape[1:], self.model.hidden_width)
         for _ in range(self.inner_steps):
-            if self.noise is None:
-                g = step_grad(fast, support.user, support.items, support.ratings, support.mask)
-            else:
+            eps = None
+            if self.noise is not None:
                 eps = torch.randn(shape, generator=generator, dtype=support.ratings.dtype,
                                   device=support.ratings.device)         # (T, S, w)
-                g = step_grad(fast, support.user, support.items, support.ratings,
-                              support.mask, eps)
+            g = step_grad(fast, support.user, support.items, support.ratings, support.mask,
+                          pos_w, pos_logq, table, valid, cand_logq,
+                          eps if eps is not None else support.ratings)
             if self.first_order or not create_graph:
                 g = {k: v.detach() for k, v in g.items()}
             fast = {k: fast[k] - lrs[k] * g[k] for k in fast}
         return fast
 
-    def predict(self, task_params: Params, items: TaskSet) -> Tensor:
-        """Ratings (T, L) of each task's items under its own parameters."""
+    def predict(self, task_params: Params, items: TaskSet, output: str = "rating") -> Tensor:
+        """Ratings (or ``output`` scores) (T, L) of each task's items under its own params."""
         ts = self.prepare(items)
-        return vmap(self._forward)(task_params, ts.user, ts.items)
+        return vmap(lambda f, u, i: self._forward(f, u, i, None, output))(
+            task_params, ts.user, ts.items)
 
-    # --- the whole catalogue -----------------------------------------------------------------
+    def loss(self, task_params: Params, query: TaskSet, support: TaskSet | None = None,
+             generator: torch.Generator | None = None) -> Tensor:
+        """The outer objective on the query: the weighted rating MSE and ranking loss."""
+        obj, total = self.objective, query.ratings.new_zeros(())
+        if self.rates or not self.ranks:
+            pred = self.predict(task_params, query)                              # (T, Q)
+            total = total + (obj.rating_weight if self.ranks else 1.0) * task_mean(
+                masked_mse(pred, query.ratings, query.mask), query.mask)
+        if self.ranks:
+            total = total + obj.ranking_weight * self._ranking_loss(task_params, query,
+                                                                    support, generator)
+        return total
 
-    def item_table(self, items: Feats) -> Feats:
-        """Catalogue items (N, ·) prepared once for :meth:`catalogue_scores`: embedded and
-        projected when no adapted parameter touches the item side, raw features otherwise."""
-        if PreferenceNet.projects_items(self.adapt_names):
-            return items
-        v, bias = self.model.item_vectors(items)                         # (N, d), (N,)
-        return {"v": v, "bias": bias}
-
-    def catalogue_scores(self, task_params: Params, user: Feats, table: Feats) -> Tensor:
-        """Ranking scores (T, C) of the ``table`` items (shared by every task): the
-        pre-sigmoid output of the network under each task's own parameters."""
-        def one(fast: Params, u: Feats) -> Tensor:
-            return functional_call(self.model, fast, (u, table), {"output": "logit"})
-
-        return vmap(one)(task_params, self.prepare_user(user))           # (T, C)
-
-    def loss(self, task_params: Params, query: TaskSet) -> Tensor:
-        """Mean over tasks of the masked query MSE; the outer objective of MAML-type methods."""
-        pred = self.predict(task_params, query)                          # (T, Q)
-        return task_mean(masked_mse(pred, query.ratings, query.mask), query.mask)
+    def _ranking_loss(self, task_params: Params, query: TaskSet, support: TaskSet | None,
+                      generator: torch.Generator | None) -> Tensor:
+        t = len(query)
+        table, rows, cand_logq = self.candidates(t, generator)
+        n = self._catalogue["id"].shape[0] if self._catalogue is not None else 0
+        seen = (membership(support.rows, support.mask, n) if support is not None
+                and support.rows is not None else torch.zeros(t, n, dtype=torch.bool))
+        pos_w = self.positives(query)                                             # (T, Q)
+        if query.rows is not None:   # a query item also in the support is no positive
+            pos_w = pos_w * ~seen.gather(1, query.rows)
+        if cand_logq is not None and query.rows is not None:  # never the task's own items
+            seen = seen | membership(query.rows, query.mask, n)
+        valid = ~seen[:, rows]                                                    # (T, C)
+        pos = self.predict(task_params, query, "rank")                            # (T, Q)
+        cand = self.catalogue_scores(task_params, query.user, table, "rank")      # (T, C)
+        pos_logq = self.row_logq(query.rows) if cand_logq is not None else None
+        per = ranking_loss(self.objective.loss, pos, pos_w, cand, valid, pos_logq,
+                           cand_logq)                                             # (T,)
+        # mean over all tasks (none without a positive adds anything): the same denominator
+        # on every DDP process, so averaging processes averages the meta-batch
+        return per.sum() / max(t, 1)
 
     # --- outer loop ------------------------------------------------------------------------
 
     def outer_loss(self, support: TaskSet, query: TaskSet) -> tuple[Tensor, Tensor]:
         """(objective whose gradient is the meta-gradient, query loss to report)."""
-        loss = self.loss(self.adapt(self.meta_params(), support), query)
+        loss = self.loss(self.adapt(self.meta_params(), support), query, support)
         return loss, loss.detach()
 
     def post_step(self) -> None:
@@ -243,4 +390,6 @@ class MetaAlgorithm(nn.Module, Algorithm):
     def config(self) -> dict[str, Any]:
         """Constructor arguments, saved in checkpoints to rebuild the algorithm."""
         return {"adapt": self.adapt_group, "inner_lr": self.inner_lr,
-                "inner_steps": self.inner_steps}
+                "inner_steps": self.inner_steps, "objective": to_dict(self.objective),
+                "fold_in": self.fold_in, "relevance": self.relevance,
+                "explicit": self.explicit}

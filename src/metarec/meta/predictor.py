@@ -1,4 +1,5 @@
-"""A meta-learned algorithm behind the :class:`~metarec.models.base.Predictor` interface."""
+"""A meta-learned algorithm behind the :class:`~metarec.models.base.Predictor` interface, and
+the validation scores its training keeps the best weights by."""
 
 from __future__ import annotations
 
@@ -8,17 +9,24 @@ import torch
 from torch import Tensor
 
 from metarec.data.tasks import TaskBatch
+from metarec.eval.metrics import catalogue_metrics, catalogue_targets
 from metarec.meta.features import FeatureStore
 from metarec.meta.gradient import MetaAlgorithm, Params, masked_mse
 from metarec.models.base import Predictor
+from metarec.models.network import Feats
 
 CELLS = 1 << 20  # (task, item) pairs scored at once when ranking the catalogue
+State = tuple[dict[str, Params], Feats]   # ({"rate": fast, "rank": fast}, user context)
+
 
 class AdaptivePredictor(Predictor):
     """Adapts to each task's support set (never its query ratings), then scores items.
 
-    Meta-Dropout samples noise while adapting; a generator seeded with ``seed`` on every call
-    makes predictions repeatable.
+    The state of a batch is (adapted parameters for rating and for ranking, the prepared user
+    context). Ratings and the ranking may use different numbers of test-time inner steps
+    (``steps``, each chosen on validation by its own metric); equal numbers adapt once.
+    Meta-Dropout and sampled negatives draw random numbers while adapting; a generator seeded
+    with ``seed`` + the chunk number on every call makes predictions repeatable.
     """
 
     def __init__(self, name: str, algorithm: MetaAlgorithm, store: FeatureStore,
@@ -31,10 +39,17 @@ class AdaptivePredictor(Predictor):
         self.fit_metrics = dict(fit_metrics or {})
         self.tuning = self.fit_metrics
         self._item_table: dict[str, Tensor] | None = None
+        self.steps = {"rate": algorithm.inner_steps, "rank": algorithm.inner_steps}
+        algorithm.use_catalogue(store)
+
+    def set_steps(self, rate: int | None = None, rank: int | None = None) -> None:
+        """Test-time inner steps of the rating and of the ranking (None: unchanged)."""
+        self.steps = {"rate": self.steps["rate"] if rate is None else int(rate),
+                      "rank": self.steps["rank"] if rank is None else int(rank)}
 
     @property
     def predicts_ratings(self) -> bool:  # type: ignore[override]
-        return True
+        return self.algorithm.explicit
 
     @property
     def n_items(self) -> int:
@@ -43,71 +58,101 @@ class AdaptivePredictor(Predictor):
     def _generator(self, offset: int = 0) -> torch.Generator:
         return torch.Generator(device=self.store.device).manual_seed(self.seed + offset)
 
-    def adapt(self, batch: TaskBatch, chunk: int = 0) -> tuple[Params, Tensor]:
-        """(adapted parameters (T, ...), user rows (T,)); ``chunk`` offsets the noise seed."""
-        algo = self.algorithm
-        fast = algo.adapt(algo.meta_params(), self.store.support(batch), create_graph=False,
-                          generator=self._generator(chunk))
-        return fast, batch.user_idx
+    def adapt(self, batch: TaskBatch, chunk: int = 0) -> State:
+        """(adapted parameters (T, ...) per output, user context (T, ·)); ``chunk`` offsets
+        the random seed."""
+        algo, support = self.algorithm, self.store.support(batch)
+        fast: dict[int, Params] = {}
+        keep = algo.inner_steps
+        try:
+            for steps in sorted(set(self.steps.values())):
+                algo.inner_steps = steps
+                fast[steps] = algo.adapt(algo.meta_params(), support, create_graph=False,
+                                         generator=self._generator(chunk))
+        finally:
+            algo.inner_steps = keep
+        with torch.no_grad():
+            user = algo.prepare_user(self.store.user_context(batch))
+        return {k: fast[v] for k, v in self.steps.items()}, user
 
-    def _tasks(self, state: tuple[Params, Tensor]) -> int:
-        return int(state[1].shape[0])
+    def _tasks(self, state: State) -> int:
+        return int(next(iter(state[1].values())).shape[0])
 
-    def rate(self, state: tuple[Params, Tensor], items: Tensor) -> Tensor:
+    def rate(self, state: State, items: Tensor) -> Tensor:
         """Predicted ratings (T, C) for item rows ``items`` (T, C)."""
-        fast, user_idx = state
+        fast, user = state
         with torch.no_grad():
-            cands = self.store.candidates(user_idx, items)
-            return self.algorithm.predict(fast, cands).float()           # (T, C)
+            return self.algorithm.predict(fast["rate"], self.store.candidates(user, items)
+                                          ).float()
 
-    def rank(self, state: tuple[Params, Tensor]) -> Tensor:
-        """Ranking scores (T, N) of the whole catalogue: item vectors computed once per
-        predictor, then per block of items one batched product with every task's parameters
-        (memory bounded by ``CELLS`` task x item pairs per block)."""
-        fast, user_idx = state
-        t, n = int(user_idx.shape[0]), self.n_items
-        step = max(1, CELLS // max(t, 1))
+    def rank(self, state: State) -> Tensor:
+        """Ranking scores (T, N) of the whole catalogue (:func:`rank_catalogue`)."""
         with torch.no_grad():
-            table = self._table()
-            user = self.store.users(user_idx.to(self.store.device))
-            parts = [self.algorithm.catalogue_scores(
-                fast, user, {k: v[c0:c0 + step] for k, v in table.items()}).float()
-                for c0 in range(0, n, step)]
-        return torch.cat(parts, dim=1) if parts else torch.zeros(t, 0)      # (T, N)
+            return rank_catalogue(self.algorithm, state[0]["rank"], state[1], self._table())
 
     def _table(self) -> dict[str, Tensor]:
         if self._item_table is None:
-            self._item_table = self.algorithm.item_table(
-                self.store.items(torch.arange(self.n_items, device=self.store.device)))
+            with torch.no_grad():
+                self._item_table = self.algorithm.item_table(
+                    self.store.items(torch.arange(self.n_items, device=self.store.device)))
         return self._item_table
 
     def state(self) -> dict[str, Any]:
         return {**self.algorithm.state(), "fit": self.fit_metrics}
 
 
-def query_loss_sum(algorithm: MetaAlgorithm, store: FeatureStore, batch: TaskBatch,
-                   generator: torch.Generator | None = None) -> tuple[float, int]:
-    """(sum of squared query errors, number of query ratings) after adaptation: for validation.
+def rank_catalogue(algorithm: MetaAlgorithm, fast: Params, user: Feats,
+                   table: dict[str, Tensor]) -> Tensor:
+    """Ranking scores (T, N) of the catalogue ``table`` (item vectors computed once): per
+    block of items one batched product with every task's parameters (memory bounded by
+    ``CELLS`` task x item pairs per block)."""
+    t = int(next(iter(user.values())).shape[0])
+    n = int(next(iter(table.values())).shape[0])
+    step = max(1, CELLS // max(t, 1))
+    parts = [algorithm.catalogue_scores(fast, user, {k: v[c0:c0 + step]
+                                                     for k, v in table.items()}).float()
+             for c0 in range(0, n, step)]
+    return torch.cat(parts, dim=1) if parts else torch.zeros(t, 0)          # (T, N)
 
-    Weighting by ratings (not tasks) makes the result independent of how tasks are batched.
+
+def validation_sums(algorithm: MetaAlgorithm, store: FeatureStore, batch: TaskBatch,
+                    generator: torch.Generator | None = None, k: int = 20
+                    ) -> tuple[float, int]:
+    """(sum, count) of the validation loss after adaptation; lower is better.
+
+    A ranking model: 1 - catalogue nDCG@k per task with a relevant query item (what it is
+    for); a rating model: squared error per query rating. Sums make the result independent of
+    how tasks are batched (and add up across DDP processes).
     """
     support, query = store.support(batch), store.query(batch)
     fast = algorithm.adapt(algorithm.meta_params(), support, create_graph=False,
                            generator=generator)
     with torch.no_grad():
-        pred = algorithm.predict(fast, query)                            # (T, Q)
-        n = query.mask.sum(-1)                                           # (T,)
+        if algorithm.ranks:
+            user = algorithm.prepare_user(store.user_context(batch))
+            table = algorithm.item_table(store.items(torch.arange(store.n_items,
+                                                                  device=store.device)))
+            scores = rank_catalogue(algorithm, fast, user, table)          # (T, N)
+            b = batch.to("cpu")
+            cands, rel = catalogue_targets(b.support_items, b.support_mask, b.query_items,
+                                           b.query_ratings, b.query_mask, scores.shape[1],
+                                           algorithm.relevance)
+            ndcg = catalogue_metrics(scores.cpu(), cands, rel, k)
+            ok = ndcg.evaluated
+            return float((1.0 - ndcg.ndcg[ok]).sum()), int(ok.sum())
+        pred = algorithm.predict(fast, query)                              # (T, Q)
+        n = query.mask.sum(-1)                                             # (T,)
         sse = (masked_mse(pred, query.ratings, query.mask) * n).sum()
     return float(sse), int(n.sum())
 
 
 def validation_loss(algorithm: MetaAlgorithm, store: FeatureStore, tasks: TaskBatch,
-                    chunk: int = 512) -> float:
-    """Query MSE per rating over all ``tasks`` after adaptation (same seeds as validation)."""
-    sse, n = 0.0, 0
+                    chunk: int = 512, k: int = 20) -> float:
+    """:func:`validation_sums` over all ``tasks`` in chunks (the seeds validation uses)."""
+    total, n = 0.0, 0
     for b, start in enumerate(range(0, len(tasks), chunk)):
         idx = torch.arange(start, min(start + chunk, len(tasks)))
         gen = torch.Generator(device=store.device).manual_seed(b)
-        s, c = query_loss_sum(algorithm, store, tasks.take(idx).to(store.device), gen)
-        sse, n = sse + s, n + c
-    return sse / max(n, 1)
+        s, c = validation_sums(algorithm, store, tasks.take(idx).to(store.device), gen, k)
+        total, n = total + s, n + c
+    return total / max(n, 1)

@@ -92,6 +92,7 @@ class Algorithm:
     kind: ClassVar[str] = "baseline"
     Params: ClassVar[type | None] = None
     requires: ClassVar[tuple[str, ...]] = ()
+    uses_draws: ClassVar[bool] = False    # trained on meta-train tasks (so their draw matters)
 
     @classmethod
     def params_of(cls, train: TrainParams) -> Any:

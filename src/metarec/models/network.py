@@ -1,23 +1,33 @@
-"""MeLU-style preference network: feature embeddings -> user/item vectors -> rating.
+"""The preference network: feature embeddings -> user and item vectors -> a rating and a score.
 
 The network never stores a user's features: they arrive as a dict of tensors gathered from a
 :class:`~metarec.data.encoding.FeatureTable` (keys ``cat``, ``multi``, ``num``, ``id``), so a user
 unseen in training is scored from its features alone. New items map to id 0 (unknown) and share
-its embedding and bias.
+its embeddings and biases.
+
+Two heads share the user vector ``u`` and the item vectors ``v``:
+
+- the *rating* head: ``r = min + (max - min) * sigmoid(w . (u * v) + b_i + b_u + g)``, trained
+  on squared error over rated items;
+- the *ranking* head: ``s = w_r . (u * v) + beta_i``, trained with a softmax over the catalogue.
+  Its item bias ``beta_i`` is separate from ``b_i``: an item rated 5 by its few raters has a
+  high ``b_i`` but is rarely what a new user picks next, so it must not have a high ``beta_i``.
+
+The user vector is ``u = user_proj(user features) + pool_proj(mean of the support items'
+context vectors)`` when the user dict carries ``pool`` (:meth:`pool_support`): an amortised
+fold-in, as ItemKNN and EASE read a user from their items, learned in the outer loop.
 
 Parameter groups (``adapt``) say what a meta-learner changes per task in its inner loop:
 
-- ``head``: the output layer ``out``;
-- ``decision``: the decision MLP and ``out`` (MeLU); with ``interaction="dot"`` there is no MLP,
-  so this equals ``head``;
-- ``user``: ``user_proj`` + ``user_bias`` + the decision layers: small, per-user state, no
-  embedding table is copied per task;
+- ``vector``: the user vector's offset (``user_proj.bias``) and the user bias: d + 1 numbers;
+- ``head``: the output layers ``out`` and ``rank_out``;
+- ``decision``: the decision MLP and the output layers (MeLU); equals ``head`` for ``dot``;
+- ``user``: ``user_proj`` + ``user_bias`` + the decision and output layers;
 - ``all``: every parameter (embedding tables included: memory grows with the task count).
 
-A dict that already holds ``x`` (and for items ``bias``) is taken as pre-computed embeddings:
-meta-learners compute them once per meta-batch when no embedding is adapted. An item dict
-holding ``v`` (projected item vectors, ``item_vectors``) skips the item side altogether: the
-catalogue is embedded once per run and every user scores it through the same forward.
+An item dict that already holds ``x`` (embeddings) or ``v`` (projected vectors) with ``bias``
+and ``rbias`` is taken as pre-computed: meta-learners compute it once per meta-batch, and once
+per run for the whole catalogue, when no adapted parameter touches the item side.
 """
 
 from __future__ import annotations
@@ -32,11 +42,12 @@ from torch import Tensor, nn
 
 Feats = dict[str, Tensor]
 Perturb = Callable[[Tensor], Tensor]
-ADAPT_GROUPS = ("decision", "all", "head", "user")
+ADAPT_GROUPS = ("vector", "decision", "all", "head", "user")
+OUTPUTS = ("rating", "logit", "rank")
 
 
 class PreferenceNet(nn.Module):
-    """Rating model r(u, i) in ``rating_range``; no BatchNorm, safe under ``vmap``."""
+    """Ratings in ``rating_range`` and ranking scores; no BatchNorm, safe under ``vmap``."""
 
     def __init__(
         self,
@@ -59,6 +70,8 @@ class PreferenceNet(nn.Module):
             raise ValueError(f"interaction must be mlp or dot, got {interaction!r}")
         if interaction == "mlp" and not hidden:
             raise ValueError("interaction='mlp' needs at least one hidden layer")
+        if not all(math.isfinite(float(r)) for r in rating_range):
+            raise ValueError(f"the rating range must be finite, got {tuple(rating_range)}")
         d = embedding_dim
         self.interaction = interaction
         self.rating_min, self.rating_max = float(rating_range[0]), float(rating_range[1])
@@ -86,15 +99,25 @@ class PreferenceNet(nn.Module):
             self.decision = nn.ModuleList(
                 nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
             self.out = nn.Linear(widths[-1], 1)
+            self.rank_out = nn.Linear(widths[-1], 1)
             self.hidden_width = int(hidden[0])
         else:
             self.decision = nn.ModuleList()
-            self.out = nn.Linear(d, 1)  # weighted dot product; starts as a scaled plain dot
-            nn.init.constant_(self.out.weight, 1.0 / math.sqrt(d))
-            nn.init.zeros_(self.out.bias)
+            self.out = nn.Linear(d, 1)       # weighted dot products; start as scaled plain dots
+            self.rank_out = nn.Linear(d, 1)
+            for head in (self.out, self.rank_out):
+                nn.init.constant_(head.weight, 1.0 / math.sqrt(d))
+                nn.init.zeros_(head.bias)
             self.hidden_width = d
         self.item_bias = nn.Embedding(n_item_ids, 1)
         nn.init.zeros_(self.item_bias.weight)
+        self.item_rank_bias = nn.Embedding(n_item_ids, 1)
+        nn.init.zeros_(self.item_rank_bias.weight)
+        self.item_context = nn.Embedding(n_item_ids, d)   # what a support item says of its user
+        nn.init.normal_(self.item_context.weight, std=0.1)
+        self.pool_proj = nn.Linear(d, d)
+        nn.init.zeros_(self.pool_proj.weight)             # starts without the fold-in
+        nn.init.zeros_(self.pool_proj.bias)
         self.user_bias = nn.Parameter(torch.zeros(1))
         self.global_bias = nn.Parameter(torch.zeros(1))
 
@@ -108,9 +131,11 @@ class PreferenceNet(nn.Module):
         names = [n for n, _ in self.named_parameters()]
         if group == "all":
             return names
-        prefixes = {"head": ("out.",),
-                    "decision": ("decision.", "out."),
-                    "user": ("user_proj.", "user_bias", "decision.", "out.")}[group]
+        if group == "vector":
+            return ["user_proj.bias", "user_bias"]
+        heads = ("out.", "rank_out.")
+        prefixes = {"head": heads, "decision": ("decision.", *heads),
+                    "user": ("user_proj.", "user_bias", "decision.", *heads)}[group]
         return [n for n in names if n.startswith(prefixes)]
 
     @staticmethod
@@ -121,7 +146,12 @@ class PreferenceNet(nn.Module):
     @staticmethod
     def embeds_items(names: Sequence[str]) -> bool:
         return any(n.startswith(("item_cat.", "item_multi.", "item_num.", "item_id.",
-                                 "item_bias.")) for n in names)
+                                 "item_bias.", "item_rank_bias.")) for n in names)
+
+    @staticmethod
+    def pools(names: Sequence[str]) -> bool:
+        """True if any of ``names`` is used by :meth:`pool_support`."""
+        return any(n.startswith("item_context.") for n in names)
 
     @staticmethod
     def projects_items(names: Sequence[str]) -> bool:
@@ -130,7 +160,7 @@ class PreferenceNet(nn.Module):
                                                         for n in names)
 
     # ---------------------------------------------------------------------------------------
-    # forward
+    # embeddings
 
     def _fields(self, feats: Feats, cat: nn.ModuleList, multi: nn.ModuleList,
                 num: nn.Linear | None, ident: nn.Embedding | None) -> Tensor:
@@ -154,45 +184,70 @@ class PreferenceNet(nn.Module):
         """(..., user_width) concatenated user feature embeddings."""
         return self._fields(user, self.user_cat, self.user_multi, self.user_num, None)
 
-    def embed_items(self, items: Feats) -> tuple[Tensor, Tensor]:
-        """(..., item_width) item feature embeddings and (...,) item-id bias."""
+    def embed_items(self, items: Feats) -> Feats:
+        """{"x": (..., item_width) embeddings, "bias": rating bias, "rbias": ranking bias}."""
         x = self._fields(items, self.item_cat, self.item_multi, self.item_num, self.item_id)
-        return x, self.item_bias(items["id"]).squeeze(-1)
+        return {"x": x, "bias": self.item_bias(items["id"]).squeeze(-1),
+                "rbias": self.item_rank_bias(items["id"]).squeeze(-1)}
 
-    def item_vectors(self, items: Feats) -> tuple[Tensor, Tensor]:
-        """(..., C, d) projected item vectors and (..., C) item biases."""
+    def item_vectors(self, items: Feats) -> Feats:
+        """{"v": (..., C, d) projected item vectors, "bias", "rbias": (..., C)}."""
         if "v" in items:
-            return items["v"], items["bias"]
-        if "x" in items:
-            xi, ib = items["x"], items["bias"]                            # (..., C, Di), (..., C)
-        else:
-            xi, ib = self.embed_items(items)
-        return self.item_proj(xi), ib                                     # (..., C, d)
+            return items
+        emb = items if "x" in items else self.embed_items(items)
+        return {"v": self.item_proj(emb["x"]), "bias": emb["bias"], "rbias": emb["rbias"]}
+
+    def pool_support(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """(T, d) mean context vector of each task's support items (ids (T, S), mask (T, S));
+        zero for an empty support."""
+        m = mask.to(self.item_context.weight.dtype).unsqueeze(-1)       # (T, S, 1)
+        total = (self.item_context(ids) * m).sum(-2)                    # (T, d)
+        return total / m.sum(-2).clamp(min=1.0)
+
+    def user_vector(self, user: Feats) -> Tensor:
+        """(..., d): the projected user features plus the fold-in of the support, if given."""
+        xu = user["x"] if "x" in user else self.embed_users(user)        # (..., Du)
+        u = self.user_proj(xu)                                            # (..., d)
+        if "pool" in user:
+            u = u + self.pool_proj(user["pool"])
+        elif "pool_ids" in user:
+            u = u + self.pool_proj(self.pool_support(user["pool_ids"], user["pool_mask"]))
+        return u
+
+    # ---------------------------------------------------------------------------------------
+    # forward
 
     def to_rating(self, raw: Tensor) -> Tensor:
-        """The rating scale from the pre-sigmoid score (the ranking score)."""
+        """The rating scale from the rating head's pre-sigmoid score."""
         return self.rating_min + (self.rating_max - self.rating_min) * torch.sigmoid(raw)
 
     def forward(self, user: Feats, items: Feats, perturb: Perturb | None = None,
-                output: Literal["rating", "logit"] = "rating") -> Tensor:
-        """Ratings (or pre-sigmoid scores) (..., C) of items (..., C, ·) for users (..., ·).
+                output: Literal["rating", "logit", "rank"] = "rating") -> Tensor:
+        """(..., C) for items (..., C, ·) and users (..., ·): ratings, the rating head's
+        pre-sigmoid ``logit``, or the ranking head's score (``rank``).
 
         ``perturb`` (Meta-Dropout) multiplies the hidden interaction features; ``None`` = off.
         """
-        xu = user["x"] if "x" in user else self.embed_users(user)        # (..., Du)
-        i, ib = self.item_vectors(items)                                  # (..., C, d), (..., C)
-        u = self.user_proj(xu).unsqueeze(-2)                              # (..., 1, d)
+        u = self.user_vector(user).unsqueeze(-2)                          # (..., 1, d)
+        it = self.item_vectors(items)
+        i = it["v"]                                                       # (..., C, d)
+        head = self.rank_out if output == "rank" else self.out
         if self.interaction == "dot":
-            h = u * i                                                     # (..., C, d)
-            if perturb is not None:
-                h = perturb(h)
+            if perturb is None:  # (u * w) . v as one product: cheap for a whole catalogue
+                w = (u * head.weight[0]).transpose(-1, -2)                # (..., d, 1)
+                raw = torch.matmul(i, w).squeeze(-1) + head.bias          # (..., C)
+            else:
+                raw = head(perturb(u * i)).squeeze(-1)                    # (..., C)
         else:
             h = torch.cat([u.expand_as(i), i], dim=-1)                    # (..., C, 2d)
             for k, layer in enumerate(self.decision):
                 h = F.relu(layer(h))                                      # (..., C, h_k)
                 if k == 0 and perturb is not None:
                     h = perturb(h)
-        raw = self.out(h).squeeze(-1) + ib + self.user_bias + self.global_bias  # (..., C)
+            raw = head(h).squeeze(-1)                                     # (..., C)
+        if output == "rank":
+            return raw + it["rbias"]
+        raw = raw + it["bias"] + self.user_bias + self.global_bias        # (..., C)
         return raw if output == "logit" else self.to_rating(raw)
 
 

@@ -108,6 +108,8 @@ def run(params: EpisodesParams, inp: str | Path, out: str | Path, metrics: str |
     known_items = pd.Series(np.asarray(item_index)[split.known_items.to_numpy()])
     vocab = {
         "dataset": schema["dataset"], "protocol": params.protocol,
+        "draws": {"support_sizes": list(params.support_sizes), "query_size": params.query_size,
+                  "train_draw": params.train_draw},
         "rating": {**schema["rating"],
                    "relevant": relevance_threshold(schema["rating"], params)},
         "users": fit_entity_vocab(users, "user_id", schema["users"], train_users),

@@ -68,13 +68,13 @@ def steps_curve(models: dict[str, Any], data: EpisodeData, k: int, n_items: int,
         algo = choose.inner_loop(model)
         if algo is None or len(batch) == 0:
             continue
-        keep = algo.inner_steps
+        keep = dict(model.steps)
         for steps in range(0, 11):
-            algo.inner_steps = steps
+            model.set_steps(rate=steps, rank=steps)
             vals = score_batch(model, batch, n_items, params, data.relevance_threshold)
             rows.append({"model": name, "steps": steps, "seed": seed,
                          **{m: nanmean(vals[m]) for m in ("mae", catalogue_metric(params))}})
-        algo.inner_steps = keep
+        model.set_steps(**keep)
     return rows
 
 
@@ -113,7 +113,8 @@ def run(params: EvaluateParams, episodes_dir: str | Path, models_dir: str | Path
     val_scores: dict[str, Any] = {}
     curves: list[dict[str, Any]] = []
     for seed, models in all_models.items():
-        steps = choose.choose_inner_steps(models, val, params.inner_steps_grid)
+        steps = choose.choose_inner_steps(models, val, params.inner_steps_grid, n_items,
+                                          params, data.relevance_threshold)
         val_scores[str(seed)] = choose.validation_scores(models, val, n_items, params,
                                                          data.relevance_threshold)
         choices[str(seed)] = {"inner_steps": steps, "best_baseline": choose.best_baselines(

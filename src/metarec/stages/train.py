@@ -57,12 +57,14 @@ def run(model_params: ModelParams, train_params: TrainParams, episodes_dir: str 
     # Every process computes everything (the same, by construction); rank 0 alone writes.
     writer = distributed.global_rank(train_params) == 0
     start = time.perf_counter()
+    draw, draw_choice, probes = choose_draw(names, data, model_params, train_params, out_dir,
+                                            writer)
     for seed in train_params.seeds:
         run_params = replace(train_params, seed=seed)
         params = {"model": to_dict(model_params), "train": to_dict(run_params)}
         folder = out_dir / f"seed{seed}"
         meta_train = functools.partial(fit_meta, data=data, train=run_params,
-                                       log_dir=folder / "logs")
+                                       log_dir=folder / "logs", draw=draw)
         fitted: dict[str, Any] = {}
         per_seed: dict[str, Any] = {}
         for name in names:
@@ -70,13 +72,19 @@ def run(model_params: ModelParams, train_params: TrainParams, episodes_dir: str 
                 console.print(f"[bold]train[/] seed {seed} {name} ...")
             ctx = FitContext(data=data, model=model_params, train=run_params,
                              log_dir=folder / "logs", fitted=fitted, meta_train=meta_train)
-            fitted[name] = predictor = algorithms.get(name).fit(ctx)
+            reuse = probes.get(draw) if seed == train_params.seeds[0] else None
+            if reuse is not None and reuse.name == name:
+                predictor = reuse            # the draw probe's run is this very fit
+            else:
+                predictor = algorithms.get(name).fit(ctx)
+            fitted[name] = predictor
             per_seed[name] = predictor.tuning
             if writer:
                 save_model(folder / f"{name}.pt", predictor, params, data.vocab)
                 _report(name, predictor.tuning)
         results[f"seed{seed}"] = per_seed
     metrics = {"seeds": results, "seconds": round(time.perf_counter() - start, 2),
+               "draw": draw, "draw_choice": draw_choice,
                "val_tasks": int(data.select("val")["task_id"].nunique()),
                "train_tasks": int(data.select("train")["task_id"].nunique()),
                "processes": distributed.world_size(train_params)}
@@ -84,6 +92,37 @@ def run(model_params: ModelParams, train_params: TrainParams, episodes_dir: str 
         write_json(metrics, metrics_path)
     distributed.barrier()  # the other processes end once rank 0 has written everything
     return metrics
+
+
+def choose_draw(names: list[str], data: Any, model: ModelParams, train: TrainParams,
+                out_dir: Path, writer: bool) -> tuple[str | None, dict[str, Any], dict]:
+    """How meta-train tasks are drawn: None (the episodes' fixed draws, ``resample: false``),
+    the one mode of ``train.draws``, or the mode whose probe fit (the first algorithm that
+    draws tasks, first seed) has the lowest validation loss. Returns (mode, record, probe
+    predictors by mode)."""
+    if not train.resample:
+        return None, {}, {}
+    if len(train.draws) == 1:
+        return train.draws[0], {}, {}
+    probe = next((n for n in names if algorithms.get(n).uses_draws), None)
+    if probe is None:
+        return train.draws[0], {}, {}
+    run_params = replace(train, seed=train.seeds[0])
+    fits, losses = {}, {}
+    for mode in train.draws:
+        if writer:
+            console.print(f"[bold]train[/] choosing the task draw: {probe} with {mode} draws")
+        ctx = FitContext(data=data, model=model, train=run_params, log_dir=out_dir / "draws",
+                         meta_train=functools.partial(fit_meta, data=data, train=run_params,
+                                                      log_dir=out_dir / "draws" / mode,
+                                                      draw=mode))
+        fits[mode] = algorithms.get(probe).fit(ctx)
+        losses[mode] = float(fits[mode].tuning["best_val_loss"])
+    chosen = min(losses, key=lambda m: (losses[m], train.draws.index(m)))
+    record = {"probe": probe, "val_loss": losses, "chosen": chosen}
+    if writer:
+        console.print(f"[bold]train[/] task draw: {chosen} ({record['val_loss']})")
+    return chosen, record, fits
 
 
 def _report(name: str, record: dict[str, Any]) -> None:

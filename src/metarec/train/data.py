@@ -13,8 +13,10 @@ so every task is validated exactly once; the module sums the losses across proce
 from __future__ import annotations
 
 import lightning as L
+import numpy as np
 from torch.utils.data import DataLoader, DistributedSampler
 
+from metarec.data.draws import draw_tasks
 from metarec.data.tasks import EpisodeData, TaskBatch, to_batch
 from metarec.errors import DataError
 
@@ -28,17 +30,32 @@ class _Collate:
 
 
 class EpisodeDataModule(L.LightningDataModule):
-    """Meta-train tasks (split "train") shuffled into meta-batches; validation tasks ("val").
+    """Meta-train tasks shuffled into meta-batches; validation tasks (split "val").
 
-    ``meta_batch`` is the number of tasks per outer step over all processes.
+    With ``draw`` (temporal | random), the meta-train tasks are drawn afresh from the training
+    history every epoch (one per user, seeded by seed and epoch: the same on every process);
+    without, they are the fixed draws of the episodes (split "train"). ``meta_batch`` is the
+    number of tasks per outer step over all processes.
     """
 
     def __init__(self, data: EpisodeData, meta_batch: int, seed: int = 0,
-                 val_batch: int = 512) -> None:
+                 val_batch: int = 512, draw: str | None = None) -> None:
         super().__init__()
         self.data, self.meta_batch, self.seed, self.val_batch = data, meta_batch, seed, val_batch
+        self.draw = draw
         self.train_tasks: TaskBatch | None = None
         self.val_tasks: TaskBatch | None = None
+
+    def _epoch_tasks(self) -> TaskBatch:
+        """This epoch's meta-train tasks, drawn from the history (``draw`` set)."""
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        spec = self.data.vocab.get("draws", {})
+        if self.data.history is None or not spec:
+            raise DataError("the episodes carry no training history to draw tasks from; "
+                            "rerun `dvc repro episodes`")
+        rng = np.random.default_rng([self.seed, epoch])
+        return draw_tasks(self.data.history, tuple(spec["support_sizes"]), spec["query_size"],
+                          str(self.draw), rng)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_tasks is not None:
@@ -57,6 +74,8 @@ class EpisodeDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_tasks is not None
+        if self.draw is not None:
+            self.train_tasks = self._epoch_tasks()
         rank, world = self._rank()
         if self.meta_batch % world:
             raise ValueError(f"meta_batch {self.meta_batch} is not a multiple of the "

@@ -11,6 +11,7 @@ same result.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from metarec.meta.gradient import MetaAlgorithm
 from metarec.meta.predictor import validation_loss
 from metarec.train import distributed
 from metarec.train.data import EpisodeDataModule
-from metarec.train.module import MetaLearner
+from metarec.train.module import MetaLearner, TrainingDiverged
 
 log = logging.getLogger(__name__)
 # Lightning notices that say nothing about our run (tasks are few per epoch by design).
@@ -65,9 +66,11 @@ def _loggers(log_dir: Path, name: str) -> list[Any]:
 
 
 def fit_meta(name: str, build: Callable[[], MetaAlgorithm], outer_lr: float, *,
-             data: EpisodeData, train: TrainParams, log_dir: str | Path) -> FitResult:
+             data: EpisodeData, train: TrainParams, log_dir: str | Path,
+             draw: str | None = None) -> FitResult:
     """Meta-train ``build()`` for ``train.max_steps`` outer steps; keep the best validated
-    weights. Under DDP only global rank 0 writes the CSV logs in ``log_dir``."""
+    weights. ``draw``: meta-train tasks drawn afresh every epoch that way (None: the fixed
+    draws of the episodes). Under DDP only global rank 0 writes the CSV logs in ``log_dir``."""
     cls = algorithms.get(name)
     distributed.check(train, [cls])
     for logger_name in ("lightning.pytorch", "lightning.fabric"):
@@ -75,12 +78,17 @@ def fit_meta(name: str, build: Callable[[], MetaAlgorithm], outer_lr: float, *,
     L.seed_everything(train.seed, workers=True, verbose=False)
     algorithm = build()
     store = FeatureStore(data.users, data.items)
-    dm = EpisodeDataModule(data, train.meta_batch, seed=train.seed)
+    algorithm.use_catalogue(store)
+    dm = EpisodeDataModule(data, train.meta_batch, seed=train.seed, draw=draw)
     dm.setup("fit")
     assert dm.val_tasks is not None
-    initial = validation_loss(algorithm, store, dm.val_tasks)
+    initial = validation_loss(algorithm, store, dm.val_tasks, k=train.val_ndcg_k)
+    if not math.isfinite(initial):
+        raise TrainingDiverged(f"{name} (seed {train.seed}): the validation loss before "
+                               f"training is {initial}; check the ratings' scale")
     module = MetaLearner(algorithm, store, train.outer_optimizer, outer_lr,
-                         grad_clip=train.grad_clip, patience=train.patience)
+                         grad_clip=train.grad_clip, patience=train.patience,
+                         initial_val=initial, val_k=train.val_ndcg_k, seed=train.seed)
     logger = (_loggers(Path(log_dir), name) if distributed.global_rank(train) == 0 else False)
     trainer = L.Trainer(
         max_steps=train.max_steps, max_epochs=-1, accelerator=train.accelerator,
@@ -89,6 +97,7 @@ def fit_meta(name: str, build: Callable[[], MetaAlgorithm], outer_lr: float, *,
         logger=logger, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, inference_mode=False,
         deterministic=True, num_sanity_val_steps=0, val_check_interval=train.val_every,
+        reload_dataloaders_every_n_epochs=1 if draw is not None else 0,
         check_val_every_n_epoch=None, log_every_n_steps=min(10, train.val_every))
     start = time.perf_counter()
     with warnings.catch_warnings():
@@ -96,9 +105,9 @@ def fit_meta(name: str, build: Callable[[], MetaAlgorithm], outer_lr: float, *,
             warnings.filterwarnings("ignore", message=pattern)
         trainer.fit(module, datamodule=dm)
     seconds = time.perf_counter() - start
-    if module.best_state is not None:  # the best validated weights, not the last ones
+    if module.best_state is not None:  # the best validated weights (the start included)
         algorithm.load_state_dict(module.best_state)
-    best = module.best_val if module.best_state is not None else initial
+    best = module.best_val
     algorithm.cpu()
     store.to("cpu")
     return FitResult(name=name, algorithm=algorithm, initial_val_loss=initial,
@@ -108,8 +117,8 @@ def fit_meta(name: str, build: Callable[[], MetaAlgorithm], outer_lr: float, *,
 
 
 def fit_algorithm(name: str, data: EpisodeData, model: ModelParams, train: TrainParams,
-                  log_dir: str | Path) -> FitResult:
+                  log_dir: str | Path, draw: str | None = None) -> FitResult:
     """Meta-train the registered gradient learner ``name`` from the params (tests, tools)."""
     cls = algorithms.get(name)
     return fit_meta(name, lambda: cls.create(data, model, train), cls.outer_lr(train),
-                    data=data, train=train, log_dir=log_dir)
+                    data=data, train=train, log_dir=log_dir, draw=draw)

@@ -1,8 +1,10 @@
 """The LightningModule: the outer loop of any :class:`MetaAlgorithm`, manual optimisation.
 
 Training logic only: the algorithm owns adaptation and losses, the data module owns sampling.
-The best weights on validation query loss are kept in memory (``best_state``); the train stage
-writes them in the checkpoint format :func:`metarec.meta.checkpoint.load_predictor` reads.
+The best weights on the validation loss are kept in memory (``best_state``), starting from the
+untrained weights and their validation loss: a run that never improves keeps its start, never
+a worse model. A loss or a weight that is not finite stops training with
+:class:`TrainingDiverged` (the stage exits 2 and writes no checkpoint).
 """
 
 from __future__ import annotations
@@ -13,27 +15,43 @@ import lightning as L
 import torch
 
 from metarec.data.tasks import TaskBatch
+from metarec.errors import MetarecError
 from metarec.meta.features import FeatureStore
 from metarec.meta.gradient import MetaAlgorithm
-from metarec.meta.predictor import query_loss_sum
+from metarec.meta.predictor import validation_sums
+
+
+class TrainingDiverged(MetarecError):
+    """A meta-training run produced a non-finite loss or weight."""
 
 
 class MetaLearner(L.LightningModule):
     """Outer loop: objective from the algorithm, manual backward, clipping, step."""
 
     def __init__(self, algorithm: MetaAlgorithm, store: FeatureStore, outer_optimizer: str,
-                 outer_lr: float, grad_clip: float = 10.0, patience: int = 0) -> None:
+                 outer_lr: float, grad_clip: float = 10.0, patience: int = 0,
+                 initial_val: float = math.inf, val_k: int = 20, seed: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["algorithm", "store"])
         self.automatic_optimization = False
         self.algorithm = algorithm
         self.store = store
-        self.best_val = math.inf
-        self.best_step = -1
-        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_val = float(initial_val)
+        self.best_step = 0
+        self.best_state: dict[str, torch.Tensor] | None = (
+            self._snapshot() if math.isfinite(initial_val) else None)
         self.val_history: list[tuple[int, float]] = []
-        self._sse, self._n = 0.0, 0
+        self._sum, self._n = 0.0, 0
         self._stale = 0
+
+    def _snapshot(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.algorithm.state_dict().items()}
+
+    def _diverged(self, what: str) -> TrainingDiverged:
+        return TrainingDiverged(
+            f"{self.algorithm.name} (seed {self.hparams.seed}) diverged at outer step "
+            f"{int(self.global_step)}: {what}; lower train.outer_lr (now "
+            f"{self.hparams.outer_lr:g}) or train.inner_lr, or use outer_optimizer adam")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = list(self.algorithm.outer_parameters())
@@ -45,6 +63,7 @@ class MetaLearner(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self.store.to(self.device)
+        self.algorithm.use_catalogue(self.store)
 
     def training_step(self, batch: TaskBatch, batch_idx: int) -> None:
         # Under DDP Lightning calls this through the DistributedDataParallel wrapper's forward,
@@ -53,41 +72,48 @@ class MetaLearner(L.LightningModule):
         opt.zero_grad()
         objective, report = self.algorithm.outer_loss(self.store.support(batch),
                                                       self.store.query(batch))
+        if not torch.isfinite(objective):
+            raise self._diverged(f"the outer loss is {float(objective.detach())}")
         self.manual_backward(objective)
         self.clip_gradients(opt, gradient_clip_val=self.hparams.grad_clip,
                             gradient_clip_algorithm="norm")
         opt.step()
         self.algorithm.post_step()
+        bad = [n for n, p in self.algorithm.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise self._diverged(f"weights {', '.join(bad[:3])} are not finite")
         self.log("train_loss", report, prog_bar=True, batch_size=len(batch))
 
     def on_validation_epoch_start(self) -> None:
-        self._sse, self._n = 0.0, 0
+        self._sum, self._n = 0.0, 0
 
     def validation_step(self, batch: TaskBatch, batch_idx: int) -> None:
         # Lightning may call this under no_grad; adaptation builds its own gradients.
         with torch.enable_grad():
             gen = torch.Generator(device=self.device).manual_seed(batch_idx)
-            sse, n = query_loss_sum(self.algorithm, self.store, batch, generator=gen)
-        self._sse += sse
+            total, n = validation_sums(self.algorithm, self.store, batch, gen,
+                                       self.hparams.val_k)
+        self._sum += total
         self._n += n
 
     def on_validation_epoch_end(self) -> None:
-        sse, n = self._sse, float(self._n)
+        total, n = self._sum, float(self._n)
         if self.trainer.world_size > 1:
-            # Under DDP each process validated its share of the tasks: sum squared errors and
+            # Under DDP each process validated its share of the tasks: sum the losses and
             # counts over processes, so every process computes the same loss and keeps the
             # same best step.
-            total = torch.tensor([sse, n], dtype=torch.float64, device=self.device)
-            sse, n = self.trainer.strategy.reduce(total, reduce_op="sum").tolist()
-        val = sse / max(n, 1.0)
+            both = torch.tensor([total, n], dtype=torch.float64, device=self.device)
+            total, n = self.trainer.strategy.reduce(both, reduce_op="sum").tolist()
+        val = total / max(n, 1.0)
+        if not math.isfinite(val):
+            raise self._diverged(f"the validation loss is {val}")
         # sync_dist: the value is already equal on every process; this only tells Lightning so.
         self.log("val_loss", val, prog_bar=True, sync_dist=True)
         step = int(self.global_step)
         self.val_history.append((step, val))
         if val < self.best_val:
             self.best_val, self.best_step = val, step
-            self.best_state = {k: v.detach().clone()
-                               for k, v in self.algorithm.state_dict().items()}
+            self.best_state = self._snapshot()
             self._stale = 0
         else:
             self._stale += 1
