@@ -7,8 +7,10 @@ Prefect flows call the same subcommands / functions.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
@@ -42,6 +44,15 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(code=2)
 
 
+@contextlib.contextmanager
+def reported() -> Iterator[None]:
+    """A metarec error becomes one red line and exit code 2 (never a traceback)."""
+    try:
+        yield
+    except MetarecError as exc:
+        _fail(exc)
+
+
 @app.command()
 def ingest(
     out: Path = typer.Option(Path("data/canonical"), help="folder for the canonical tables"),
@@ -50,10 +61,8 @@ def ingest(
     """Fetch or read the data source named in params.yaml; write canonical Parquet tables."""
     from metarec.stages import ingest as stage
 
-    try:
+    with reported():
         stage.run(load_params(params).ingest, out)
-    except MetarecError as exc:
-        _fail(exc)
 
 
 @app.command()
@@ -67,10 +76,8 @@ def validate(
     """Check the canonical tables with Great Expectations; quarantine or fail on bad rows."""
     from metarec.stages import validate as stage
 
-    try:
+    with reported():
         stage.run(load_params(params).validate, inp, out, quarantine, report)
-    except MetarecError as exc:
-        _fail(exc)
 
 
 @app.command()
@@ -85,10 +92,8 @@ def episodes(
     """Split users in time and build one support/query task per user and K."""
     from metarec.stages import episodes as stage
 
-    try:
+    with reported():
         stage.run(load_params(params).episodes, inp, out, metrics, report)
-    except MetarecError as exc:
-        _fail(exc)
 
 
 # -- later stages register below this line (train, evaluate, score, ...) --
@@ -102,10 +107,8 @@ def serve(
     from metarec.orchestration.local import serve_nightly
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per schedule poll
-    try:
+    with reported():
         serve_nightly(project)
-    except MetarecError as exc:
-        _fail(exc)
 
 
 @app.command()
@@ -116,14 +119,12 @@ def ui(
     """Start (or find) the local Prefect server of params.yaml's prefect section; Ctrl-C stops."""
     from metarec.orchestration import server
 
-    try:
+    with reported():
         loaded = load_params(params).prefect
         if stop:
             typer.echo("stopped" if server.stop(loaded, params.parent) else "none running")
         else:
             server.serve_forever(loaded, params.parent)
-    except MetarecError as exc:
-        _fail(exc)
 
 
 @app.command()
@@ -136,11 +137,9 @@ def train(
     """Meta-train every algorithm in params.yaml (+ pretrain/finetune); write checkpoints."""
     from metarec.stages import train as stage
 
-    try:
+    with reported():
         loaded = load_params(params)
         stage.run(loaded.model, loaded.train, episodes, out, metrics)
-    except MetarecError as exc:
-        _fail(exc)
 
 
 @app.command()
@@ -156,10 +155,8 @@ def evaluate(
     """Score every model on the test tasks: 4 scenarios x K x seeds, with bootstrap CIs."""
     from metarec.stages import evaluate as stage
 
-    try:
+    with reported():
         stage.run(load_params(params).evaluate, episodes, models, metrics, report, selection)
-    except MetarecError as exc:
-        _fail(exc)
 
 
 @app.command()
@@ -177,10 +174,8 @@ def score(
     """Adapt to the day's cold-start users and write their top-K batch (atomically)."""
     from metarec.stages import score as stage
 
-    try:
+    with reported():
         batch = stage.run(load_params(params).score, inp, models, out, as_of, selection)
-    except MetarecError as exc:
-        _fail(exc)
     typer.echo(str(batch))
 
 
@@ -191,10 +186,8 @@ def verify_batch(
     """Rebuild a batch from its manifest; exit 0 only if the Parquet bytes are identical."""
     from metarec.stages import score as stage
 
-    try:
+    with reported():
         manifest = stage.verify(batch)
-    except MetarecError as exc:
-        _fail(exc)
     typer.echo(f"{batch}: identical ({manifest['rows']} rows, sha256 "
                f"{manifest['parquet_sha256']})")
 
@@ -208,10 +201,8 @@ def readme_results(
     from metarec.eval.readme import results_markdown, update_readme
     from metarec.io import read_json
 
-    try:
+    with reported():
         update_readme(readme, results_markdown(read_json(metrics)))
-    except MetarecError as exc:
-        _fail(exc)
 
 
 @app.command()

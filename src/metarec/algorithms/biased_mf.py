@@ -23,7 +23,6 @@ from metarec.models.statistical import (
     rows_to_codes,
     training_ratings,
     tune_mae,
-    validation_batch,
 )
 
 
@@ -43,6 +42,7 @@ class BiasedMF(Baseline):
 
     def __init__(self, mu: float, rating_range: tuple[float, float], item_factors: torch.Tensor,
                  item_bias: torch.Tensor, user_lambda: float) -> None:
+        """The ALS item side (per code) and the cold-user ridge penalty chosen for it."""
         super().__init__(mu, rating_range)
         self.item_factors = item_factors.double()  # (n_ids, d), 0 for items without ratings
         self.item_bias = item_bias.double()        # (n_ids,)
@@ -52,14 +52,14 @@ class BiasedMF(Baseline):
     def fit(cls, ctx: FitContext) -> BiasedMF:
         data, p = ctx.data, cls.params_of(ctx.train)
         users, items, ratings = training_ratings(data)
-        mu, rr, val = float(ratings.mean()), data.rating_range, validation_batch(data)
+        mu, rr = float(ratings.mean()), data.rating_range
         best, best_mae, best_reg, record = None, float("inf"), 0.0, []
         for reg in p.reg:   # one ALS fit per training reg, then every cold-user lambda on it
             q, b_i = fit_als(users, items, ratings, len(data.users), len(data.items), mu,
                              p.dim, reg, p.iters, ctx.seed)
             q, b_i = rows_to_codes(q, data), rows_to_codes(b_i, data)
             mf, rec = tune_mae(lambda lam, q=q, b_i=b_i: cls(mu, rr, q, b_i, lam).bind(data),
-                               p.user_lambda, val)
+                               p.user_lambda, data)
             record.append({"reg": float(reg), **rec})
             if min(rec["val_mae"]) < best_mae:
                 best, best_mae, best_reg = mf, min(rec["val_mae"]), float(reg)

@@ -23,7 +23,7 @@ from metarec.models.statistical import (
     interaction_matrix,
     sparse_product,
     support_matrix,
-    tune_ndcg,
+    tune_product,
 )
 
 
@@ -60,16 +60,14 @@ class Ease(RankingBaseline):
             x = interaction_matrix(data, w)
             grams[w] = sparse_product(x.t(), x).double()                 # (n, n)
 
-        def make(choice: tuple[int, float]) -> Ease:
-            w, lam = choice
-            inv = torch.linalg.inv(grams[w] + lam * torch.eye(n, dtype=torch.float64))
+        def make(window: int, lam: float) -> Ease:
+            inv = torch.linalg.inv(grams[window] + lam * torch.eye(n, dtype=torch.float64))
             b = -inv / torch.diagonal(inv)                              # columns / diag(P)
             b.fill_diagonal_(0.0)
-            return cls(b, lam, w).bind(data)
+            return cls(b, lam, window).bind(data)
 
-        grid = [(w, lam) for w in p.window for lam in p.lam]
-        best, record = tune_ndcg(make, grid, data, ctx.train.val_ndcg_k)
-        best.tuning = {"window, lam": record, "lam": best.lam, "window": best.window}
+        best, best.tuning = tune_product(make, {"window": p.window, "lam": p.lam}, data,
+                                         ctx.train.val_ndcg_k)
         return best
 
     def rank(self, state: TaskBatch) -> torch.Tensor:

@@ -19,7 +19,6 @@ from metarec.models.statistical import (
     rows_to_codes,
     training_ratings,
     tune_mae,
-    validation_batch,
 )
 
 
@@ -36,6 +35,7 @@ class ItemMean(Baseline):
 
     def __init__(self, mu: float, rating_range: tuple[float, float], item_resid: torch.Tensor,
                  item_count: torch.Tensor, shrinkage: float) -> None:
+        """Sums of residuals and counts per item code, kept so beta can be changed cheaply."""
         super().__init__(mu, rating_range)
         self.item_resid = item_resid.double()      # (n_ids,) sum of (r - mu) per item code
         self.item_count = item_count.double()      # (n_ids,) meta-train ratings per item code
@@ -53,7 +53,7 @@ class ItemMean(Baseline):
         resid, count = rows_to_codes(resid, data), rows_to_codes(count, data)
         grid = cls.params_of(ctx.train).shrinkage
         best, rec = tune_mae(lambda b: cls(mu, data.rating_range, resid, count, b).bind(data),
-                             grid, validation_batch(data))
+                             grid, data)
         best.tuning = {"shrinkage": rec}
         return best
 

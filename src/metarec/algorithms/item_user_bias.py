@@ -6,28 +6,20 @@ mu + b_i + b_u with b_i from the fitted ``item_mean`` and b_u = sum_s (r - mu - 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from metarec.algorithms import register
-from metarec.config import bounded
 from metarec.data.tasks import TaskBatch
 from metarec.models.base import FitContext
-from metarec.models.statistical import Baseline, support_bias, tune_mae, validation_batch
-
-
-@dataclass(frozen=True)
-class ItemUserBiasParams:
-    shrinkage: tuple[float, ...] = bounded((0.0, 1.0, 2.0, 5.0, 10.0, 25.0), 0.0,
-                                           nonempty=True)  # beta_u grid
+from metarec.models.statistical import Baseline, ShrinkageParams, support_bias, tune_mae
 
 
 @register
 class ItemUserBias(Baseline):
     name = "item_user_bias"
-    Params = ItemUserBiasParams
+    Params = ShrinkageParams   # the user-shrinkage grid (beta_u)
     requires = ("item_mean",)
 
     def __init__(self, mu: float, rating_range: tuple[float, float], item_bias: torch.Tensor,
@@ -41,7 +33,7 @@ class ItemUserBias(Baseline):
         data, item_mean = ctx.data, ctx.fitted["item_mean"]
         best, rec = tune_mae(
             lambda b: cls(item_mean.mu, data.rating_range, item_mean.item_bias, b).bind(data),
-            cls.params_of(ctx.train).shrinkage, validation_batch(data))
+            cls.params_of(ctx.train).shrinkage, data)
         best.tuning = {"shrinkage": rec, "item_shrinkage": item_mean.shrinkage}
         return best
 

@@ -19,7 +19,7 @@ from metarec.models.statistical import (
     RankingBaseline,
     interaction_matrix,
     sparse_product,
-    tune_ndcg,
+    tune_product,
 )
 
 
@@ -71,15 +71,12 @@ class ItemKNN(RankingBaseline):
         tops = {w: top_neighbours(interaction_matrix(data, w), max(p.neighbours), p.block)
                 for w in p.window}
 
-        def make(choice: tuple[int, int]) -> ItemKNN:
-            w, k = choice
-            idx, val = tops[w]
-            return cls(idx[:, :k], val[:, :k], k, w).bind(data)
+        def make(window: int, k: int) -> ItemKNN:
+            idx, val = tops[window]
+            return cls(idx[:, :k], val[:, :k], k, window).bind(data)
 
-        grid = [(w, k) for w in p.window for k in p.neighbours]
-        best, record = tune_ndcg(make, grid, data, ctx.train.val_ndcg_k)
-        best.tuning = {"window, neighbours": record, "neighbours": best.k,
-                       "window": best.window}
+        best, best.tuning = tune_product(make, {"window": p.window, "neighbours": p.neighbours},
+                                         data, ctx.train.val_ndcg_k)
         return best
 
     def rank(self, state: TaskBatch) -> torch.Tensor:

@@ -17,7 +17,7 @@ from metarec.algorithms import register
 from metarec.config import bounded
 from metarec.data.tasks import TaskBatch
 from metarec.models.base import FitContext
-from metarec.models.statistical import RankingBaseline, interaction_matrix, tune_ndcg
+from metarec.models.statistical import RankingBaseline, interaction_matrix, tune_product
 
 
 @dataclass(frozen=True)
@@ -41,15 +41,14 @@ class MostPopular(RankingBaseline):
     def fit(cls, ctx: FitContext) -> MostPopular:
         p, data = cls.params_of(ctx.train), ctx.data
 
-        def make(choice: tuple[int, bool]) -> MostPopular:
-            x = interaction_matrix(data, choice[0], choice[1])
+        def make(window: int, positive: bool) -> MostPopular:
+            x = interaction_matrix(data, window, positive)
             counts = torch.sparse.sum(x, 0).to_dense()                   # (n_ids,)
-            return cls(counts, *choice).bind(data)
+            return cls(counts, window, positive).bind(data)
 
-        grid = [(w, pos) for w in p.window for pos in p.positive_only]
-        best, record = tune_ndcg(make, grid, data, ctx.train.val_ndcg_k)
-        best.tuning = {"window, positive_only": record, "window": best.window,
-                       "positive_only": best.positive_only}
+        best, best.tuning = tune_product(make, {"window": p.window,
+                                                "positive_only": p.positive_only},
+                                         data, ctx.train.val_ndcg_k)
         return best
 
     def rank(self, state: TaskBatch) -> torch.Tensor:

@@ -2,34 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from metarec.algorithms import register
-from metarec.config import bounded
 from metarec.data.tasks import TaskBatch
 from metarec.models.base import FitContext
 from metarec.models.statistical import (
     Baseline,
+    ShrinkageParams,
     support_bias,
     training_ratings,
     tune_mae,
-    validation_batch,
 )
-
-
-@dataclass(frozen=True)
-class UserMeanParams:
-    shrinkage: tuple[float, ...] = bounded((0.0, 1.0, 2.0, 5.0, 10.0, 25.0), 0.0,
-                                           nonempty=True)  # beta_u grid
 
 
 @register
 class UserMean(Baseline):
     name = "user_mean"
-    Params = UserMeanParams
+    Params = ShrinkageParams   # the user-shrinkage grid (beta_u)
 
     def __init__(self, mu: float, rating_range: tuple[float, float], shrinkage: float) -> None:
         super().__init__(mu, rating_range)
@@ -40,7 +32,7 @@ class UserMean(Baseline):
         data = ctx.data
         mu = float(training_ratings(data)[2].mean())
         best, rec = tune_mae(lambda b: cls(mu, data.rating_range, b).bind(data),
-                             cls.params_of(ctx.train).shrinkage, validation_batch(data))
+                             cls.params_of(ctx.train).shrinkage, data)
         best.tuning = {"shrinkage": rec}
         return best
 

@@ -8,19 +8,30 @@ with closed-form statistics of its support set and predicts in one batched pass 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from metarec.config import bounded
 from metarec.data.tasks import EpisodeData, TaskBatch, to_batch
 from metarec.errors import DataError
 from metarec.eval.metrics import catalogue_metrics, catalogue_targets, mae
 from metarec.models.base import Algorithm, Predictor
 
 log = logging.getLogger("metarec.train")
+
+
+@dataclass(frozen=True)
+class ShrinkageParams:
+    """A grid of shrinkage pseudo-counts (beta), chosen by validation MAE."""
+
+    shrinkage: tuple[float, ...] = bounded((0.0, 1.0, 2.0, 5.0, 10.0, 25.0), 0.0,
+                                           nonempty=True)
 
 
 class Baseline(Predictor, Algorithm):
@@ -120,9 +131,11 @@ def validation_batch(data: EpisodeData) -> TaskBatch:
     return to_batch(val)
 
 
-def tune_mae(make: Callable[[Any], Predictor], grid: Sequence[Any], batch: TaskBatch
+def tune_mae(make: Callable[[Any], Predictor], grid: Sequence[Any], data: EpisodeData
              ) -> tuple[Predictor, dict[str, Any]]:
-    """Build ``make(value)`` for every grid value; keep the lowest validation MAE (first wins)."""
+    """Build ``make(value)`` for every grid value; keep the lowest MAE on the validation tasks
+    (pooled over every scenario and K; first wins)."""
+    batch = validation_batch(data)
     best, best_mae, scores = None, float("inf"), []
     for value in grid:
         model = make(value)
@@ -165,6 +178,20 @@ def tune_ndcg(make: Callable[[Any], Predictor], grid: Sequence[Any], data: Episo
         best = make(grid[0])
         record["note"] = "no relevant validation item: first grid value kept"
     return best, record
+
+
+def tune_product(make: Callable[..., Predictor], axes: dict[str, Sequence[Any]],
+                 data: EpisodeData, k: int) -> tuple[Predictor, dict[str, Any]]:
+    """:func:`tune_ndcg` over every combination of the ``axes`` values (``make(*values)``);
+    the tuning record names the axes and the chosen value of each."""
+    grid = list(itertools.product(*axes.values()))
+    best, record = tune_ndcg(lambda values: make(*values), grid, data, k)
+    chosen = grid[int(max(range(len(grid)), key=lambda i: _finite(record[f"val_ndcg@{k}"][i])))]
+    return best, {", ".join(axes): record, **dict(zip(axes, chosen, strict=True))}
+
+
+def _finite(x: float) -> float:
+    return x if x == x else -1.0
 
 
 def _plain(value: Any) -> Any:

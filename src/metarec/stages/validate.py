@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from metarec.config import ValidateParams
 from metarec.data import validation as v
+from metarec.data.gx import jsonable, run_gx
 from metarec.errors import DataError
 from metarec.io import atomic_dir, read_tracked, write_json, write_parquet, write_text
 
@@ -86,7 +87,7 @@ def run(params: ValidateParams, inp: str | Path, out: str | Path, quarantine: st
     q_masks["interactions"] = _quarantine_mask(base, len(inter))
 
     # -- GX verdict, then the summary (written before any failure) -------------------------
-    gx = v.run_gx(frames, rules, params.examples)
+    gx = run_gx(frames, rules, params.examples)
     expectations = [_entry(i, r, gx.get(i), frames[r.frame], dfs[r.table], index_col[r.table],
                            params) for i, r in enumerate(rules)]
     tables = {}
@@ -170,7 +171,7 @@ def _entry(i: int, rule: v.Rule, gx: dict[str, Any] | None, frame: pd.DataFrame,
             "expectation_type": "derived", "kwargs": {}, "success": mask_count == 0,
             "element_count": len(frame), "unexpected_count": mask_count,
             "agrees_with_gx": None,
-            "examples": [{k: v.jsonable(x) for k, x in row.items()}
+            "examples": [{k: jsonable(x) for k, x in row.items()}
                          for row in flagged.to_dict("records")],
         })
         return entry
@@ -179,7 +180,7 @@ def _entry(i: int, rule: v.Rule, gx: dict[str, Any] | None, frame: pd.DataFrame,
     if "max_value" in kwargs and rule.column == "timestamp" and params.max_timestamp is None:
         kwargs["max_value"] = "now"  # the resolved clock time would make reruns differ
     entry.update({
-        "expectation_type": etype, "kwargs": {k: v.jsonable(x) for k, x in kwargs.items()},
+        "expectation_type": etype, "kwargs": {k: jsonable(x) for k, x in kwargs.items()},
         "success": gx["success"], "element_count": gx["element_count"],
         "unexpected_count": gx["unexpected_count"],
         "agrees_with_gx": gx["unexpected_count"] == _default(rule.gx_count, mask_count)
