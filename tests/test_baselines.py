@@ -12,15 +12,15 @@ import torch
 from metarec import algorithms
 from metarec.algorithms.biased_mf import BiasedMF, BiasedMFParams
 from metarec.algorithms.item_mean import ItemMean, ItemMeanParams
-from metarec.algorithms.item_user_bias import ItemUserBias, ItemUserBiasParams
-from metarec.algorithms.user_mean import UserMean, UserMeanParams
+from metarec.algorithms.item_user_bias import ItemUserBias
+from metarec.algorithms.user_mean import UserMean
 from metarec.config import ModelParams, TrainParams
 from metarec.data.encoding import encode_entity
 from metarec.data.tasks import EpisodeData, TaskBatch, to_batch
 from metarec.meta.checkpoint import load_model, save_model
 from metarec.models.base import FitContext
 from metarec.models.linalg import fit_als, ridge_solve
-from metarec.models.statistical import rows_to_codes, training_ratings
+from metarec.models.statistical import ShrinkageParams, rows_to_codes, training_ratings
 
 USERS = ["u1", "u2", "u3", "v1", "v2", "t1"]
 ITEMS = ["i1", "i2", "i3", "i4"]          # i4 never rated in meta-train: a new item
@@ -65,8 +65,8 @@ MU = 3.6
 # grids deliberately not sorted, so that "picks the best" cannot pass by picking the first value
 ITEM_GRID, USER_GRID = (50.0, 0.0, 2.0), (25.0, 1.0, 0.0)
 SMALL = {"item_mean": ItemMeanParams(shrinkage=ITEM_GRID),
-         "user_mean": UserMeanParams(shrinkage=USER_GRID),
-         "item_user_bias": ItemUserBiasParams(shrinkage=USER_GRID),
+         "user_mean": ShrinkageParams(shrinkage=USER_GRID),
+         "item_user_bias": ShrinkageParams(shrinkage=USER_GRID),
          "biased_mf": BiasedMFParams(reg=(1.0, 10.0), user_lambda=(0.5, 5.0), dim=2, iters=5)}
 NAMES = ("global_mean", "item_mean", "user_mean", "item_user_bias", "biased_mf")
 

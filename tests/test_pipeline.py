@@ -79,9 +79,9 @@ def test_ensembles_average_the_seeds_and_meta_ens_is_chosen_on_validation(
         pipeline: dict) -> None:
     result = pipeline["eval"]
     chosen = result["choices"]["ensembles"]
-    val_mae = chosen["val_mae"]
-    assert set(val_mae) == {"maml-ens", "reptile-ens"}
-    assert chosen["meta-ens"] == sorted(val_mae, key=lambda n: (val_mae[n], n))[:2]
+    score = chosen["val_score"]        # validation catalogue nDCG of each seed-ensemble
+    assert set(score) == {"maml-ens", "reptile-ens"}
+    assert chosen["meta-ens"] == sorted(score, key=lambda n: (-score[n], n))[:2]
     # a seed-ensemble's MAE is not worse than the mean of its members' MAEs (convexity)
     for row in (r for r in result["results"] if r["model"] == "maml-ens"):
         members = [r["mae"] for r in result["results"] if r["model"] == "maml"

@@ -106,6 +106,7 @@ class EpisodesParams:
     melu_new_item_quantile: float = bounded(0.8, 0.0, 1.0)
     predefined_path: str | None = None
     relevance_threshold: float | None = None
+    count_transform: Literal["log1p", "binarize"] = "log1p"
     seed: int = 0
 
 
@@ -119,7 +120,7 @@ class ModelParams:
     embedding_dim: int = bounded(32, 1)
     hidden: tuple[int, ...] = bounded((64, 64), 1)
     item_id_embedding: bool = True
-    adapt: Literal["vector", "decision", "all", "head", "user"] = "user"
+    adapt: Literal["vector", "decision", "all", "head", "user"] = "vector"
     fold_in: bool = True
     warm_start: Literal["none", "svd"] = "svd"
 
@@ -129,7 +130,7 @@ class ObjectiveParams:
     """What the gradient meta-learners (and pretrain) minimise, inner and outer loop."""
 
     ranking_weight: float = bounded(1.0, 0.0)
-    rating_weight: float = bounded(0.1, 0.0)
+    rating_weight: float = bounded(0.3, 0.0)
     inner: Literal["rating", "ranking", "both"] = "both"
     loss: Literal["softmax", "sampled", "bpr"] = "softmax"
     negatives: int = bounded(256, 1)
@@ -153,7 +154,7 @@ class TrainParams:
     meta_batch: int = bounded(32, 1)
     outer_optimizer: Literal["adam", "sgd"] = "adam"
     outer_lr: float = bounded(1e-3, 0.0)
-    max_steps: int = bounded(1000, 0)
+    max_steps: int = bounded(800, 0)
     val_every: int = bounded(100, 1)
     grad_clip: float = bounded(10.0, 0.0)
     patience: int = bounded(3, 0)

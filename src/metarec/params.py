@@ -68,6 +68,10 @@ def check(params: Params) -> None:
     if e.melu_min_ratings > e.melu_max_ratings:
         raise ParamsError("episodes.melu_min_ratings must not exceed melu_max_ratings "
                           f"({e.melu_min_ratings} > {e.melu_max_ratings})")
+    label, thr = params.ingest.table.label, e.relevance_threshold
+    if params.ingest.source == "table" and label == "binary" and thr is not None and thr > 1.0:
+        raise ParamsError(f"episodes.relevance_threshold: {thr} marks nothing relevant for "
+                          "binary labels (0/1); use null (any interaction) or a value <= 1")
     if params.model.interaction == "mlp" and not params.model.hidden:
         raise ParamsError("model.hidden: interaction mlp needs at least one hidden layer")
     scored = params.score.model

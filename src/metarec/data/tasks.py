@@ -53,6 +53,11 @@ class EpisodeData:
         return float(r["min"]), float(r["max"])
 
     @property
+    def explicit(self) -> bool:
+        """Explicit ratings to predict (not implicit counts or 0/1 labels)."""
+        return self.vocab["rating"].get("kind", "explicit") == "explicit"
+
+    @property
     def relevance_threshold(self) -> float:
         """Ratings at or above this are relevant (positives of the ranking metrics)."""
         return float(self.vocab["rating"].get("relevant", 0.8 * self.rating_range[1]))

@@ -30,8 +30,8 @@ def is_baseline(name: str) -> bool:
 
 
 def choose_inner_steps(models: dict[str, Any], val: TaskBatch, grid: tuple[int, ...],
-                       n_items: int, params: EvaluateParams, threshold: float
-                       ) -> dict[str, dict[str, Any]]:
+                       n_items: int, params: EvaluateParams, threshold: float,
+                       explicit: bool = True) -> dict[str, dict[str, Any]]:
     """Test-time inner steps of each adaptive model, chosen on validation tasks (grid
     search): for its ratings by the lowest MSE, for its ranking by the highest catalogue
     nDCG. Sets them on the models; returns the record."""
@@ -44,8 +44,8 @@ def choose_inner_steps(models: dict[str, Any], val: TaskBatch, grid: tuple[int, 
         mse, ndcg = {}, {}
         for steps in grid:
             model.set_steps(rate=steps, rank=steps)
-            vals = score_batch(model, val, n_items, params, threshold)
-            if model.predicts_ratings:   # pooled MSE over ratings, from per-task RMSE
+            vals = score_batch(model, val, n_items, params, threshold, explicit)
+            if model.predicts_ratings and explicit:   # pooled MSE over ratings, from per-task RMSE
                 n = val.query_mask.sum(1).double()
                 mse[steps] = float((vals["rmse"].double() ** 2 * n).nansum() / n.sum())
             ndcg[steps] = nanmean(vals[ck])
@@ -59,13 +59,13 @@ def choose_inner_steps(models: dict[str, Any], val: TaskBatch, grid: tuple[int, 
 
 
 def validation_scores(models: dict[str, Any], val: TaskBatch, n_items: int,
-                      params: EvaluateParams, threshold: float
+                      params: EvaluateParams, threshold: float, explicit: bool = True
                       ) -> dict[str, dict[str, float]]:
     """{model: {"mae": ..., catalogue metric: ...}} pooled over every validation task."""
     ck = catalogue_metric(params)
     out = {}
     for name, model in models.items():
-        vals = score_batch(model, val, n_items, params, threshold)
+        vals = score_batch(model, val, n_items, params, threshold, explicit)
         out[name] = {"mae": nanmean(vals["mae"]), ck: nanmean(vals[ck])}
     return out
 
@@ -81,7 +81,8 @@ def best_baselines(val_scores: dict[str, dict[str, float]], params: EvaluatePara
     base = {n: v for n, v in val_scores.items() if is_baseline(n)}
     mae = {n: v["mae"] for n, v in base.items() if not math.isnan(v["mae"])}
     ndcg = {n: v[ck] for n, v in base.items()}
-    return {"accuracy": {"name": min(mae, key=lambda n: (mae[n], n)), "val_mae": mae},
+    accuracy = min(mae, key=lambda n: (mae[n], n)) if mae else None   # None: implicit labels
+    return {"accuracy": {"name": accuracy, "val_mae": mae},
             "ranking": {"name": max(ndcg, key=lambda n: (ndcg[n], n)), f"val_{ck}": ndcg}}
 
 
@@ -90,8 +91,8 @@ def majority_baselines(choices: dict[str, Any]) -> dict[str, str]:
     out = {}
     for fam in ("accuracy", "ranking"):
         names = [c["best_baseline"][fam]["name"] for c in choices.values()
-                 if "best_baseline" in c]
-        out[fam] = max(sorted(set(names)), key=names.count)
+                 if "best_baseline" in c and c["best_baseline"][fam]["name"] is not None]
+        out[fam] = max(sorted(set(names)), key=names.count) if names else None
     return out
 
 

@@ -28,7 +28,7 @@ def compare(per_user: PerUser, baselines: dict[str, str], params: EvaluateParams
         seeds = per_user[(name, scenario, k)]
         for metric in compared_metrics(params):
             baseline = baselines[family(metric)]
-            if name == baseline or (baseline, scenario, k) not in per_user:
+            if baseline is None or name == baseline or (baseline, scenario, k) not in per_user:
                 continue
             base_seeds = per_user[(baseline, scenario, k)]
             model_v = torch.stack([s[metric] for s in seeds]).mean(0)          # (U,)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from metarec.data.tasks import TaskBatch
-from metarec.eval.metrics import per_task_mae
-from metarec.eval.scoring import nanmean
 from metarec.models.base import Predictor
 
 ENSEMBLE_SEED = -1  # the "seed" of result rows that average every seed's model
@@ -35,21 +34,24 @@ class Ensemble(Predictor):
                                                       strict=True)]).mean(0)
 
 
-def build_ensembles(all_models: dict[int, dict[str, Any]], meta: list[str], val: TaskBatch,
-                    size: int) -> tuple[dict[str, Ensemble], dict[str, Any]]:
+def build_ensembles(all_models: dict[int, dict[str, Any]], meta: list[str], size: int,
+                    val_score: Callable[[Predictor], float]
+                    ) -> tuple[dict[str, Ensemble], dict[str, Any]]:
     """``<algo>-ens``: each meta-learner in ``meta`` averaged over the seeds; ``meta-ens``: the
-    ``size`` seed-ensembles with the lowest validation MAE averaged (chosen on validation)."""
+    ``size`` seed-ensembles with the highest ``val_score`` (validation catalogue nDCG)
+    averaged together (chosen on validation)."""
     seeds = list(all_models.values())
     if len(seeds) < 2 or size < 1:
         return {}, {}
     names = [n for n in meta if all(n in models for models in seeds)]
     out = {f"{n}-ens": Ensemble(f"{n}-ens", [models[n] for models in seeds]) for n in names}
-    val_mae = {}
-    for name, ens in out.items():
-        pred = ens.predict(val, val.query_items)
-        val_mae[name] = nanmean(per_task_mae(pred, val.query_ratings, val.query_mask))
-    chosen = sorted(val_mae, key=lambda n: (val_mae[n], n))[:size]
+    scores = {name: val_score(ens) for name, ens in out.items()}
+    chosen = sorted(scores, key=lambda n: (-_finite(scores[n]), n))[:size]
     if len(chosen) > 1:
         out["meta-ens"] = Ensemble("meta-ens", [m for n in chosen for m in out[n].members])
-    return out, {"val_mae": {n: round(v, 6) for n, v in val_mae.items()},
+    return out, {"val_score": {n: round(v, 6) for n, v in scores.items()},
                  "meta-ens": chosen if len(chosen) > 1 else []}
+
+
+def _finite(x: float) -> float:
+    return x if x == x else -1.0

@@ -34,6 +34,9 @@ def _frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     if df.empty or missing:
         raise ValueError(f"result rows need the keys {KEYS}; missing {missing or 'all rows'}")
     df["k"] = df["k"].map(lambda k: K_ALL if k == "all" else int(k))
+    for col in df.columns:   # a metric a model has not (None in JSON) is NaN here
+        if col not in KEYS and df[col].dtype == object:
+            df[col] = pd.to_numeric(df[col], errors="coerce")
     dup = df.duplicated(list(KEYS))
     if dup.any():
         raise ValueError(f"duplicate result row for {df.loc[dup, list(KEYS)].iloc[0].to_dict()}")
@@ -126,6 +129,8 @@ def write_report(result: dict[str, Any], report_dir: Path, metrics: list[str], p
     """``report.md`` and the PNG curves (against K, and against inner steps at ``ref_k``)."""
     rows = result["results"]
     for metric in ("mae", primary):
+        if all(r.get(metric) is None for r in rows):
+            continue     # implicit labels: no MAE curve
         adaptation_curves(rows, metric, report_dir / plot_name(metric, "k"))
         if result["steps_curve"]:
             _steps_plot(result["steps_curve"], metric, report_dir / plot_name(metric, "steps"))
@@ -135,7 +140,7 @@ def write_report(result: dict[str, Any], report_dir: Path, metrics: list[str], p
     best = result["best_baseline"]
     lines = [f"# Evaluation: {result['dataset']} ({result['protocol']} protocol)", "",
              "Best baselines, chosen on validation tasks (majority over seeds): "
-             f"**{best['accuracy']}** for MAE/RMSE (lowest validation MAE), "
+             f"**{best['accuracy'] or '–'}** for MAE/RMSE (lowest validation MAE), "
              f"**{best['ranking']}** for ranking metrics (highest validation catalogue "
              f"{primary}).", ""]
     serving = result.get("serving", {})
@@ -153,7 +158,7 @@ def write_report(result: dict[str, Any], report_dir: Path, metrics: list[str], p
     for seed, ch in result["choices"].items():
         if seed == "ensembles":
             lines.append(f"- ensembles: meta-ens averages {', '.join(ch.get('meta-ens', []))} "
-                         "(lowest validation MAE among the seed-ensembles)")
+                         f"(highest validation {primary} among the seed-ensembles)")
             continue
         steps = ", ".join(f"{n}: {v['steps']}/{v.get('rank_steps', v['steps'])}"
                           for n, v in ch["inner_steps"].items())

@@ -49,11 +49,12 @@ def family(metric: str) -> str:
 
 
 def score_batch(model: Predictor, batch: TaskBatch, n_items: int, params: EvaluateParams,
-                threshold: float) -> dict[str, torch.Tensor]:
+                threshold: float, explicit: bool = True) -> dict[str, torch.Tensor]:
     """Per-task metric values (T,) for one model on one batch of tasks.
 
     The model adapts once per task. Its ratings of the query items give MAE and RMSE (NaN for
-    a model that only ranks); its ranking scores give every ranking metric: of the query items
+    a model that only ranks, and for implicit labels); its ranking scores give every ranking
+    metric: of the query items
     among themselves (the literature's protocol) and of the whole catalogue minus the support,
     where query items rated at or above ``threshold`` are the relevant ones.
     """
@@ -61,7 +62,7 @@ def score_batch(model: Predictor, batch: TaskBatch, n_items: int, params: Evalua
     full = model.rank(state)                                                  # (T, N)
     t = len(batch)
     out: dict[str, torch.Tensor] = {}
-    if model.predicts_ratings:
+    if model.predicts_ratings and explicit:   # implicit labels: no rating to predict
         pred = model.rate(state, batch.query_items)                           # (T, Q)
         out["mae"] = per_task_mae(pred, batch.query_ratings, batch.query_mask)
         out["rmse"] = per_task_rmse(pred, batch.query_ratings, batch.query_mask)

@@ -40,6 +40,20 @@ def _finish(tasks: pd.DataFrame) -> pd.DataFrame:
     return tasks[list(EPISODE_COLUMNS)].reset_index(drop=True)
 
 
+def label_treatment(rating: dict[str, Any], values: np.ndarray, params: EpisodesParams
+                    ) -> tuple[dict[str, Any], np.ndarray]:
+    """Implicit counts become ``log1p(count)`` or 0/1 (``episodes.count_transform``), so every
+    label lies on a finite scale; explicit ratings and binary labels stay as they are.
+    Returns the rating description the models see and the treated values."""
+    if rating.get("kind") != "count":
+        return dict(rating), values
+    values = np.asarray(values, dtype=np.float64)
+    out = np.log1p(values) if params.count_transform == "log1p" else (values > 0) * 1.0
+    top = float(out.max()) if out.size else 1.0
+    return {**rating, "min": 0.0, "max": max(top, 1.0), "transform": params.count_transform,
+            "raw_max": float(values.max()) if values.size else 0.0}, out
+
+
 def relevance_threshold(rating: dict[str, Any], params: EpisodesParams) -> float:
     """The rating at and above which an interaction is relevant (a positive for ranking):
     ``episodes.relevance_threshold``, or by default 80% of an explicit scale's maximum (4 on
@@ -48,7 +62,7 @@ def relevance_threshold(rating: dict[str, Any], params: EpisodesParams) -> float
         return float(params.relevance_threshold)
     if rating.get("kind", "explicit") == "explicit":
         return 0.8 * float(rating["max"])
-    return float(np.nextafter(0.0, 1.0))
+    return float(np.finfo(np.float32).tiny)   # > 0 even in float32: any interaction
 
 
 def _to_arrow(tasks: pd.DataFrame, user_index: pd.Index, item_index: pd.Index,
@@ -96,8 +110,10 @@ def run(params: EpisodesParams, inp: str | Path, out: str | Path, metrics: str |
     # work on sorted integer codes of the ids (fast grouping, same order as the strings)
     ucodes, user_index = pd.factorize(inter["user_id"], sort=True)
     icodes, item_index = pd.factorize(inter["item_id"], sort=True)
+    rating_spec, ratings = label_treatment(schema["rating"], inter["rating"].to_numpy(),
+                                           params)
     df = pd.DataFrame({"user_id": ucodes.astype(np.int32), "item_id": icodes.astype(np.int32),
-                       "rating": inter["rating"].to_numpy(np.float32),
+                       "rating": ratings.astype(np.float32),
                        "timestamp": inter["timestamp"].to_numpy(np.int64)})
     if params.protocol == "predefined":
         split = protocols.predefined(df, params, user_index, item_index)
@@ -110,8 +126,7 @@ def run(params: EpisodesParams, inp: str | Path, out: str | Path, metrics: str |
         "dataset": schema["dataset"], "protocol": params.protocol,
         "draws": {"support_sizes": list(params.support_sizes), "query_size": params.query_size,
                   "train_draw": params.train_draw},
-        "rating": {**schema["rating"],
-                   "relevant": relevance_threshold(schema["rating"], params)},
+        "rating": {**rating_spec, "relevant": relevance_threshold(rating_spec, params)},
         "users": fit_entity_vocab(users, "user_id", schema["users"], train_users),
         "items": fit_entity_vocab(items, "item_id", schema["items"], known_items),
     }

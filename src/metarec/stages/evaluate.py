@@ -71,9 +71,11 @@ def steps_curve(models: dict[str, Any], data: EpisodeData, k: int, n_items: int,
         keep = dict(model.steps)
         for steps in range(0, 11):
             model.set_steps(rate=steps, rank=steps)
-            vals = score_batch(model, batch, n_items, params, data.relevance_threshold)
+            vals = score_batch(model, batch, n_items, params, data.relevance_threshold,
+                               data.explicit)
             rows.append({"model": name, "steps": steps, "seed": seed,
-                         **{m: nanmean(vals[m]) for m in ("mae", catalogue_metric(params))}})
+                         **{m: _plain(nanmean(vals[m])) for m in ("mae",
+                                                                  catalogue_metric(params))}})
         model.set_steps(**keep)
     return rows
 
@@ -85,14 +87,31 @@ def _score_all(models: dict[str, Any], seed: int, data: EpisodeData,
     for scenario, k in groups:
         batch = to_batch(data.select("test", scenario, None if k == "all" else k))
         for name, model in models.items():
-            vals = score_batch(model, batch, n_items, params, data.relevance_threshold)
+            vals = score_batch(model, batch, n_items, params, data.relevance_threshold,
+                               data.explicit)
             per_user.setdefault((name, scenario, k), []).append(vals)
-            means = {m: nanmean(v) for m, v in vals.items()}
             rows.append({"model": name, "scenario": scenario, "k": k, "seed": seed,
                          "users": len(batch),
-                         **{m: (round(v, 6) if v == v else None) for m, v in means.items()}})
+                         **{m: _plain(nanmean(v), 6) for m, v in vals.items()}})
         log.info("seed %d %s K=%s: %d users, %d models", seed, scenario, k, len(batch),
                  len(models))
+
+
+def _plain(value: float, digits: int | None = None) -> float | None:
+    """A JSON value: None for NaN (a metric the model or the labels do not have)."""
+    if value != value:
+        return None
+    return round(value, digits) if digits is not None else value
+
+
+def _check_evaluated(rows: list[dict[str, Any]], metric: str, data: EpisodeData) -> None:
+    """Fail, saying why, when no test task has a relevant query item: every ranking metric
+    would be NaN (a threshold above every label, for instance)."""
+    if rows and all(r.get(metric) is None for r in rows):
+        r = data.vocab["rating"]
+        raise DataError(f"no test task has a query item rated >= {data.relevance_threshold:g} "
+                        f"(labels {r.get('kind', 'explicit')} in [{r['min']:g}, {r['max']:g}]): "
+                        f"every {metric} is undefined; lower episodes.relevance_threshold")
 
 
 def run(params: EvaluateParams, episodes_dir: str | Path, models_dir: str | Path,
@@ -114,18 +133,24 @@ def run(params: EvaluateParams, episodes_dir: str | Path, models_dir: str | Path
     curves: list[dict[str, Any]] = []
     for seed, models in all_models.items():
         steps = choose.choose_inner_steps(models, val, params.inner_steps_grid, n_items,
-                                          params, data.relevance_threshold)
+                                          params, data.relevance_threshold, data.explicit)
         val_scores[str(seed)] = choose.validation_scores(models, val, n_items, params,
-                                                         data.relevance_threshold)
+                                                         data.relevance_threshold,
+                                                         data.explicit)
         choices[str(seed)] = {"inner_steps": steps, "best_baseline": choose.best_baselines(
             val_scores[str(seed)], params)}
         _score_all(models, seed, data, groups, n_items, params, rows, per_user)
         if not curves:  # the inner-steps curve on the first seed only: 11x the scoring work
             curves = steps_curve(models, data, ref_k, n_items, params, seed)
     meta = [n for n in next(iter(all_models.values())) if not choose.is_baseline(n)]
-    ensembles, choices["ensembles"] = build_ensembles(all_models, meta, val,
-                                                      params.ensemble_size)
+    def val_score(model: Any) -> float:
+        return nanmean(score_batch(model, val, n_items, params, data.relevance_threshold,
+                                   data.explicit)[catalogue_metric(params)])
+
+    ensembles, choices["ensembles"] = build_ensembles(all_models, meta, params.ensemble_size,
+                                                      val_score)
     _score_all(ensembles, ENSEMBLE_SEED, data, groups, n_items, params, rows, per_user)
+    _check_evaluated(rows, catalogue_metric(params), data)
     baselines = choose.majority_baselines(choices)
     serving = choose.serving_choice(val_scores, params)
     result = {"dataset": data.vocab.get("dataset"), "protocol": data.vocab.get("protocol"),

@@ -1,6 +1,7 @@
 """Train stage: every algorithm in ``train.algorithms`` and ``train.baselines``, once per seed.
 
-For each seed in ``train.seeds`` writes ``<out_dir>/seed<S>/<name>.pt`` (read by
+For each seed in ``train.seeds`` writes ``<out_dir>/seed<S>/<name>.pt`` (the whole folder
+swapped in at the end: a failed run leaves the previous models, never a mix) (read by
 :func:`metarec.meta.checkpoint.load_model`), Lightning CSV logs under
 ``<out_dir>/seed<S>/logs/<name>/`` and ``metrics_path`` with, per seed and algorithm, what its
 fit recorded (validation losses before and after meta-training, best step, seconds; or the
@@ -15,6 +16,7 @@ the stage ends everywhere once the outputs exist.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from dataclasses import replace
@@ -26,7 +28,7 @@ from rich.console import Console
 from metarec import algorithms
 from metarec.config import ModelParams, TrainParams, to_dict
 from metarec.data.tasks import load_episodes
-from metarec.io import write_json
+from metarec.io import atomic_dir, write_json
 from metarec.meta.checkpoint import save_model
 from metarec.models.base import FitContext
 from metarec.train import distributed
@@ -53,10 +55,28 @@ def run(model_params: ModelParams, train_params: TrainParams, episodes_dir: str 
     distributed.check(train_params, [algorithms.get(n) for n in names])  # before any work
     data = load_episodes(episodes_dir)
     out_dir = Path(out_dir)
-    results: dict[str, Any] = {}
     # Every process computes everything (the same, by construction); rank 0 alone writes.
     writer = distributed.global_rank(train_params) == 0
     start = time.perf_counter()
+    with contextlib.ExitStack() as stack:   # all checkpoints appear at once, or none
+        tmp = stack.enter_context(atomic_dir(out_dir)) if writer else out_dir
+        results, draw, draw_choice = _fit_all(names, data, model_params, train_params, tmp,
+                                              writer)
+    metrics = {"seeds": results, "seconds": round(time.perf_counter() - start, 2),
+               "draw": draw, "draw_choice": draw_choice,
+               "val_tasks": int(data.select("val")["task_id"].nunique()),
+               "train_tasks": int(data.select("train")["task_id"].nunique()),
+               "processes": distributed.world_size(train_params)}
+    if writer:
+        write_json(metrics, metrics_path)
+    distributed.barrier()  # the other processes end once rank 0 has written everything
+    return metrics
+
+
+def _fit_all(names: list[str], data: Any, model_params: ModelParams, train_params: TrainParams,
+             out_dir: Path, writer: bool) -> tuple[dict[str, Any], str | None, dict[str, Any]]:
+    """Every algorithm for every seed into ``out_dir``; (per-seed records, draw, its choice)."""
+    results: dict[str, Any] = {}
     draw, draw_choice, probes = choose_draw(names, data, model_params, train_params, out_dir,
                                             writer)
     for seed in train_params.seeds:
@@ -83,15 +103,7 @@ def run(model_params: ModelParams, train_params: TrainParams, episodes_dir: str 
                 save_model(folder / f"{name}.pt", predictor, params, data.vocab)
                 _report(name, predictor.tuning)
         results[f"seed{seed}"] = per_seed
-    metrics = {"seeds": results, "seconds": round(time.perf_counter() - start, 2),
-               "draw": draw, "draw_choice": draw_choice,
-               "val_tasks": int(data.select("val")["task_id"].nunique()),
-               "train_tasks": int(data.select("train")["task_id"].nunique()),
-               "processes": distributed.world_size(train_params)}
-    if writer:
-        write_json(metrics, metrics_path)
-    distributed.barrier()  # the other processes end once rank 0 has written everything
-    return metrics
+    return results, draw, draw_choice
 
 
 def choose_draw(names: list[str], data: Any, model: ModelParams, train: TrainParams,
