@@ -38,6 +38,7 @@ from metarec.data.tasks import EpisodeData, to_batch
 from metarec.errors import DataError
 from metarec.io import write_parquet
 from metarec.meta.checkpoint import load_model
+from metarec.meta.features import FeatureStore
 from metarec.scoring import batch as scoring_batch
 from metarec.scoring.engine import top_k
 from metarec.scoring.verify import VerifyError
@@ -227,10 +228,10 @@ def batch(world, tmp_path_factory) -> Path:
 def test_batch_rows_ranks_and_scores(batch):
     recs = pd.read_parquet(batch / "recommendations.parquet")
     assert list(recs.columns) == ["user_id", "rank", "item_id", "score", "predicted_rating",
-                                  "kind"]
+                                  "because", "kind"]
     schema = pq.read_schema(batch / "recommendations.parquet")
     assert [str(t) for t in schema.types] == ["string", "int32", "string", "float", "float",
-                                              "string"]
+                                              "string", "string"]
     kinds = recs.groupby("user_id")["kind"].first().to_dict()
     assert kinds == {"a": "cold", "b": "cold", "d": "dynamic", "e": "cold", "g": "cold",
                      "h": "cold"}
@@ -437,3 +438,40 @@ def test_chunk_ranges_concatenate_to_the_whole_table(world):
 
     assert pa.concat_tables(parts).combine_chunks().equals(whole.combine_chunks())
     assert stats["users"] == 6 and whole.num_rows == 30
+
+
+def test_because_names_the_support_item_nearest_to_each_pick(world):
+    """Hand-built item vectors: item rows 0-3 point along the axes; a user whose support is
+    rows 1 and 2 gets, for a pick near row 2's direction, because = row 2."""
+    from metarec.data.tasks import TaskBatch
+    from metarec.meta.predictor import AdaptivePredictor
+
+    data = world["data"]
+    kw, net = network_for(data, MODEL)
+    algo = build_algorithm("maml", net, {"adapt": "vector", "inner_lr": 0.1,
+                                         "inner_steps": 1})
+    predictor = AdaptivePredictor("maml", algo, FeatureStore(data.users, data.items))
+    n, d = len(data.items), MODEL.embedding_dim
+    v = torch.zeros(n, d)
+    v[torch.arange(n), torch.arange(n) % d] = 1.0
+    v[5] = torch.tensor([0.0, 0.2, 1.0, 0.0])                # row 5 is near row 2, not row 1
+    v[6] = torch.tensor([0.0, 1.0, 0.1, 0.0])                # row 6 is near row 1
+    predictor._item_table = {"v": v, "bias": torch.zeros(n), "rbias": torch.zeros(n)}
+    batch = TaskBatch(torch.arange(1), torch.zeros(1, dtype=torch.long),
+                      torch.tensor([[1, 2, 0]]), torch.ones(1, 3),
+                      torch.tensor([[True, True, False]]), torch.zeros(1, 1, dtype=torch.long),
+                      torch.zeros(1, 1), torch.zeros(1, 1, dtype=torch.bool))
+    pos = predictor.explain(batch, torch.tensor([[5, 6]]))
+    assert pos.tolist() == [[1, 0]]                           # support positions: rows 2, 1
+    empty = TaskBatch(**{**batch.__dict__, "support_mask": torch.zeros(1, 3, dtype=torch.bool)})
+    assert predictor.explain(empty, torch.tensor([[5, 6]])).tolist() == [[-1, -1]]
+
+
+def test_the_batch_explains_every_pick_with_one_of_the_users_items(batch, world):
+    recs = pd.read_parquet(batch / "recommendations.parquet")
+    log = _log()
+    seen = log[log["timestamp"] < day_end(parse_as_of(AS_OF))]
+    have = seen.groupby("user_id")["item_id"].apply(set).to_dict()
+    have["h"] = {"i11"}
+    for row in recs.itertuples():
+        assert row.because in have[row.user_id], row

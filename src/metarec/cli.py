@@ -192,6 +192,21 @@ def verify_batch(
                f"{manifest['parquet_sha256']})")
 
 
+@app.command("show-user")
+def show_user(
+    user: str = typer.Argument(..., help="a user id"),
+    as_of: str = typer.Option(..., "--as-of", help="the batch date YYYY-MM-DD"),
+    inp: Path = typer.Option(Path("data/validated"), "--in", help="validated tables"),
+    batches: Path = typer.Option(Path("data/recommendations"), help="root of the batches"),
+) -> None:
+    """Print a user's history and that night's recommendations, with titles and reasons."""
+    from metarec.scoring.show import show_user as lines_for
+
+    with reported():
+        for line in lines_for(user, as_of, inp, batches):
+            typer.echo(line)
+
+
 @app.command("readme-results")
 def readme_results(
     metrics: Path = typer.Option(Path("metrics/eval.json"), help="evaluation metrics"),
@@ -226,12 +241,12 @@ def dag(
 
 @app.command()
 def summary(
-    metrics: Path = typer.Option(Path("metrics"), help="folder of DVC metrics"),
+    project: Path = typer.Option(Path("."), help="project folder (metrics/, data/)"),
 ) -> None:
-    """Print what the last pipeline run produced: data, training, evaluation, recommendations."""
+    """The answer in about 20 lines: data, verdicts with CIs, the nightly model and batch."""
     from metarec.summary import print_summary
 
-    print_summary(metrics)
+    print_summary(project)
 
 
 def main() -> None:  # pragma: no cover - console entry point

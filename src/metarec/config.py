@@ -154,10 +154,10 @@ class TrainParams:
     meta_batch: int = bounded(32, 1)
     outer_optimizer: Literal["adam", "sgd"] = "adam"
     outer_lr: float = bounded(1e-3, 0.0)
-    max_steps: int = bounded(800, 0)
+    max_steps: int = bounded(500, 0)
     val_every: int = bounded(100, 1)
     grad_clip: float = bounded(10.0, 0.0)
-    patience: int = bounded(3, 0)
+    patience: int = bounded(2, 0)
     val_ndcg_k: int = bounded(20, 1)
     resample: bool = True
     draws: tuple[Literal["temporal", "random"], ...] = bounded(("temporal", "random"),

@@ -1,44 +1,68 @@
-"""What `make run` prints at the end: the figures of the last pipeline run, read from files."""
+"""What `make run` and `metarec summary` print last: the answer in about 20 lines.
+
+Data in, the verdict per scenario (best meta-learner against the best baseline, with CIs), the
+model the nightly batch used and why, the batch itself, where the full report and the UI are,
+and the one command that schedules the nightly run. Full tables stay in
+``reports/eval/report.md`` (and ``index.html``) and ``dvc metrics show``.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
+from metarec.eval.headline import verdict_lines
 from metarec.io import read_json
 
 
-def _data_table(data: dict) -> Table:
-    table = Table(title=f"Data: {data.get('dataset', '?')}")
-    for col in ("interactions", "users", "items", "quarantined"):
-        table.add_column(col, justify="right")
-    table.add_row(*(f"{data.get(c, 0):,}" for c in ("interactions", "users", "items",
-                                                     "quarantined")))
-    return table
+def _latest_batch(batches: Path) -> tuple[Path, dict[str, Any]] | None:
+    manifests = sorted(batches.glob("*/manifest.json"))
+    if not manifests:
+        return None
+    return manifests[-1].parent, read_json(manifests[-1])
 
 
-def _tasks_table(data: dict) -> Table:
-    tasks = data.get("tasks", {})
-    ks = sorted({int(k) for split in tasks.values() for scen in split.values() for k in scen})
-    table = Table(title="Tasks per split, scenario and K")
-    table.add_column("split")
-    table.add_column("scenario")
-    for k in ks:
-        table.add_column(f"K={k}", justify="right")
-    for split, scenarios in tasks.items():
-        for scen, per_k in scenarios.items():
-            table.add_row(split, scen, *(str(per_k.get(str(k), "")) for k in ks))
-    return table
+def summary_lines(project: Path, ui_url: str | None = None) -> list[str]:
+    """The summary as plain lines (no markup), from the files the pipeline wrote."""
+    lines = []
+    data_path = project / "metrics/data.json"
+    if not data_path.exists():
+        return [f"{data_path} not found: run `make run` (or `dvc repro`) first"]
+    data = read_json(data_path)
+    lines.append(f"data: {data.get('dataset')}: {data.get('interactions', 0):,} interactions "
+                 f"in, {data.get('quarantined', 0):,} quarantined; {data.get('users', 0):,} "
+                 f"users, {data.get('items', 0):,} items")
+    eval_path = project / "metrics/eval.json"
+    if eval_path.exists():
+        result = read_json(eval_path)
+        conf = result.get("bootstrap", {}).get("confidence", 0.95)
+        verdicts = verdict_lines(result.get("headline", []), conf)
+        lines += ["", "verdict (test tasks; every choice made on validation):",
+                  *[f"  {v}" for v in verdicts]]
+    selection = project / "metrics/selection.json"
+    if selection.exists():
+        chosen = read_json(selection)
+        lines += ["", f"nightly model: {chosen.get('model')} ({chosen.get('kind')}; "
+                      f"score.model: auto; {chosen.get('why')})"]
+    latest = _latest_batch(project / "data/recommendations")
+    if latest is not None:
+        folder, manifest = latest
+        lines.append(f"batch {manifest['as_of']}: {manifest['users']:,} users "
+                     f"({manifest['cold_users']:,} cold), {manifest['rows']:,} rows, model "
+                     f"{manifest.get('model_name')} -> {folder.relative_to(project)}/")
+    lines += ["", "full report: reports/eval/report.md (reports/eval/index.html with the "
+                  "curves); all metrics: dvc metrics show",
+              f"Prefect UI: {ui_url or 'make ui'} (runs, task logs, artifacts)",
+              "schedule the nightly and weekly retraining runs: make serve "
+              "(metarec serve; Ctrl-C stops)",
+              "one user's history and recommendations: metarec show-user USER --as-of DATE"]
+    return lines
 
 
-def print_summary(metrics: Path, console: Console | None = None) -> None:
+def print_summary(project: Path, console: Console | None = None,
+                  ui_url: str | None = None) -> None:
     console = console or Console()
-    data_path = metrics / "data.json"
-    if data_path.exists():
-        data = read_json(data_path)
-        console.print(_data_table(data))
-        console.print(_tasks_table(data))
-    else:
-        console.print(f"{data_path} not found: run `dvc repro` first")
+    for line in summary_lines(project, ui_url):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)

@@ -74,5 +74,11 @@ class Ease(RankingBaseline):
         x = support_matrix(state, self.codes, self.weights.shape[0])      # (T, n_ids)
         return (x @ self.weights)[:, self.codes]                          # (T, N)
 
+    def explain(self, batch: TaskBatch, items: torch.Tensor) -> torch.Tensor:
+        """The support item j with the largest weight B[j, i] toward each recommended i."""
+        sup, rec = self.codes[batch.support_items], self.codes[items]        # (T, S), (T, k)
+        contrib = self.weights[sup[:, :, None], rec[:, None, :]]          # (T, S, k)
+        return self._argmax_support(contrib, batch.support_mask)
+
     def extra_state(self) -> dict[str, Any]:
         return {"weights": self.weights, "lam": self.lam, "window": self.window}

@@ -87,6 +87,14 @@ class ItemKNN(RankingBaseline):
         scores = torch.zeros(t, n).scatter_add_(1, nb.reshape(t, -1), sim.reshape(t, -1))
         return scores[:, self.codes]                                      # (T, N)
 
+    def explain(self, batch: TaskBatch, items: torch.Tensor) -> torch.Tensor:
+        """The support item with the largest similarity to each recommended item."""
+        sup, rec = self.codes[batch.support_items], self.codes[items]        # (T, S), (T, k)
+        nb, sim = self.neighbours[sup], self.similarity[sup]              # (T, S, K)
+        contrib = torch.stack([((nb == rec[:, None, j, None]) * sim).sum(-1)
+                               for j in range(rec.shape[1])], -1)         # (T, S, k)
+        return self._argmax_support(contrib, batch.support_mask)
+
     def extra_state(self) -> dict[str, Any]:
         return {"neighbours": self.neighbours, "similarity": self.similarity, "k": self.k,
                 "window": self.window}

@@ -17,7 +17,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from metarec.io import atomic_path, write_text
+from metarec.io import atomic_path
 
 KEYS = ("model", "scenario", "k", "seed")
 LOWER_IS_BETTER = ("mae", "rmse")
@@ -110,63 +110,3 @@ def adaptation_curves(rows: Iterable[dict[str, Any]], metric: str, path: str | P
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, metadata={"Software": None})
     return Path(path)
-
-
-def _steps_plot(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
-    """The K-curve plotter with test-time inner steps in the role of K, one panel."""
-    as_k = [{"model": r["model"], "scenario": "user_cold", "k": r["steps"], "seed": r["seed"],
-             metric: r[metric]} for r in rows]
-    adaptation_curves(as_k, metric, path)
-
-
-def plot_name(metric: str, against: str) -> str:
-    """File name of a curve: ``ndcg_at_20_vs_k.png``."""
-    return f"{metric.replace('@', '_at_')}_vs_{against}.png"
-
-
-def write_report(result: dict[str, Any], report_dir: Path, metrics: list[str], primary: str,
-                 confidence: float, ref_k: int) -> None:
-    """``report.md`` and the PNG curves (against K, and against inner steps at ``ref_k``)."""
-    rows = result["results"]
-    for metric in ("mae", primary):
-        if all(r.get(metric) is None for r in rows):
-            continue     # implicit labels: no MAE curve
-        adaptation_curves(rows, metric, report_dir / plot_name(metric, "k"))
-        if result["steps_curve"]:
-            _steps_plot(result["steps_curve"], metric, report_dir / plot_name(metric, "steps"))
-    level = f"{confidence:.0%} CI"
-    comp = [c for c in result["comparisons"] if c["scenario"] == "user_cold"
-            and c["metric"] in ("mae", primary)]
-    best = result["best_baseline"]
-    lines = [f"# Evaluation: {result['dataset']} ({result['protocol']} protocol)", "",
-             "Best baselines, chosen on validation tasks (majority over seeds): "
-             f"**{best['accuracy'] or '–'}** for MAE/RMSE (lowest validation MAE), "
-             f"**{best['ranking']}** for ranking metrics (highest validation catalogue "
-             f"{primary}).", ""]
-    serving = result.get("serving", {})
-    if serving:
-        lines += [f"Nightly batch with `score.model: auto`: **{serving['model']}** "
-                  f"({serving['kind']}; {serving['why']}).", ""]
-    lines += ["## Test metrics (mean ± std over seeds)", "", markdown_table(rows, metrics), "",
-              f"## User-cold: each model minus the best baseline (paired bootstrap over "
-              f"users, {level})", "",
-              f"| model | baseline | K | metric | diff | {level} |", "|---|---|---|---|---|---|"]
-    for c in comp:
-        lines.append(f"| {c['model']} | {c['baseline']} | {k_label(c['k'])} | {c['metric']} | "
-                     f"{c['diff']:+.4f} | [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] |")
-    lines += ["", "## Choices made on validation tasks", ""]
-    for seed, ch in result["choices"].items():
-        if seed == "ensembles":
-            lines.append(f"- ensembles: meta-ens averages {', '.join(ch.get('meta-ens', []))} "
-                         f"(highest validation {primary} among the seed-ensembles)")
-            continue
-        steps = ", ".join(f"{n}: {v['steps']}/{v.get('rank_steps', v['steps'])}"
-                          for n, v in ch["inner_steps"].items())
-        lines.append(f"- seed {seed}: test-time inner steps (rating/ranking) {steps}; best "
-                     "baselines "
-                     f"{ch['best_baseline']['accuracy']['name']} (accuracy), "
-                     f"{ch['best_baseline']['ranking']['name']} (ranking)")
-    lines += ["", f"Curves: `{plot_name('mae', 'k')}`, `{plot_name(primary, 'k')}`; against "
-              f"inner steps at K={ref_k} (user-cold): `{plot_name('mae', 'steps')}`, "
-              f"`{plot_name(primary, 'steps')}`.", ""]
-    write_text("\n".join(lines), report_dir / "report.md")

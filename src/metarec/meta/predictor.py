@@ -90,6 +90,16 @@ class AdaptivePredictor(Predictor):
         with torch.no_grad():
             return rank_catalogue(self.algorithm, state[0]["rank"], state[1], self._table())
 
+    def explain(self, batch: TaskBatch, items: Tensor) -> Tensor | None:
+        """The support item whose (projected) vector is nearest, by cosine, to each
+        recommended item's: what the user vector was pulled toward."""
+        table = self._table()
+        if "v" not in table:      # the item side is adapted per user: no shared vectors
+            return None
+        v = torch.nn.functional.normalize(table["v"], dim=-1)            # (N, d)
+        sup, rec = v[batch.support_items], v[items]                       # (T, S, d), (T, k, d)
+        return self._argmax_support(sup @ rec.transpose(1, 2), batch.support_mask)
+
     def _table(self) -> dict[str, Tensor]:
         if self._item_table is None:
             with torch.no_grad():

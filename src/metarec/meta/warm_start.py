@@ -4,7 +4,9 @@
 (users x items) history, ranking biases from log popularity, the item projection reading the
 id block and the fold-in open. At step 0 a user's ranking scores are then a popularity prior
 plus the similarity of each item to the mean of the support items: an item-item fold-in that
-meta-training starts from instead of from noise.
+meta-training starts from instead of from noise. The rating head starts at the shrunk item
+means (global and item biases on the logit scale), so an inner step on the user bias starts
+where the item + user bias baseline is.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import torch
 
 from metarec.data.tasks import EpisodeData
 from metarec.models.network import PreferenceNet
-from metarec.models.statistical import interaction_matrix
+from metarec.models.statistical import interaction_matrix, training_ratings
 
 WARM_STARTS = ("none", "svd")
 
@@ -42,3 +44,22 @@ def svd_start(net: PreferenceNet, data: EpisodeData) -> None:
         net.pool_proj.bias.zero_()
         pop = (counts + 1.0).log()
         net.item_rank_bias.weight[:, 0] = (pop - pop.mean()).to(dtype)
+        mu, item = _item_means(data, x.shape[1])
+        lo, span = net.rating_min, net.rating_max - net.rating_min
+        logit = lambda r: torch.logit(((r - lo) / span).clamp(0.02, 0.98))  # noqa: E731
+        g = logit(torch.tensor(mu, dtype=torch.float64))
+        net.global_bias.fill_(float(g))
+        net.item_bias.weight[:, 0] = (logit(item) - g).to(dtype)
+        net.out.weight.mul_(0.1)        # the interaction starts small next to the biases
+
+
+def _item_means(data: EpisodeData, n_ids: int, shrinkage: float = 5.0
+                ) -> tuple[float, torch.Tensor]:
+    """The history's mean rating and each item code's mean shrunk toward it (n_ids,)."""
+    users, items, ratings = training_ratings(data)
+    codes = data.items.id_code.long()[items]
+    mu = float(ratings.mean())
+    total = torch.zeros(n_ids, dtype=torch.float64).index_add_(0, codes, ratings - mu)
+    count = torch.zeros(n_ids, dtype=torch.float64).index_add_(0, codes,
+                                                               torch.ones_like(ratings))
+    return mu, mu + total / (count + shrinkage)

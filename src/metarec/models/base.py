@@ -74,6 +74,18 @@ class Predictor:
         t = self._tasks(state)
         return self.rate(state, torch.arange(self.n_items).expand(t, self.n_items))
 
+    def explain(self, batch: TaskBatch, items: torch.Tensor) -> torch.Tensor | None:
+        """For each recommended item row (T, k), the support position (T, k) that contributed
+        most to its score (-1: none), or None when the model has no such notion."""
+        return None
+
+    @staticmethod
+    def _argmax_support(contrib: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(T, k) index into the support of the largest contribution (T, S, k); -1 if none."""
+        c = contrib.masked_fill(~mask[..., None], float("-inf"))          # (T, S, k)
+        best = c.argmax(1)                                                # (T, k)
+        return torch.where(mask.any(1, keepdim=True), best, torch.full_like(best, -1))
+
     def predict(self, batch: TaskBatch, items: torch.Tensor) -> torch.Tensor:
         """Predicted ratings (T, C) after reading each task's support: adapt, then rate."""
         return self.rate(self.adapt(batch), items)

@@ -6,7 +6,8 @@ not interacted with (:mod:`metarec.scoring.engine`) and publishes ``<out_root>/<
 
 - ``recommendations.parquet``: user_id (string), rank (int32, 1..K), item_id (string),
   score (float32, the model's ranking score: the order), predicted_rating (float32, the
-  adapted rating clamped to the scale; null for a model that only ranks), kind (string:
+  adapted rating clamped to the scale; null for a model that only ranks), because (string:
+  the user's support item that contributed most to the item's score, null if none), kind (string:
   cold | dynamic). Ids only, never user features. Rows are ordered by user_id, then rank.
 - ``manifest.json``: as-of date, effective score params and their hash, git commit, metarec
   version, model and input file sha256s, row and user counts, the Parquet's sha256. Nothing
@@ -48,6 +49,7 @@ from metarec.io import (
     write_parquet,
 )
 from metarec.meta.checkpoint import from_checkpoint, read_checkpoint
+from metarec.progress import progress
 from metarec.scoring.engine import Ragged, recommend_chunk, task_batch
 from metarec.scoring.world import (
     Selection,
@@ -63,7 +65,7 @@ RECS, MANIFEST = "recommendations.parquet", "manifest.json"
 TABLES = ("interactions", "users", "items")
 SCHEMA = pa.schema([("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()),
                     ("score", pa.float32()), ("predicted_rating", pa.float32()),
-                    ("kind", pa.string())])
+                    ("because", pa.string()), ("kind", pa.string())])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,34 +204,43 @@ def recommend(inputs: Inputs, chunks: range | None = None) -> tuple[pa.Table, di
     user_idx = torch.from_numpy(users.index_of(sel.user_ids))               # (U,)
     n, k = len(sel.user_ids), params.top_k
     out: dict[str, list[np.ndarray]] = {"user": [], "item": [], "score": [], "rating": [],
-                                        "rank": []}
+                                        "rank": [], "because": []}
     size = params.chunk_users
-    for chunk_no in chunks if chunks is not None else range(-(-n // size)):
+    todo = list(chunks if chunks is not None else range(-(-n // size)))
+    bar = contextlib.ExitStack()
+    tick = bar.enter_context(progress(f"score {params.as_of}", len(todo)))
+    for chunk_no in todo:
         a, b = chunk_no * size, min((chunk_no + 1) * size, n)
         batch = task_batch(user_idx[a:b], *support.padded(a, b))
         lengths = np.diff(history.starts[a:b + 1])
         rows = torch.from_numpy(np.repeat(np.arange(b - a), lengths))
         cols = torch.from_numpy(history.items[history.starts[a]:history.starts[b]])
-        idx, valid, score, rating = recommend_chunk(predictor, batch, chunk_no, rows, cols, k)
+        idx, valid, score, rating, because = recommend_chunk(predictor, batch, chunk_no, rows,
+                                                             cols, k)
         v = valid.numpy()
         out["user"].append(np.repeat(np.arange(a, b), v.sum(1)))
         out["item"].append(idx.numpy()[v])
         out["score"].append(score.numpy()[v])
         out["rating"].append(rating.numpy()[v])
+        out["because"].append(because.numpy()[v])
         out["rank"].append(np.broadcast_to(np.arange(1, idx.shape[1] + 1), idx.shape)[v])
-        log.info("score: %d / %d users adapted and ranked", b, n)
+        tick.advance(1, users=b)
+    bar.close()
 
     def cat(key: str, dtype: type) -> np.ndarray:
         return (np.concatenate(out[key]) if out[key] else np.zeros(0, dtype)).astype(dtype)
 
     u_pos, i_pos = cat("user", np.int64), cat("item", np.int64)
     rating = cat("rating", np.float32)
+    because = cat("because", np.int64)
     table = pa.table({
         "user_id": pa.array(sel.user_ids.to_numpy(dtype=object), pa.string()).take(u_pos),
         "rank": pa.array(cat("rank", np.int32)),
         "item_id": pa.array(items.ids, pa.string()).take(i_pos),
         "score": pa.array(cat("score", np.float32)),
         "predicted_rating": pa.array(rating, pa.float32(), mask=np.isnan(rating)),
+        "because": pa.array(items.ids, pa.string()).take(
+            pa.array(np.maximum(because, 0), mask=because < 0)),
         "kind": pa.array(sel.kinds.astype(object), pa.string()).take(u_pos),
     }, schema=SCHEMA)
     stats = {"rows": table.num_rows, "users": n,

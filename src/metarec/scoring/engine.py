@@ -48,9 +48,10 @@ def task_batch(user_idx: Tensor, items: Tensor, ratings: Tensor, mask: Tensor) -
 
 def recommend_chunk(predictor: Predictor, batch: TaskBatch, chunk_no: int,
                     exclude_rows: Tensor, exclude_cols: Tensor, k: int
-                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(items (T, k'), valid (T, k'), ranking scores (T, k'), predicted ratings (T, k'))
-    of one chunk of users; excluded cells (what a user already has) are never recommended.
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(items (T, k'), valid (T, k'), ranking scores (T, k'), predicted ratings (T, k'),
+    because (T, k') the catalogue row of the support item that explains each pick or -1) of
+    one chunk of users; excluded cells (what a user already has) are never recommended.
     Ratings are NaN for a model that only ranks."""
     state = predictor.adapt(batch, chunk_no)
     key = predictor.rank(state)                                           # (T, C)
@@ -60,7 +61,12 @@ def recommend_chunk(predictor: Predictor, batch: TaskBatch, chunk_no: int,
         rating = predictor.rate(state, idx).float()                       # (T, k')
     else:
         rating = torch.full(idx.shape, torch.nan)
-    return idx, valid, score.float(), rating
+    pos = predictor.explain(batch, idx)                                   # (T, k') or None
+    because = torch.full(idx.shape, -1, dtype=torch.long)
+    if pos is not None:
+        rows = batch.support_items.gather(1, pos.clamp(min=0))
+        because = torch.where(pos >= 0, rows, because)
+    return idx, valid, score.float(), rating, because
 
 
 def top_k(key: Tensor, exclude_rows: Tensor, exclude_cols: Tensor, k: int

@@ -16,6 +16,7 @@ and scenario), an aggregate row over all test users (K = ``all``) stands beside 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -26,11 +27,13 @@ from metarec.data.tasks import SCENARIOS, EpisodeData, load_episodes, to_batch
 from metarec.errors import DataError
 from metarec.eval import choices as choose
 from metarec.eval.compare import PerUser, compare
+from metarec.eval.document import write_report
 from metarec.eval.ensembles import ENSEMBLE_SEED, build_ensembles
-from metarec.eval.report import write_report
+from metarec.eval.headline import headline
 from metarec.eval.scoring import catalogue_metric, metric_names, nanmean, score_batch
 from metarec.io import write_json
 from metarec.meta.checkpoint import load_model
+from metarec.progress import progress
 
 log = logging.getLogger("metarec.evaluate")
 
@@ -82,7 +85,7 @@ def steps_curve(models: dict[str, Any], data: EpisodeData, k: int, n_items: int,
 
 def _score_all(models: dict[str, Any], seed: int, data: EpisodeData,
                groups: list[tuple[str, Any]], n_items: int, params: EvaluateParams,
-               rows: list[dict[str, Any]], per_user: PerUser) -> None:
+               rows: list[dict[str, Any]], per_user: PerUser, bar: Any) -> None:
     """Every model on every (scenario, K) group: result rows + per-user values."""
     for scenario, k in groups:
         batch = to_batch(data.select("test", scenario, None if k == "all" else k))
@@ -93,8 +96,7 @@ def _score_all(models: dict[str, Any], seed: int, data: EpisodeData,
             rows.append({"model": name, "scenario": scenario, "k": k, "seed": seed,
                          "users": len(batch),
                          **{m: _plain(nanmean(v), 6) for m, v in vals.items()}})
-        log.info("seed %d %s K=%s: %d users, %d models", seed, scenario, k, len(batch),
-                 len(models))
+            bar.advance(1, seed=seed, scenario=scenario, k=k, model=name)
 
 
 def _plain(value: float, digits: int | None = None) -> float | None:
@@ -131,6 +133,12 @@ def run(params: EvaluateParams, episodes_dir: str | Path, models_dir: str | Path
     choices: dict[str, Any] = {}
     val_scores: dict[str, Any] = {}
     curves: list[dict[str, Any]] = []
+    bar_stack = contextlib.ExitStack()
+    meta = [n for n in next(iter(all_models.values())) if not choose.is_baseline(n)]
+    n_ens = (len(meta) + (min(params.ensemble_size, len(meta)) > 1)
+             if len(all_models) > 1 and params.ensemble_size >= 1 else 0)
+    n_models = sum(len(m) for m in all_models.values()) + n_ens
+    bar = bar_stack.enter_context(progress("evaluate", len(groups) * n_models))
     for seed, models in all_models.items():
         steps = choose.choose_inner_steps(models, val, params.inner_steps_grid, n_items,
                                           params, data.relevance_threshold, data.explicit)
@@ -139,17 +147,18 @@ def run(params: EvaluateParams, episodes_dir: str | Path, models_dir: str | Path
                                                          data.explicit)
         choices[str(seed)] = {"inner_steps": steps, "best_baseline": choose.best_baselines(
             val_scores[str(seed)], params)}
-        _score_all(models, seed, data, groups, n_items, params, rows, per_user)
+        _score_all(models, seed, data, groups, n_items, params, rows, per_user, bar)
         if not curves:  # the inner-steps curve on the first seed only: 11x the scoring work
             curves = steps_curve(models, data, ref_k, n_items, params, seed)
-    meta = [n for n in next(iter(all_models.values())) if not choose.is_baseline(n)]
+
     def val_score(model: Any) -> float:
         return nanmean(score_batch(model, val, n_items, params, data.relevance_threshold,
                                    data.explicit)[catalogue_metric(params)])
 
     ensembles, choices["ensembles"] = build_ensembles(all_models, meta, params.ensemble_size,
                                                       val_score)
-    _score_all(ensembles, ENSEMBLE_SEED, data, groups, n_items, params, rows, per_user)
+    _score_all(ensembles, ENSEMBLE_SEED, data, groups, n_items, params, rows, per_user, bar)
+    bar_stack.close()
     _check_evaluated(rows, catalogue_metric(params), data)
     baselines = choose.majority_baselines(choices)
     serving = choose.serving_choice(val_scores, params)
@@ -161,6 +170,7 @@ def run(params: EvaluateParams, episodes_dir: str | Path, models_dir: str | Path
               "results": rows, "comparisons": compare(per_user, baselines, params),
               "choices": choices, "best_baseline": baselines, "serving": serving,
               "steps_curve": curves, "seconds": round(time.perf_counter() - start, 1)}
+    result["headline"] = headline(result)
     write_json(result, metrics_path)
     if selection_path is not None:
         write_json(serving, selection_path)

@@ -28,6 +28,7 @@ from metarec.data.tasks import EpisodeData
 from metarec.meta.features import FeatureStore
 from metarec.meta.gradient import MetaAlgorithm
 from metarec.meta.predictor import validation_loss
+from metarec.progress import progress
 from metarec.train import distributed
 from metarec.train.data import EpisodeDataModule
 from metarec.train.module import MetaLearner, TrainingDiverged
@@ -65,6 +66,18 @@ def _loggers(log_dir: Path, name: str) -> list[Any]:
                           dvcyaml=False, report=None)]
 
 
+class _Progress(L.Callback):
+    """Advances the progress bar each outer step with the latest validation loss."""
+
+    def __init__(self, bar: Any, module: MetaLearner) -> None:
+        self.bar, self.module = bar, module
+
+    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        history = self.module.val_history
+        facts = {"val": history[-1][1], "best": self.module.best_val} if history else {}
+        self.bar.advance(1, **facts)
+
+
 def fit_meta(name: str, build: Callable[[], MetaAlgorithm], outer_lr: float, *,
              data: EpisodeData, train: TrainParams, log_dir: str | Path,
              draw: str | None = None) -> FitResult:
@@ -100,9 +113,12 @@ def fit_meta(name: str, build: Callable[[], MetaAlgorithm], outer_lr: float, *,
         reload_dataloaders_every_n_epochs=1 if draw is not None else 0,
         check_val_every_n_epoch=None, log_every_n_steps=min(10, train.val_every))
     start = time.perf_counter()
-    with warnings.catch_warnings():
+    title = f"train {name} seed {train.seed}"
+    with warnings.catch_warnings(), progress(title, train.max_steps) as bar:
         for pattern in _QUIET:
             warnings.filterwarnings("ignore", message=pattern)
+        if distributed.global_rank(train) == 0:
+            trainer.callbacks.append(_Progress(bar, module))
         trainer.fit(module, datamodule=dm)
     seconds = time.perf_counter() - start
     if module.best_state is not None:  # the best validated weights (the start included)
