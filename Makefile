@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv run ui test lint bench clean
+.PHONY: venv run ui serve test test-fast lint bench mutation clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,14 +14,18 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## run: create the environment, run the training flow and one nightly batch (AS_OF) on the
-## local Prefect server (started or reused, left up for the UI), print what it recommends
-AS_OF ?= 1998-03-15
+## run: create the environment, run the training flow and the nightly batch of score.as_of on
+## the local Prefect server (started or reused, left up for the UI), push data, models and the
+## batch to the local DVC remote, print the answer
 run: venv
 	$(BIN)/dvc remote add --local --force --default localremote $(CURDIR)/.dvc-remote
-	$(BIN)/python -m metarec.orchestration.local --as-of $(AS_OF)
+	$(BIN)/python -m metarec.orchestration.local
 	$(BIN)/dvc push --quiet
 	$(BIN)/metarec summary
+
+## serve: register and serve the nightly and weekly retraining deployments (Ctrl-C stops)
+serve: venv
+	$(BIN)/metarec serve
 
 ## ui: start the local Prefect server alone (127.0.0.1:4200, database in .prefect/); Ctrl-C stops
 ui: venv

@@ -17,6 +17,7 @@ from pathlib import Path
 from prefect import flow
 
 from metarec.orchestration.local import use_local_server
+from metarec.orchestration.project import ProjectPaths
 from metarec.orchestration.stages import run_stage, with_retries
 from metarec.orchestration.tasks import publish_evaluation, publish_validation
 from metarec.params import load_params
@@ -27,13 +28,13 @@ STAGES = ("ingest", "validate", "episodes", "train", "evaluate")
 @flow(name="metarec-training")
 def training(project_dir: str = ".") -> dict[str, str]:
     """Run the DVC pipeline stage by stage; publish validation and evaluation artifacts."""
-    root = Path(project_dir).resolve()
-    stage = with_retries(run_stage, load_params(root / "params.yaml").prefect)
+    paths = ProjectPaths.of(project_dir)
+    stage = with_retries(run_stage, load_params(paths.root / "params.yaml").prefect)
     for name in STAGES:
-        stage(name, str(root))
-    publish_validation(str(root / "reports/validation/summary.json"))
-    publish_evaluation(str(root / "reports/eval/report.md"))
-    return {"project": str(root), "report": str(root / "reports/eval/report.md")}
+        stage(name, str(paths.root))
+    publish_validation(str(paths.validation_summary))
+    publish_evaluation(str(paths.report), str(paths.eval_metrics))
+    return {"project": str(paths.root), "report": str(paths.report)}
 
 
 if __name__ == "__main__":

@@ -52,7 +52,8 @@ def test_search_grids_curves_and_ensembles_follow_their_knobs(knobs: dict) -> No
     assert result["bootstrap"] == {"samples": 60, "confidence": 0.8}
     ks = {r["k"] for r in result["results"] if r["scenario"] == "user_cold"}
     curve_k = min(ks, key=lambda k: abs(k - params.curve_k))
-    assert curve_k == 10 and "at K=10" in (knobs["out"] / "report" / "report.md").read_text()
+    report = (knobs["out"] / "report" / "report.md").read_text()
+    assert curve_k == 10 and "user-cold, K=10," in report and "meta-ens averages" not in report
     for c in result["comparisons"]:      # an 80% interval is narrower than the 95% one
         assert c["ci_low"] <= c["diff"] <= c["ci_high"]
 

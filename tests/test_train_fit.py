@@ -21,8 +21,10 @@ from metarec.stages import train as train_stage
 from metarec.train.fit import FitResult, fit_algorithm
 from metarec.train.module import TrainingDiverged
 
+# from a random start, so that training has something to lower (the SVD warm start of the
+# default is tested in test_warm_start.py)
 MODEL = ModelParams(interaction="dot", embedding_dim=8, hidden=(16,), adapt="user",
-                    fold_in=False)
+                    fold_in=False, warm_start="none")
 FINETUNE = FinetuneParams(steps=(1, 3), lrs=(0.05, 0.2))
 # the squared-error objective of the papers (the ranking objective is tested on its own below)
 RATING = ObjectiveParams(ranking_weight=0.0, inner="rating")
@@ -165,8 +167,12 @@ def test_stage_writes_checkpoints_and_metrics(data, tmp_path, monkeypatch):
     assert written == json.loads(json.dumps(metrics))
     folder = tmp_path / "models" / "seed3"
     for name in ("pretrain", "finetune", "maml", "reptile"):
-        assert load_model(folder / f"{name}.pt", data).name == name
-        assert per_seed[name]["best_val_loss"] > 0
+        loaded = load_model(folder / f"{name}.pt", data)
+        assert loaded.name == name
+        # the checkpoint carries the metrics train.json reports, and the kept model is the
+        # best validation point, never worse than the start
+        assert loaded.fit_metrics["best_val_loss"] == per_seed[name]["best_val_loss"]
+        assert per_seed[name]["best_val_loss"] <= per_seed[name]["initial_val_loss"]
     for name in train.baselines:
         assert load_model(folder / f"{name}.pt", data).tuning == json.loads(
             json.dumps(per_seed[name]))
@@ -233,3 +239,15 @@ def test_ridge_starts_at_biased_mf_and_improves(data, tmp_path):
     assert loaded.algorithm.config() == fit.algorithm.config()
     torch.testing.assert_close(loaded.predict(batch, batch.query_items),
                                predictor(fit, data).predict(batch, batch.query_items))
+
+
+@pytest.mark.parametrize("objective", [RATING, ObjectiveParams()], ids=["rating", "ranking"])
+def test_svd_warm_start_begins_below_a_random_start(data, tmp_path, objective):
+    # model.warm_start: svd puts the item side at the history's SVD and the rating head at
+    # the shrunk item means, so the untrained network already beats a random one on
+    # validation tasks, for the rating and for the default ranking objective
+    train = replace(TRAIN, max_steps=0, objective=objective)
+    cold = fit_algorithm("maml", data, MODEL, train, tmp_path / "none")
+    warm = fit_algorithm("maml", data, replace(MODEL, warm_start="svd"), train, tmp_path / "svd")
+    assert warm.initial_val_loss < 0.95 * cold.initial_val_loss, (warm.initial_val_loss,
+                                                                  cold.initial_val_loss)

@@ -103,12 +103,12 @@ def episodes(
 def serve(
     project: Path = typer.Option(Path("."), help="project folder (params.yaml, flows/)"),
 ) -> None:
-    """Serve the nightly Prefect deployment on prefect.nightly_cron (runs until stopped)."""
-    from metarec.orchestration.local import serve_nightly
+    """Serve the nightly and retraining deployments on their cron schedules (until Ctrl-C)."""
+    from metarec.orchestration.local import serve_project
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per schedule poll
     with reported():
-        serve_nightly(project)
+        serve_project(project)
 
 
 @app.command()
@@ -125,6 +125,22 @@ def ui(
             typer.echo("stopped" if server.stop(loaded, params.parent) else "none running")
         else:
             server.serve_forever(loaded, params.parent)
+
+
+@app.command("ui-check")
+def ui_check(
+    out: Path = typer.Option(Path("reports/ui"), help="folder for the screenshots"),
+    params: Path = PARAMS,
+) -> None:
+    """Render the latest training run and its artifacts in headless Chromium and check that
+    the headline table and a plot are on screen (the server `make run` leaves up)."""
+    from metarec.orchestration.uicheck import check_ui
+
+    with reported():
+        p = load_params(params).prefect
+        found = check_ui(f"http://{p.host}:{p.port}/api", out)
+    for shot in found["screenshots"]:
+        typer.echo(shot)
 
 
 @app.command()

@@ -225,8 +225,10 @@ class PrefectParams:
     dask_address: str | None = None
     dask_workers: int = bounded(2, 1)
     shards: int = bounded(4, 1)
-    models_dir: str = "models/seed0"
     nightly_cron: str = "0 2 * * *"
+    retrain_cron: str = "0 3 * * 0"
+    clock: Literal["auto", "wall", "replay"] = "auto"
+    replay_start: str | None = None
 
 
 @dataclass(frozen=True)

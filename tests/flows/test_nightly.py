@@ -3,7 +3,9 @@ batch is byte-identical to the single-process ``score.run`` with either task run
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import time
 from pathlib import Path
 from uuid import UUID
 
@@ -38,7 +40,9 @@ def run_nightly(project: Path, runner: str) -> tuple[UUID, Path]:
 
 def test_nightly_completes_with_artifacts_and_identical_bytes(project: Path,
                                                               single: Path) -> None:
+    started = time.perf_counter()
     run_id, batch = run_nightly(project, "thread")
+    elapsed = time.perf_counter() - started
     assert flow_run(run_id).state_type == StateType.COMPLETED
     assert batch == project / "data/recommendations" / AS_OF
     manifest = json.loads((batch / "manifest.json").read_text())
@@ -52,7 +56,7 @@ def test_nightly_completes_with_artifacts_and_identical_bytes(project: Path,
     found = artifacts(run_id)
     table = json.loads(found["nightly-batch"].data)
     assert table[0]["users_scored"] == manifest["users"] and table[0]["batch"] == str(batch)
-    assert isinstance(table[0]["seconds"], float)
+    assert 0.0 < table[0]["seconds"] < elapsed   # the scoring time, measured inside the run
     examples = found["nightly-examples"].data
     assert examples.count("## user ") == 3 and examples.count("| 5 |") == 3
     assert not list((project / "data/recommendations").glob(".*"))  # no shard leftovers
@@ -63,7 +67,8 @@ def test_dask_runner_gives_the_same_bytes(project: Path, single: Path) -> None:
     _, batch = run_nightly(project, "dask")
     for name in FILES:
         assert (batch / name).read_bytes() == (single / name).read_bytes(), name
-    assert [p.name for p in (project / "data/recommendations").iterdir()] == [AS_OF]
+    assert sorted(p.name for p in (project / "data/recommendations").iterdir()
+                  if not p.name.startswith(".")) == [AS_OF]
 
 
 def test_shards_cover_every_chunk_once() -> None:
@@ -74,9 +79,71 @@ def test_shards_cover_every_chunk_once() -> None:
         split_chunks(5, 0)
 
 
-def test_serve_schedules_on_the_params_cron(project: Path) -> None:
-    flow = load_flow("nightly", project)
-    cron = load_params(project / "params.yaml").prefect.nightly_cron
-    deployment = flow.to_deployment(name="metarec-nightly", cron=cron,
-                                    parameters={"project_dir": str(project)})
-    assert [s.schedule.cron for s in deployment.schedules] == [cron]
+def test_the_batch_is_a_dvc_output_and_dvc_status_is_clean(project: Path) -> None:
+    """The night of score.as_of is the score stage's own output, committed by the flow."""
+    import subprocess
+    import sys
+
+    dvc = str(Path(sys.executable).parent / "dvc")
+    lock = (project / "dvc.lock").read_text()
+    assert f"data/recommendations/{AS_OF}" in lock
+    status = subprocess.run([dvc, "status", "--json"], cwd=project, capture_output=True,
+                            text=True, check=True)
+    assert json.loads(status.stdout) == {}
+
+
+def test_scheduled_runs_replay_consecutive_nights_and_dvc_add_them(project: Path) -> None:
+    """A scheduled run passes no date: with the replay clock each one scores the night after
+    the latest batch, and that batch becomes a DVC-tracked file of its own."""
+    days = []
+    for _ in range(2):
+        state = load_flow("nightly", project)(project_dir=str(project), return_state=True)
+        assert state.is_completed(), state.message
+        days.append(Path(state.result()["batch"]).name)
+        assert state.result()["dvc"].startswith("dvc add")
+    first = dt.date.fromisoformat(AS_OF) + dt.timedelta(days=1)
+    assert days == [first.isoformat(), (first + dt.timedelta(days=1)).isoformat()]
+    for day in days:
+        assert (project / "data/recommendations" / f"{day}.dvc").is_file()
+
+
+def test_a_missing_landing_day_fails_the_run_with_an_artifact(project: Path,
+                                                               tmp_path: Path) -> None:
+    from .flow_helpers import write_params
+
+    broken = tmp_path / "p"
+    import shutil
+
+    shutil.copytree(project, broken)
+    (broken / "landing").mkdir()
+    write_params(broken, {"score": {"landing_dir": str(broken / "landing")}})
+    state = load_flow("nightly", broken)(as_of="1998-10-05", project_dir=str(broken),
+                                         return_state=True)
+    assert state.is_failed()
+    found = artifacts(state.state_details.flow_run_id)
+    assert "1998-10-05" in found["missing-landing-day"].data
+    assert not (broken / "data/recommendations/1998-10-05").exists()
+
+
+def test_serve_registers_the_nightly_and_retraining_deployments(project: Path,
+                                                                monkeypatch) -> None:
+    """`metarec serve` (make serve) hands both deployments, on the params' crons, to
+    prefect.serve; the call would block, so it is captured."""
+    import prefect
+
+    from metarec.orchestration import local
+
+    captured = []
+    monkeypatch.setattr(prefect, "serve", lambda *deps, **kw: captured.extend(deps))
+    monkeypatch.setattr(local, "use_local_server", lambda p, d: local.Server(
+        "http://127.0.0.1:1/api", d, None, started=False))
+    monkeypatch.chdir(project)
+    local.serve_project(project)
+    params = load_params(project / "params.yaml").prefect
+    by_name = {d.name: d for d in captured}
+    assert set(by_name) == {"metarec-nightly", "metarec-retrain"}
+    assert [s.schedule.cron for s in by_name["metarec-nightly"].schedules] == [
+        params.nightly_cron]
+    assert [s.schedule.cron for s in by_name["metarec-retrain"].schedules] == [
+        params.retrain_cron]
+    assert by_name["metarec-nightly"].parameters == {"project_dir": str(project)}

@@ -26,7 +26,8 @@ def test_training_completes_with_its_artifacts(trained: UUID, project: Path) -> 
     assert all(runs[s].state_type == StateType.COMPLETED for s in STAGES)
     assert (project / "dvc.lock").is_file() and (project / "models/seed0/maml.pt").is_file()
     found = artifacts(trained)
-    assert {"validation-summary", "evaluation-report", "evaluation-report-link"} <= set(found)
+    assert {"validation-summary", "evaluation-report", "evaluation-report-link",
+            "evaluation-headline", "curve-ndcg-at-20-vs-k"} <= set(found)
     table = found["validation-summary"]
     assert table.type == "table"
     rows = json.loads(table.data)
@@ -34,9 +35,14 @@ def test_training_completes_with_its_artifacts(trained: UUID, project: Path) -> 
     assert len(rows) == len(summary["expectations"]) and {"table", "success"} <= set(rows[0])
     report = found["evaluation-report"]
     assert report.type == "markdown"
-    assert report.data == (project / "reports/eval/report.md").read_text()
+    on_disk = (project / "reports/eval/report.md").read_text()
+    assert report.data.startswith(on_disk[:on_disk.index("![")])   # leads with the answer
+    assert report.data.count("](data:image/png;base64,") == on_disk.count("![")  # inlined
+    headline = json.loads(found["evaluation-headline"].data)
+    assert headline and {"scenario", "meta-learner", "baseline", "CI"} <= set(headline[0])
+    assert found["curve-ndcg-at-20-vs-k"].type == "image"
     link = found["evaluation-report-link"]
-    assert "reports/eval/report.md" in link.data  # stored as Markdown: [text](file://...)
+    assert "reports/eval/index.html" in link.data  # stored as Markdown: [text](file://...)
 
 
 def test_a_transient_oserror_is_retried(trained: UUID, project: Path,

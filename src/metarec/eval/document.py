@@ -57,8 +57,9 @@ def _choice_lines(result: dict[str, Any], primary: str) -> list[str]:
                      f"({serving['kind']}; {serving['why']})")
     for seed, ch in result["choices"].items():
         if seed == "ensembles":
-            lines.append(f"- ensembles: meta-ens averages {', '.join(ch.get('meta-ens', []))} "
-                         f"(highest validation {primary} among the seed-ensembles)")
+            if ch.get("meta-ens"):
+                lines.append(f"- ensembles: meta-ens averages {', '.join(ch['meta-ens'])} "
+                             f"(highest validation {primary} among the seed-ensembles)")
             continue
         steps = ", ".join(f"{n}: {v['steps']}/{v.get('rank_steps', v['steps'])}"
                           for n, v in ch["inner_steps"].items())

@@ -1,9 +1,9 @@
 """`make run` and `metarec serve` against the project's local Prefect server.
 
-``main`` (``python -m metarec.orchestration.local --as-of 1998-03-15``): start or reuse the
-server, run the training flow and one nightly flow, then print the UI address, the evaluation
-table and the top-5 recommendations of three cold-start users. The server is left running so
-the runs can be inspected (``metarec ui --stop`` stops it).
+``main`` (``python -m metarec.orchestration.local``): start or reuse the server, run the
+training flow and the nightly flow for ``score.as_of``, then print one cold-start user's
+recommendations (``make run`` ends with ``metarec summary``). The server is left running so the
+runs can be inspected (``metarec ui --stop`` stops it).
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from pathlib import Path
 
 from metarec.config import PrefectParams
 from metarec.orchestration import PROJECT_ROOT, load_flow
+from metarec.orchestration.project import ProjectPaths
 from metarec.orchestration.server import Server, start
 from metarec.params import load_params
 
 DEPLOYMENT = "metarec-nightly"
+RETRAIN = "metarec-retrain"
 
 
 def use_local_server(params: PrefectParams, project_dir: Path) -> Server:
@@ -36,37 +38,41 @@ def use_local_server(params: PrefectParams, project_dir: Path) -> Server:
     return server
 
 
-def serve_nightly(project_dir: Path = PROJECT_ROOT) -> None:
-    """Register the nightly deployment on ``prefect.nightly_cron`` and run its schedule (blocks)."""
+def serve_project(project_dir: Path = PROJECT_ROOT) -> None:
+    """Register and serve the nightly (``prefect.nightly_cron``) and the retraining
+    (``prefect.retrain_cron``) deployments on the project's server; blocks until Ctrl-C.
+
+    Each scheduled nightly run scores the clock's next night (``prefect.clock``); a retraining
+    run is ``dvc repro`` stage by stage, a no-op when data, code and params are unchanged.
+    """
+    from prefect import serve
+
     project_dir = project_dir.resolve()
     params = load_params(project_dir / "params.yaml")
     server = use_local_server(params.prefect, project_dir)
-    cron = params.prefect.nightly_cron
-    print(f"serving {DEPLOYMENT} on cron {cron!r}; UI {server.ui_url}", flush=True)
-    os.chdir(project_dir)  # deployments refer to flows/nightly.py relative to here
-    load_flow("nightly", project_dir).serve(name=DEPLOYMENT, cron=cron,
-                                            parameters={"project_dir": str(project_dir)})
-
-
-def evaluation_table(metrics: Path) -> str:
-    """How well it does: user-cold MAE and catalogue nDCG@20 per model and K, with the
-    bootstrap comparisons (the same block as the README's results); the full table of every
-    scenario is in reports/eval/report.md."""
-    from metarec.eval.readme import results_markdown
-    from metarec.io import read_json
-
-    return ("## How well it does (full report: reports/eval/report.md)\n\n"
-            + results_markdown(read_json(metrics)))
+    os.chdir(project_dir)  # deployments refer to flows/*.py relative to here
+    nightly = load_flow("nightly", project_dir).to_deployment(
+        name=DEPLOYMENT, cron=params.prefect.nightly_cron,
+        parameters={"project_dir": str(project_dir)})
+    retrain = load_flow("training", project_dir).to_deployment(
+        name=RETRAIN, cron=params.prefect.retrain_cron,
+        parameters={"project_dir": str(project_dir)})
+    print(f"serving {DEPLOYMENT} ({params.prefect.nightly_cron!r}) and {RETRAIN} "
+          f"({params.prefect.retrain_cron!r}); UI {server.ui_url}/deployments; Ctrl-C stops",
+          flush=True)
+    serve(nightly, retrain)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="training + one nightly flow on the local "
                                                  "Prefect server")
-    parser.add_argument("--as-of", required=True, help="nightly date (YYYY-MM-DD, UTC)")
+    parser.add_argument("--as-of", default=None,
+                        help="nightly date (YYYY-MM-DD, UTC); default params.yaml score.as_of")
     parser.add_argument("--project", type=Path, default=Path("."))
     args = parser.parse_args(argv)
     project = args.project.resolve()
-    server = use_local_server(load_params(project / "params.yaml").prefect, project)
+    params = load_params(project / "params.yaml")
+    server = use_local_server(params.prefect, project)
 
     from rich.console import Console
 
@@ -75,18 +81,11 @@ def main(argv: list[str] | None = None) -> None:
     console = Console()
     console.print(f"Prefect server: {server.ui_url} "
                   f"({'started, pid ' + str(server.pid) if server.started else 'reused'})")
-    try:
-        load_flow("training", project)(project_dir=str(project))
-        result = load_flow("nightly", project)(as_of=args.as_of, project_dir=str(project))
-    finally:
-        console.print(f"\nPrefect UI: {server.ui_url}  (runs, task logs, artifacts; "
-                      "`make ui` later, `metarec ui --stop` to stop the server)")
-    # raw Markdown: a rendered table would be cut to the terminal's width
-    for text in (evaluation_table(project / "metrics/eval.json"),
-                 examples(result["batch"], project / "data/validated")):
-        console.print(text, markup=False, highlight=False, soft_wrap=True)
-    console.print(f"batch: {result['batch']} ({result['users_scored']} users, "
-                  f"{result['seconds']} s)")
+    load_flow("training", project)(project_dir=str(project))
+    result = load_flow("nightly", project)(as_of=args.as_of or params.score.as_of,
+                                           project_dir=str(project))
+    console.print(examples(result["batch"], ProjectPaths.of(project).validated, users=1),
+                  markup=False, highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

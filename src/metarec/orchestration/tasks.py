@@ -7,6 +7,7 @@ Prefect's input caching (``NO_CACHE``): DVC and the batch manifest decide what i
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from prefect import task
 from prefect.artifacts import (
+    create_image_artifact,
     create_link_artifact,
     create_markdown_artifact,
     create_table_artifact,
@@ -85,18 +87,37 @@ def publish_validation(summary_path: str) -> None:
 
 
 @task(name="publish-evaluation", cache_policy=NO_CACHE)
-def publish_evaluation(report_path: str) -> None:
-    """Markdown artifact with the evaluation report, and a link artifact to where it lives."""
+def publish_evaluation(report_path: str, eval_json: str) -> None:
+    """The answer first: a table artifact of the headline (best meta-learner vs best baseline
+    per scenario and K, with CIs), one image artifact per curve (the PNG inlined), the full
+    report as Markdown with the curves inlined, and a link to the HTML version on disk."""
+    from metarec.eval.headline import headline_table
+
     path = Path(report_path).resolve()
-    create_markdown_artifact(markdown=path.read_text(encoding="utf-8"), key="evaluation-report",
+    result = read_json(eval_json)
+    rows = headline_table(result.get("headline", []))
+    if rows:
+        create_table_artifact(table=[{k: _plain(v) for k, v in r.items()} for r in rows],
+                              key="evaluation-headline",
+                              description="test catalogue metric: the best meta-learner on "
+                                          "validation minus the best baseline, relative, CI")
+    text = path.read_text(encoding="utf-8")
+    for png in sorted(path.parent.glob("*.png")):
+        uri = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
+        text = text.replace(f"]({png.name})", f"]({uri})")
+        create_image_artifact(image_url=uri, key=f"curve-{png.stem.replace('_', '-')}",
+                              description=f"{png.name}: {path.parent}")
+    create_markdown_artifact(markdown=text, key="evaluation-report",
                              description=f"reports/eval/report.md ({path})")
-    create_link_artifact(link=path.as_uri(), link_text=str(path), key="evaluation-report-link",
-                         description="the evaluation report and its PNG curves on disk")
+    html = path.with_name("index.html")
+    create_link_artifact(link=html.as_uri(), link_text=str(html), key="evaluation-report-link",
+                         description="the evaluation report with its curves, one HTML file")
 
 
 def examples(batch_dir: str | Path, validated_dir: str | Path, users: int = 3,
              top: int = 5) -> str:
-    """Markdown: the ``top`` recommendations of the first ``users`` cold-start users."""
+    """Markdown: the ``top`` recommendations of the first ``users`` cold-start users, with the
+    ranking score, the predicted rating and the support item behind each pick."""
     recs = pq.read_table(Path(batch_dir) / "recommendations.parquet").to_pandas()
     recs = recs[(recs["kind"] == "cold") & (recs["rank"] <= top)]
     chosen = list(dict.fromkeys(recs["user_id"]))[:users]
@@ -110,10 +131,14 @@ def examples(batch_dir: str | Path, validated_dir: str | Path, users: int = 3,
              "cold-start users", ""]
     for user in chosen:
         rows: pd.DataFrame = recs[recs["user_id"] == user].sort_values("rank")
-        lines += [f"## user {user}", "", "| rank | item | title | predicted rating |",
-                  "|---|---|---|---|"]
-        lines += [f"| {r.rank} | {r.item_id} | {titles.get(str(r.item_id), '')} | "
-                  f"{r.score:.2f} |" for r in rows.itertuples()]
+        lines += [f"## user {user}", "",
+                  "| rank | item | title | score | predicted rating | because |",
+                  "|---|---|---|---|---|---|"]
+        for r in rows.itertuples():
+            rating = "" if pd.isna(r.predicted_rating) else f"{r.predicted_rating:.2f}"
+            why = "" if pd.isna(r.because) else titles.get(str(r.because), str(r.because))
+            lines.append(f"| {r.rank} | {r.item_id} | {titles.get(str(r.item_id), '')} | "
+                         f"{r.score:.3f} | {rating} | {why} |")
         lines.append("")
     if not chosen:
         lines.append("(no cold-start users on this date)")
