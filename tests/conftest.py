@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -51,3 +52,19 @@ def build_project(root: Path, params: Params, *, evaluate: bool = True) -> dict:
 @pytest.fixture(scope="session")
 def synthetic_project(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return build_project(tmp_path_factory.mktemp("project"), small_params())
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The Prefect-server tests (tests/flows, test_ui) are slow and share one xdist worker, so
+    that each session starts one server and trains one flows project."""
+    for item in items:
+        if "flows" in item.path.parts or item.path.name == "test_ui.py":
+            item.add_marker(pytest.mark.slow)
+            item.add_marker(pytest.mark.xdist_group("prefect"))
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # two workers on two cores: one intra-op thread each, not two threads per worker
+    import torch
+
+    torch.set_num_threads(1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from metarec.config import ValidateParams
 from metarec.errors import DataError
@@ -374,3 +377,33 @@ def test_duplicate_key_codes_renumber_before_overflow(monkeypatch: pytest.Monkey
     big = pd.concat([df, df.iloc[:5]], ignore_index=True)
     codes = pd.Series(validation._key_codes(big))
     assert codes.duplicated().tolist() == big.duplicated().tolist()
+
+
+@settings(max_examples=12, deadline=None, derandomize=True)
+@given(picks=st.lists(st.sampled_from([c[0] for c in CASES]), min_size=1, max_size=4,
+                      unique=True))
+def test_quarantine_accounts_for_every_row_for_any_mix_of_bad_rows(picks: list[str]) -> None:
+    """Property: whatever mix of bad cells and rows, rows in = kept + quarantined per table,
+    kept and quarantined rows partition the input, and every case's own row is set aside."""
+    cases = {c[0]: c for c in CASES}
+    data = clean_tables()
+    for name in picks:
+        cases[name][1](data)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_canonical(root / "canonical", data)
+        summary = run_stage(root)
+        got = quarantined(root)
+        for table in ("interactions", "users", "items"):
+            n_in = len(data[table][next(iter(data[table]))])
+            t = summary["tables"][table]
+            kept = pq.read_table(root / "validated" / f"{table}.parquet").to_pylist()
+            assert t["rows_in"] == n_in == t["rows_kept"] + t["rows_quarantined"], table
+            assert (len(kept), len(got[table])) == (t["rows_kept"], t["rows_quarantined"])
+            if table != "users":     # source rows: each input row is kept or quarantined, once
+                rows = sorted([r["source_row"] for r in kept] + [k for k, _ in got[table]])
+                assert rows == sorted(data[table]["source_row"]), table
+        for name in picks:           # a row a case names is quarantined (maybe for more)
+            for table, rows in cases[name][2].items():
+                assert {k for k, _ in rows} <= {k for k, _ in got[table]}, (name, table)
+    assert summary["passed"] is False
