@@ -55,6 +55,7 @@ def summarise(lines: list[str], equivalent: dict[str, str]) -> dict:
         scored = killed + c["survived"]          # no-tests and equivalent mutants excluded
         out[mod] = {"mutants": sum(c.values()), "killed": killed, "survived": c["survived"],
                     "equivalent": c["equivalent"], "no_tests": c["no tests"],
+                    "not_checked": c["not checked"],
                     "kill_rate": round(killed / scored, 4) if scored else None,
                     "survivors": survivors[mod]}
     return out
@@ -64,10 +65,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/mutation.json")
+    ap.add_argument("--summary-only", action="store_true",
+                    help="summarise the mutants/ folder of an earlier (maybe interrupted) run")
     args = ap.parse_args()
     start = time.perf_counter()
-    run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children",
-                          str(args.max_children)], cwd=ROOT)
+    run = subprocess.CompletedProcess([], 0) if args.summary_only else subprocess.run(
+        [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)],
+        cwd=ROOT)
     res = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"],
                          cwd=ROOT, capture_output=True, text=True, check=True)
     equivalent = json.loads(EQUIVALENT.read_text()) if EQUIVALENT.exists() else {}
@@ -84,7 +88,8 @@ def main() -> int:
     tmp.replace(args.out)
     for mod, m in modules.items():
         rate = "–" if m["kill_rate"] is None else f"{m['kill_rate']:.0%}"
-        print(f"{mod:45s} {m['killed']:4d}/{m['killed'] + m['survived']:4d} killed  {rate}")
+        print(f"{mod:45s} {m['killed']:4d}/{m['killed'] + m['survived']:4d} killed  {rate}"
+              + (f"  ({m['not_checked']} not checked)" if m["not_checked"] else ""))
     print(f"total {killed}/{scored} killed -> {args.out}")
     return 0 if run.returncode == 0 else run.returncode
 
