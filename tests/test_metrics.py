@@ -9,6 +9,7 @@ import torch
 from torchmetrics.functional.retrieval import retrieval_normalized_dcg, retrieval_recall
 
 from metarec.eval.metrics import (
+    CatalogueMetrics,
     catalogue_metrics,
     catalogue_targets,
     mae,
@@ -155,3 +156,21 @@ def test_catalogue_matches_torchmetrics_without_ties() -> None:
     torch.testing.assert_close(m.ndcg, ref_ndcg)
     top = scores.topk(5, dim=1).indices
     torch.testing.assert_close(m.hit_rate, rel.gather(1, top).any(1).float())
+
+
+def test_means_average_evaluated_tasks_only_and_count_the_skipped() -> None:
+    nan = float("nan")
+    m = CatalogueMetrics(recall=torch.tensor([0.5, nan, 1.0, 0.0]),
+                         ndcg=torch.tensor([0.25, nan, 0.75, 0.2]),
+                         hit_rate=torch.tensor([1.0, nan, 0.5, 0.0]),
+                         evaluated=torch.tensor([True, False, True, True]))
+    assert m.n_skipped == 1
+    got = m.means()
+    assert set(got) == {"recall", "ndcg", "hit_rate"}
+    assert got["recall"] == pytest.approx(0.5)          # (0.5 + 1 + 0) / 3, the NaN left out
+    assert got["ndcg"] == pytest.approx(0.4)
+    assert got["hit_rate"] == pytest.approx(0.5)
+    none = CatalogueMetrics(recall=torch.full((2,), nan), ndcg=torch.full((2,), nan),
+                            hit_rate=torch.full((2,), nan), evaluated=torch.zeros(2, dtype=bool))
+    assert none.n_skipped == 2
+    assert all(math.isnan(v) for v in none.means().values()) and len(none.means()) == 3

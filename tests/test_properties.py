@@ -216,3 +216,11 @@ def test_catalogue_targets_drop_the_support_and_keep_rated_query_items(
     assert set(torch.nonzero(~cand[0]).flatten().tolist()) == set(sup)
     want = {i for i, r in zip(qry, ratings, strict=True) if r >= 4} - set(sup)
     assert set(torch.nonzero(rel[0]).flatten().tolist()) == want
+
+
+def test_an_unknown_draw_mode_is_refused_with_the_valid_ones() -> None:
+    hist = pd.DataFrame({"user_idx": [0, 0], "item_idx": [0, 1], "rating": [3, 4],
+                         "timestamp": [0, 1]})
+    with pytest.raises(ValueError, match=r"draw must be one of \('temporal', 'random'\), "
+                                         r"got 'shuffle'"):
+        draw_tasks(hist, (1,), 1, "shuffle", np.random.default_rng(0))
