@@ -21,7 +21,7 @@ from pathlib import Path
 from metarec.config import Params
 from metarec.errors import DataError
 from metarec.orchestration.stages import stage_env
-from metarec.scoring.world import parse_as_of
+from metarec.scoring.world import landing_files, parse_as_of
 
 REPLAYED = ("movielens-100k", "movielens-1m", "movielens-latest", "synthetic")
 
@@ -50,17 +50,16 @@ def next_night(params: Params, batches: Path, today: dt.date | None = None) -> s
 
 def check_landing(params: Params, day: str) -> None:
     """Raise :class:`MissingDay` when a landing folder is configured but holds no rows for
-    ``day``."""
+    ``day`` (the folder's naming rules are the scoring world's: :func:`landing_files`)."""
     folder = params.score.landing_dir
     if folder is None:
         return
-    files = [Path(folder) / f"{day}.{ext}" for ext in ("parquet", "csv")]
-    found = [f for f in files if f.is_file()]
-    if not found:
-        raise MissingDay(f"no landing file for {day} (expected {files[0].name} or "
-                         f"{files[1].name})", file=str(folder))
-    if found[0].stat().st_size == 0:
-        raise MissingDay(f"the landing file for {day} is empty", file=str(found[0]))
+    today = [f for f in landing_files(folder, parse_as_of(day)) if f.stem == day]
+    if not today:
+        raise MissingDay(f"no landing file for {day} (expected {day}.parquet or {day}.csv)",
+                         file=str(folder))
+    if today[0].stat().st_size == 0:
+        raise MissingDay(f"the landing file for {day} is empty", file=str(today[0]))
 
 
 def track_batch(root: Path, batch: Path, params: Params) -> str:
