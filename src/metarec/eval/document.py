@@ -26,6 +26,11 @@ def _steps_plot(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
     adaptation_curves(as_k, metric, path)
 
 
+def png_data_uri(path: Path) -> str:
+    """A PNG as a ``data:`` URI, so a page or a UI artifact shows it without the file."""
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
 def plot_name(metric: str, against: str) -> str:
     """File name of a curve: ``ndcg_at_20_vs_k.png``."""
     return f"{metric.replace('@', '_at_')}_vs_{against}.png"
@@ -109,8 +114,7 @@ def _html(result: dict[str, Any], report_dir: Path, metrics: list[str],
     verdicts = "".join(f"<li>{esc(v)}</li>" for v in verdict_lines(
         result.get("headline", []), confidence))
     figures = "".join(
-        f'<figure><img alt="{esc(cap)}" src="data:image/png;base64,'
-        f'{base64.b64encode((report_dir / name).read_bytes()).decode()}">'
+        f'<figure><img alt="{esc(cap)}" src="{png_data_uri(report_dir / name)}">'
         f"<figcaption>{esc(cap)}</figcaption></figure>" for name, cap in plots)
     summary = summarize(result["results"], metrics)
     summary["k"] = summary["k"].map(k_label)

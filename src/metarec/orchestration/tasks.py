@@ -7,7 +7,6 @@ Prefect's input caching (``NO_CACHE``): DVC and the batch manifest decide what i
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +90,7 @@ def publish_evaluation(report_path: str, eval_json: str) -> None:
     """The answer first: a table artifact of the headline (best meta-learner vs best baseline
     per scenario and K, with CIs), one image artifact per curve (the PNG inlined), the full
     report as Markdown with the curves inlined, and a link to the HTML version on disk."""
+    from metarec.eval.document import png_data_uri
     from metarec.eval.headline import headline_table
 
     path = Path(report_path).resolve()
@@ -103,7 +103,7 @@ def publish_evaluation(report_path: str, eval_json: str) -> None:
                                           "validation minus the best baseline, relative, CI")
     text = path.read_text(encoding="utf-8")
     for png in sorted(path.parent.glob("*.png")):
-        uri = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
+        uri = png_data_uri(png)
         text = text.replace(f"]({png.name})", f"]({uri})")
         create_image_artifact(image_url=uri, key=f"curve-{png.stem.replace('_', '-')}",
                               description=f"{png.name}: {path.parent}")
