@@ -43,10 +43,12 @@ test: venv
 test-fast: venv
 	$(PYTEST) -m "not slow"
 
-## mutation: mutation testing of the core modules (mutmut; ~30 min; not in CI); kill rate per
+## mutation: mutation testing of the core modules (mutmut; not in CI): a seeded sample of
+## MUTATION_SAMPLE mutants per module (~30 min; 0 = all, several hours); kill rate per
 ## module in benchmarks/results/mutation.json
+MUTATION_SAMPLE ?= 40
 mutation: venv
-	$(BIN)/python benchmarks/mutation.py
+	$(BIN)/python benchmarks/mutation.py --sample $(MUTATION_SAMPLE)
 
 lint: venv
 	$(BIN)/ruff check src tests flows benchmarks

@@ -195,6 +195,51 @@ def score(
     typer.echo(str(batch))
 
 
+@app.command()
+def backfill(
+    first: str = typer.Option(..., "--from", help="first night YYYY-MM-DD (UTC)"),
+    last: str = typer.Option(..., "--to", help="last night YYYY-MM-DD (UTC), inclusive"),
+    inp: Path = typer.Option(Path("data/validated"), "--in", help="validated tables"),
+    models: Path = typer.Option(Path("models/seed0"),
+                                help="folder of checkpoints (<model>.pt)"),
+    out: Path = typer.Option(Path("data/recommendations"), help="root of the dated batches"),
+    selection: Path = typer.Option(Path("metrics/selection.json"),
+                                   help="evaluate's choice, read when score.model is auto"),
+    params: Path = PARAMS,
+) -> None:
+    """Write the batch of every night from --from to --to (the bytes `score` gives each)."""
+    from metarec.stages import score as stage
+
+    with reported():
+        batches = stage.backfill(load_params(params).score, inp, models, out, first, last,
+                                 selection)
+    for batch in batches:
+        typer.echo(str(batch))
+
+
+@app.command()
+def backtest(
+    inp: Path = typer.Option(Path("data/validated"), "--in", help="validated tables"),
+    episodes: Path = typer.Option(Path("data/episodes"), help="episodes (training cut-off)"),
+    models: Path = typer.Option(Path("models/seed0"),
+                                help="folder of checkpoints (<model>.pt)"),
+    selection: Path = typer.Option(Path("metrics/selection.json"),
+                                   help="evaluate's choice and validation scores"),
+    metrics: Path = typer.Option(Path("metrics/backtest.json"), help="summary JSON"),
+    report: Path = typer.Option(Path("reports/backtest"), help="plot, table, per-user rows"),
+    params: Path = PARAMS,
+) -> None:
+    """Replay the nights of params' backtest window; judge each batch on the next days."""
+    from metarec.scoring.backtest import markdown
+    from metarec.stages import backtest as stage
+
+    with reported():
+        p = load_params(params)
+        summary = stage.run(p.backtest, p.score, inp, episodes, models, selection, metrics,
+                            report)
+    typer.echo(markdown(summary))
+
+
 @app.command("verify-batch")
 def verify_batch(
     batch: Path = typer.Argument(..., help="a batch folder data/recommendations/<DATE>"),

@@ -58,6 +58,10 @@ class SyntheticSource:
     factors: int = bounded(8, 1)
     noise: float = bounded(0.5, 0.0)
     drift: float = bounded(0.0, 0.0)
+    activity_days: float = bounded(3.0, 0.01)
+    season: float = bounded(0.0, 0.0, 1.0)
+    choice: float = bounded(0.0, 0.0)
+    season_days: int = bounded(91, 1)
     days: int = bounded(365, 1)
     genres: int = bounded(12, 1)
     seed: int = 0
@@ -207,6 +211,22 @@ class ScoreParams:
     dynamic_last: int = bounded(20, 1)
 
 
+@dataclass(frozen=True)
+class BacktestParams:
+    """Replayed nights judged against what each scored user did in the following days."""
+
+    from_date: str | None = None
+    to_date: str | None = None
+    every_days: int = bounded(7, 1)
+    horizon_days: int = bounded(7, 1)
+    k: int = bounded(20, 1)
+    popularity_days: int = bounded(30, 1)
+    warm: bool = True
+    bootstrap_samples: int = bounded(1000, 10)
+    bootstrap_confidence: float = bounded(0.95, 0.5, 0.999)
+    seed: int = 0
+
+
 # --------------------------------------------------------------------------------------------
 # orchestration (Prefect flows, local server, nightly task runner)
 
@@ -240,6 +260,7 @@ class Params:
     train: TrainParams = field(default_factory=TrainParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     score: ScoreParams = field(default_factory=ScoreParams)
+    backtest: BacktestParams = field(default_factory=BacktestParams)
     prefect: PrefectParams = field(default_factory=PrefectParams)
 
 

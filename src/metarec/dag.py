@@ -29,7 +29,7 @@ from metarec import config
 
 PACKAGE_DIR = Path(metarec.__file__).resolve().parent
 SRC = PACKAGE_DIR.parent
-STAGES = ("ingest", "validate", "episodes", "train", "evaluate", "score")
+STAGES = ("ingest", "validate", "episodes", "train", "evaluate", "score", "backtest")
 _DISCOVERS = re.compile(r"pkgutil\.iter_modules\(__path__\)")
 
 

@@ -41,6 +41,7 @@ from metarec.data.tasks import EpisodeData
 from metarec.errors import DataError, MetarecError
 from metarec.io import (
     atomic_dir,
+    md5_file,
     project_lock,
     read_json,
     read_parquet,
@@ -95,6 +96,8 @@ class Inputs:
     def inputs(self) -> list[Path]:
         """Every file the batch reads besides the model (their sha256 go in the manifest)."""
         extra = [Path(self.selection_path)] if self.selection is not None else []
+        schema = Path(self.validated_dir) / "schema.json"
+        extra += [schema] if schema.is_file() else []
         return [*self.tables.values(), *self.landing, *extra]
 
     @property
@@ -163,6 +166,7 @@ def publish_batch(inputs: Inputs, table: pa.Table, stats: dict[str, Any],
     Shared by ``metarec score`` and the sharded nightly flow, so both give the same bytes.
     """
     params, model_path = inputs.params, inputs.model_path
+    read = [*inputs.inputs, *([model_path] if model_path.is_file() else [])]
     manifest = {
         "as_of": params.as_of, "params": to_dict(params), "params_hash": params_hash(params),
         "validated_dir": _rel(inputs.validated_dir), "models_dir": _rel(inputs.models_dir),
@@ -171,6 +175,9 @@ def publish_batch(inputs: Inputs, table: pa.Table, stats: dict[str, Any],
             _rel(inputs.selection_path) if inputs.selection_path else None,
         "model_sha256": sha256_file(model_path) if model_path.is_file() else None,
         "inputs": {_rel(p): sha256_file(p) for p in inputs.inputs},
+        # DVC's content addresses (md5 of the bytes): verify-batch restores the files from the
+        # DVC cache or remote by these, whatever dvc.lock says now
+        "dvc_md5": {_rel(p): md5_file(p) for p in read},
         "git_commit": _git_commit(), "metarec_version": metarec.__version__,
         "torch_version": torch.__version__, **stats, "rows": table.num_rows,
     }
@@ -180,13 +187,18 @@ def publish_batch(inputs: Inputs, table: pa.Table, stats: dict[str, Any],
     return target
 
 
-def recommend(inputs: Inputs, chunks: range | None = None) -> tuple[pa.Table, dict[str, Any]]:
+def recommend(inputs: Inputs, chunks: range | None = None, warm_support: str = "latest"
+              ) -> tuple[pa.Table, dict[str, Any]]:
     """The recommendations table (SCHEMA) and counts for the world of ``inputs``' day.
 
     ``chunks`` restricts scoring to those chunk numbers (a shard of the nightly flow); each
     chunk keeps its users, padding and seed, so concatenated shards equal the whole table.
-    The counts always describe the whole day.
+    The counts always describe the whole day. ``warm_support``: a dynamic user is adapted on
+    its ``latest`` ``dynamic_last`` interactions (the nightly batch), or on its ``first``
+    ``max_interactions`` (the model it got as a cold user and kept: the backtest's peer).
     """
+    if warm_support not in ("latest", "first"):
+        raise ValueError(f"warm_support must be latest or first, got {warm_support!r}")
     params, tables, model_path, end = inputs.params, inputs.tables, inputs.model_path, \
         inputs.end
     landing = inputs.landing
@@ -200,7 +212,8 @@ def recommend(inputs: Inputs, chunks: range | None = None) -> tuple[pa.Table, di
     items = _encode(read_parquet(tables["items"]), "item_id", world["item_id"], vocab["items"])
     data = EpisodeData(tasks=pd.DataFrame(), users=users, items=items, vocab=vocab)
     predictor = from_checkpoint(blob, data, model_path)
-    support, history = _user_rows(world, sel, items, params.dynamic_last)
+    support, history = _user_rows(world, sel, items, params.dynamic_last,
+                                  params.max_interactions if warm_support == "first" else None)
     user_idx = torch.from_numpy(users.index_of(sel.user_ids))               # (U,)
     n, k = len(sel.user_ids), params.top_k
     out: dict[str, list[np.ndarray]] = {"user": [], "item": [], "score": [], "rating": [],
@@ -299,10 +312,11 @@ def _encode(table: pd.DataFrame, id_col: str, seen: pd.Series, vocab: dict[str, 
     return encode_entity(table, id_col, vocab)
 
 
-def _user_rows(world: pd.DataFrame, sel: Selection, items: FeatureTable, last: int
-               ) -> tuple[Ragged, Ragged]:
+def _user_rows(world: pd.DataFrame, sel: Selection, items: FeatureTable, last: int,
+               first: int | None = None) -> tuple[Ragged, Ragged]:
     """(support: each user's interactions in time order, the latest ``last`` for dynamic
-    users; history: the distinct items each user interacted with, to be masked)."""
+    users, or the earliest ``first`` for every user when given; history: the distinct items
+    each user interacted with, to be masked)."""
     n = len(sel.user_ids)
     pos = pd.Index(sel.user_ids).get_indexer(world["user_id"])
     keep = pos >= 0
@@ -314,7 +328,10 @@ def _user_rows(world: pd.DataFrame, sel: Selection, items: FeatureTable, last: i
     counts = np.bincount(p, minlength=n)
     starts = np.concatenate([[0], np.cumsum(counts)])
     within = np.arange(len(p)) - starts[p]
-    sup = (sel.kinds[p] == "cold") | (within >= counts[p] - last)
+    if first is not None:
+        sup = within < first
+    else:
+        sup = (sel.kinds[p] == "cold") | (within >= counts[p] - last)
     sup_starts = np.concatenate([[0], np.cumsum(np.bincount(p[sup], minlength=n))])
     pairs = np.unique(p * len(items) + item)                               # sorted by user
     hist_p = pairs // len(items)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import subprocess
+import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from metarec.config import ScoreParams, params_hash, parse_params
 from metarec.errors import MetarecError, ParamsError
@@ -27,7 +33,7 @@ def verify(batch_dir: str | Path) -> dict[str, Any]:
     rebuilt Parquet against the batch's, then the rebuilt manifest against the batch's (all
     but ``git_commit``, which moves with every commit). Returns the manifest on success.
     """
-    batch_dir = Path(batch_dir)
+    batch_dir = Path(batch_dir).absolute()   # the rebuild may run in a restored folder
     if not (batch_dir / MANIFEST).is_file() or not (batch_dir / RECS).is_file():
         raise VerifyError(f"{batch_dir}: not a batch ({MANIFEST} or {RECS} missing)")
     manifest = read_json(batch_dir / MANIFEST)
@@ -39,13 +45,18 @@ def verify(batch_dir: str | Path) -> dict[str, Any]:
         raise VerifyError(f"{batch_dir / MANIFEST}: params do not match their recorded hash "
                           "(manifest edited?)")
     changed = _changed_inputs(manifest, params)
-    if changed:
+    appeared = [c for c in changed if c.endswith("appeared")]
+    if appeared or (changed and "dvc_md5" not in manifest):
         raise VerifyError(
             "cannot rebuild: inputs changed since the batch was written:\n  "
             + "\n  ".join(changed)
             + "\nrestore them with `dvc pull` (tracked data and models), or `dvc repro` to "
               "rebuild them from their sources, then verify again")
-    with tempfile.TemporaryDirectory(prefix="metarec-verify-") as tmp:
+    with contextlib.ExitStack() as stack:
+        if changed:   # rebuild in a folder holding the recorded bytes, restored by address
+            stack.enter_context(contextlib.chdir(stack.enter_context(
+                restored(manifest, changed))))
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="metarec-verify-"))
         rebuilt = build_batch(params, manifest["validated_dir"], manifest["models_dir"], tmp,
                               manifest["as_of"], manifest.get("selection_path"))
         same = (rebuilt / RECS).read_bytes() == (batch_dir / RECS).read_bytes()
@@ -68,6 +79,78 @@ def verify(batch_dir: str | Path) -> dict[str, Any]:
         raise VerifyError(f"{batch_dir / MANIFEST}: the rebuild records different "
                           f"{', '.join(differ)} (manifest edited?)")
     return manifest
+
+
+@contextlib.contextmanager
+def restored(manifest: dict[str, Any], changed: list[str]) -> Iterator[Path]:
+    """A temporary folder inside the DVC repository holding every file the batch read at its
+    recorded path: unchanged files copied, changed ones fetched by their recorded md5 with
+    ``dvc pull`` (the local cache first, then the remote), the evaluation's choice (a git-
+    tracked metric) from the batch's git commit. Raises :class:`VerifyError` naming what
+    could not be restored."""
+    repo = _dvc_root(Path.cwd())
+    if repo is None:
+        raise VerifyError("cannot rebuild: inputs changed since the batch was written:\n  "
+                          + "\n  ".join(changed) + "\nand this is not a DVC project (no .dvc "
+                          "folder above the working directory) to restore them from; restore "
+                          "them by hand (`dvc pull`), then verify again")
+    recorded = manifest["dvc_md5"]
+    shas = {**manifest["inputs"], manifest["model"]: manifest["model_sha256"]}
+    with tempfile.TemporaryDirectory(prefix=".metarec-verify-", dir=repo) as tmp:
+        root = Path(tmp)
+        pull = []
+        for rel, md5 in recorded.items():
+            src, dst = Path(rel), root / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if src.is_file() and sha256_file(src) == shas.get(rel):
+                shutil.copyfile(src, dst)
+            elif rel == manifest.get("selection_path"):
+                _from_git(manifest, rel, dst)
+            else:
+                stage = root / f"restore-{len(pull)}.dvc"
+                # the out's path is relative to the .dvc file, so it lands at root / rel
+                stage.write_text(yaml.safe_dump({"outs": [{"md5": md5, "hash": "md5",
+                                                           "path": rel}]}),
+                                 encoding="utf-8")
+                pull.append(stage)
+        if pull:
+            dvc = str(Path(sys.executable).parent / "dvc")
+            run = subprocess.run([dvc, "checkout", "--quiet", *map(str, pull)], cwd=repo,
+                                 capture_output=True, text=True)          # the local cache
+            missing = [rel for rel in recorded if not (root / rel).is_file()]
+            if missing:                                                   # then the remote
+                run = subprocess.run([dvc, "pull", "--quiet", *map(str, pull)], cwd=repo,
+                                     capture_output=True, text=True)
+                missing = [rel for rel in recorded if not (root / rel).is_file()]
+            if missing:
+                raise VerifyError(
+                    "cannot rebuild: inputs changed since the batch was written and their "
+                    "recorded versions are in neither the DVC cache nor the remote:\n  "
+                    + "\n  ".join(f"{rel} (md5 {recorded[rel]})" for rel in missing or pull)
+                    + f"\n{(run.stderr or run.stdout).strip()}")
+        for rel, sha in shas.items():
+            if rel in recorded and sha is not None and sha256_file(root / rel) != sha:
+                raise VerifyError(f"{rel}: the restored file's sha256 differs from the "
+                                  "manifest's (cache or remote corrupted?)")
+        yield root
+
+
+def _dvc_root(start: Path) -> Path | None:
+    for folder in (start.resolve(), *start.resolve().parents):
+        if (folder / ".dvc").is_dir():
+            return folder
+    return None
+
+
+def _from_git(manifest: dict[str, Any], rel: str, dst: Path) -> None:
+    """A git-tracked file as of the batch's commit (metrics live in git, not the DVC cache)."""
+    commit = manifest.get("git_commit")
+    out = subprocess.run(["git", "show", f"{commit}:{rel}"], capture_output=True,
+                         check=False) if commit else None
+    if out is None or out.returncode != 0:
+        raise VerifyError(f"{rel}: changed since the batch was written, and not found in git "
+                          f"at the batch's commit {commit}")
+    dst.write_bytes(out.stdout)
 
 
 def _changed_inputs(manifest: dict[str, Any], params: ScoreParams) -> list[str]:

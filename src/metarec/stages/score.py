@@ -7,12 +7,15 @@ flow all reach it through here or through the sharded flow, which publishes the 
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
 from metarec.config import ScoreParams
+from metarec.errors import ParamsError
 from metarec.scoring.batch import build_batch
 from metarec.scoring.verify import verify as verify_batch
+from metarec.scoring.world import parse_as_of
 
 
 def run(params: ScoreParams, validated_dir: str | Path, models_dir: str | Path,
@@ -21,6 +24,19 @@ def run(params: ScoreParams, validated_dir: str | Path, models_dir: str | Path,
     """Score the users of ``as_of`` (default ``params.as_of``) with ``params.model`` (or, for
     ``auto``, the model named in ``selection``); returns the batch folder."""
     return build_batch(params, validated_dir, models_dir, out_root, as_of, selection)
+
+
+def backfill(params: ScoreParams, validated_dir: str | Path, models_dir: str | Path,
+             out_root: str | Path, first: str, last: str,
+             selection: str | Path | None = None) -> list[Path]:
+    """The batch of every night from ``first`` to ``last`` (inclusive), in date order: the
+    same :func:`build_batch` call ``metarec score --as-of`` makes for each, so the same bytes."""
+    start, end = parse_as_of(first), parse_as_of(last)
+    if end < start:
+        raise ParamsError(f"backfill: --to {end} is before --from {start}")
+    days = [(start + dt.timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
+    return [build_batch(params, validated_dir, models_dir, out_root, day, selection)
+            for day in days]
 
 
 def verify(batch_dir: str | Path) -> dict[str, Any]:

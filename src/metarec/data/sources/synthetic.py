@@ -18,9 +18,47 @@ def _ids(prefix: str, n: int) -> np.ndarray:
     return np.char.add(prefix, np.arange(n).astype(str)).astype(object)
 
 
+def _chosen_by_taste(rng: np.random.Generator, spec: SyntheticSource, U: np.ndarray,
+                     V: np.ndarray, drift_dir: np.ndarray, signup: np.ndarray,
+                     activity: np.ndarray, popularity: np.ndarray, target: int, end: int,
+                     chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(users, items, timestamps) where a user picks items by popularity and by its taste
+    at that moment (drift included): Gumbel-max over log popularity + choice * taste . V.
+    Repeated (user, item) pairs keep their first draw; rounds until ``target`` rows."""
+    n_u, day = len(U), 86_400
+    speed = rng.uniform(0.2, 3.0, n_u)
+    log_pop = np.log(popularity)
+    codes, times = np.empty(0, np.int64), np.empty(0, np.int64)
+    for _ in range(8):
+        m = int((target - len(codes)) * 1.3) + 100
+        u = rng.choice(n_u, size=m, p=activity / activity.sum())
+        t = np.minimum(signup[u] + (rng.exponential(spec.activity_days * day, m)
+                                    * speed[u]).astype(np.int64), end)
+        years = (t - signup[u]) / (365 * day)
+        items = np.empty(m, np.int64)
+        for a in range(0, m, chunk):                    # (chunk, items) logits at a time
+            b = min(a + chunk, m)
+            taste = U[u[a:b]] + spec.drift * years[a:b, None] * drift_dir[u[a:b]]
+            logits = log_pop + spec.choice * 2.0 * taste @ V.T
+            items[a:b] = np.argmax(logits + rng.gumbel(size=logits.shape), axis=1)
+        codes = np.concatenate([codes, u * len(V) + items])
+        times = np.concatenate([times, t])
+        first = ~pd.Index(codes).duplicated()
+        codes, times = codes[first], times[first]
+        if len(codes) >= target:
+            break
+    codes, times = codes[:target], times[:target]
+    return codes // len(V), codes % len(V), times
+
+
 def synthesize(spec: SyntheticSource) -> RawData:
     """Latent-factor users and items, features correlated with the factors, users arriving
-    over time, optional taste drift. Vectorised; 10M interactions take seconds."""
+    over time and active for about ``activity_days`` (times a per-user factor), optional taste
+    drift (each user's factor moves along its own direction, ``drift`` per year since signup)
+    and seasonal item popularity (``season``: amplitude, ``season_days``: period, a phase per
+    item). Items are picked by popularity, and with ``choice`` > 0 also by the user's taste at
+    that moment, so a drifting taste shows in what the user does next, not only in its
+    ratings. Vectorised; 10M interactions take seconds."""
     rng = np.random.default_rng(spec.seed)
     n_u, n_i, f = spec.users, spec.items, spec.factors
     U = rng.normal(0, 1, (n_u, f)) / np.sqrt(f)                   # (users, f)
@@ -33,18 +71,35 @@ def synthesize(spec: SyntheticSource) -> RawData:
     signup = t0 + np.sort(rng.uniform(0, spec.days * day, n_u)).astype(np.int64)
     activity = rng.lognormal(0.0, 1.0, n_u)
     popularity = rng.lognormal(0.0, 1.0, n_i)
-    pairs = np.empty(0, dtype=np.int64)
-    for _ in range(8):                     # a few rounds: repeated (user, item) pairs redrawn
-        m = int((spec.interactions - len(pairs)) * 1.3) + 100
-        u = rng.choice(n_u, size=m, p=activity / activity.sum())
-        i = rng.choice(n_i, size=m, p=popularity / popularity.sum())
-        pairs = pd.unique(np.concatenate([pairs, u * n_i + i]))
-        if len(pairs) >= spec.interactions:
-            break
-    pairs = pairs[: spec.interactions]
-    users, items, n = pairs // n_i, pairs % n_i, len(pairs)
-    delay = rng.exponential(3 * day, n) * rng.uniform(0.2, 3.0, n_u)[users]
-    ts = np.minimum(signup[users] + delay.astype(np.int64), t0 + (spec.days + 30) * day)
+    # seasonality thins a larger draw down to `interactions` rows (none drawn without it)
+    target = spec.interactions if spec.season == 0 else int(spec.interactions
+                                                           * (1 + spec.season) * 1.2) + 100
+    end = t0 + (spec.days + 30) * day
+    if spec.choice > 0:
+        users, items, ts = _chosen_by_taste(rng, spec, U, V, drift_dir, signup, activity,
+                                            popularity, target, end)
+        n = len(users)
+    else:
+        pairs = np.empty(0, dtype=np.int64)
+        for _ in range(8):             # a few rounds: repeated (user, item) pairs redrawn
+            m = int((target - len(pairs)) * 1.3) + 100
+            u = rng.choice(n_u, size=m, p=activity / activity.sum())
+            i = rng.choice(n_i, size=m, p=popularity / popularity.sum())
+            pairs = pd.unique(np.concatenate([pairs, u * n_i + i]))
+            if len(pairs) >= target:
+                break
+        pairs = pairs[:target]
+        users, items, n = pairs // n_i, pairs % n_i, len(pairs)
+        delay = rng.exponential(spec.activity_days * day, n) * rng.uniform(0.2, 3.0, n_u)[users]
+        ts = np.minimum(signup[users] + delay.astype(np.int64), end)
+    if spec.season > 0:
+        # item i is in season when sin(2 pi t / season_days + phase_i) is high: an interaction
+        # is kept with probability (1 + a sin(...)) / (1 + a), then the first rows kept
+        phase = rng.uniform(0, 2 * np.pi, n_i)
+        angle = 2 * np.pi * (ts - t0) / (spec.season_days * day) + phase[items]
+        kept = np.flatnonzero(rng.uniform(0, 1, n) * (1 + spec.season)
+                              < 1 + spec.season * np.sin(angle))[: spec.interactions]
+        users, items, ts, n = users[kept], items[kept], ts[kept], len(kept)
     years = (ts - signup[users]) / (365 * day)
     taste = U[users] + spec.drift * years[:, None] * drift_dir[users]
     score = 3.6 + b_u[users] + b_i[items] + 2.0 * np.einsum("nf,nf->n", taste, V[items])

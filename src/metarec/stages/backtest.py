@@ -1,0 +1,58 @@
+"""Stage `backtest`: replay nights and judge each batch on the following days (wiring only).
+
+The library is :mod:`metarec.scoring.backtest`; the CLI, ``dvc.yaml`` and the Prefect flow
+``metarec-backtest`` (one subflow per night) all go through :func:`plan`, :func:`night` and
+:func:`finish`, so they write the same files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from metarec.config import BacktestParams, ScoreParams
+from metarec.io import write_json, write_parquet, write_text
+from metarec.progress import progress
+from metarec.scoring import backtest as bt
+
+PLOT, TABLE, ROWS = "ndcg_per_night.png", "backtest.md", "users.parquet"
+
+
+def plan(params: BacktestParams, score: ScoreParams, validated_dir: str | Path,
+         episodes_dir: str | Path, models_dir: str | Path,
+         selection: str | Path | None) -> bt.Plan:
+    """The checked window and the models it compares."""
+    return bt.plan(params, score, validated_dir, episodes_dir, models_dir, selection)
+
+
+def night(pl: bt.Plan, day: str) -> pd.DataFrame:
+    """Per (user, method) metrics of one replayed night."""
+    return bt.judge_night(pl, day)
+
+
+def finish(pl: bt.Plan, rows: list[pd.DataFrame], metrics_out: str | Path,
+           report_dir: str | Path) -> dict[str, Any]:
+    """Summarise, and write the metrics JSON, the per-night plot, the table and the rows."""
+    table = pd.concat(rows, ignore_index=True)
+    summary = bt.summarise(pl, table)
+    report = Path(report_dir)
+    write_parquet(table, report / ROWS)
+    bt.plot(summary, report / PLOT)
+    write_text(bt.markdown(summary), report / TABLE)
+    write_json(summary, metrics_out)
+    return summary
+
+
+def run(params: BacktestParams, score: ScoreParams, validated_dir: str | Path,
+        episodes_dir: str | Path, models_dir: str | Path, selection: str | Path | None,
+        metrics_out: str | Path, report_dir: str | Path) -> dict[str, Any]:
+    """Every night of the window in turn, then the summary (see :mod:`metarec.scoring.backtest`)."""
+    pl = plan(params, score, validated_dir, episodes_dir, models_dir, selection)
+    rows = []
+    with progress("backtest", len(pl.nights)) as tick:
+        for day in pl.nights:
+            rows.append(night(pl, day))
+            tick.advance(1, night=day)
+    return finish(pl, rows, metrics_out, report_dir)

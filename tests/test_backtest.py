@@ -1,0 +1,191 @@
+"""The backtest: exact metrics on hand-built lists, the recent-popularity peer, the window
+rules (no night judged on days the models trained on), and a whole run on the session's
+synthetic project whose judged items are recomputed here from the raw log."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from metarec.config import BacktestParams
+from metarec.errors import ParamsError
+from metarec.scoring import backtest as bt
+from metarec.scoring.world import DAY, day_end, parse_as_of
+from metarec.stages import backtest as stage
+
+
+def test_judge_is_exact_on_a_hand_built_list() -> None:
+    recs = pd.DataFrame({"user_id": ["a", "a", "a", "b", "b", "c"],
+                         "rank": [1, 2, 3, 1, 2, 1],
+                         "item_id": ["x", "y", "z", "x", "y", "x"]})
+    relevant = pd.DataFrame({"user_id": ["a", "a", "b", "b", "b"],
+                             "item_id": ["x", "z", "q", "r", "y"]})
+    out = bt._judge(recs, relevant, k=2).set_index("user_id")
+    assert list(out.index) == ["a", "b"]                  # c has nothing relevant: left out
+    # a: x at rank 1 is a hit, z at rank 3 is past k=2
+    assert out.loc["a", "hit_rate"] == 1.0 and out.loc["a", "recall"] == 0.5
+    assert out.loc["a", "ndcg"] == pytest.approx(1.0 / (1.0 + 1.0 / math.log2(3)))
+    # b: y at rank 2; 3 relevant, ideal = 2 hits at k=2
+    assert out.loc["b", "recall"] == pytest.approx(1 / 3)
+    assert out.loc["b", "ndcg"] == pytest.approx((1 / math.log2(3)) / (1 + 1 / math.log2(3)))
+    assert out.loc["b", "relevant"] == 3
+
+
+def test_recent_popularity_skips_old_rows_and_the_users_own_items() -> None:
+    end = 100 * DAY
+    past = pd.DataFrame({
+        "user_id": ["u", "v", "v", "w", "w", "w", "u"],
+        "item_id": ["p", "p", "q", "q", "r", "s", "old"],
+        "timestamp": [end - DAY] * 6 + [end - 40 * DAY]})   # "old" is outside 30 days
+    users = pd.DataFrame({"user_id": ["u", "z"], "kind": ["cold", "cold"]})
+    recs = bt._popularity(past, users, end, BacktestParams(k=3, popularity_days=30))
+    got = recs.groupby("user_id")["item_id"].agg(list).to_dict()
+    # counts: p 2, q 2, r 1, s 1 -> order p, q, r, s (ties by id); u has p and old
+    assert got == {"u": ["q", "r", "s"], "z": ["p", "q", "r"]}
+    assert recs.groupby("user_id")["rank"].agg(list).to_dict() == {"u": [1, 2, 3],
+                                                                   "z": [1, 2, 3]}
+
+
+def test_nights_and_window_rules() -> None:
+    p = BacktestParams(from_date="2024-03-01", to_date="2024-03-10", every_days=3,
+                       horizon_days=7)
+    assert bt.nights(p) == ["2024-03-01", "2024-03-04", "2024-03-07", "2024-03-10"]
+    days = bt.nights(p)
+    trained = day_end(parse_as_of("2024-03-01"))            # training ended at midnight
+    log_end = day_end(parse_as_of("2024-03-17"))
+    bt.check_window(days, p, trained, log_end)              # fits exactly
+    overlap = "overlaps the training period.*up to 2024-03-02.*on 2024-03-02"
+    with pytest.raises(ParamsError, match=overlap):
+        bt.check_window(days, p, trained + 1, log_end)
+    with pytest.raises(ParamsError, match="runs past the end of the log"):
+        bt.check_window(days, p, trained, log_end - 1)
+    with pytest.raises(ParamsError, match="before backtest.from_date"):
+        bt.nights(dataclasses.replace(p, to_date="2024-02-01"))
+    with pytest.raises(ParamsError, match="set both"):
+        bt.nights(dataclasses.replace(p, from_date=None))
+
+
+@pytest.fixture(scope="module")
+def run(synthetic_project: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = synthetic_project["root"]
+    params = synthetic_project["params"]
+    first = dt.datetime.fromtimestamp(bt.trained_until(root / "episodes") - 1, dt.UTC).date()
+    p = dataclasses.replace(params.backtest, from_date=first.isoformat(),
+                            to_date=(first + dt.timedelta(days=21)).isoformat(),
+                            every_days=7, bootstrap_samples=100)
+    score = dataclasses.replace(params.score, model="maml")
+    out = tmp_path_factory.mktemp("backtest")
+    summary = stage.run(p, score, root / "validated", root / "episodes", root / "models/seed0",
+                        None, out / "backtest.json", out / "report")
+    return {"summary": summary, "out": out, "root": root, "params": p, "score": score}
+
+
+def test_backtest_writes_its_outputs(run: dict) -> None:
+    out, summary = run["out"], run["summary"]
+    assert json.loads((out / "backtest.json").read_text()) == summary
+    assert (out / "report" / stage.PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert summary["window"]["nights"] == 4
+    assert {r["night"] for r in summary["per_night"]} <= set(bt.nights(run["params"]))
+    assert set(summary["overall"]) == {"cold", "warm"}
+    for kind, block in summary["overall"].items():
+        assert block["users"] > 0
+        for m in ("model", "popularity") + (("static",) if kind == "warm" else ()):
+            assert 0.0 <= block[m]["ndcg"] <= 1.0 and 0.0 <= block[m]["recall"] <= 1.0
+    # a cold user's support is the same either way: adapted once == re-adapted, exactly
+    assert summary["overall"]["cold"]["model"] == summary["overall"]["cold"]["static"]
+    assert summary["overall"]["warm"]["model"] != summary["overall"]["warm"]["static"]
+    assert "| warm (" in (out / "report" / stage.TABLE).read_text()
+
+
+def test_judged_items_are_the_users_later_relevant_new_items(run: dict) -> None:
+    rows = pd.read_parquet(run["out"] / "report" / stage.ROWS)
+    log = pd.read_parquet(run["root"] / "validated" / "interactions.parquet")
+    thr = run["summary"]["relevance_threshold"]
+    night = rows["night"].iloc[0]
+    end = day_end(parse_as_of(night))
+    horizon = end + run["params"].horizon_days * DAY
+    ts = log["timestamp"].to_numpy()
+    before = log[ts < end]
+    later = log[(ts >= end) & (ts < horizon) & (log["rating"].to_numpy() >= thr)]
+    seen = set(zip(before["user_id"], before["item_id"], strict=True))
+    expect = {}
+    for u, i in zip(later["user_id"], later["item_id"], strict=True):
+        if (u, i) not in seen:
+            expect.setdefault(u, set()).add(i)
+    got = rows[(rows["night"] == night) & (rows["method"] == "model")]
+    assert len(got) > 0
+    for u, n in zip(got["user_id"], got["relevant"], strict=True):
+        assert n == len(expect[u])
+    # every judged user was scored: active, with history before the night
+    assert set(got["user_id"]) <= set(before["user_id"])
+
+
+def test_a_window_on_the_training_period_is_refused(run: dict) -> None:
+    root = run["root"]
+    early = dt.datetime.fromtimestamp(bt.trained_until(root / "episodes") - 5 * DAY,
+                                      dt.UTC).date()
+    p = dataclasses.replace(run["params"], from_date=early.isoformat())
+    with pytest.raises(ParamsError, match="overlaps the training period"):
+        stage.plan(p, run["score"], root / "validated", root / "episodes",
+                   root / "models/seed0", None)
+
+
+def test_warm_support_first_takes_the_earliest_rows() -> None:
+    from metarec.scoring.batch import _user_rows
+    from metarec.scoring.world import Selection
+
+    world = pd.DataFrame({"user_id": ["w"] * 5 + ["c"] * 2,
+                          "item_id": ["i4", "i0", "i3", "i1", "i2", "i0", "i1"],
+                          "rating": [5.0, 1, 4, 2, 3, 1, 2],
+                          "timestamp": [50, 10, 40, 20, 30, 5, 6]})
+    sel = Selection(user_ids=pd.Series(["c", "w"], dtype="string"),
+                    kinds=np.array(["cold", "dynamic"], dtype=object),
+                    counts=np.array([2, 5]))
+    items = _Items({f"i{n}": n for n in range(5)})
+    latest, _ = _user_rows(world, sel, items, last=2)
+    first, _ = _user_rows(world, sel, items, last=2, first=3)
+    w = slice(int(latest.starts[1]), int(latest.starts[2]))
+    assert list(latest.items[w]) == [3, 4]                  # the latest 2, in time order
+    w = slice(int(first.starts[1]), int(first.starts[2]))
+    assert list(first.items[w]) == [0, 1, 2]                # the earliest 3
+    assert list(first.items[:2]) == list(latest.items[:2]) == [0, 1]   # cold: all rows
+
+
+class _Items:
+    """The two members of FeatureTable that _user_rows uses."""
+
+    def __init__(self, index: dict[str, int]) -> None:
+        self._index = index
+
+    def index_of(self, ids: pd.Series) -> np.ndarray:
+        return np.array([self._index[i] for i in ids])
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+
+def test_backfill_gives_each_nights_score_bytes(synthetic_project: dict, tmp_path: Path
+                                                ) -> None:
+    from metarec.stages import score
+
+    root = synthetic_project["root"]
+    p = dataclasses.replace(synthetic_project["params"].score, model="maml")
+    first = dt.datetime.fromtimestamp(bt.trained_until(root / "episodes"), dt.UTC).date()
+    days = [(first + dt.timedelta(days=i)).isoformat() for i in range(3)]
+    batches = score.backfill(p, root / "validated", root / "models/seed0", tmp_path / "fill",
+                             days[0], days[-1])
+    assert [b.name for b in batches] == days
+    for day in days:
+        one = score.run(p, root / "validated", root / "models/seed0", tmp_path / "one", day)
+        for name in ("recommendations.parquet", "manifest.json"):
+            assert (one / name).read_bytes() == (tmp_path / "fill" / day / name).read_bytes()
+    with pytest.raises(ParamsError, match="before --from"):
+        score.backfill(p, root / "validated", root / "models/seed0", tmp_path / "x",
+                       days[-1], days[0])
