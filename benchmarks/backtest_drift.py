@@ -60,7 +60,8 @@ def one(drift: float, base: dict) -> dict:
         summary = json.loads((cwd / "metrics/backtest.json").read_text())
     warm = [c for c in summary["comparisons"] if c["kind"] == "warm" and c["versus"] == "static"]
     return {"drift": drift, "seconds": round(time.perf_counter() - start, 1),
-            "window": summary["window"], "overall": summary["overall"],
+            "summary": {k: v for k, v in summary.items() if k != "per_night"},
+            "window": summary["window"],
             "readapted_minus_static": {c["metric"]: {k: c[k] for k in
                                                      ("diff", "low", "high", "p_value", "users")}
                                        for c in warm}}

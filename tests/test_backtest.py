@@ -17,6 +17,7 @@ import pytest
 from metarec.config import BacktestParams
 from metarec.errors import ParamsError
 from metarec.scoring import backtest as bt
+from metarec.scoring.batch import recommend, resolve
 from metarec.scoring.world import DAY, day_end, parse_as_of
 from metarec.stages import backtest as stage
 
@@ -98,10 +99,23 @@ def test_backtest_writes_its_outputs(run: dict) -> None:
         assert block["users"] > 0
         for m in ("model", "popularity") + (("static",) if kind == "warm" else ()):
             assert 0.0 <= block[m]["ndcg"] <= 1.0 and 0.0 <= block[m]["recall"] <= 1.0
-    # a cold user's support is the same either way: adapted once == re-adapted, exactly
-    assert summary["overall"]["cold"]["model"] == summary["overall"]["cold"]["static"]
+    assert "static" not in summary["overall"]["cold"]    # judged on warm users only
     assert summary["overall"]["warm"]["model"] != summary["overall"]["warm"]["static"]
     assert "| warm (" in (out / "report" / stage.TABLE).read_text()
+
+
+def test_adapted_once_changes_warm_users_only(run: dict) -> None:
+    # a cold user's support is the same either way: adapted once == re-adapted, exactly
+    night = bt.nights(run["params"])[0]
+    score = dataclasses.replace(run["score"], dynamic=True, top_k=run["params"].k)
+    inputs = resolve(score, run["root"] / "validated", run["root"] / "models/seed0", night)
+    latest = recommend(inputs)[0].to_pandas()
+    first = recommend(inputs, warm_support="first")[0].to_pandas()
+    cold = latest["kind"] == "cold"
+    assert cold.any() and (~cold).any()
+    pd.testing.assert_frame_equal(latest[cold], first[first["kind"] == "cold"])
+    assert not latest[~cold].reset_index(drop=True).equals(
+        first[first["kind"] != "cold"].reset_index(drop=True))
 
 
 def test_judged_items_are_the_users_later_relevant_new_items(run: dict) -> None:
@@ -189,3 +203,28 @@ def test_backfill_gives_each_nights_score_bytes(synthetic_project: dict, tmp_pat
     with pytest.raises(ParamsError, match="before --from"):
         score.backfill(p, root / "validated", root / "models/seed0", tmp_path / "x",
                        days[-1], days[0])
+
+
+def test_readme_backtest_block_is_generated_from_the_metrics(run: dict, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from metarec.cli import app
+    from metarec.eval.readme import BACKTEST, START
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{START}\nkept\n<!-- results:end -->\n{BACKTEST[0]}\nstale numbers\n"
+                      f"{BACKTEST[1]}\noutro\n")
+    drift = {"params": "p.yaml", "runs": [{"drift": 4.0, "seconds": 1.0,
+                                           "summary": run["summary"]}]}
+    (tmp_path / "drift.json").write_text(json.dumps(drift))
+    res = CliRunner().invoke(app, ["readme-results", "--section", "backtest", "--readme",
+                                   str(readme), "--backtest", str(run["out"] / "backtest.json"),
+                                   "--drift", str(tmp_path / "drift.json")])
+    assert res.exit_code == 0, res.output
+    text = readme.read_text()
+    assert "stale numbers" not in text and "kept" in text and text.endswith("outro\n")
+    assert text.count(bt.markdown(run["summary"])) == 2      # the project's, then drift 4
+    assert "**Synthetic, drift 4** (`p.yaml`, 1 s)" in text
+    bad = CliRunner().invoke(app, ["readme-results", "--section", "nope", "--readme",
+                                   str(readme)])
+    assert bad.exit_code == 2 and "--section must be results or backtest" in bad.output

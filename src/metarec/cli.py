@@ -272,13 +272,24 @@ def show_user(
 def readme_results(
     metrics: Path = typer.Option(Path("metrics/eval.json"), help="evaluation metrics"),
     readme: Path = typer.Option(Path("README.md"), help="README to update in place"),
+    section: str = typer.Option("results", help="results (from --metrics) | backtest"),
+    backtest: Path = typer.Option(Path("metrics/backtest.json"), help="backtest metrics"),
+    drift: Path = typer.Option(Path("benchmarks/results/backtest_drift.json"),
+                               help="drift benchmark result (skipped when missing)"),
 ) -> None:
-    """Regenerate the README's results section from an evaluation (never typed by hand)."""
-    from metarec.eval.readme import results_markdown, update_readme
+    """Regenerate a results section of the README from metrics files (never typed by hand)."""
+    from metarec.errors import ParamsError
+    from metarec.eval.readme import BACKTEST, backtest_markdown, results_markdown, update_readme
     from metarec.io import read_json
 
     with reported():
-        update_readme(readme, results_markdown(read_json(metrics)))
+        if section == "results":
+            update_readme(readme, results_markdown(read_json(metrics)))
+        elif section == "backtest":
+            update_readme(readme, backtest_markdown(
+                read_json(backtest), read_json(drift) if drift.exists() else None), BACKTEST)
+        else:
+            raise ParamsError(f"--section must be results or backtest, not {section!r}")
 
 
 @app.command()

@@ -1,6 +1,8 @@
-"""The README's results section, generated from metrics/eval.json (never typed by hand).
+"""The README's results sections, generated from metrics files (never typed by hand).
 
-``metarec readme-results`` rewrites the block between the two markers below in README.md.
+``metarec readme-results`` rewrites the block between the two markers below in README.md
+(from metrics/eval.json); ``--section backtest`` the backtest block (from metrics/backtest.json
+of ML-100K and the drift benchmark's JSON).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from metarec.errors import DataError
 from metarec.eval.report import K_ALL, k_label
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+BACKTEST = ("<!-- backtest:start -->", "<!-- backtest:end -->")
 
 
 def _cell(mean: float, std: float) -> str:
@@ -73,11 +76,24 @@ def results_markdown(result: dict[str, Any], scenario: str = "user_cold") -> str
     return "\n".join(lines)
 
 
-def update_readme(readme: Path, block: str) -> None:
+def backtest_markdown(backtest: dict[str, Any], drift: dict[str, Any] | None) -> str:
+    """The backtest of the project's data set, then each run of the drift benchmark."""
+    from metarec.scoring.backtest import markdown
+
+    lines = [f"**This project's data** (`metrics/backtest.json`, threshold "
+             f"{backtest['relevance_threshold']:g}):", "", markdown(backtest)]
+    for run in (drift or {}).get("runs", []):
+        lines += [f"**Synthetic, drift {run['drift']:g}** (`{drift['params']}`, "
+                  f"{run['seconds']:.0f} s):", "", markdown(run["summary"])]
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, block: str, markers: tuple[str, str] = (START, END)) -> None:
     """Replace the text between the markers; fail clearly if they are missing."""
+    start, end = markers
     text = readme.read_text(encoding="utf-8")
-    if START not in text or END not in text:
-        raise DataError(f"markers {START} / {END} not found", file=str(readme))
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{START}\n{block}\n{END}{tail}", encoding="utf-8")
+    if start not in text or end not in text:
+        raise DataError(f"markers {start} / {end} not found", file=str(readme))
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{block}\n{end}{tail}", encoding="utf-8")

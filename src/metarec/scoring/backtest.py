@@ -161,6 +161,8 @@ def judge_night(pl: Plan, day: str) -> pd.DataFrame:
     out = pd.concat(frames, ignore_index=True)
     out = out.merge(users, on="user_id", how="left")
     out["kind"] = np.where(out["kind"] == "cold", "cold", "warm")
+    # a cold user's support is the same either way: "adapted once" is judged on warm users only
+    out = out[~((out["method"] == "static") & (out["kind"] == "cold"))].reset_index(drop=True)
     out.insert(0, "night", day)
     return out[["night", "user_id", "kind", "method", *METRICS, "relevant"]]
 
