@@ -8,6 +8,7 @@ import dataclasses
 import datetime as dt
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +140,47 @@ def test_judged_items_are_the_users_later_relevant_new_items(run: dict) -> None:
         assert n == len(expect[u])
     # every judged user was scored: active, with history before the night
     assert set(got["user_id"]) <= set(before["user_id"])
+
+
+def test_a_planted_future_interaction_changes_no_recommendation(
+        run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every method's lists of a night are the same with or without a rating dated one hour
+    after the night ends (it may only change what the lists are judged against)."""
+    root, night = run["root"], bt.nights(run["params"])[1]
+    lists: list[pd.DataFrame] = []
+    judge = bt._judge
+
+    def spy(recs: pd.DataFrame, relevant: pd.DataFrame, k: int) -> pd.DataFrame:
+        lists.append(recs.reset_index(drop=True))
+        return judge(recs, relevant, k)
+
+    def judged(folder: Path) -> pd.DataFrame:
+        pl = bt.plan(run["params"], run["score"], folder, root / "episodes",
+                     root / "models/seed0", None)
+        return bt.judge_night(dataclasses.replace(pl, baseline="itemknn"), night)
+
+    monkeypatch.setattr(bt, "_judge", spy)
+    clean = judged(root / "validated")
+    assert len(lists) == 4                           # model, adapted once, baseline, popularity
+    user = clean.loc[clean["kind"] == "cold", "user_id"].iloc[0]   # a scored cold user
+
+    planted = tmp_path / "validated"
+    shutil.copytree(root / "validated", planted)
+    log = pd.read_parquet(planted / "interactions.parquet")
+    end = day_end(parse_as_of(night))
+    mine = log[(log["user_id"] == user) & (log["timestamp"].to_numpy() < end)]
+    row = mine.iloc[[0]].copy()
+    unseen = sorted(set(log["item_id"]) - set(mine["item_id"]))
+    row["item_id"], row["rating"], row["timestamp"] = unseen[0], log["rating"].max(), end + 3600
+    pd.concat([log, row], ignore_index=True).to_parquet(planted / "interactions.parquet")
+    dirty = judged(planted)
+    for a, b in zip(lists[:4], lists[4:], strict=True):
+        pd.testing.assert_frame_equal(a, b)
+    assert len(lists) == 8 and user in set(lists[0]["user_id"])
+    # the planted rating is only ever a judged item: the user's relevant count grows by one
+    n = {name: df.loc[(df["user_id"] == user) & (df["method"] == "model"), "relevant"].item()
+         for name, df in (("clean", clean), ("dirty", dirty))}
+    assert n["dirty"] == n["clean"] + 1
 
 
 def test_a_window_on_the_training_period_is_refused(run: dict) -> None:
