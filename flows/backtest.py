@@ -29,7 +29,8 @@ from metarec.stages import backtest as stage
 def _plan(root: Path) -> tuple[bt.Plan, dict[str, str]]:
     opts = stage_options(root, "backtest")
     params = load_params(root / "params.yaml")
-    return stage.plan(params.backtest, params.score, root / opts["in"], root / opts["episodes"],
+    return stage.plan(params.backtest, params.score, params.episodes, params.model,
+                      params.train, root / opts["in"], root / opts["episodes"],
                       root / opts["models"], root / opts["selection"]), opts
 
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from metarec.config import BacktestParams
+from metarec.config import BacktestParams, Params
 from metarec.errors import ParamsError
 from metarec.scoring import backtest as bt
 from metarec.scoring.batch import recommend, resolve
@@ -74,6 +75,11 @@ def test_nights_and_window_rules() -> None:
         bt.nights(dataclasses.replace(p, from_date=None))
 
 
+def sections(p: Params) -> tuple:
+    """The params sections the backtest stage takes, in its order."""
+    return p.backtest, p.score, p.episodes, p.model, p.train
+
+
 @pytest.fixture(scope="module")
 def run(synthetic_project: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = synthetic_project["root"]
@@ -84,9 +90,11 @@ def run(synthetic_project: dict, tmp_path_factory: pytest.TempPathFactory) -> di
                             every_days=7, bootstrap_samples=100)
     score = dataclasses.replace(params.score, model="maml")
     out = tmp_path_factory.mktemp("backtest")
-    summary = stage.run(p, score, root / "validated", root / "episodes", root / "models/seed0",
-                        None, out / "backtest.json", out / "report")
-    return {"summary": summary, "out": out, "root": root, "params": p, "score": score}
+    full = dataclasses.replace(params, backtest=p, score=score)
+    summary = stage.run(*sections(full), root / "validated", root / "episodes",
+                        root / "models/seed0", None, out / "backtest.json", out / "report")
+    return {"summary": summary, "out": out, "root": root, "params": p, "score": score,
+            "full": full}
 
 
 def test_backtest_writes_its_outputs(run: dict) -> None:
@@ -155,7 +163,7 @@ def test_a_planted_future_interaction_changes_no_recommendation(
         return judge(recs, relevant, k)
 
     def judged(folder: Path) -> pd.DataFrame:
-        pl = bt.plan(run["params"], run["score"], folder, root / "episodes",
+        pl = stage.plan(*sections(run["full"]), folder, root / "episodes",
                      root / "models/seed0", None)
         return bt.judge_night(dataclasses.replace(pl, baseline="itemknn"), night)
 
@@ -189,7 +197,8 @@ def test_a_window_on_the_training_period_is_refused(run: dict) -> None:
                                       dt.UTC).date()
     p = dataclasses.replace(run["params"], from_date=early.isoformat())
     with pytest.raises(ParamsError, match="overlaps the training period"):
-        stage.plan(p, run["score"], root / "validated", root / "episodes",
+        stage.plan(*sections(dataclasses.replace(run["full"], backtest=p)), root / "validated",
+                   root / "episodes",
                    root / "models/seed0", None)
 
 
@@ -270,3 +279,50 @@ def test_readme_backtest_block_is_generated_from_the_metrics(run: dict, tmp_path
     bad = CliRunner().invoke(app, ["readme-results", "--section", "nope", "--readme",
                                    str(readme)])
     assert bad.exit_code == 2 and "--section must be results or backtest" in bad.output
+
+
+def test_retrained_models_see_nothing_after_their_retrain_point(run: dict,
+                                                                tmp_path: Path) -> None:
+    """With retrain_every_days a window may start inside the training period; the models of
+    a retrain point are the same whether or not the log holds a rating dated after it."""
+    from metarec.scoring import retrain
+
+    root = run["root"]
+    early = dt.datetime.fromtimestamp(bt.trained_until(root / "episodes") - 5 * DAY,
+                                      dt.UTC).date()
+    p = dataclasses.replace(run["params"], from_date=early.isoformat(),
+                            to_date=(early + dt.timedelta(days=9)).isoformat(), every_days=3,
+                            retrain_every_days=7, bootstrap_samples=20)
+    full = dataclasses.replace(run["full"], backtest=p)
+    pl = stage.plan(*sections(full), root / "validated", root / "episodes",
+                    root / "models/seed0", None)
+    days = pl.nights                                      # early, +3, +6, +9
+    week = str(early + dt.timedelta(days=7))
+    assert [retrain.point(days[0], d, 7) for d in days] == [days[0]] * 3 + [week]
+    rows = stage.night(pl, days[1])
+    assert set(rows["method"]) >= {"model", "popularity"} and len(rows) > 0
+    assert pl.models_for(days[0]) == pl.models_for(days[2]) != pl.models_for(days[3])
+
+    planted = tmp_path / "validated"
+    shutil.copytree(root / "validated", planted)
+    log = pd.read_parquet(planted / "interactions.parquet")
+    # every user rates the catalogue's first items an hour after the first retrain point
+    users = log["user_id"].unique()
+    extra = pd.DataFrame({"user_id": users.repeat(5),
+                          "item_id": np.tile(sorted(log["item_id"].unique())[:5], len(users))})
+    extra = extra.merge(log[["user_id", "item_id"]], how="left", indicator=True)
+    extra = extra[extra["_merge"] == "left_only"].assign(
+        rating=log["rating"].max(), timestamp=day_end(parse_as_of(days[0])) + 3600)
+    extra["source_row"] = np.arange(len(extra)) + len(log) + 1
+    pd.concat([log, extra[log.columns]], ignore_index=True).to_parquet(
+        planted / "interactions.parquet")
+    training = retrain.Training(full.episodes, full.model, full.train)
+    clean = retrain.models_at(training, root / "validated", ("maml",), days[0], tmp_path / "c")
+    dirty = retrain.models_at(training, planted, ("maml",), days[0], tmp_path / "d")
+    a, b = (torch.load(m / "maml.pt", weights_only=False) for m in (clean, dirty))
+    assert a["vocab_sha256"] == b["vocab_sha256"]   # (the digest covers fit seconds too)
+    for name, value in a["state"]["state_dict"].items():
+        assert torch.equal(value, b["state"]["state_dict"][name]), name
+    before = torch.load(root / "models/seed0/maml.pt", weights_only=False)["state"]
+    assert not all(torch.equal(v, a["state"]["state_dict"][n])      # a shorter log: other
+                   for n, v in before["state_dict"].items())        # weights

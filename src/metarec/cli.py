@@ -235,8 +235,8 @@ def backtest(
 
     with reported():
         p = load_params(params)
-        summary = stage.run(p.backtest, p.score, inp, episodes, models, selection, metrics,
-                            report)
+        summary = stage.run(p.backtest, p.score, p.episodes, p.model, p.train, inp, episodes,
+                            models, selection, metrics, report)
     typer.echo(markdown(summary))
 
 

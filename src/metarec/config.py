@@ -225,6 +225,7 @@ class BacktestParams:
     bootstrap_samples: int = bounded(1000, 10)
     bootstrap_confidence: float = bounded(0.95, 0.5, 0.999)
     seed: int = 0
+    retrain_every_days: int | None = bounded(None, 1)
 
 
 # --------------------------------------------------------------------------------------------

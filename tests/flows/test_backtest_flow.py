@@ -34,7 +34,8 @@ def test_backtest_flow_runs_a_subflow_per_night(trained: UUID, project: Path,
 
     summary = json.loads((project / "metrics/backtest.json").read_text())
     assert summary["window"] == {"from": days[0], "to": days[-1], "every_days": 7,
-                                 "nights": 3, "horizon_days": 7, "k": 20}
+                                 "nights": 3, "horizon_days": 7, "k": 20,
+                                 "retrain_every_days": None}
     table = json.loads(artifacts(run_id)["backtest"].data)
     cold = [r for r in table if r["users"].startswith("cold")]
     assert {r["method"] for r in cold} >= {summary["methods"]["model"],
@@ -44,7 +45,8 @@ def test_backtest_flow_runs_a_subflow_per_night(trained: UUID, project: Path,
 
     # the DVC stage's code path writes the same metrics
     p = load_params(project / "params.yaml")
-    again = stage.run(p.backtest, p.score, project / "data/validated",
+    again = stage.run(p.backtest, p.score, p.episodes, p.model, p.train,
+                      project / "data/validated",
                       project / "data/episodes", project / "models/seed0",
                       project / "metrics/selection.json", tmp_path / "backtest.json",
                       tmp_path / "report")

@@ -19,7 +19,10 @@ Peers, on the same nights and users:
 
 No leakage: the models were trained on nothing at or after the first judged second. A window
 whose first night ends before the latest interaction of the episodes' meta-train and
-validation rows is refused, as is a night whose horizon runs past the end of the log.
+validation rows is refused, as is a night whose horizon runs past the end of the log. With
+``retrain_every_days``, the nights are served by models retrained on the log as it stood on
+the latest retrain point (:mod:`metarec.scoring.retrain`) instead, and the window may start
+anywhere.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from metarec.config import BacktestParams, ScoreParams
 from metarec.errors import ParamsError
 from metarec.eval.bootstrap import paired_bootstrap
 from metarec.io import read_json, read_parquet
+from metarec.scoring import retrain
 from metarec.scoring.batch import recommend, resolve
 from metarec.scoring.world import (
     DAY,
@@ -113,31 +117,45 @@ class Plan:
     model: str
     baseline: str | None
     threshold: float
+    training: retrain.Training | None = None   # what retraining needs
+
+    def models_for(self, day: str) -> str:
+        """The checkpoints that serve ``day``: params' models, or those retrained on the log
+        up to the night's retrain point."""
+        if self.params.retrain_every_days is None or self.training is None:
+            return self.models_dir
+        at = retrain.point(self.nights[0], day, self.params.retrain_every_days)
+        served = (self.model,) if self.baseline is None else (self.model, self.baseline)
+        return str(retrain.models_at(self.training, self.validated_dir, served, at))
 
 
-def plan(p: BacktestParams, score: ScoreParams, validated_dir: str | Path,
-         episodes_dir: str | Path, models_dir: str | Path,
+def plan(p: BacktestParams, score: ScoreParams, training: retrain.Training | None,
+         validated_dir: str | Path, episodes_dir: str | Path, models_dir: str | Path,
          selection: str | Path | None) -> Plan:
     """Check the window against training and the log; resolve the model and its peers."""
     days = nights(p)
+    if p.retrain_every_days is not None and training is None:
+        raise ParamsError("backtest.retrain_every_days needs the episodes, model and train "
+                          "params")
     score = dataclasses.replace(score, top_k=p.k, dynamic=p.warm)
     inputs = resolve(score, validated_dir, models_dir, days[0], selection)
     log = read_parquet(inputs.tables["interactions"])
     stamps = [log["timestamp"]] + [read_landing(f)["timestamp"]
                                    for f in landing_files(score.landing_dir, dt.date.max)]
-    check_window(days, p, trained_until(episodes_dir), max(int(s.max()) + 1 for s in stamps
-                                                            if len(s)))
+    # retrained models see nothing after their retrain point: only the log's end can bind
+    trained_end = 0 if p.retrain_every_days is not None else trained_until(episodes_dir)
+    check_window(days, p, trained_end, max(int(s.max()) + 1 for s in stamps if len(s)))
     vocab = read_json(Path(episodes_dir) / "vocab.json")
     return Plan(p, score, str(validated_dir), str(models_dir),
                 str(selection) if selection is not None else None, days, inputs.model,
-                peers(inputs.selection, inputs.model), float(vocab["rating"]["relevant"]))
+                peers(inputs.selection, inputs.model), float(vocab["rating"]["relevant"]), training)
 
 
 def judge_night(pl: Plan, day: str) -> pd.DataFrame:
     """Per (user, method) metrics of one night: night, user_id, kind, method, hit_rate,
     recall, ndcg, relevant (the user's relevant future items). Users without a relevant
     future item are left out (counted by :func:`summarise` through ``scored``)."""
-    inputs = resolve(pl.score, pl.validated_dir, pl.models_dir, day, pl.selection)
+    inputs = resolve(pl.score, pl.validated_dir, pl.models_for(day), day, pl.selection)
     inputs = dataclasses.replace(inputs, model=pl.model)
     tables = {"model": recommend(inputs)[0].to_pandas()}
     if pl.params.warm:
@@ -248,7 +266,8 @@ def summarise(pl: Plan, rows: pd.DataFrame) -> dict[str, Any]:
                                     "high": round(r.high, 6), "p_value": round(r.p_value, 4),
                                     "users": r.n_users})
     return {"window": {"from": pl.nights[0], "to": pl.nights[-1], "every_days": p.every_days,
-                       "nights": len(pl.nights), "horizon_days": p.horizon_days, "k": p.k},
+                       "nights": len(pl.nights), "horizon_days": p.horizon_days, "k": p.k,
+                       "retrain_every_days": p.retrain_every_days},
             "methods": names, "relevance_threshold": pl.threshold,
             "confidence": p.bootstrap_confidence,
             "judged_rows": int(len(rows)), "overall": overall, "comparisons": comparisons,
