@@ -101,8 +101,16 @@ def restored(manifest: dict[str, Any], changed: list[str]) -> Iterator[Path]:
         pull = []
         for rel, md5 in recorded.items():
             src, dst = Path(rel), root / rel
+            unchanged = src.is_file() and sha256_file(src) == shas.get(rel)
+            if src.is_absolute():       # outside the project: read in place, never restored
+                if not unchanged:
+                    raise VerifyError("cannot rebuild: inputs changed since the batch was "
+                                      "written:\n  " + "\n  ".join(changed) + f"\nand {rel} "
+                                      "lies outside the DVC project; restore it by hand "
+                                      "(`dvc pull` in its project), then verify again")
+                continue
             dst.parent.mkdir(parents=True, exist_ok=True)
-            if src.is_file() and sha256_file(src) == shas.get(rel):
+            if unchanged:
                 shutil.copyfile(src, dst)
             elif rel == manifest.get("selection_path"):
                 _from_git(manifest, rel, dst)

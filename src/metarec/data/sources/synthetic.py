@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -100,6 +102,12 @@ def synthesize(spec: SyntheticSource) -> RawData:
         kept = np.flatnonzero(rng.uniform(0, 1, n) * (1 + spec.season)
                               < 1 + spec.season * np.sin(angle))[: spec.interactions]
         users, items, ts, n = users[kept], items[kept], ts[kept], len(kept)
+    if n < spec.interactions:
+        # taste-driven choice repeats (user, item) pairs, which are dropped; season thins rows
+        logging.getLogger("metarec.ingest").warning(
+            "synthetic: %d interactions drawn of the %d asked for (choice %g, season %g: "
+            "repeated pairs dropped, out-of-season rows thinned)", n, spec.interactions,
+            spec.choice, spec.season)
     years = (ts - signup[users]) / (365 * day)
     taste = U[users] + spec.drift * years[:, None] * drift_dir[users]
     score = 3.6 + b_u[users] + b_i[items] + 2.0 * np.einsum("nf,nf->n", taste, V[items])
