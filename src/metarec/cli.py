@@ -175,16 +175,22 @@ def evaluate(
         stage.run(load_params(params).evaluate, episodes, models, metrics, report, selection)
 
 
+# options shared by the scoring commands (score, backfill)
+VALIDATED = typer.Option(Path("data/validated"), "--in", help="validated tables")
+MODELS = typer.Option(Path("models/seed0"), help="folder of checkpoints (<model>.pt)")
+BATCHES = typer.Option(Path("data/recommendations"), help="root of the dated batches")
+SELECTION = typer.Option(Path("metrics/selection.json"),
+                         help="evaluate's choice, read when score.model is auto")
+
+
 @app.command()
 def score(
     as_of: str | None = typer.Option(None, "--as-of",
                                      help="YYYY-MM-DD (UTC); default params.yaml score.as_of"),
-    inp: Path = typer.Option(Path("data/validated"), "--in", help="validated tables"),
-    models: Path = typer.Option(Path("models/seed0"),
-                                help="folder of checkpoints (<model>.pt)"),
-    out: Path = typer.Option(Path("data/recommendations"), help="root of the dated batches"),
-    selection: Path = typer.Option(Path("metrics/selection.json"),
-                                   help="evaluate's choice, read when score.model is auto"),
+    inp: Path = VALIDATED,
+    models: Path = MODELS,
+    out: Path = BATCHES,
+    selection: Path = SELECTION,
     params: Path = PARAMS,
 ) -> None:
     """Adapt to the day's cold-start users and write their top-K batch (atomically)."""
@@ -199,12 +205,10 @@ def score(
 def backfill(
     first: str = typer.Option(..., "--from", help="first night YYYY-MM-DD (UTC)"),
     last: str = typer.Option(..., "--to", help="last night YYYY-MM-DD (UTC), inclusive"),
-    inp: Path = typer.Option(Path("data/validated"), "--in", help="validated tables"),
-    models: Path = typer.Option(Path("models/seed0"),
-                                help="folder of checkpoints (<model>.pt)"),
-    out: Path = typer.Option(Path("data/recommendations"), help="root of the dated batches"),
-    selection: Path = typer.Option(Path("metrics/selection.json"),
-                                   help="evaluate's choice, read when score.model is auto"),
+    inp: Path = VALIDATED,
+    models: Path = MODELS,
+    out: Path = BATCHES,
+    selection: Path = SELECTION,
     params: Path = PARAMS,
 ) -> None:
     """Write the batch of every night from --from to --to (the bytes `score` gives each)."""
