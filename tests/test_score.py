@@ -40,6 +40,7 @@ from metarec.io import write_parquet
 from metarec.meta.checkpoint import load_model
 from metarec.meta.features import FeatureStore
 from metarec.scoring import batch as scoring_batch
+from metarec.scoring import engine
 from metarec.scoring.engine import top_k
 from metarec.scoring.verify import VerifyError
 from metarec.scoring.world import day_end, load_world, parse_as_of, users_to_score
@@ -304,6 +305,71 @@ def test_top_k_breaks_ties_by_position_and_skips_excluded():
     idx, valid = top_k(key, torch.tensor([0, 1, 1, 1]), torch.tensor([2, 0, 1, 4]), 4)
     assert idx.tolist() == [[1, 4, 3, 0], [3, 2, 0, 1]]
     assert valid.tolist() == [[True] * 4, [True, True, False, False]]
+
+
+def _dense_reference(key: np.ndarray, excluded: np.ndarray, k: int) -> tuple[list, list]:
+    """Top k per row by a plain sort: score descending (0.0 above -0.0, as float bits order
+    them), then column ascending; excluded cells after every other cell (by column), marked
+    invalid."""
+    idx, valid = [], []
+    for row, ex in zip(key, excluded, strict=True):
+        cols = np.arange(len(row))
+        order = np.lexsort((cols, ~ex & np.signbit(row), np.where(ex, 0, -row), ex))  # last first
+        idx.append(order[:k].tolist())
+        valid.append((~ex[order[:k]]).tolist())
+    return idx, valid
+
+
+@pytest.mark.parametrize("cells", [1, 7, 40, 10_000])
+def test_streamed_top_k_is_exactly_the_dense_top_k(cells):
+    """Blocks of every size (1 column .. the whole row), scores drawn from 4 values (ties
+    everywhere, -0.0 and 0.0 included), rows with fewer than k allowed cells."""
+    rng = np.random.default_rng(cells)
+    t, n, k = 6, 23, 8
+    key = rng.choice(np.array([-1.5, -0.0, 0.0, 2.25], np.float32), (t, n))
+    excluded = rng.random((t, n)) < 0.3
+    excluded[0, :20] = True                            # 3 allowed cells < k
+    rows, cols = np.nonzero(excluded)
+    step = max(1, cells // t)
+    blocks = [(c0, torch.from_numpy(key[:, c0:c0 + step])) for c0 in range(0, n, step)]
+    idx, valid, score = engine.top_k_blocks(blocks, t, n, torch.from_numpy(rows),
+                                            torch.from_numpy(cols), k)
+    ref_idx, ref_valid = _dense_reference(key, excluded, k)
+    assert idx.tolist() == ref_idx and valid.tolist() == ref_valid
+    picked = np.take_along_axis(key, np.array(ref_idx), 1)
+    np.testing.assert_array_equal(score.numpy()[valid.numpy()], picked[np.array(ref_valid)])
+    assert torch.isnan(score[~valid]).all()
+    assert (torch.signbit(score[valid]) == torch.from_numpy(
+        np.signbit(picked[np.array(ref_valid)]))).all()   # -0.0 stays -0.0
+
+
+@pytest.mark.parametrize("adapt", ["user", "all"])
+def test_engine_blocks_give_the_evaluation_ranking(world, tmp_path, adapt):
+    """The nightly engine (the catalogue in blocks, running top K) picks exactly the top K of
+    the scores evaluation ranks with (``rank``: the whole catalogue at once), for any block
+    size and both item paths (vectors once per run; item side adapted per user)."""
+    data = world["data"]
+    kw, net = network_for(data, MODEL)
+    torch.manual_seed(5)
+    algo = build_algorithm("maml", net, {"adapt": adapt, "inner_lr": 0.1, "inner_steps": 2})
+    with torch.no_grad():
+        for p in algo.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    predictor = load_model(save_algorithm(algo, kw, data, tmp_path / "m.pt"), data)
+    tasks = to_batch(data.select("train"))
+    rows = torch.arange(len(tasks)).repeat_interleave(tasks.support_items.shape[1])
+    cols = tasks.support_items.reshape(-1)
+    keep = tasks.support_mask.reshape(-1)
+    rows, cols = rows[keep], cols[keep]
+    full = predictor.rank(predictor.adapt(tasks))                          # evaluation's path
+    ref_idx, ref_valid = top_k(full, rows, cols, 5)
+    for cells in (len(tasks), 3 * len(tasks), 1 << 20):
+        idx, valid, score, *_ = engine.recommend_chunk(predictor, tasks, 0, rows, cols, 5,
+                                                       cells)
+        assert torch.equal(idx, ref_idx) and torch.equal(valid, ref_valid)
+        # blocks of another width may round the last bit differently (another GEMM shape)
+        torch.testing.assert_close(score[valid], full.gather(1, idx)[valid], rtol=1e-5,
+                                   atol=1e-6)
 
 
 # --- verify-batch and atomic writes --------------------------------------------------------

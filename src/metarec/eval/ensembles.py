@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -32,6 +32,12 @@ class Ensemble(Predictor):
     def rank(self, state: list[Any]) -> torch.Tensor:
         return torch.stack([m.rank(s) for m, s in zip(self.members, state,
                                                       strict=True)]).mean(0)
+
+    def rank_blocks(self, state: list[Any], cells: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """Members' blocks averaged (every member cuts the catalogue at the same columns)."""
+        streams = [m.rank_blocks(s, cells) for m, s in zip(self.members, state, strict=True)]
+        for blocks in zip(*streams, strict=True):
+            yield blocks[0][0], torch.stack([b for _, b in blocks]).mean(0)
 
 
 def build_ensembles(all_models: dict[int, dict[str, Any]], meta: list[str], size: int,

@@ -3,6 +3,7 @@ the validation scores its training keeps the best weights by."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -90,6 +91,14 @@ class AdaptivePredictor(Predictor):
         with torch.no_grad():
             return rank_catalogue(self.algorithm, state[0]["rank"], state[1], self._table())
 
+    def rank_blocks(self, state: State, cells: int | None = None
+                    ) -> Iterator[tuple[int, Tensor]]:
+        """The same scores as :meth:`rank`, one block of catalogue columns at a time (each one
+        batched product of every task's parameters with the block's item vectors)."""
+        with torch.no_grad():
+            yield from catalogue_blocks(self.algorithm, state[0]["rank"], state[1],
+                                        self._table(), cells)
+
     def explain(self, batch: TaskBatch, items: Tensor) -> Tensor | None:
         """The support item whose (projected) vector is nearest, by cosine, to each
         recommended item's: what the user vector was pulled toward."""
@@ -111,17 +120,26 @@ class AdaptivePredictor(Predictor):
         return {**self.algorithm.state(), "fit": self.fit_metrics}
 
 
-def rank_catalogue(algorithm: MetaAlgorithm, fast: Params, user: Feats,
-                   table: dict[str, Tensor]) -> Tensor:
-    """Ranking scores (T, N) of the catalogue ``table`` (item vectors computed once): per
-    block of items one batched product with every task's parameters (memory bounded by
-    ``CELLS`` task x item pairs per block)."""
+def catalogue_blocks(algorithm: MetaAlgorithm, fast: Params, user: Feats,
+                     table: dict[str, Tensor], cells: int | None = None
+                     ) -> Iterator[tuple[int, Tensor]]:
+    """(first column, scores (T, B)) per block of the catalogue ``table`` (item vectors
+    computed once): one batched product of every task's parameters with B items, B chosen so
+    that a block holds about ``cells`` (default ``CELLS``) task x item scores."""
     t = int(next(iter(user.values())).shape[0])
     n = int(next(iter(table.values())).shape[0])
-    step = max(1, CELLS // max(t, 1))
-    parts = [algorithm.catalogue_scores(fast, user, {k: v[c0:c0 + step]
-                                                     for k, v in table.items()}).float()
-             for c0 in range(0, n, step)]
+    step = max(1, (CELLS if cells is None else cells) // max(t, 1))
+    for c0 in range(0, n, step):
+        block = {k: v[c0:c0 + step] for k, v in table.items()}
+        yield c0, algorithm.catalogue_scores(fast, user, block).float()      # (T, B)
+
+
+def rank_catalogue(algorithm: MetaAlgorithm, fast: Params, user: Feats,
+                   table: dict[str, Tensor]) -> Tensor:
+    """Ranking scores (T, N) of the catalogue ``table``: :func:`catalogue_blocks` side by
+    side (memory bounded by ``CELLS`` task x item pairs per block while computing)."""
+    t = int(next(iter(user.values())).shape[0])
+    parts = [scores for _, scores in catalogue_blocks(algorithm, fast, user, table)]
     return torch.cat(parts, dim=1) if parts else torch.zeros(t, 0)          # (T, N)
 
 

@@ -11,7 +11,8 @@ A *predictor* is a fitted model, for evaluation and the nightly batch:
 - ``adapt(batch, chunk)`` reads each task's support set (never its query) and returns
   per-task state;
 - ``rate(state, items)``: predicted ratings (T, C) of catalogue rows ``items`` (T, C);
-- ``rank(state)``: ranking scores (T, N) of every catalogue row, higher first;
+- ``rank(state)``: ranking scores (T, N) of every catalogue row, higher first
+  (``rank_blocks``: the same scores a block of columns at a time);
 - ``state()``: plain tensors, numbers, lists and dicts (``torch.load(weights_only=True)``).
 
 Items are rows of the bound data's item table; fitted tensors are indexed by vocabulary code
@@ -21,7 +22,7 @@ trained (new items share code 0, "unknown").
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -73,6 +74,17 @@ class Predictor:
         """Scores (T, N) of every catalogue row; by default the predicted ratings."""
         t = self._tasks(state)
         return self.rate(state, torch.arange(self.n_items).expand(t, self.n_items))
+
+    def rank_blocks(self, state: Any, cells: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """(first column, scores (T, B)) of consecutive blocks of catalogue columns, about
+        ``cells`` task x item scores each: what the nightly top-K streams through, so that no
+        more than one block of a chunk's scores needs to exist at once. By default the blocks
+        of :meth:`rank` (a model whose whole ranking is cheap); a model with per-item vectors
+        computes each block on its own."""
+        full = self.rank(state)
+        step = max(1, cells // max(full.shape[0], 1))
+        for c0 in range(0, full.shape[1], step):
+            yield c0, full[:, c0:c0 + step]
 
     def explain(self, batch: TaskBatch, items: torch.Tensor) -> torch.Tensor | None:
         """For each recommended item row (T, k), the support position (T, k) that contributed

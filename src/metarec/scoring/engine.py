@@ -11,6 +11,7 @@ not depend on ``topk``'s algorithm.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,8 @@ from torch import Tensor
 
 from metarec.data.tasks import TaskBatch, pad_rows
 from metarec.models.base import Predictor
+
+CELLS = 1 << 20  # task x item scores ranked at once (a block of the catalogue)
 
 
 @dataclass
@@ -47,16 +50,19 @@ def task_batch(user_idx: Tensor, items: Tensor, ratings: Tensor, mask: Tensor) -
 
 
 def recommend_chunk(predictor: Predictor, batch: TaskBatch, chunk_no: int,
-                    exclude_rows: Tensor, exclude_cols: Tensor, k: int
+                    exclude_rows: Tensor, exclude_cols: Tensor, k: int, cells: int = CELLS
                     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(items (T, k'), valid (T, k'), ranking scores (T, k'), predicted ratings (T, k'),
     because (T, k') the catalogue row of the support item that explains each pick or -1) of
     one chunk of users; excluded cells (what a user already has) are never recommended.
-    Ratings are NaN for a model that only ranks."""
+    Ratings are NaN for a model that only ranks (and every column is NaN where not valid).
+
+    The catalogue is ranked a block of about ``cells`` scores at a time
+    (:meth:`~metarec.models.base.Predictor.rank_blocks`), keeping only the running top K: a
+    chunk of users against a catalogue of millions of items never holds all its scores."""
     state = predictor.adapt(batch, chunk_no)
-    key = predictor.rank(state)                                           # (T, C)
-    idx, valid = top_k(key, exclude_rows, exclude_cols, k)                # (T, k')
-    score = key.gather(1, idx)                                            # (T, k')
+    idx, valid, score = top_k_blocks(predictor.rank_blocks(state, cells), len(batch),
+                                     predictor.n_items, exclude_rows, exclude_cols, k)
     if predictor.predicts_ratings:
         rating = predictor.rate(state, idx).float()                       # (T, k')
     else:
@@ -66,25 +72,61 @@ def recommend_chunk(predictor: Predictor, batch: TaskBatch, chunk_no: int,
     if pos is not None:
         rows = batch.support_items.gather(1, pos.clamp(min=0))
         because = torch.where(pos >= 0, rows, because)
-    return idx, valid, score.float(), rating, because
+    return idx, valid, score, rating, because
+
+
+LOWEST = torch.iinfo(torch.int64).min   # below every float's key (bits >= -2**31 + 1)
+
+
+def pack(key: Tensor, c0: int, n: int) -> Tensor:
+    """Unique, order-preserving int64 keys of scores ``key`` (T, B) at catalogue columns
+    ``c0``..: each float32 mapped to an order-preserving int32 in the high half, the reversed
+    column in the low half, so equal scores rank by column."""
+    bits = key.float().contiguous().view(torch.int32)                      # (T, B)
+    bits = bits ^ ((bits >> 31) & 0x7FFFFFFF)                              # float order
+    return (bits.long() << 32) + (n - 1 - c0 - torch.arange(key.shape[1]))
+
+
+def unpack(packed: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(columns, valid, scores) of packed keys; scores are NaN where not valid."""
+    col = n - 1 - (packed & 0xFFFFFFFF)
+    valid = packed >= LOWEST + (1 << 32)
+    bits = (packed >> 32).int()
+    score = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).view(torch.float32)
+    return col, valid, torch.where(valid, score, torch.nan)
+
+
+def top_k_blocks(blocks: Iterable[tuple[int, Tensor]], t: int, n: int, exclude_rows: Tensor,
+                 exclude_cols: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Catalogue columns (T, k') of the k highest scores per row over ``blocks`` of columns
+    ((first column, scores (T, B)), in order, covering all ``n``), which picks are valid, and
+    their scores; ``k' = min(k, n)``.
+
+    Exactly the top K of the whole row: equal scores rank by column (:func:`pack`); excluded
+    cells get keys below every score and are picked only when a row has fewer than k other
+    cells, marked invalid. Only one block and the running (T, k) best exist at a time.
+    """
+    order = torch.argsort(exclude_cols, stable=True)
+    ex_rows, ex_cols = exclude_rows[order], exclude_cols[order]
+    best = torch.empty((t, 0), dtype=torch.long)
+    for c0, key in blocks:
+        if torch.isnan(key).any():
+            raise FloatingPointError("the model produced NaN scores")
+        c1 = c0 + key.shape[1]
+        packed = pack(key, c0, n)                                          # (T, B)
+        lo, hi = torch.searchsorted(ex_cols, torch.tensor([c0, c1])).tolist()
+        cols = ex_cols[lo:hi]
+        packed[ex_rows[lo:hi], cols - c0] = LOWEST + (n - 1 - cols)        # still unique
+        best = torch.cat([best, packed.topk(min(k, key.shape[1]), 1, sorted=False).values], 1)
+        best = best.topk(min(k, best.shape[1]), 1, sorted=False).values    # (T, <= k)
+    best = best.sort(1, descending=True).values                           # (T, k')
+    return unpack(best, n)
 
 
 def top_k(key: Tensor, exclude_rows: Tensor, exclude_cols: Tensor, k: int
           ) -> tuple[Tensor, Tensor]:
-    """Catalogue positions (T, k') of the k highest keys per row, and which picks are valid.
-
-    Each float32 key is mapped to an order-preserving int32 and packed with its reversed
-    position into one int64, so every key is unique: equal scores rank by position.
-    Excluded cells get keys below every score and are picked only when a row has fewer than
-    k other cells; they come back marked invalid. ``k' = min(k, C)``.
-    """
-    if torch.isnan(key).any():
-        raise FloatingPointError("the model produced NaN scores")
-    c = key.shape[1]
-    bits = key.float().contiguous().view(torch.int32)                      # (T, C)
-    bits = bits ^ ((bits >> 31) & 0x7FFFFFFF)                              # float order
-    packed = bits.long() * (1 << 32) + (c - 1 - torch.arange(c))           # (T, C) unique
-    lowest = torch.iinfo(torch.int64).min  # below every float's key (bits >= -2**31 + 1)
-    packed[exclude_rows, exclude_cols] = lowest + (c - 1 - exclude_cols)   # still unique
-    top = torch.topk(packed, min(k, c), dim=1, sorted=True)                # (T, k')
-    return top.indices, top.values >= lowest + (1 << 32)
+    """Catalogue positions (T, k') of the k highest keys of a dense (T, C) matrix, and which
+    picks are valid (:func:`top_k_blocks` with one block)."""
+    idx, valid, _ = top_k_blocks([(0, key)], key.shape[0], key.shape[1], exclude_rows,
+                                 exclude_cols, k)
+    return idx, valid
