@@ -65,6 +65,7 @@ def test_time_split_and_no_leakage(built: tuple) -> None:
     tasks, _, out = built
     summary = read_json(out / "summary.json")
     assert summary["test_start"] == 300
+    assert summary["val_start"] == 200                         # u3's first interaction
     assert summary["users"] == {"train": 2, "val": 1, "test": 1}
     assert summary["items"] == {"existing": 4, "new": 2}
     used_for_training = tasks[tasks["split"].isin(["train", "val"])]
@@ -256,3 +257,94 @@ def test_history_holds_the_training_period_of_the_training_users(built: tuple) -
                    ("u2", "i1", 150), ("u2", "i2", 160), ("u2", "i5", 170)]
     data = load_episodes(out)
     assert data.relevance_threshold == 4.0             # 0.8 x the 1-5 scale's maximum
+
+
+@pytest.mark.parametrize("fractions", [(0.5, 0.5, 0.0), (0.1, 0.5, 0.4)])
+def test_temporal_split_refuses_an_empty_train_or_test_split(tmp_path: Path,
+                                                             fractions: tuple) -> None:
+    """4 users: (0.5, 0.5, 0) leaves no test user, (0.1, ...) no train user."""
+    from metarec.errors import DataError
+
+    src = write_validated(tmp_path / "validated")
+    params = EpisodesParams(split_fractions=fractions, support_sizes=(1,), query_size=1)
+    with pytest.raises(DataError, match=r"too few users \(4\) for split fractions"):
+        episodes.run(params, src, tmp_path / "e", tmp_path / "m.json")
+
+
+def _predefined(tmp_path: Path, spec: dict, name: str = "split.csv", **kw) -> Path:
+    src = write_validated(tmp_path / "validated")
+    path = tmp_path / name
+    pd.DataFrame(spec).to_csv(path, index=False)
+    params = EpisodesParams(protocol="predefined", predefined_path=str(path), **kw)
+    episodes.run(params, src, tmp_path / "e", tmp_path / "m.json")
+    return tmp_path / "e"
+
+
+def test_predefined_listed_interactions_are_the_tasks(tmp_path: Path) -> None:
+    """With item_id + role the file's rows are the tasks, ratings joined from the data, k
+    counted per task when not given; the summary counts users per split."""
+    out = _predefined(tmp_path, {
+        "user_id": ["u1", "u1", "u1", "u2", "u2", "u3", "u3", "u4", "u4", "u4"],
+        "split": ["train"] * 5 + ["val"] * 2 + ["test"] * 3,
+        "scenario": ["train"] * 5 + ["user_cold"] * 2 + ["user_item_cold"] * 3,
+        "item_id": ["i1", "i2", "i3", "i1", "i5", "i1", "i3", "i2", "i9", "i3"],
+        "role": ["support", "support", "query", "support", "query", "support", "query",
+                 "support", "query", "query"]})
+    tasks = pd.read_parquet(out / "episodes.parquet")
+    got = tasks.sort_values(["user_id", "role", "item_id"])
+    assert got[["user_id", "item_id", "role"]].values.tolist() == [
+        ["u1", "i3", "query"], ["u1", "i1", "support"], ["u1", "i2", "support"],
+        ["u2", "i5", "query"], ["u2", "i1", "support"], ["u3", "i3", "query"],
+        ["u3", "i1", "support"], ["u4", "i3", "query"], ["u4", "i9", "query"],
+        ["u4", "i2", "support"]]
+    assert got["rating"].tolist() == [5, 4, 3, 3, 5, 3, 2, 4, 2, 1]
+    assert tasks.groupby("user_id")["k"].first().to_dict() == {"u1": 2, "u2": 1, "u3": 1,
+                                                                "u4": 1}
+    assert tasks.groupby("user_id")["scenario"].first().to_dict() == {
+        "u1": "train", "u2": "train", "u3": "user_cold", "u4": "user_item_cold"}
+    assert tasks["task_id"].nunique() == 4
+    assert read_json(out / "summary.json")["users"] == {"train": 2, "val": 1, "test": 1}
+
+
+def test_predefined_k_column_keeps_several_tasks_per_user(tmp_path: Path) -> None:
+    """A published split may list one user's task at several K: a given k separates them."""
+    out = _predefined(tmp_path, {
+        "user_id": ["u1", "u2", "u2", "u3", "u3", "u4", "u4", "u4", "u4", "u4"],
+        "split": ["train", "train", "train", "val", "val"] + ["test"] * 5,
+        "item_id": ["i1", "i1", "i2", "i1", "i3", "i2", "i1", "i2", "i9", "i1"],
+        "role": ["support", "support", "query", "support", "query",
+                 "support", "query", "support", "support", "query"],
+        "k": [1, 1, 1, 1, 1, 1, 1, 2, 2, 2]})
+    tasks = pd.read_parquet(out / "episodes.parquet")
+    u4 = tasks[tasks["user_id"] == "u4"]
+    assert u4.groupby("k")["task_id"].nunique().to_dict() == {1: 1, 2: 1}
+    assert sorted(u4[(u4["k"] == 2) & (u4["role"] == "support")]["item_id"]) == ["i2", "i9"]
+
+
+def test_predefined_first_k_next_q_needs_more_than_k(tmp_path: Path) -> None:
+    """Without listed items each user's first K / next Q are its task; a user with exactly K
+    interactions (u2: 3) has no query and no task."""
+    out = _predefined(tmp_path, {"user_id": ["u1", "u2", "u3", "u4"],
+                                 "split": ["train", "train", "val", "test"]},
+                      support_sizes=(3,), query_size=1)
+    tasks = pd.read_parquet(out / "episodes.parquet")
+    assert sorted(tasks["user_id"].unique()) == ["u1", "u3", "u4"]
+    assert _task(tasks, "test", "user_cold", "u4") == {"support": ["i2", "i9", "i1"],
+                                                       "query": ["i3"]}
+    assert read_json(out / "summary.json")["users"] == {"train": 2, "val": 1, "test": 1}
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ({"user_id": ["u1", "u9"], "split": ["train", "test"]},
+     r"split\.csv, row 2, column 'user_id': user 'u9' has no interactions"),
+    ({"user_id": ["u1"], "fold": ["train"]}, r"split\.csv, column 'split': required column"),
+    ({"user_id": ["u1", "u1"], "split": ["train", "train"], "item_id": ["i1", "i5"],
+      "role": ["support", "query"]},
+     r"split\.csv, row 2, column 'item_id': interaction not found in the validated data"),
+])
+def test_predefined_file_errors_name_row_and_column(tmp_path: Path, spec: dict,
+                                                    message: str) -> None:
+    from metarec.errors import DataError
+
+    with pytest.raises(DataError, match=message):
+        _predefined(tmp_path, spec)

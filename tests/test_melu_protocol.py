@@ -16,7 +16,8 @@ from metarec.data.protocols import melu
 # 20 eligible users (13..17 ratings), plus the bounds: 12 and 101 are out, 13 and 100 are in
 # (protocols see integer id codes): 20 = 12 ratings, 21 = 13, 22 = 100, 23 = 101
 COUNTS = {**{u: 13 + u % 5 for u in range(20)}, 20: 12, 21: 13, 22: 100, 23: 101}
-PARAMS = EpisodesParams(protocol="melu", split_fractions=(0.6, 0.2, 0.2), seed=3)
+# val and test fractions differ, so that a swapped fraction changes the sizes
+PARAMS = EpisodesParams(protocol="melu", split_fractions=(0.6, 0.25, 0.15), seed=3)
 
 
 def _log() -> pd.DataFrame:
@@ -27,7 +28,7 @@ def _log() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()  # per test (cheap): mutmut maps each test to the code it runs
 def split() -> tuple[pd.DataFrame, object]:
     df = _log()
     return df, melu(df, PARAMS)
@@ -44,6 +45,8 @@ def test_eligibility_bounds_are_inclusive(split: tuple) -> None:
     users = set(out.tasks["user_id"])
     assert users == set(COUNTS) - {20, 23}
     assert out.info["too_few"] == {"outside_13_100": 2}
+    # a random user split has no time boundaries (evaluation reads them from here)
+    assert (out.info["test_start"], out.info["val_start"]) == (None, None)
     assert out.tasks.groupby("user_id").size().to_dict() == {
         u: c for u, c in COUNTS.items() if u in users}
 
@@ -51,9 +54,9 @@ def test_eligibility_bounds_are_inclusive(split: tuple) -> None:
 def test_user_split_has_exact_sizes_and_is_seeded(split: tuple) -> None:
     df, out = split
     n = len(set(out.tasks["user_id"]))                                # 22 eligible users
-    sizes = {"train": int(np.floor(0.6 * n)), "val": int(np.floor(0.2 * n))}
+    sizes = {"train": int(np.floor(0.6 * n)), "val": int(np.floor(0.25 * n))}
     sizes["test"] = n - sizes["train"] - sizes["val"]
-    assert out.info["users"] == sizes == {"train": 13, "val": 4, "test": 5}
+    assert out.info["users"] == sizes == {"train": 13, "val": 5, "test": 4}
     of_user = _per_user(out.tasks, "split")
     assert of_user.value_counts().to_dict() == sizes
     assert sorted(out.train_users) == sorted(of_user.index[of_user == "train"])

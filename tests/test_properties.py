@@ -53,8 +53,19 @@ def _task_pairs(batch, part: str) -> set[tuple[int, int]]:
        mode=st.sampled_from(["random", "temporal"]))
 def test_draws_stay_inside_the_history_and_keep_support_and_query_apart(
         hist: pd.DataFrame, seed: int, sizes: list[int], q: int, mode: str) -> None:
-    batch = draw_tasks(hist, tuple(sizes), q, mode, np.random.default_rng(seed))
+    batch = draw_tasks(hist.astype({"item_idx": "int32"}), tuple(sizes), q, mode,
+                       np.random.default_rng(seed))
+    assert torch.equal(batch.task_id, torch.arange(len(batch.user_idx)))
+    assert batch.support_items.dtype == batch.query_items.dtype == torch.int64
     rows = set(zip(hist["user_idx"], hist["item_idx"], strict=True))
+    rating = dict(zip(zip(hist["user_idx"], hist["item_idx"], strict=True), hist["rating"],
+                      strict=True))
+    for part in ("support", "query"):   # every task row carries the user's own rating
+        items, mask = getattr(batch, f"{part}_items"), getattr(batch, f"{part}_mask")
+        got = getattr(batch, f"{part}_ratings")[mask].tolist()
+        users = batch.user_idx[:, None].expand_as(items)[mask].tolist()
+        assert got == [rating[(u, i)] for u, i in zip(users, items[mask].tolist(),
+                                                      strict=True)]
     sup, qry = _task_pairs(batch, "support"), _task_pairs(batch, "query")
     assert sup <= rows and qry <= rows
     assert not sup & qry
@@ -224,3 +235,18 @@ def test_an_unknown_draw_mode_is_refused_with_the_valid_ones() -> None:
     with pytest.raises(ValueError, match=r"draw must be one of \('temporal', 'random'\), "
                                          r"got 'shuffle'"):
         draw_tasks(hist, (1,), 1, "shuffle", np.random.default_rng(0))
+
+
+def test_sort_rows_equals_a_stable_multi_key_sort_across_packed_words() -> None:
+    """Keys wider than one int64 word (41 + 31 + 2 bits) are sorted word by word; each pass
+    must be stable, or rows tied on the leading word lose the order of the later keys."""
+    from metarec.data.protocols.common import sort_rows
+
+    rng = np.random.default_rng(0)
+    n = 5_000
+    df = pd.DataFrame({"a": rng.choice([0, 2**40], n), "b": rng.integers(0, 2**30, n),
+                       "c": rng.integers(0, 3, n), "row": np.arange(n)})
+    df.loc[: n // 2, "b"] = rng.integers(0, 4, n // 2 + 1)      # ties on (a, b) and (a, b, c)
+    got = sort_rows(df, ["a", "b", "c"])["row"].to_numpy()
+    want = df.sort_values(["a", "b", "c"], kind="stable")["row"].to_numpy()
+    np.testing.assert_array_equal(got, want)

@@ -300,6 +300,13 @@ def assert_gx_ran_and_agrees(summary: dict) -> None:
     the derived rules (no GX expectation) carry ``agrees_with_gx: None``."""
     ran = [e for e in summary["expectations"] if e["expectation_type"] != "derived"]
     assert len(ran) >= 10, [e["reason"] for e in summary["expectations"]]
+    # GX checked the column the entry names, exactly (GX resolves column names
+    # case-insensitively, so a misspelt expectation would still agree); a join frame
+    # ("interactions->users") names the looked-up column after its table
+    for e in ran:
+        want = (e["column"] if "->" not in e["frame"]
+                else f"{e['frame'].split('->')[1]}_{e['column']}")
+        assert e["kwargs"].get("column", want) == want, e
     assert all(e["agrees_with_gx"] is True for e in ran), [e for e in ran
                                                             if e["agrees_with_gx"] is not True]
     assert all(e["agrees_with_gx"] is None for e in summary["expectations"]
@@ -377,6 +384,58 @@ def test_duplicate_key_codes_renumber_before_overflow(monkeypatch: pytest.Monkey
     big = pd.concat([df, df.iloc[:5]], ignore_index=True)
     codes = pd.Series(validation._key_codes(big))
     assert codes.duplicated().tolist() == big.duplicated().tolist()
+
+
+def test_duplicate_key_codes_stay_below_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Codes are int64 and re-numbered whenever the next product would pass the limit, so
+    they stay below it whenever the rows allow (n x width < limit)."""
+    import numpy as np
+    import pandas as pd
+
+    from metarec.data import validation
+
+    n = 3_000
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame({"user_id": np.arange(n).astype(str),
+                       "item_id": rng.integers(0, n, n).astype(str),
+                       "timestamp": pd.array(rng.integers(0, 4, n), dtype="Int64")})
+    monkeypatch.setattr(validation, "CODE_LIMIT", 2**24)  # users x items fits, x 5 does not
+    codes = validation._key_codes(df)
+    assert codes.dtype == np.int64
+    assert int(codes.max()) < 2**24
+    assert pd.Series(codes).duplicated().tolist() == df.duplicated().tolist()
+
+
+def test_nullable_ratings_are_flagged_missing() -> None:
+    """A nullable (pd.NA) rating column is checked like a NaN one, not a crash."""
+    import pandas as pd
+
+    from metarec.data.validation import interaction_rules
+
+    df = pd.DataFrame({"user_id": ["u1", "u2"], "item_id": ["i1", "i1"],
+                       "rating": pd.array([4.0, None], dtype="Float64"),
+                       "timestamp": pd.array([T0, T0], dtype="Int64")})
+    rules = {r.reason: r.frame_mask.tolist()
+             for r in interaction_rules(df, {"min": 1, "max": 5}, 0, 2 * T0, "a", "b")}
+    assert rules["rating missing (NaN)"] == [False, True]
+    assert rules["rating not finite"] == [False, False]
+
+
+def test_large_list_item_features_are_lists(tmp_path: Path) -> None:
+    """Arrow's large_list<string> (what some writers produce for long lists) is a
+    multi-valued feature like list<string>; an unknown feature kind names its column."""
+    schema = ITEM_SCHEMA.set(2, pa.field("genres", pa.large_list(pa.string())))
+    write_canonical(tmp_path / "canonical", arrow_schemas={"items": schema})
+    summary = run_stage(tmp_path, policy="fail")
+    assert summary["passed"] is True
+    assert pq.read_table(tmp_path / "validated" / "items.parquet").column(
+        "genres").to_pylist() == [["Action"], ["Comedy", "Drama"], []]
+    bad = clean_schema()
+    bad["items"]["genres"]["kind"] = "tags"
+    write_canonical(tmp_path / "c2", schema=bad)
+    with pytest.raises(DataError, match=r"schema\.json, column 'genres'.*kind 'tags'"):
+        stage.run(ValidateParams(), tmp_path / "c2", tmp_path / "v2", tmp_path / "q2",
+                  tmp_path / "r2")
 
 
 @settings(max_examples=12, deadline=None, derandomize=True)
