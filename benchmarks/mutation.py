@@ -61,7 +61,8 @@ def summarise(lines: list[str], equivalent: dict[str, str]) -> dict:
         killed = sum(c[s] for s in KILLED)
         scored = killed + c["survived"]          # no-tests and equivalent mutants excluded
         out[mod] = {"mutants": sum(c.values()), "killed": killed, "survived": c["survived"],
-                    "equivalent": c["equivalent"], "no_tests": c["no tests"],
+                    "timeout": c["timeout"], "equivalent": c["equivalent"],
+                    "no_tests": c["no tests"],
                     "not_checked": c["not checked"],
                     "kill_rate": round(killed / scored, 4) if scored else None,
                     "survivors": survivors[mod]}
@@ -97,6 +98,10 @@ def main() -> int:
     args = ap.parse_args()
     start = time.perf_counter()
     mutmut = [sys.executable, "-m", "mutmut"]
+    # mutmut forks a worker per mutant from a parent that has imported torch; a forked child
+    # whose parent started OpenMP threads can hang on a futex, and a hang counts as a
+    # "timeout" (killed). One thread per process keeps timeouts meaning what they say.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     chosen: list[str] | None = None
     if args.summary_only:
         run = subprocess.CompletedProcess([], 0)
@@ -104,10 +109,10 @@ def main() -> int:
         if args.sample:
             # generate the mutants and the test map without running any mutant
             subprocess.run([*mutmut, "run", "--max-children", str(args.max_children),
-                            "metarec.no_such_module.x_none__mutmut_1"], cwd=ROOT)
+                            "metarec.no_such_module.x_none__mutmut_1"], cwd=ROOT, env=env)
             chosen = sample(_results(mutmut), args.sample, args.seed)
         run = subprocess.run([*mutmut, "run", "--max-children", str(args.max_children),
-                              *(chosen or [])], cwd=ROOT)
+                              *(chosen or [])], cwd=ROOT, env=env)
     lines = _results(mutmut)
     if args.summary_only and SAMPLE.exists():
         chosen = json.loads(SAMPLE.read_text())

@@ -51,14 +51,14 @@ from metarec.meta.predictor import AdaptivePredictor
 from metarec.models.network import build_network, network_kwargs
 from metarec.scoring.engine import recommend_chunk, task_batch
 
-N_ITEMS, K, STEPS = 1682, 10, 5
+N_ITEMS, K, STEPS, TOP = 1682, 10, 5, 20
 AS_OF = "2024-06-30"
 END = 1_719_792_000  # 2024-07-01 00:00 UTC
 GENRES = [f"g{j}" for j in range(19)]
 RESULT = Path(__file__).parent / "results" / "scoring.json"
 
 
-def make_world(root: Path, n_users: int, seed: int = 0) -> None:
+def make_world(root: Path, n_users: int, seed: int = 0, n_items: int = N_ITEMS) -> None:
     """validated/{interactions,users,items}.parquet and models/maml.pt under ``root``."""
     rng = np.random.default_rng(seed)
     users = pd.DataFrame({
@@ -68,15 +68,14 @@ def make_world(root: Path, n_users: int, seed: int = 0) -> None:
         "occupation": pd.Series(rng.choice([f"o{j}" for j in range(21)], n_users),
                                 dtype="string"),
         "zip": pd.Series(rng.choice([str(j) for j in range(10)], n_users), dtype="string")})
-    n_genres = rng.integers(1, 4, N_ITEMS)
+    n_genres = rng.integers(1, 4, n_items)
     items = pd.DataFrame({
-        "item_id": pd.Series([str(i + 1) for i in range(N_ITEMS)], dtype="string"),
-        "release_year": rng.integers(1930, 1999, N_ITEMS).astype("float64"),
+        "item_id": pd.Series([str(i + 1) for i in range(n_items)], dtype="string"),
+        "release_year": rng.integers(1930, 1999, n_items).astype("float64"),
         "genres": [list(rng.choice(GENRES, k, replace=False)) for k in n_genres]})
     inter = pd.DataFrame({
         "user_id": users["user_id"].repeat(K).reset_index(drop=True),
-        "item_id": pd.Series(np.concatenate([rng.choice(N_ITEMS, K, replace=False) + 1
-                                             for _ in range(n_users)]).astype(str),
+        "item_id": pd.Series((_supports(rng, n_users, n_items) + 1).reshape(-1).astype(str),
                              dtype="string"),
         "rating": rng.integers(1, 6, n_users * K).astype("float64"),
         "timestamp": END - 1 - rng.integers(0, 86_400, n_users * K).astype("int64"),
@@ -105,6 +104,18 @@ def make_world(root: Path, n_users: int, seed: int = 0) -> None:
                {"model": to_dict(model), "train": to_dict(train)}, vocab)
 
 
+def _supports(rng: np.random.Generator, n_users: int, n_items: int) -> np.ndarray:
+    """(U, K) distinct items per user, vectorised (K smallest of random keys would need
+    U x n_items draws; rejection of repeats among K random picks is exact and cheap)."""
+    sup = rng.integers(0, n_items, (n_users, K))
+    while True:
+        s = np.sort(sup, axis=1)
+        dup = (s[:, 1:] == s[:, :-1]).any(axis=1)
+        if not dup.any():
+            return sup
+        sup[dup] = rng.integers(0, n_items, (int(dup.sum()), K))
+
+
 def flops_per_user(d: int, du: int, di: int, k: int, steps: int, c: int) -> int:
     """Analytic FLOPs of adapting one user and scoring the catalogue (module docstring)."""
     inner = 6 * d * du + 2 * k * di * d + 10 * k * d
@@ -124,10 +135,14 @@ def _timed(fn) -> float:  # noqa: ANN001 - tiny helper
     return time.perf_counter() - start
 
 
-def throughput(root: Path, n_users: int, chunk: int) -> dict[str, float]:
-    """Users/s and GFLOP/s of the engine over ``n_users`` K-interaction users."""
+def throughput(root: Path, n_users: int, chunk: int, n_items: int) -> dict[str, object]:
+    """Users/s and GFLOP/s of the engine over ``n_users`` K-interaction users, the time split
+    (adaptation, catalogue scores, top-K), the ranking GEMM's own rate, and ``faiss``'s exact
+    inner-product search on the same adapted user vectors and item vectors."""
     from metarec.io import read_parquet
     from metarec.meta.checkpoint import read_checkpoint
+    from metarec.meta.predictor import catalogue_blocks
+    from metarec.scoring.engine import CELLS
 
     vocab = read_checkpoint(root / "models" / "maml.pt")["vocab"]
     users = encode_entity(read_parquet(root / "validated" / "users.parquet"), "user_id",
@@ -137,27 +152,81 @@ def throughput(root: Path, n_users: int, chunk: int) -> dict[str, float]:
     data = EpisodeData(tasks=pd.DataFrame(), users=users, items=items, vocab=vocab)
     predictor = load_model(root / "models" / "maml.pt", data)
     rng = np.random.default_rng(1)
-    sup = torch.from_numpy(np.stack([rng.choice(N_ITEMS, K, replace=False)
-                                     for _ in range(n_users)]))             # (U, K)
+    sup = torch.from_numpy(_supports(rng, n_users, n_items))               # (U, K)
     ratings = torch.from_numpy(rng.integers(1, 6, (n_users, K)).astype(np.float32))
     mask = torch.ones((n_users, K), dtype=torch.bool)
     user_idx = torch.arange(n_users) % len(users)
 
-    def chunk_run(a: int, b: int, no: int) -> None:
-        batch = task_batch(user_idx[a:b], sup[a:b], ratings[a:b], mask[a:b])
+    def batch_of(a: int, b: int):  # noqa: ANN202 - tiny helper
+        return task_batch(user_idx[a:b], sup[a:b], ratings[a:b], mask[a:b])
+
+    def chunk_run(a: int, b: int, no: int) -> torch.Tensor:
         rows = torch.arange(b - a).repeat_interleave(K)
-        recommend_chunk(predictor, batch, no, rows, sup[a:b].reshape(-1), 20)
+        return recommend_chunk(predictor, batch_of(a, b), no, rows, sup[a:b].reshape(-1),
+                               TOP)[0]
 
     chunk_run(0, min(chunk, n_users), 0)  # warm-up
     start = time.perf_counter()
-    for no, a in enumerate(range(0, n_users, chunk)):
-        chunk_run(a, min(a + chunk, n_users), no)
+    tops = [chunk_run(a, min(a + chunk, n_users), no)
+            for no, a in enumerate(range(0, n_users, chunk))]
     seconds = time.perf_counter() - start
-    model = predictor.algorithm.model
-    d = model.user_proj.out_features
-    f = flops_per_user(d, model.user_width, model.item_width, K, STEPS, N_ITEMS)
-    return {"users_per_s": n_users / seconds, "gflops": f * n_users / seconds / 1e9,
-            "flops_per_user": f, "seconds": seconds}
+
+    # the same work in parts: adaptation, catalogue scores alone (the ranking GEMM), and the
+    # query vectors the dot model ranks with (score = q . [v, rbias] + a per-user constant)
+    algo, table = predictor.algorithm, predictor._table()
+    d = algo.model.user_proj.out_features
+    basis = {"v": torch.cat([torch.eye(d), torch.zeros(1, d)]), "bias": torch.zeros(d + 1),
+             "rbias": torch.zeros(d + 1)}
+    adapt_s = gemm_s = 0.0
+    queries = []
+    for no, a in enumerate(range(0, n_users, chunk)):
+        t0 = time.perf_counter()
+        state = predictor.adapt(batch_of(a, min(a + chunk, n_users)), no)
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            for _ in catalogue_blocks(algo, state[0]["rank"], state[1], table, CELLS):
+                pass
+            gemm_s += time.perf_counter() - t1
+            e = algo.catalogue_scores(state[0]["rank"], state[1], basis)       # (T, d + 1)
+        adapt_s += t1 - t0
+        queries.append(torch.cat([e[:, :d] - e[:, d:], torch.ones(len(e), 1)], 1))
+    result: dict[str, object] = {
+        "users_per_s": n_users / seconds, "seconds": seconds, "adapt_seconds": adapt_s,
+        "catalogue_scores_seconds": gemm_s,
+        "top_k_seconds": max(seconds - adapt_s - gemm_s, 0.0),
+        "ranking_gemm_gflops": 2 * (d + 1) * n_items * n_users / gemm_s / 1e9}
+    f = flops_per_user(d, algo.model.user_width, algo.model.item_width, K, STEPS, n_items)
+    result.update({"gflops": f * n_users / seconds / 1e9, "flops_per_user": f})
+    result["faiss"] = faiss_search(torch.cat(queries), table, d, sup, torch.cat(tops), chunk)
+    return result
+
+
+def faiss_search(q: torch.Tensor, table: dict[str, torch.Tensor], d: int, sup: torch.Tensor,
+                 ours_top: torch.Tensor, chunk: int) -> dict[str, object]:
+    """faiss-cpu's exact ``IndexFlatIP`` on the same vectors and threads: the top
+    ``TOP + K`` per user (faiss cannot exclude the support), then the support filtered out;
+    its users/s excludes the adaptation that produced the query vectors (ours includes it),
+    and ``agreement`` is the share of our top-``TOP`` it returns too."""
+    try:
+        import faiss
+    except ImportError:
+        return {"skipped": "faiss-cpu is not installed (pip install -e '.[bench]')"}
+    faiss.omp_set_num_threads(torch.get_num_threads())
+    x = torch.cat([table["v"], table["rbias"][:, None]], 1).float().contiguous().numpy()
+    index = faiss.IndexFlatIP(d + 1)
+    index.add(x)
+    qn = q.float().contiguous().numpy()
+    n_users = len(qn)
+    index.search(qn[: min(chunk, n_users)], TOP + K)  # warm-up
+    start = time.perf_counter()
+    _, found = index.search(qn, TOP + K)                                  # (U, TOP + K)
+    seconds = time.perf_counter() - start
+    found = torch.from_numpy(found)
+    keep = ~(found[:, :, None] == sup[:, None, :]).any(-1)
+    hits = [len(set(o.tolist()) & set(f[k][:TOP].tolist()))
+            for o, f, k in zip(ours_top[:2000], found[:2000], keep[:2000], strict=True)]
+    return {"users_per_s": n_users / seconds, "seconds": seconds, "k_searched": TOP + K,
+            "agreement_top20": sum(hits) / (TOP * len(hits)), "checked_users": len(hits)}
 
 
 def child(root: Path) -> None:
@@ -175,23 +244,33 @@ def child(root: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--users", type=int, default=16_384, help="users in the throughput run")
+    ap.add_argument("--items", type=int, default=N_ITEMS, help="catalogue size")
+    ap.add_argument("--rss-users", default="10000,100000",
+                    help="cold-user counts of the end-to-end stage runs (peak RSS)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="JSON path (default results/scoring.json, or scoring_<items>.json)")
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(args.child)
         return
     chunk = ScoreParams().chunk_users
+    out_path = args.out or (RESULT if args.items == N_ITEMS
+                            else RESULT.with_name(f"scoring_{args.items}.json"))
+    sizes = [int(n) for n in args.rss_users.split(",") if n]
     result: dict[str, object] = {"threads": torch.get_num_threads(), "chunk_users": chunk,
-                                 "k_interactions": K, "inner_steps": STEPS, "items": N_ITEMS}
+                                 "k_interactions": K, "inner_steps": STEPS,
+                                 "items": args.items, "top": TOP}
     with tempfile.TemporaryDirectory(prefix="metarec-bench-") as tmp:
+        root = Path(tmp) / "throughput"
+        make_world(root, 10_000, n_items=args.items)
+        result.update(throughput(root, args.users, chunk, args.items))
+        result["matmul_gflops"] = matmul_gflops()
         rss: dict[str, float] = {}
         stage_s: dict[str, float] = {}
-        for n in (10_000, 100_000):
+        for n in sizes:
             root = Path(tmp) / str(n)
-            make_world(root, n)
-            if n == 10_000:
-                result.update(throughput(root, args.users, chunk))
-                result["matmul_gflops"] = matmul_gflops()
+            make_world(root, n, n_items=args.items)
             out = subprocess.run([sys.executable, __file__, "--child", str(root)], check=True,
                                  capture_output=True, text=True)
             got = json.loads(out.stdout.strip().splitlines()[-1])
@@ -200,9 +279,15 @@ def main() -> None:
     result["stage_seconds"] = stage_s
     result["stage_users_per_s"] = {n: int(n) / s for n, s in stage_s.items()}
     result["gflops_fraction_of_matmul"] = result["gflops"] / result["matmul_gflops"]
-    result["rss_ratio_100k_over_10k"] = rss["100000"] / rss["10000"]
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    result["ranking_gemm_fraction_of_matmul"] = (result["ranking_gemm_gflops"]
+                                                 / result["matmul_gflops"])
+    faiss_ups = result["faiss"].get("users_per_s")
+    if faiss_ups:
+        result["throughput_ratio_over_faiss"] = result["users_per_s"] / faiss_ups
+    if len(sizes) >= 2:
+        result["rss_ratio_largest_over_smallest"] = rss[str(sizes[-1])] / rss[str(sizes[0])]
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     print(json.dumps(result, indent=2, sort_keys=True))
 
 

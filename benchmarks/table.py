@@ -1,0 +1,141 @@
+"""README's benchmark table, generated from the JSON in ``benchmarks/results/``.
+
+    python benchmarks/table.py           # rewrite the table between the README markers
+    python benchmarks/table.py --check   # exit 1 when README's table is not what the JSON says
+
+A row per result file that exists; a figure the JSON lacks is left out rather than guessed.
+The test suite runs ``--check``, so a benchmark rerun without regenerating the table fails CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "README.md"
+BEGIN, END = "<!-- benchmarks:begin -->", "<!-- benchmarks:end -->"
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def data_pipeline(r: dict) -> list[str]:
+    s, goal = r["seconds"], r["goal"]
+    ok = s["total"] <= goal["seconds"] and r["peak_rss_mb"] <= goal["peak_rss_mb"]
+    return [f"`data_pipeline.py` ({r['interactions']:,} interactions)",
+            "ingest + validate + episodes of a synthetic log",
+            f"≤ {goal['seconds']} s, ≤ {goal['peak_rss_mb'] / 1024:.0f} GB",
+            f"{s['total']:.0f} s (ingest {s['ingest']:.0f}, validate {s['validate']:.0f}, "
+            f"episodes {s['episodes']:.0f}), peak RSS {r['peak_rss_mb'] / 1024:.1f} GB: "
+            + _met(ok)]
+
+
+def scoring(r: dict) -> list[str]:
+    parts = [f"{r['users_per_s']:,.0f} users/s (adaptation included)"]
+    goals = []
+    if "throughput_ratio_over_faiss" in r:
+        ratio = r["throughput_ratio_over_faiss"]
+        parts.append(f"faiss `IndexFlatIP` {r['faiss']['users_per_s']:,.0f} users/s "
+                     f"(search only): {ratio:.2f}×, {_met(ratio >= 1)}")
+        goals.append("≥ faiss")
+    if "ranking_gemm_fraction_of_matmul" in r:
+        frac = r["ranking_gemm_fraction_of_matmul"]
+        parts.append(f"ranking GEMM {r['ranking_gemm_gflops']:.1f} GFLOP/s = {frac:.0%} of "
+                     f"{r['matmul_gflops']:.0f} (matmul), {_met(frac >= 0.5)}")
+        goals.append("GEMM ≥ 50% of matmul")
+    parts.append(f"all work {r['gflops']:.1f} GFLOP/s = {r['gflops_fraction_of_matmul']:.1%}")
+    rss = r["peak_rss_mb"]
+    if len(rss) >= 2:
+        sizes = sorted(rss, key=int)
+        ratio = rss[sizes[-1]] / rss[sizes[0]]
+        parts.append(f"stage RSS {rss[sizes[0]]:,.0f} MB ({int(sizes[0]):,} users) → "
+                     f"{rss[sizes[-1]]:,.0f} MB ({int(sizes[-1]):,}): {ratio:.3f}×, "
+                     + _met(ratio <= 1.3))
+        goals.append(f"RSS({int(sizes[-1]):,}) ≤ 1.3 × RSS({int(sizes[0]):,})")
+    return [f"`scoring.py --items {r['items']}`",
+            f"cold users adapted (K={r['k_interactions']}, {r['inner_steps']} steps) and "
+            f"ranked (top {r.get('top', 20)}) over {r['items']:,} items, "
+            f"{r['threads']} thread(s)",
+            "; ".join(goals) or "–", "; ".join(parts)]
+
+
+def meta_training(r: dict) -> list[str]:
+    goal = {"default (dot, adapt=user)": (40, 15), "melu (mlp, adapt=decision)": (20, 6)}
+    parts, goals = [], []
+    for name, c in r["configs"].items():
+        t = c["tasks_per_s"]
+        g_higher, g_loop = goal.get(name, (None, None))
+        ok = g_higher is None or (c["speedup_vs_higher"] >= g_higher
+                                  and c["speedup_vs_loop"] >= g_loop)
+        parts.append(f"{name}: {t['batched']:,.0f} tasks/s vs {t['higher']:,.0f} (`higher`) "
+                     f"and {t['loop']:,.0f} (loop): {c['speedup_vs_higher']:.1f}× and "
+                     f"{c['speedup_vs_loop']:.1f}×, {_met(ok)}")
+        if g_higher is not None:
+            goals.append(f"{name.split(' ')[0]}: ≥ {g_higher}× `higher`, ≥ {g_loop}× loop")
+    s = r["setup"]
+    return ["`meta_training.py`",
+            f"second-order MAML, K={s['k']}, Q={s['q']}, meta-batch {s['meta_batch']}, "
+            f"{s['inner_steps']} inner steps, {r['machine']['torch_threads']} thread(s)",
+            "; ".join(goals), "; ".join(parts)]
+
+
+def mutation(r: dict) -> list[str]:
+    low = min(r["modules"].items(), key=lambda kv: kv[1]["kill_rate"] or 1.0)
+    t = r["total"]
+    return ["`mutation.py` (`make mutation`)",
+            f"mutants killed, {r['sample_per_module'] or 'all'} per module (seeded sample), "
+            f"{len(r['modules'])} core modules",
+            "≥ 85% per module",
+            f"{t['killed']}/{t['scored']} = {t['kill_rate']:.0%}; lowest {low[0]} "
+            f"{low[1]['kill_rate']:.0%}: "
+            + _met(all((m["kill_rate"] or 1.0) >= 0.85 for m in r["modules"].values()))]
+
+
+ROWS: list[tuple[str, Callable[[dict], list[str]]]] = [
+    ("data_pipeline*.json", data_pipeline), ("scoring*.json", scoring),
+    ("meta_training*.json", meta_training), ("mutation.json", mutation)]
+
+
+def table(results: Path = RESULTS) -> str:
+    """The markdown table of every result file present, in a fixed order."""
+    lines = ["| benchmark | measures | goal | last result |", "|---|---|---|---|"]
+    for pattern, row in ROWS:
+        for path in sorted(results.glob(pattern)):
+            cells = row(json.loads(path.read_text(encoding="utf-8")))
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render(readme: str, body: str) -> str:
+    """README text with the part between the markers replaced by ``body``."""
+    if BEGIN not in readme or END not in readme:
+        raise SystemExit(f"{README}: the markers {BEGIN} and {END} are missing")
+    head, rest = readme.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{BEGIN}\n{body}\n{END}{tail}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="fail when README is out of date")
+    args = ap.parse_args()
+    old = README.read_text(encoding="utf-8")
+    new = render(old, table())
+    if args.check:
+        if new != old:
+            print(f"{README}: the benchmark table is out of date; run "
+                  "python benchmarks/table.py", file=sys.stderr)
+            return 1
+        return 0
+    README.write_text(new, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

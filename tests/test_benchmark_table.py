@@ -1,0 +1,46 @@
+"""README's benchmark table is generated from benchmarks/results/*.json and kept in sync."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _table_module():
+    spec = importlib.util.spec_from_file_location("bench_table", ROOT / "benchmarks/table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_readme_table_is_what_the_json_says() -> None:
+    mod = _table_module()
+    readme = mod.README.read_text(encoding="utf-8")
+    assert mod.render(readme, mod.table()) == readme, "run python benchmarks/table.py"
+
+
+def test_a_changed_result_changes_the_table_and_a_missed_goal_says_so(tmp_path: Path) -> None:
+    mod = _table_module()
+    shutil.copytree(ROOT / "benchmarks/results", tmp_path, dirs_exist_ok=True)
+    path = tmp_path / "scoring.json"
+    r = json.loads(path.read_text())
+    r["peak_rss_mb"] = {"10000": 100.0, "1000000": 200.0}
+    path.write_text(json.dumps(r))
+    row = next(line for line in mod.table(tmp_path).splitlines()
+               if line.startswith("| `scoring.py --items"))
+    assert "100 MB (10,000 users) → 200 MB (1,000,000): 2.000×, **missed**" in row
+    r["peak_rss_mb"] = {"10000": 100.0, "1000000": 130.0}
+    path.write_text(json.dumps(r))
+    assert "1.300×, met" in mod.table(tmp_path)
+
+
+def test_render_refuses_a_readme_without_markers() -> None:
+    mod = _table_module()
+    with pytest.raises(SystemExit, match="markers"):
+        mod.render("# no table here\n", "| x |")
