@@ -88,8 +88,9 @@ def meta_training(r: dict) -> list[str]:
 def mutation(r: dict) -> list[str]:
     low = min(r["modules"].items(), key=lambda kv: kv[1]["kill_rate"] or 1.0)
     t = r["total"]
+    per = r.get("sample_per_module")
     return ["`mutation.py` (`make mutation`)",
-            f"mutants killed, {r['sample_per_module'] or 'all'} per module (seeded sample), "
+            f"mutants killed, {f'{per} per module (seeded sample)' if per else 'all'}, "
             f"{len(r['modules'])} core modules",
             "≥ 85% per module",
             f"{t['killed']}/{t['scored']} = {t['kill_rate']:.0%}; lowest {low[0]} "
