@@ -94,8 +94,16 @@ def mutation(r: dict) -> list[str]:
             f"{len(r['modules'])} core modules",
             "≥ 85% per module",
             f"{t['killed']}/{t['scored']} = {t['kill_rate']:.0%}; lowest {low[0]} "
-            f"{low[1]['kill_rate']:.0%}: "
-            + _met(all((m["kill_rate"] or 1.0) >= 0.85 for m in r["modules"].values()))]
+            f"{low[1]['kill_rate']:.0%}: " + _mutation_verdict(r)]
+
+
+def _mutation_verdict(r: dict) -> str:
+    """Met only for a finished run; a run with unchecked mutants is said to be incomplete."""
+    mods = r["modules"].values()
+    unchecked = sum(m.get("not_checked", 0) for m in mods)
+    if unchecked:
+        return f"**incomplete** ({unchecked} mutants not checked)"
+    return _met(all((m["kill_rate"] or 1.0) >= 0.85 for m in mods))
 
 
 ROWS: list[tuple[str, Callable[[dict], list[str]]]] = [

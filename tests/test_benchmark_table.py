@@ -44,3 +44,14 @@ def test_render_refuses_a_readme_without_markers() -> None:
     mod = _table_module()
     with pytest.raises(SystemExit, match="markers"):
         mod.render("# no table here\n", "| x |")
+
+
+def test_an_unfinished_mutation_run_is_never_called_met(tmp_path: Path) -> None:
+    mod = _table_module()
+    module = {"mutants": 10, "killed": 9, "survived": 1, "not_checked": 4, "kill_rate": 0.9}
+    result = {"modules": {"m": module}, "total": {"killed": 9, "scored": 10, "kill_rate": 0.9}}
+    (tmp_path / "mutation.json").write_text(json.dumps(result))
+    assert "**incomplete** (4 mutants not checked)" in mod.table(tmp_path)
+    module["not_checked"] = 0
+    (tmp_path / "mutation.json").write_text(json.dumps(result))
+    assert mod.table(tmp_path).endswith("m 90%: met |")
