@@ -111,6 +111,8 @@ class EpisodesParams:
     predefined_path: str | None = None
     relevance_threshold: float | None = None
     count_transform: Literal["log1p", "binarize"] = "log1p"
+    text_encoder: str = "none"
+    text_dim: int = bounded(32, 1)
     seed: int = 0
 
 

@@ -5,7 +5,9 @@ A vocabulary is fitted once (by the episodes stage, on the training period only)
 *unknown* value: a category, multi-valued token or id never seen in training maps to 0, so a
 model never indexes out of range and never sees a value it could not have learned.
 Numeric features are standardised with the training mean and std; missing values become 0
-(the training mean).
+(the training mean). Text features are display-only unless a text encoder is named
+(``episodes.text_encoder``): then each text becomes ``dim`` numeric columns
+(:mod:`metarec.data.text`), the same for every run that reads the same vocabulary.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - registers pa.compute
 import torch
+
+from metarec.data.text import encode_text
 
 UNKNOWN = 0
 KINDS = ("categorical", "multicategorical", "numeric", "text")
@@ -47,11 +51,14 @@ def _codes(values: pd.Series, vocab: list[str]) -> np.ndarray:
 
 
 def fit_entity_vocab(table: pd.DataFrame, id_col: str, features: dict[str, dict[str, Any]],
-                     known_ids: pd.Series) -> dict[str, Any]:
+                     known_ids: pd.Series, text: dict[str, Any] | None = None
+                     ) -> dict[str, Any]:
     """Fit the vocabulary of one entity (users or items) on the rows whose id is known.
 
     ``features`` is the schema's feature map for this entity ({name: {"kind": ...}}).
     ``known_ids`` are the ids seen in the training period: only they shape the vocabulary.
+    ``text`` ({"encoder", "dim", "seed"}) makes text features model inputs; None keeps them
+    for display only. An encoder needs no fitting: a new item's text encodes the same way.
     """
     fit = table[table[id_col].isin(known_ids)]
     out: dict[str, Any] = {"ids": sorted(pd.unique(fit[id_col].astype("string")).tolist()),
@@ -70,7 +77,9 @@ def fit_entity_vocab(table: pd.DataFrame, id_col: str, features: dict[str, dict[
             mean = float(num.mean()) if num.notna().any() else 0.0
             std = float(num.std(ddof=0)) if num.notna().sum() > 1 else 1.0
             out["features"][name] = {"kind": kind, "mean": mean, "std": std if std > 0 else 1.0}
-        # text features are kept for display only; models do not see them
+        elif kind == "text" and text is not None:
+            out["features"][name] = {"kind": kind, **text}
+        # otherwise text features are kept for display only; models do not see them
     return out
 
 
@@ -130,6 +139,10 @@ def encode_entity(table: pd.DataFrame, id_col: str, vocab: dict[str, Any]) -> Fe
             col = pd.to_numeric(table[name], errors="coerce").astype("float64").to_numpy()
             z = (col - spec["mean"]) / spec["std"]
             num_cols.append(np.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0))
+        elif kind == "text":
+            vecs = encode_text(table[name], spec["encoder"], spec["dim"], spec["seed"])
+            num_names.extend(f"{name}#{j}" for j in range(vecs.shape[1]))
+            num_cols.extend(vecs.T.astype(np.float64))
     width = max((m.shape[1] for m in multi_mats), default=1)
     multi = np.zeros((n, len(multi_mats), width), dtype=np.int64)
     for j, mat in enumerate(multi_mats):

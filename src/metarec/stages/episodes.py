@@ -98,6 +98,13 @@ def summarise(tasks: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
+def _text_spec(params: EpisodesParams) -> dict[str, Any] | None:
+    """How item text becomes model input (None: display only), recorded in the vocabulary."""
+    if params.text_encoder == "none":
+        return None
+    return {"encoder": params.text_encoder, "dim": params.text_dim, "seed": params.seed}
+
+
 def run(params: EpisodesParams, inp: str | Path, out: str | Path, metrics: str | Path,
         validation_summary: str | Path | None = None) -> dict[str, Any]:
     """Build tasks, vocabularies and the data metrics from the validated tables."""
@@ -128,7 +135,8 @@ def run(params: EpisodesParams, inp: str | Path, out: str | Path, metrics: str |
                   "train_draw": params.train_draw},
         "rating": {**rating_spec, "relevant": relevance_threshold(rating_spec, params)},
         "users": fit_entity_vocab(users, "user_id", schema["users"], train_users),
-        "items": fit_entity_vocab(items, "item_id", schema["items"], known_items),
+        "items": fit_entity_vocab(items, "item_id", schema["items"], known_items,
+                                  _text_spec(params)),
     }
     summary = {"protocol": params.protocol, "tasks": summarise(tasks), **info,
                "rows": int(len(tasks)), "history_rows": int(len(split.history))}

@@ -1,0 +1,117 @@
+"""Item text (titles, descriptions) as fixed-size vectors, in any language or script.
+
+Two encoders, named by ``episodes.text_encoder``:
+
+- ``hashed`` (built in, offline, no model download): signed feature hashing of the
+  character 3-, 4- and 5-grams of the NFKC-normalised, lower-cased text, punctuation read
+  as word breaks and word boundaries marked as in ``char_wb`` analysers (2-grams and
+  punctuation made every "Title (19xx)" look alike). It works on Unicode code points, so Latin, CJK,
+  Cyrillic and Arabic text all encode, and shared sub-words ("matrix", "matrix reloaded")
+  land near each other. It does not carry meaning across languages: that needs
+- a ``sentence-transformers`` model name (e.g. ``paraphrase-multilingual-MiniLM-L12-v2``),
+  loaded when the optional package is installed (``pip install sentence-transformers``).
+
+Both return unit-variance rows (L2-normalised, times sqrt(dim)) so that text columns sit on
+the scale of the standardised numeric features they are appended to. Empty or missing text
+is the zero vector (no information), never an error.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+NGRAMS = (3, 4, 5)
+MAX_CHARS = 2000          # a description longer than this is cut (bounds memory, not meaning)
+_SEP = 0                  # code point that separates texts in the concatenated buffer
+_MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def normalise(texts: pd.Series) -> pd.Series:
+    """NFKC, lower case, runs of anything but letters and digits (any script) as one space,
+    one space at each end (word marks)."""
+    s = texts.astype("string").fillna("").str.normalize("NFKC").str.lower()
+    s = s.str.replace(r"[\W_]+", " ", regex=True).str.strip().str.slice(0, MAX_CHARS)
+    return (" " + s + " ").where(s.str.len() > 0, "")
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: every input bit reaches every output bit (uint64, wraps)."""
+    h = h ^ (h >> np.uint64(30))
+    h = h * np.uint64(0xBF58476D1CE4E5B9)
+    h = h ^ (h >> np.uint64(27))
+    h = h * np.uint64(0x94D049BB133111EB)
+    return h ^ (h >> np.uint64(31))
+
+
+def hashed_ngrams(texts: pd.Series, dim: int, seed: int = 0) -> np.ndarray:
+    """(n, dim) float32 signed hashed character n-gram counts, one row per text.
+
+    All texts are handled as one code-point buffer (no per-text Python loop): an n-gram is
+    a rolling hash over n consecutive code points, dropped where it crosses a text boundary.
+    Same texts, dim and seed give the same bytes on any machine (no Python ``hash``).
+    """
+    if dim < 1:
+        raise ValueError(f"text dim must be >= 1, got {dim}")
+    norm = normalise(texts)
+    n = len(norm)
+    out = np.zeros((n, dim), dtype=np.float64)
+    if n == 0:
+        return out.astype(np.float32)
+    joined = "\x00".join(norm.tolist()) + "\x00"
+    cps = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    row = np.cumsum(cps == _SEP) - (cps == _SEP)       # text index of each code point
+    sep_before = np.concatenate([[0], np.cumsum(cps == _SEP)])
+    salt = _mix(np.array([seed + 1], dtype=np.uint64))[0]
+    with np.errstate(over="ignore"):
+        for g in NGRAMS:
+            m = len(cps) - g + 1
+            if m <= 0:
+                continue
+            h = np.full(m, salt ^ np.uint64(g), dtype=np.uint64)
+            for k in range(g):                          # g <= 5 passes over the buffer
+                h = _mix(h ^ cps[k:k + m])
+            inside = sep_before[g:g + m] - sep_before[:m] == 0   # no separator in the n-gram
+            h, rows = h[inside], row[:m][inside]
+            bucket = (h % np.uint64(dim)).astype(np.int64)
+            sign = np.where((h >> np.uint64(63)) == 1, -1.0, 1.0)
+            out += np.bincount(rows * dim + bucket, weights=sign,
+                               minlength=n * dim).reshape(n, dim)
+    return _unit_rows(out)
+
+
+def _unit_rows(mat: np.ndarray) -> np.ndarray:
+    """Rows L2-normalised and scaled by sqrt(dim); zero rows stay zero."""
+    norm = np.linalg.norm(mat, axis=1, keepdims=True)
+    scaled = np.divide(mat, norm, out=np.zeros_like(mat), where=norm > 0)
+    return (scaled * np.sqrt(mat.shape[1])).astype(np.float32)
+
+
+def sentence_vectors(texts: pd.Series, model: str) -> np.ndarray:
+    """(n, d) float32 vectors of a multilingual sentence-transformers model (optional extra).
+
+    The model is loaded from the local Hugging Face cache or downloaded once; an error says
+    how to install the package or switch to the built-in encoder.
+    """
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as exc:
+        raise RuntimeError(
+            f"episodes.text_encoder is {model!r}, a sentence-transformers model, but the "
+            "package is not installed: pip install sentence-transformers, or set "
+            "episodes.text_encoder: hashed (built in, offline)") from exc
+    norm = texts.astype("string").fillna("").str.normalize("NFKC")
+    encoder = SentenceTransformer(model, device="cpu")
+    vecs = encoder.encode(norm.tolist(), batch_size=64, convert_to_numpy=True,
+                          normalize_embeddings=False, show_progress_bar=False)
+    vecs = np.asarray(vecs, dtype=np.float64)
+    vecs[(norm.str.len() == 0).to_numpy()] = 0.0
+    return _unit_rows(vecs)
+
+
+def encode_text(texts: pd.Series, encoder: str, dim: int, seed: int = 0) -> np.ndarray:
+    """Vectors of ``texts`` by the encoder named in params (``hashed`` or a model name)."""
+    if encoder == "hashed":
+        return hashed_ngrams(texts, dim, seed)
+    return sentence_vectors(texts, encoder)
+
