@@ -9,7 +9,10 @@ network and the same tasks in the same run; results go to benchmarks/results/met
 It also times one outer step of every algorithm at the default params on the same data, which
 is how the train stage's default ``max_steps`` was chosen.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/meta_training.py [--repeats 5]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/meta_training.py [--repeats 5] [--device cuda]
+
+``--device cuda`` (benchmarks/gpu.sh) runs the same three implementations on a GPU, timing
+with ``torch.cuda.synchronize`` so that queued kernels are counted.
 """
 
 from __future__ import annotations
@@ -128,38 +131,50 @@ def step_higher(model: PreferenceNet, adapt: str, store: FeatureStore, batch: Ta
             loss.backward()
 
 
+def _sync(device: torch.device) -> None:
+    """Wait for queued GPU kernels, so that a timer measures work done, not work queued."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def timed(fn, model, adapt, store, batches: list[TaskBatch]) -> float:
     """Tasks per second: median over meta-batches after one warm-up step."""
+    device = store.device
     fn(model, adapt, store, batches[0])
     model.zero_grad()
     times = []
     for b in batches[1:]:
+        _sync(device)
         start = time.perf_counter()
         fn(model, adapt, store, b)
+        _sync(device)
         times.append(time.perf_counter() - start)
         model.zero_grad()
     return T / statistics.median(times)
 
 
-def outer_step_seconds(users, items, rng, repeats: int) -> dict[str, float]:
+def outer_step_seconds(users, items, rng, repeats: int,
+                       device: torch.device) -> dict[str, float]:
     """Seconds per outer step (adapt + backward + Adam) of each algorithm at default params."""
     mp, tp = ModelParams(), TrainParams()
-    store = FeatureStore(users, items)
+    store = FeatureStore(users, items).to(device)
     out = {}
     for name in [*algorithms.names("meta"), "pretrain"]:
         cls = algorithms.get(name)
         torch.manual_seed(0)
-        algo = cls(make_model(users, items, mp), **cls.config_from(mp, tp))
+        algo = cls(make_model(users, items, mp), **cls.config_from(mp, tp)).to(device)
         opt = torch.optim.Adam(algo.parameters(), lr=tp.outer_lr)
         times = []
         for r in range(repeats + 1):
-            batch = make_batch(rng, k=int(rng.choice([1, 3, 5, 10, 20])))
+            batch = make_batch(rng, k=int(rng.choice([1, 3, 5, 10, 20]))).to(device)
+            _sync(device)
             start = time.perf_counter()
             opt.zero_grad()
             objective, _ = algo.outer_loss(store.support(batch), store.query(batch))
             objective.backward()
             opt.step()
             algo.post_step()
+            _sync(device)
             if r:
                 times.append(time.perf_counter() - start)
         out[name] = round(statistics.median(times), 4)
@@ -170,17 +185,19 @@ def main() -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda (a GPU: benchmarks/gpu.sh)")
     args = parser.parse_args()
+    device = torch.device(args.device)
     rng = np.random.default_rng(0)
     users, items = ml100k_like(rng)
-    store = FeatureStore(users, items)
-    batches = [make_batch(rng) for _ in range(args.repeats + 1)]
+    store = FeatureStore(users, items).to(device)
+    batches = [make_batch(rng).to(device) for _ in range(args.repeats + 1)]
     configs = {"default (dot, adapt=user)": ModelParams(),
                "melu (mlp, adapt=decision)": ModelParams(interaction="mlp", adapt="decision")}
     results: dict[str, Any] = {}
     for label, mp in configs.items():
         torch.manual_seed(0)
-        model = make_model(users, items, mp)
+        model = make_model(users, items, mp).to(device)
         tps = {"batched": timed(step_batched, model, mp.adapt, store, batches),
                "loop": timed(step_loop, model, mp.adapt, store, batches),
                "higher": timed(step_higher, model, mp.adapt, store, batches)}
@@ -196,14 +213,18 @@ def main() -> dict[str, Any]:
     report = {
         "tasks_per_s": default["tasks_per_s"],
         "configs": results,
-        "outer_step_seconds_default_params": outer_step_seconds(users, items, rng, args.repeats),
+        "outer_step_seconds_default_params": outer_step_seconds(users, items, rng, args.repeats,
+                                                                 device),
         "setup": {"meta_batch": T, "k": K, "q": Q, "inner_steps": STEPS, "order": 2,
                   "users": N_USERS, "items": N_ITEMS, "repeats": args.repeats,
                   "statistic": "median over meta-batches after one warm-up"},
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
                     "platform": platform.platform(), "processor": platform.processor(),
                     "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
+                    "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+                    "device": str(device),
+                    "gpu": torch.cuda.get_device_name(device) if device.type == "cuda"
+                    else None},
     }
     write_json(report, args.out)
     print(report["outer_step_seconds_default_params"])
