@@ -46,6 +46,8 @@ class TableSource:
     user_features: dict[str, str] = field(default_factory=dict)
     item_features: dict[str, str] = field(default_factory=dict)
     list_separator: str = "|"
+    platform_col: str | None = None
+    platforms: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,9 @@ class SyntheticSource:
     season_days: int = bounded(91, 1)
     days: int = bounded(365, 1)
     genres: int = bounded(12, 1)
+    platforms: int = bounded(0, 0)
+    platform_shift: float = bounded(0.5, 0.0)
+    platform_share: float = bounded(0.5, 0.0, 1.0)
     seed: int = 0
 
 

@@ -65,7 +65,10 @@ INTERACTION_COLUMNS = {
 def required_columns(table: str, schema: dict[str, Any]) -> dict[str, tuple[Any, str]]:
     """Column -> (type predicate, expected type name) for one canonical table."""
     if table == "interactions":
-        return dict(INTERACTION_COLUMNS)
+        cols = dict(INTERACTION_COLUMNS)
+        if schema.get("platforms") is not None:
+            cols["platform"] = (_is_str, "string")
+        return cols
     cols = {ID_COLUMN[table]: (_is_str, "string")}
     for name, spec in (schema.get(table) or {}).items():
         kind = spec.get("kind")
@@ -136,8 +139,10 @@ def _fmt(x: float) -> str:
 
 
 def interaction_rules(df: pd.DataFrame, rating: dict[str, Any], min_ts: int, max_ts: int,
-                      min_label: str, max_label: str) -> list[Rule]:
-    """Row rules on interactions that need no other table."""
+                      min_label: str, max_label: str, platforms: list[str] | None = None
+                      ) -> list[Rule]:
+    """Row rules on interactions that need no other table; with ``platforms`` (the schema's
+    platform vocabulary) every row names one of them."""
     r = df["rating"]
     ts = df["timestamp"]
     lo, hi = rating.get("min"), rating.get("max")
@@ -172,6 +177,18 @@ def interaction_rules(df: pd.DataFrame, rating: dict[str, Any], min_ts: int, max
              ("expect_column_values_to_be_between", {"column": "timestamp",
                                                      "max_value": max_ts})),
     ]
+    if platforms is not None:
+        vocab = [str(p) for p in platforms]
+        plat = df["platform"]
+        rules += [
+            Rule("interactions", "interactions", "platform", "platform missing", plat.isna(),
+                 ("expect_column_values_to_not_be_null", {"column": "platform"})),
+            Rule("interactions", "interactions", "platform",
+                 f"platform not one of {', '.join(vocab)}",
+                 (plat.notna() & ~plat.isin(vocab)).astype(bool),
+                 ("expect_column_values_to_be_in_set", {"column": "platform",
+                                                        "value_set": vocab})),
+        ]
     return rules
 
 

@@ -1,6 +1,7 @@
 """Stage `ingest`: read the source named in params, write canonical Parquet tables.
 
-Output folder: ``interactions.parquet`` (user_id, item_id, rating, timestamp, source_row),
+Output folder: ``interactions.parquet`` (user_id, item_id, rating, timestamp, source_row,
+and ``platform`` where the source has platforms: schema.json then lists them),
 ``users.parquet`` and ``items.parquet`` (id + typed feature columns) and ``schema.json``
 (dataset, rating scale, every feature's kind, cardinality and declared vocabulary).
 """
@@ -41,7 +42,7 @@ def schema_of(raw: RawData) -> dict[str, Any]:
                        "vocabulary": spec.get("vocabulary")}
                 for name, spec in features.items()}
 
-    return {
+    schema = {
         "dataset": raw.dataset,
         "source_files": raw.source_files,
         "rating": raw.rating,
@@ -50,6 +51,9 @@ def schema_of(raw: RawData) -> dict[str, Any]:
         "counts": {"interactions": len(raw.interactions), "users": len(raw.users),
                    "items": len(raw.items)},
     }
+    if raw.platforms is not None:   # interactions carry a platform column
+        schema["platforms"] = list(raw.platforms)
+    return schema
 
 
 def run(params: IngestParams, out: str | Path) -> dict[str, Any]:

@@ -73,7 +73,8 @@ def run(params: ValidateParams, inp: str | Path, out: str | Path, quarantine: st
     inter = dfs["interactions"]
     frames["interactions"] = inter
     base = v.interaction_rules(inter, schema.get("rating") or {}, min_ts, max_ts,
-                               params.min_timestamp, params.max_timestamp or "now")
+                               params.min_timestamp, params.max_timestamp or "now",
+                               schema.get("platforms"))
     for t in ("users", "items"):
         rule, frame = v.reference_rule(inter, dfs[t], t)
         frames[rule.frame] = frame

@@ -33,6 +33,7 @@ class RawData:
     rating: dict[str, Any] = field(default_factory=lambda: {"kind": "explicit", "min": 1.0,
                                                              "max": 5.0})
     source_files: dict[str, str] = field(default_factory=dict)
+    platforms: list[str] | None = None    # declared platform vocabulary; None = no platforms
 
 
 
@@ -193,15 +194,22 @@ def coarsen_zip(col: pd.Series) -> pd.Series:
 
 
 def interactions_frame(users: pd.Series, items: pd.Series, rating: pd.Series, ts: pd.Series,
-                  source_row: np.ndarray | None = None) -> pd.DataFrame:
+                       source_row: np.ndarray | None = None,
+                       platform: pd.Series | None = None) -> pd.DataFrame:
+    """The canonical interaction columns; ``platform`` (text ids, blank = missing) only when
+    the log has one."""
     n = len(users)
-    return pd.DataFrame({
+    frame = pd.DataFrame({
         "user_id": clean_ids(users).to_numpy(),
         "item_id": clean_ids(items).to_numpy(),
         "rating": rating.to_numpy(np.float64, na_value=np.nan),
         "timestamp": ts.to_numpy(),
         "source_row": np.arange(1, n + 1, dtype=np.int64) if source_row is None else source_row,
     }).astype({"user_id": "string", "item_id": "string", "timestamp": "Int64"})
+    if platform is not None:
+        frame["platform"] = clean_ids(platform).to_numpy()
+        frame = frame.astype({"platform": "string"})
+    return frame
 
 
 def split_lists(col: pd.Series, sep: str, drop: tuple[str, ...] = ()) -> pd.Series:

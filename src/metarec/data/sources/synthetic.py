@@ -20,37 +20,69 @@ def _ids(prefix: str, n: int) -> np.ndarray:
     return np.char.add(prefix, np.arange(n).astype(str)).astype(object)
 
 
+class Platforms:
+    """Planted platforms: each user is active on its home platform and on each other one
+    with probability ``platform_share``; a platform shifts every user's taste by its own
+    vector (``platform_shift`` times a random unit-variance direction). Drawn from a stream
+    of their own, so a log without platforms is the same bytes as before they existed."""
+
+    def __init__(self, spec: SyntheticSource, n_users: int) -> None:
+        self.rng = np.random.default_rng([spec.seed, 7])
+        p, f = spec.platforms, spec.factors
+        self.names = np.asarray([f"p{j}" for j in range(p)], dtype=object)
+        home = self.rng.integers(0, p, n_users)
+        self.active = self.rng.uniform(size=(n_users, p)) < spec.platform_share
+        self.active[np.arange(n_users), home] = True
+        self.shift = spec.platform_shift * self.rng.normal(0, 1, (p, f)) / np.sqrt(f)
+
+    def draw(self, users: np.ndarray) -> np.ndarray:
+        """(n,) platform index of each interaction: uniform over its user's platforms
+        (Gumbel-max over the active set, vectorised)."""
+        noise = self.rng.gumbel(size=(len(users), self.active.shape[1]))
+        return np.argmax(np.where(self.active[users], noise, -np.inf), axis=1)
+
+
 def _chosen_by_taste(rng: np.random.Generator, spec: SyntheticSource, U: np.ndarray,
                      V: np.ndarray, drift_dir: np.ndarray, signup: np.ndarray,
                      activity: np.ndarray, popularity: np.ndarray, target: int, end: int,
-                     chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(users, items, timestamps) where a user picks items by popularity and by its taste
-    at that moment (drift included): Gumbel-max over log popularity + choice * taste . V.
-    Repeated (user, item) pairs keep their first draw; rounds until ``target`` rows."""
+                     platforms: Platforms | None = None, chunk: int = 65_536
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """(users, items, timestamps, platforms or None) where a user picks items by popularity
+    and by its taste at that moment (drift and the platform's shift included): Gumbel-max
+    over log popularity + choice * taste . V. Repeated (user, item) pairs keep their first
+    draw; rounds until ``target`` rows."""
     n_u, day = len(U), 86_400
     speed = rng.uniform(0.2, 3.0, n_u)
     log_pop = np.log(popularity)
     codes, times = np.empty(0, np.int64), np.empty(0, np.int64)
+    plats = np.empty(0, np.int64)
     for _ in range(8):
         m = int((target - len(codes)) * 1.3) + 100
         u = rng.choice(n_u, size=m, p=activity / activity.sum())
         t = np.minimum(signup[u] + (rng.exponential(spec.activity_days * day, m)
                                     * speed[u]).astype(np.int64), end)
         years = (t - signup[u]) / (365 * day)
+        p = platforms.draw(u) if platforms is not None else None
         items = np.empty(m, np.int64)
         for a in range(0, m, chunk):                    # (chunk, items) logits at a time
             b = min(a + chunk, m)
             taste = U[u[a:b]] + spec.drift * years[a:b, None] * drift_dir[u[a:b]]
+            if p is not None:
+                taste = taste + platforms.shift[p[a:b]]
             logits = log_pop + spec.choice * 2.0 * taste @ V.T
             items[a:b] = np.argmax(logits + rng.gumbel(size=logits.shape), axis=1)
         codes = np.concatenate([codes, u * len(V) + items])
         times = np.concatenate([times, t])
+        if p is not None:
+            plats = np.concatenate([plats, p])
         first = ~pd.Index(codes).duplicated()
         codes, times = codes[first], times[first]
+        plats = plats[first] if p is not None else plats
         if len(codes) >= target:
             break
     codes, times = codes[:target], times[:target]
-    return codes // len(V), codes % len(V), times
+    return (codes // len(V), codes % len(V), times,
+            plats[:target] if platforms is not None else None)
 
 
 def synthesize(spec: SyntheticSource) -> RawData:
@@ -60,7 +92,9 @@ def synthesize(spec: SyntheticSource) -> RawData:
     and seasonal item popularity (``season``: amplitude, ``season_days``: period, a phase per
     item). Items are picked by popularity, and with ``choice`` > 0 also by the user's taste at
     that moment, so a drifting taste shows in what the user does next, not only in its
-    ratings. Vectorised; 10M interactions take seconds."""
+    ratings. With ``platforms`` > 0 each interaction names a platform (:class:`Platforms`)
+    whose taste shift enters both the choice and the rating. Vectorised; 10M interactions
+    take seconds."""
     rng = np.random.default_rng(spec.seed)
     n_u, n_i, f = spec.users, spec.items, spec.factors
     U = rng.normal(0, 1, (n_u, f)) / np.sqrt(f)                   # (users, f)
@@ -77,9 +111,11 @@ def synthesize(spec: SyntheticSource) -> RawData:
     target = spec.interactions if spec.season == 0 else int(spec.interactions
                                                            * (1 + spec.season) * 1.2) + 100
     end = t0 + (spec.days + 30) * day
+    planted = Platforms(spec, n_u) if spec.platforms > 0 else None
+    plat = None
     if spec.choice > 0:
-        users, items, ts = _chosen_by_taste(rng, spec, U, V, drift_dir, signup, activity,
-                                            popularity, target, end)
+        users, items, ts, plat = _chosen_by_taste(rng, spec, U, V, drift_dir, signup,
+                                                  activity, popularity, target, end, planted)
         n = len(users)
     else:
         pairs = np.empty(0, dtype=np.int64)
@@ -94,6 +130,8 @@ def synthesize(spec: SyntheticSource) -> RawData:
         users, items, n = pairs // n_i, pairs % n_i, len(pairs)
         delay = rng.exponential(spec.activity_days * day, n) * rng.uniform(0.2, 3.0, n_u)[users]
         ts = np.minimum(signup[users] + delay.astype(np.int64), end)
+    if planted is not None and plat is None:
+        plat = planted.draw(users)
     if spec.season > 0:
         # item i is in season when sin(2 pi t / season_days + phase_i) is high: an interaction
         # is kept with probability (1 + a sin(...)) / (1 + a), then the first rows kept
@@ -102,6 +140,7 @@ def synthesize(spec: SyntheticSource) -> RawData:
         kept = np.flatnonzero(rng.uniform(0, 1, n) * (1 + spec.season)
                               < 1 + spec.season * np.sin(angle))[: spec.interactions]
         users, items, ts, n = users[kept], items[kept], ts[kept], len(kept)
+        plat = plat[kept] if plat is not None else None
     if n < spec.interactions:
         # taste-driven choice repeats (user, item) pairs, which are dropped; season thins rows
         logging.getLogger("metarec.ingest").warning(
@@ -110,6 +149,8 @@ def synthesize(spec: SyntheticSource) -> RawData:
             spec.choice, spec.season)
     years = (ts - signup[users]) / (365 * day)
     taste = U[users] + spec.drift * years[:, None] * drift_dir[users]
+    if plat is not None:
+        taste = taste + planted.shift[plat]
     score = 3.6 + b_u[users] + b_i[items] + 2.0 * np.einsum("nf,nf->n", taste, V[items])
     rating = np.clip(np.rint(score + rng.normal(0, spec.noise, n)), 1, 5)
     frame = pd.DataFrame({"u": users, "i": items, "r": rating, "t": ts})
@@ -120,6 +161,8 @@ def synthesize(spec: SyntheticSource) -> RawData:
         "timestamp": frame["t"].to_numpy(np.int64),
         "source_row": np.arange(1, len(frame) + 1, dtype=np.int64),
     }).astype({"user_id": "string", "item_id": "string", "timestamp": "Int64"})
+    if plat is not None:
+        inter["platform"] = pd.array(planted.names[plat], dtype="string")
     # features correlated with the planted factors
     age = np.clip(35 + 12 * U[:, 0] * np.sqrt(f) + rng.normal(0, 5, n_u), 12, 80).round()
     gender = np.where(U[:, 1] + rng.normal(0, 0.2, n_u) > 0, "M", "F")
@@ -145,6 +188,7 @@ def synthesize(spec: SyntheticSource) -> RawData:
                        "release_year": {"kind": "numeric"}},
         rating={"kind": "explicit", "min": 1.0, "max": 5.0},
         source_files={"interactions": "synthetic", "users": "synthetic", "items": "synthetic"},
+        platforms=list(planted.names) if planted is not None else None,
     )
 
 

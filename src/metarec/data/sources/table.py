@@ -83,6 +83,8 @@ def read_table(params: IngestParams) -> RawData:
     needed = [spec.user_col, spec.item_col, spec.timestamp_col]
     if spec.rating_col is not None:
         needed.append(spec.rating_col)
+    if spec.platform_col is not None:
+        needed.append(spec.platform_col)
     for col in needed:
         if col not in log_df.columns:
             raise DataError(f"required column missing (found: {list(log_df.columns)}); "
@@ -110,8 +112,15 @@ def read_table(params: IngestParams) -> RawData:
         check_parsed(raw_ts, ts, str(path), spec.timestamp_col,
                       f"a time in unit {spec.timestamp_unit!r}",
                       "; set ingest.table.timestamp_unit (s | ms | us | ns | iso)")
+    platform = (None if spec.platform_col is None
+                else _id_column(log_df, spec.platform_col, path))
     interactions = interactions_frame(_id_column(log_df, spec.user_col, path),
-                                 _id_column(log_df, spec.item_col, path), rating, ts)
+                                      _id_column(log_df, spec.item_col, path), rating, ts,
+                                      platform=platform)
+    platforms = None
+    if platform is not None:   # declared in params, or every value the log uses
+        platforms = (list(spec.platforms) if spec.platforms
+                     else sorted(pd.unique(platform.dropna()).tolist()))
 
     def features(file: str | None, id_col: str, kinds: dict[str, str], entity: str
                  ) -> tuple[pd.DataFrame, dict[str, dict[str, Any]], str]:
@@ -148,7 +157,8 @@ def read_table(params: IngestParams) -> RawData:
     return RawData(dataset=f"table:{path.name}", interactions=interactions, users=users,
                    items=items, user_features=ufeat, item_features=ifeat,
                    rating={"kind": spec.label, "min": float(lo), "max": float(hi)},
-                   source_files={"interactions": str(path), "users": ufile, "items": ifile})
+                   source_files={"interactions": str(path), "users": ufile, "items": ifile},
+                   platforms=platforms)
 
 
 # ------------------------------------------------------------------------------------------
