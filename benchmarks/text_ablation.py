@@ -37,9 +37,10 @@ RESULT = Path(__file__).parent / "results" / "text_ablation.json"
 SCENARIOS = ("item_cold", "user_item_cold", "user_cold", "warm")
 
 
-def per_user_scores(root: Path, params: Any) -> tuple[dict, Any]:
+def per_user_scores(root: Path, params: Any) -> tuple[dict, Any, dict]:
     """{(scenario, k): {model: per-user catalogue metric (U,)}} on the test tasks of one run,
-    inner steps chosen on validation; and the test tasks (for the identity check)."""
+    inner steps chosen on validation; the test tasks (for the identity check); and each
+    model's validation catalogue metric (what a choice of encoder may look at)."""
     data = load_episodes(root / "episodes")
     n_items, ev = len(data.items), params.evaluate
     metric = catalogue_metric(ev)
@@ -47,6 +48,9 @@ def per_user_scores(root: Path, params: Any) -> tuple[dict, Any]:
     val = to_batch(data.select("val"))
     choose.choose_inner_steps(models, val, ev.inner_steps_grid, n_items, ev,
                               data.relevance_threshold, data.explicit)
+    val_scores = {name: round(nanmean(score_batch(m, val, n_items, ev, data.relevance_threshold,
+                                                  data.explicit)[metric]), 6)
+                  for name, m in models.items()}
     out: dict = {}
     for scenario, k in test_groups(data):
         if scenario not in SCENARIOS:
@@ -56,7 +60,7 @@ def per_user_scores(root: Path, params: Any) -> tuple[dict, Any]:
                                                 data.explicit)[metric]
                               for name, m in models.items()}
     test = data.select("test")[["task_id", "user_id", "item_id", "role", "scenario"]]
-    return out, test.reset_index(drop=True)
+    return out, test.reset_index(drop=True), val_scores
 
 
 def main() -> dict[str, Any]:
@@ -70,7 +74,7 @@ def main() -> dict[str, Any]:
     p = replace(p, train=replace(p.train, algorithms=tuple(args.algorithms.split(",")),
                                  baselines=(), seeds=(args.seed,)))
     start = time.perf_counter()
-    runs: dict[str, tuple[dict, Any]] = {}
+    runs: dict[str, tuple[dict, Any, dict]] = {}
     with tempfile.TemporaryDirectory(prefix="metarec-text-") as tmp:
         common = Path(tmp) / "common"
         ingest.run(p.ingest, common / "canonical")
@@ -84,7 +88,7 @@ def main() -> dict[str, Any]:
             runs[encoder] = per_user_scores(root, replace(p, episodes=ep))
             print(f"{encoder}: trained and scored ({time.perf_counter() - start:.0f} s)",
                   flush=True)
-    (base, base_tasks), (text, text_tasks) = runs["none"], runs["hashed"]
+    (base, base_tasks, base_val), (text, text_tasks, text_val) = runs["none"], runs["hashed"]
     if not base_tasks.equals(text_tasks):
         raise SystemExit("the two runs' test tasks differ: the comparison would not be paired")
     ev = p.evaluate
@@ -106,10 +110,13 @@ def main() -> dict[str, Any]:
     report = {"dataset": p.ingest.source, "metric": catalogue_metric(ev),
               "encoder": "hashed", "text_dim": p.episodes.text_dim,
               "algorithms": list(p.train.algorithms), "seed": args.seed,
-              "confidence": ev.bootstrap_confidence, "rows": rows,
+              "confidence": ev.bootstrap_confidence,
+              "validation": {"without_text": base_val, "with_text": text_val},
+              "rows": rows,
               "seconds": round(time.perf_counter() - start, 1)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print("validation", report["validation"])
     for r in rows:
         print(f"{r['model']:10s} {r['scenario']:15s} K={r['k']!s:4s} "
               f"{r['without_text']:.4f} -> {r['with_text']:.4f}  diff {r['diff']:+.4f} "

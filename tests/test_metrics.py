@@ -174,3 +174,20 @@ def test_means_average_evaluated_tasks_only_and_count_the_skipped() -> None:
                             hit_rate=torch.full((2,), nan), evaluated=torch.zeros(2, dtype=bool))
     assert none.n_skipped == 2
     assert all(math.isnan(v) for v in none.means().values()) and len(none.means()) == 3
+
+
+def test_means_without_an_evaluated_task_are_nan_under_the_same_names() -> None:
+    """A group where no task has a relevant item reports NaN for every metric, under the
+    names the evaluated case uses (the report and the JSON read them by name)."""
+    from metarec.eval.metrics import CatalogueMetrics
+
+    two = torch.tensor([0.5, 1.0])
+    some = CatalogueMetrics(recall=two, ndcg=two, hit_rate=two,
+                            evaluated=torch.tensor([True, False]))
+    none = CatalogueMetrics(recall=two, ndcg=two, hit_rate=two,
+                            evaluated=torch.tensor([False, False]))
+    assert some.means() == {"recall": 0.5, "ndcg": 0.5, "hit_rate": 0.5}
+    empty = none.means()
+    assert empty.keys() == some.means().keys()
+    assert all(v != v for v in empty.values())
+    assert none.n_skipped == 2 and some.n_skipped == 1

@@ -169,3 +169,107 @@ def test_a_planted_test_interaction_changes_no_item_side_fit(name: str) -> None:
         else:
             assert sa[key] == sb[key], key
     assert isinstance(a, (Ease, ItemKNN, MostPopular)) or a.predicts_ratings
+
+
+# ---- contracts the mutation run found untested ------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "section"), [
+    ("most_popular", MostPopularParams(window=(0, 2), positive_only=(False, True))),
+    ("itemknn", ItemKNNParams(neighbours=(1, 3), window=(0, 2))),
+    ("ease", EaseParams(lam=(2.0, 20.0), window=(0, 2))),
+])
+def test_a_ranking_baseline_loads_from_its_state_unchanged(data: EpisodeData, name: str,
+                                                           section: object) -> None:
+    """What a checkpoint holds is what the model needs: load(state) ranks the same items
+    the same way and gives back the same state (tuning record, chosen values, tables)."""
+    model = fit(name, data, section)
+    again = type(model).load(model.state(), data)
+    batch = to_batch(data.select("val"))
+    torch.testing.assert_close(again.rank(again.adapt(batch)), model.rank(model.adapt(batch)))
+    sa, sb = model.state(), again.state()
+    assert sa.keys() == sb.keys() and "tuning" in sa
+    for key in sa:
+        if isinstance(sa[key], torch.Tensor):
+            assert torch.equal(sa[key], sb[key]), key
+        else:
+            assert sa[key] == sb[key], key
+
+
+def test_the_tuning_record_names_each_axis_and_the_chosen_values(data: EpisodeData) -> None:
+    model = fit("ease", data, EaseParams(lam=(2.0, 20.0), window=(0, 2)))
+    rec = model.tuning
+    assert set(rec) == {"window, lam", "window", "lam"}
+    assert rec["window, lam"]["grid"] == [[0, 2.0], [0, 20.0], [2, 2.0], [2, 20.0]]
+    assert [model.window, model.lam] == [rec["window"], rec["lam"]]
+
+
+def test_ease_on_a_history_window_is_the_closed_form_of_that_window(data: EpisodeData) -> None:
+    model = fit("ease", data, EaseParams(lam=(2.0,), window=(2,)))
+    assert model.window == 2
+    x = dense_x(data, 2)
+    p = np.linalg.inv(x.T @ x + 2.0 * np.eye(x.shape[1]))
+    b = np.eye(x.shape[1]) - p / np.diag(p)[None, :]
+    np.fill_diagonal(b, 0.0)
+    np.testing.assert_allclose(model.weights.numpy(), b, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(b, np.eye(7) - np.eye(7))                       # not trivial
+
+
+def test_ease_fits_at_max_items_and_names_the_memory_past_it(data: EpisodeData) -> None:
+    assert fit("ease", data, EaseParams(lam=(2.0,), max_items=7)).weights.shape == (7, 7)
+    ids = [f"j{i}" for i in range(39_999)]
+    big = EpisodeData(tasks=data.tasks, users=data.users, vocab=data.vocab,
+                      history=data.history,
+                      items=encode_entity(pd.DataFrame({"item_id": ids}), "item_id",
+                                          {"ids": ids, "features": {}}))
+    # 40,000 codes: 40,000^2 float64 = 11.9 GiB
+    with pytest.raises(ParamsError, match=r"40,000 item codes .*\(~11\.9 GiB to invert\)"):
+        fit("ease", big, EaseParams(lam=(2.0,), max_items=39_999))
+
+
+def test_most_popular_positive_only_counts_relevant_interactions(data: EpisodeData) -> None:
+    model = fit("most_popular", data, MostPopularParams(window=(0,), positive_only=(True,)))
+    # ratings >= 4 per item i0..i5: 2, 2, 1, 2, 2, 1 (code 0 = unknown)
+    assert model.counts.tolist() == [0, 2, 2, 1, 2, 2, 1]
+    assert model.positive_only is True
+
+
+def test_itemknn_keeps_at_most_every_other_item_as_neighbours(data: EpisodeData) -> None:
+    x = interaction_matrix(data)
+    idx, sim = top_neighbours(x, 100, block=3)[:2]
+    assert idx.shape == sim.shape == (7, 6)              # 7 codes: 6 others each, never 100
+    assert not (idx == torch.arange(7)[:, None]).any()   # never itself
+
+
+def test_a_repeated_history_pair_keeps_its_first_rating() -> None:
+    from metarec.models.statistical import training_ratings
+
+    data = make_data(history=[*HISTORY, ("t0", "i0", 1)])   # t0 rates i0 again, later
+    users, items, ratings = training_ratings(data)
+    assert len(users) == len(HISTORY)
+    first = (users == 0) & (items == 0)
+    assert ratings[first].tolist() == [5.0]
+
+
+def test_tuning_without_validation_tasks_fails_saying_so(data: EpisodeData) -> None:
+    from metarec.errors import DataError
+
+    no_val = make_data(tasks=[t for t in TASKS if t[2] != "val"])
+    with pytest.raises(DataError, match="no validation tasks to tune the baselines on"):
+        fit("most_popular", no_val, MostPopularParams(window=(0,), positive_only=(False,)))
+
+
+def test_without_a_relevant_validation_item_the_first_grid_value_is_kept(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    low = [(*t[:7], 1) if t[2] == "val" and t[5] == "query" else t for t in TASKS]
+    with caplog.at_level(logging.WARNING):
+        model = fit("most_popular", make_data(tasks=low),
+                    MostPopularParams(window=(2, 0), positive_only=(True, False)))
+    assert isinstance(model, MostPopular)
+    assert (model.window, model.positive_only) == (2, True)
+    record = model.tuning["window, positive_only"]
+    assert record["note"] == "no relevant validation item: first grid value kept"
+    assert all(s != s for s in record["val_ndcg@3"])      # every score NaN
+    assert "keeps the first grid value (2, True)" in caplog.text
