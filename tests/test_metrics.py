@@ -33,6 +33,14 @@ def test_mae_rmse_pooled_and_per_task_ignore_padding() -> None:
                                torch.tensor([math.sqrt(0.5), 2.0]))
 
 
+def test_mismatched_shapes_are_rejected_naming_each_shape() -> None:
+    with pytest.raises(ValueError, match=r"pred \(1, 2\), target \(1, 3\) and mask \(1, 2\) "
+                                         r"must be the same \(T, Q\) shape"):
+        mae(torch.ones(1, 2), torch.ones(1, 3), torch.ones(1, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="mask must be a bool tensor"):
+        mae(torch.ones(1, 2), torch.ones(1, 2), torch.ones(1, 2))
+
+
 def test_nan_prediction_is_rejected() -> None:
     pred = torch.tensor([[float("nan"), 1.0]])
     with pytest.raises(ValueError, match="NaN"):

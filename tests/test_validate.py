@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -363,6 +364,7 @@ def test_duplicate_key_codes_match_pandas_duplicated() -> None:
                        "item_id": ["x", "x", "y", "y", "x", "x", "x"],
                        "timestamp": pd.array([1, 1, None, None, 1, 2, 1], dtype="Int64")})
     codes = pd.Series(_key_codes(df))
+    assert codes.dtype == np.int64      # exact integers: float codes would merge keys past 2^53
     for keep in ("first", False):
         assert codes.duplicated(keep=keep).tolist() == df.duplicated(
             INTERACTION_KEY, keep=keep).tolist()
