@@ -199,3 +199,16 @@ def test_means_without_an_evaluated_task_are_nan_under_the_same_names() -> None:
     assert empty.keys() == some.means().keys()
     assert all(v != v for v in empty.values())
     assert none.n_skipped == 2 and some.n_skipped == 1
+
+
+def test_the_catalogue_cut_off_is_20_unless_given() -> None:
+    """Default k = 20: a relevant item ranked 21st of 25 is not a hit, ranked 20th it is."""
+    from metarec.eval.metrics import catalogue_metrics
+
+    scores = torch.arange(25, 0, -1, dtype=torch.float32)[None, :]     # item j ranks j + 1
+    cands = torch.ones(1, 25, dtype=torch.bool)
+    for pos, hit in ((20, 0.0), (19, 1.0)):
+        rel = torch.zeros(1, 25, dtype=torch.bool)
+        rel[0, pos] = True
+        assert catalogue_metrics(scores, cands, rel).means()["hit_rate"] == hit
+        assert catalogue_metrics(scores, cands, rel, k=21).means()["hit_rate"] == 1.0

@@ -255,7 +255,7 @@ def test_tuning_without_validation_tasks_fails_saying_so(data: EpisodeData) -> N
     from metarec.errors import DataError
 
     no_val = make_data(tasks=[t for t in TASKS if t[2] != "val"])
-    with pytest.raises(DataError, match="no validation tasks to tune the baselines on"):
+    with pytest.raises(DataError, match="^no validation tasks to tune the baselines on$"):
         fit("most_popular", no_val, MostPopularParams(window=(0,), positive_only=(False,)))
 
 
