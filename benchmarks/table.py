@@ -85,16 +85,24 @@ def meta_training(r: dict) -> list[str]:
             "; ".join(goals), "; ".join(parts)]
 
 
+def _pct(rate: float | None) -> str:
+    return "–" if rate is None else f"{rate:.0%}"
+
+
 def mutation(r: dict) -> list[str]:
-    low = min(r["modules"].items(), key=lambda kv: kv[1]["kill_rate"] or 1.0)
+    rated = {k: v for k, v in r["modules"].items() if v["kill_rate"] is not None}
     t = r["total"]
     per = r.get("sample_per_module")
+    lowest = ""
+    if rated:
+        name, m = min(rated.items(), key=lambda kv: kv[1]["kill_rate"])
+        lowest = f"; lowest {name} {_pct(m['kill_rate'])}"
     return ["`mutation.py` (`make mutation`)",
             f"mutants killed, {f'{per} per module (seeded sample)' if per else 'all'}, "
             f"{len(r['modules'])} core modules",
             "≥ 85% per module",
-            f"{t['killed']}/{t['scored']} = {t['kill_rate']:.0%}; lowest {low[0]} "
-            f"{low[1]['kill_rate']:.0%}: " + _mutation_verdict(r)]
+            f"{t['killed']}/{t['scored']} = {_pct(t['kill_rate'])}{lowest}: "
+            + _mutation_verdict(r)]
 
 
 def _mutation_verdict(r: dict) -> str:

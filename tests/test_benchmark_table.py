@@ -55,3 +55,15 @@ def test_an_unfinished_mutation_run_is_never_called_met(tmp_path: Path) -> None:
     module["not_checked"] = 0
     (tmp_path / "mutation.json").write_text(json.dumps(result))
     assert mod.table(tmp_path).endswith("m 90%: met |")
+
+
+def test_a_module_with_nothing_checked_has_no_rate_and_is_not_the_lowest(tmp_path: Path
+                                                                          ) -> None:
+    mod = _table_module()
+    done = {"mutants": 10, "killed": 9, "survived": 1, "not_checked": 0, "kill_rate": 0.9}
+    none = {"mutants": 5, "killed": 0, "survived": 0, "not_checked": 5, "kill_rate": None}
+    result = {"modules": {"a": done, "b": none},
+              "total": {"killed": 9, "scored": 10, "kill_rate": 0.9}}
+    (tmp_path / "mutation.json").write_text(json.dumps(result))
+    row = mod.table(tmp_path)
+    assert "9/10 = 90%; lowest a 90%: **incomplete** (5 mutants not checked)" in row
