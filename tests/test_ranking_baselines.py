@@ -273,3 +273,43 @@ def test_without_a_relevant_validation_item_the_first_grid_value_is_kept(
     assert record["note"] == "no relevant validation item: first grid value kept"
     assert all(s != s for s in record["val_ndcg@3"])      # every score NaN
     assert "keeps the first grid value (2, True)" in caplog.text
+
+
+EXPLAIN_TASKS = [*TASKS, (3, "x0", "test", "item_cold", 2, "support", "i0", 5),
+                 (3, "x0", "test", "item_cold", 2, "support", "i3", 4),
+                 (3, "x0", "test", "item_cold", 2, "query", "i5", 5)]
+
+
+def _expected_because(weight: np.ndarray, batch: object, items: torch.Tensor) -> np.ndarray:
+    """By hand: the position of the real support item j with the largest weight[j, i]
+    toward each recommended item i (codes = row + 1 in this fixture); -1 without support."""
+    out = np.full(items.shape, -1)
+    for t in range(items.shape[0]):
+        real = [s for s in range(batch.support_items.shape[1]) if batch.support_mask[t, s]]
+        for j in range(items.shape[1]):
+            vals = [weight[int(batch.support_items[t, s]) + 1, int(items[t, j]) + 1]
+                    for s in real]
+            out[t, j] = real[int(np.argmax(vals))] if real else -1
+    return out
+
+
+@pytest.mark.parametrize("name", ["ease", "itemknn"])
+def test_the_support_item_that_explains_each_pick_is_the_strongest_link(name: str) -> None:
+    data = make_data(tasks=EXPLAIN_TASKS)
+    x = dense_x(data)
+    if name == "ease":
+        model = fit(name, data, EaseParams(lam=(2.0,), window=(0,)))
+        p = np.linalg.inv(x.T @ x + 2.0 * np.eye(x.shape[1]))
+        weight = np.eye(x.shape[1]) - p / np.diag(p)[None, :]
+        np.fill_diagonal(weight, 0.0)
+    else:
+        model = fit(name, data, ItemKNNParams(neighbours=(6,), window=(0,)))
+        norms = np.sqrt(x.sum(0))
+        weight = (x.T @ x) / np.maximum(np.outer(norms, norms), 1e-12)
+        np.fill_diagonal(weight, 0.0)
+    batch = to_batch(data.select("test"))                 # task 2: one support; 3: two
+    assert batch.support_mask.sum(1).tolist() == [1, 2]
+    items = torch.tensor([[1, 4, 5], [1, 4, 5]])
+    got = model.explain(batch, items).numpy()
+    np.testing.assert_array_equal(got, _expected_because(weight, batch, items))
+    assert set(got[1].tolist()) == {0, 1}                 # both support items explain a pick
