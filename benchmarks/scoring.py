@@ -234,8 +234,8 @@ def child(root: Path) -> None:
     from metarec.stages.score import run
 
     start = time.perf_counter()
-    run(ScoreParams(as_of=AS_OF, active_days=1), root / "validated", root / "models",
-        root / "out")
+    run(ScoreParams(as_of=AS_OF, active_days=1, model="maml"), root / "validated",
+        root / "models", root / "out")
     seconds = time.perf_counter() - start
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
     print(json.dumps({"peak_rss_mb": rss, "seconds": seconds}))
@@ -271,8 +271,11 @@ def main() -> None:
         for n in sizes:
             root = Path(tmp) / str(n)
             make_world(root, n, n_items=args.items)
-            out = subprocess.run([sys.executable, __file__, "--child", str(root)], check=True,
+            out = subprocess.run([sys.executable, __file__, "--child", str(root)],
                                  capture_output=True, text=True)
+            if out.returncode != 0:
+                raise SystemExit(f"the score stage on {n:,} users failed "
+                                 f"(exit {out.returncode}):\n{out.stderr[-3000:]}")
             got = json.loads(out.stdout.strip().splitlines()[-1])
             rss[str(n)], stage_s[str(n)] = got["peak_rss_mb"], got["seconds"]
     result["peak_rss_mb"] = rss
