@@ -7,14 +7,17 @@ feature); then the episodes stage twice, ``episodes.text_encoder: none`` and ``h
 (every other param as in ``--params``), and the train stage twice with the same algorithms
 and seed. The test tasks of both runs are identical (checked): only the item encoding
 differs. Each model's test-time inner steps are chosen on validation tasks, as ``evaluate``
-does; test tasks are only scored. Per scenario and K: catalogue nDCG@``catalogue_k`` of each
-variant and a paired bootstrap over test users of (with text - without). Writes
+does; test tasks are only scored. Per scenario and K: catalogue nDCG@``catalogue_k`` (every
+item ranked), nDCG@5 within the task's query items (where a new item competes with the
+user's other new items, not with the whole warm catalogue) and MAE of each variant, and a
+paired bootstrap over test users of (with text - without). Writes
 ``benchmarks/results/text_ablation.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import tempfile
 import time
@@ -37,8 +40,13 @@ RESULT = Path(__file__).parent / "results" / "text_ablation.json"
 SCENARIOS = ("item_cold", "user_item_cold", "user_cold", "warm")
 
 
+def metrics_of(ev: Any) -> list[str]:
+    """Catalogue nDCG, the largest query-set nDCG cut-off, MAE."""
+    return [catalogue_metric(ev), f"ndcg@{max(ev.query_ndcg_ks)}", "mae"]
+
+
 def per_user_scores(root: Path, params: Any) -> tuple[dict, Any, dict]:
-    """{(scenario, k): {model: per-user catalogue metric (U,)}} on the test tasks of one run,
+    """{(scenario, k): {model: {metric: per-user values (U,)}}} on the test tasks of one run,
     inner steps chosen on validation; the test tasks (for the identity check); and each
     model's validation catalogue metric (what a choice of encoder may look at)."""
     data = load_episodes(root / "episodes")
@@ -56,9 +64,10 @@ def per_user_scores(root: Path, params: Any) -> tuple[dict, Any, dict]:
         if scenario not in SCENARIOS:
             continue
         batch = to_batch(data.select("test", scenario, None if k == "all" else k))
-        out[(scenario, k)] = {name: score_batch(m, batch, n_items, ev, data.relevance_threshold,
-                                                data.explicit)[metric]
-                              for name, m in models.items()}
+        out[(scenario, k)] = {}
+        for name, m in models.items():
+            vals = score_batch(m, batch, n_items, ev, data.relevance_threshold, data.explicit)
+            out[(scenario, k)][name] = {key: vals[key] for key in metrics_of(ev) if key in vals}
     test = data.select("test")[["task_id", "user_id", "item_id", "role", "scenario"]]
     return out, test.reset_index(drop=True), val_scores
 
@@ -94,20 +103,23 @@ def main() -> dict[str, Any]:
     ev = p.evaluate
     rows = []
     for (scenario, k), models in sorted(text.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
-        for name, with_text in models.items():
-            without = base[(scenario, k)][name]
+        for (name, metrics), metric in itertools.product(models.items(), metrics_of(ev)):
+            if metric not in metrics:
+                continue
+            with_text, without = metrics[metric], base[(scenario, k)][name][metric]
             ok = torch.isfinite(with_text) & torch.isfinite(without)
             if ok.sum() < 2:
                 continue
             res = paired_bootstrap(with_text[ok], without[ok], ev.bootstrap_samples, seed=0,
                                    confidence=ev.bootstrap_confidence)
-            rows.append({"model": name, "scenario": scenario, "k": k, "users": res.n_users,
+            rows.append({"model": name, "metric": metric, "scenario": scenario, "k": k,
+                         "users": res.n_users,
                          "without_text": round(nanmean(without[ok]), 6),
                          "with_text": round(nanmean(with_text[ok]), 6),
                          "diff": round(res.diff, 6), "ci_low": round(res.low, 6),
                          "ci_high": round(res.high, 6),
                          "ci_excludes_zero": bool(res.low > 0 or res.high < 0)})
-    report = {"dataset": p.ingest.source, "metric": catalogue_metric(ev),
+    report = {"dataset": p.ingest.source, "metrics": metrics_of(ev),
               "encoder": "hashed", "text_dim": p.episodes.text_dim,
               "algorithms": list(p.train.algorithms), "seed": args.seed,
               "confidence": ev.bootstrap_confidence,
@@ -118,7 +130,7 @@ def main() -> dict[str, Any]:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print("validation", report["validation"])
     for r in rows:
-        print(f"{r['model']:10s} {r['scenario']:15s} K={r['k']!s:4s} "
+        print(f"{r['model']:8s} {r['metric']:8s} {r['scenario']:15s} K={r['k']!s:4s} "
               f"{r['without_text']:.4f} -> {r['with_text']:.4f}  diff {r['diff']:+.4f} "
               f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]")
     return report
