@@ -19,7 +19,10 @@ them. Every cold user has K = 10 interactions and is scored against all 1,682 it
       scoring     = 2 d Du + 2 C d + 4 C   (adapted user vector, catalogue matmul, biases)
       total       = s * inner step + scoring  (~569 kFLOP)
 
-  Embedding look-ups, sigmoid, masking and top-K are counted as zero FLOPs.
+  Embedding look-ups, sigmoid, masking and top-K are counted as zero FLOPs, and so is the
+  inner loop's ranking loss against the whole catalogue (``train.objective.inner: both``,
+  ``loss: softmax``: (T, C) scores, softmax and mask every step), which dominates at 10^5
+  items (``adapt_seconds``): ``gflops`` understates the work actually done.
 - ``matmul_gflops``: best of 5 ``torch.mm`` of two 2048 x 2048 fp32 matrices, same threads.
 - ``peak_rss_mb``: ``metarec.stages.score.run`` end to end (read tables, select, adapt, score,
   write the Parquet) on 10k and 100k synthetic cold users, each in a fresh subprocess.
