@@ -23,6 +23,8 @@ from metarec.scoring.batch import recommend, resolve
 from metarec.scoring.world import DAY, day_end, parse_as_of
 from metarec.stages import backtest as stage
 
+pytestmark = pytest.mark.slow  # trains and replays a project (~35 s): not in make test-fast
+
 
 def test_judge_is_exact_on_a_hand_built_list() -> None:
     recs = pd.DataFrame({"user_id": ["a", "a", "a", "b", "b", "c"],

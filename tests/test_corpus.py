@@ -20,6 +20,9 @@ from typer.testing import CliRunner
 
 from metarec.cli import app
 
+# each case runs the CLI's ingest and validate on a bad input (~1 s each, ~40 s in all)
+pytestmark = pytest.mark.slow
+
 CORPUS = Path(__file__).parent / "corpus"
 MANIFEST = yaml.safe_load((CORPUS / "manifest.yaml").read_text(encoding="utf-8"))
 TABLES = ("interactions", "users", "items")

@@ -29,6 +29,8 @@ from metarec.stages import train as train_stage
 from metarec.train.data import EpisodeDataModule
 from metarec.train.fit import fit_algorithm
 
+pytestmark = pytest.mark.slow  # two torch.distributed processes (~30 s): not in make test-fast
+
 WORKER = Path(__file__).with_name("ddp_worker.py")
 MODEL = ModelParams(interaction="dot", embedding_dim=8, hidden=(16,), adapt="user")
 # meta_batch is global: 16 tasks per outer step, i.e. B = 8 tasks on each of the 2 ranks.

@@ -16,6 +16,9 @@ from metarec.eval.readme import results_markdown
 from metarec.eval.scoring import catalogue_metric
 from metarec.stages import episodes, evaluate, train
 
+# one worker runs the module: its trained fixtures are built once, not once per worker
+pytestmark = pytest.mark.xdist_group("test_evaluate")
+
 
 @pytest.fixture(scope="module")
 def knobs(synthetic_project: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
@@ -58,6 +61,7 @@ def test_search_grids_curves_and_ensembles_follow_their_knobs(knobs: dict) -> No
         assert c["ci_low"] <= c["diff"] <= c["ci_high"]
 
 
+@pytest.mark.slow
 def test_auto_serves_the_best_validation_model_and_ignores_test_tasks(
         synthetic_project: dict, tmp_path: Path) -> None:
     root, params = synthetic_project["root"], synthetic_project["params"].evaluate

@@ -38,6 +38,7 @@ def registered():
     algorithms._REGISTRY.pop(ANIL.name)
 
 
+@pytest.mark.slow
 def test_a_registered_algorithm_runs_through_train_and_evaluate(registered, synthetic_project,
                                                                 tmp_path) -> None:
     params = parse({"train": {"algorithms": ["anil_test"], "anil_test": {"inner_lr": 0.2}}})

@@ -16,6 +16,8 @@ from metarec.cli import app
 from metarec.params import parse
 from metarec.stages import episodes, evaluate, ingest, train, validate
 
+pytestmark = pytest.mark.slow  # trains implicit-label projects (~10 s): not in make test-fast
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -19,6 +19,8 @@ import pytest
 import yaml
 from conftest import ROOT, build_project, small_params
 
+pytestmark = pytest.mark.slow  # real `metarec score` subprocesses: not in make test-fast
+
 AS_OF = "1998-03-01"
 BIN = Path(sys.executable).parent
 
