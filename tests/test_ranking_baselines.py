@@ -212,7 +212,7 @@ def test_ease_on_a_history_window_is_the_closed_form_of_that_window(data: Episod
     b = np.eye(x.shape[1]) - p / np.diag(p)[None, :]
     np.fill_diagonal(b, 0.0)
     np.testing.assert_allclose(model.weights.numpy(), b, rtol=1e-5, atol=1e-6)
-    assert not np.allclose(b, np.eye(7) - np.eye(7))                       # not trivial
+    assert np.abs(b).max() > 0.01                             # a non-trivial B
 
 
 def test_ease_fits_at_max_items_and_names_the_memory_past_it(data: EpisodeData) -> None:

@@ -5,9 +5,9 @@ Two encoders, named by ``episodes.text_encoder``:
 - ``hashed`` (built in, offline, no model download): signed feature hashing of the
   character 3-, 4- and 5-grams of the NFKC-normalised, lower-cased text, punctuation read
   as word breaks and word boundaries marked as in ``char_wb`` analysers (2-grams and
-  punctuation made every "Title (19xx)" look alike). It works on Unicode code points, so Latin, CJK,
-  Cyrillic and Arabic text all encode, and shared sub-words ("matrix", "matrix reloaded")
-  land near each other. It does not carry meaning across languages: that needs
+  punctuation made every "Title (19xx)" look alike). It works on Unicode code points, so
+  Latin, CJK, Cyrillic and Arabic text all encode, and shared sub-words ("matrix",
+  "matrix reloaded") land near each other. It does not carry meaning across languages: that needs
 - a ``sentence-transformers`` model name (e.g. ``paraphrase-multilingual-MiniLM-L12-v2``),
   loaded when the optional package is installed (``pip install sentence-transformers``).
 
@@ -24,7 +24,6 @@ import pandas as pd
 NGRAMS = (3, 4, 5)
 MAX_CHARS = 2000          # a description longer than this is cut (bounds memory, not meaning)
 _SEP = 0                  # code point that separates texts in the concatenated buffer
-_MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
 def normalise(texts: pd.Series) -> pd.Series:
@@ -60,8 +59,10 @@ def hashed_ngrams(texts: pd.Series, dim: int, seed: int = 0) -> np.ndarray:
         return out.astype(np.float32)
     joined = "\x00".join(norm.tolist()) + "\x00"
     cps = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
-    row = np.cumsum(cps == _SEP) - (cps == _SEP)       # text index of each code point
+    # separators before each position: the text index of a code point, and an n-gram at i
+    # of length g crosses a boundary iff sep_before[i + g] != sep_before[i]
     sep_before = np.concatenate([[0], np.cumsum(cps == _SEP)])
+    row = sep_before[:-1]
     salt = _mix(np.array([seed + 1], dtype=np.uint64))[0]
     with np.errstate(over="ignore"):
         for g in NGRAMS:
