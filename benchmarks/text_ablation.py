@@ -1,16 +1,24 @@
-"""Item text as a model input: the same meta-learners trained with and without title vectors.
+"""Item text and item-id dropout: the same meta-learners trained with and without each.
 
     .venv/bin/python benchmarks/text_ablation.py [--params params.yaml] [--algorithms maml]
+        [--dropout 0.5]
 
 One ingest and validation of the params' data set (ML-100K by default: titles are a text
-feature); then the episodes stage twice, ``episodes.text_encoder: none`` and ``hashed``
-(every other param as in ``--params``), and the train stage twice with the same algorithms
-and seed. The test tasks of both runs are identical (checked): only the item encoding
-differs. Each model's test-time inner steps are chosen on validation tasks, as ``evaluate``
-does; test tasks are only scored. Per scenario and K: catalogue nDCG@``catalogue_k`` (every
-item ranked), nDCG@5 within the task's query items (where a new item competes with the
-user's other new items, not with the whole warm catalogue) and MAE of each variant, and a
-paired bootstrap over test users of (with text - without). Writes
+feature); then four variants, every other param as in ``--params``:
+
+- ``none``: ``episodes.text_encoder: none``, ``train.item_id_dropout: 0`` (the reference);
+- ``text``: ``hashed`` title vectors;
+- ``dropout``: item-id dropout ``--dropout`` (DropoutNet: the network learns to place an
+  item whose id it does not know by its features);
+- ``text+dropout``: both.
+
+Each is trained with the same algorithms and seed; the test tasks of every run are identical
+(checked): only the item encoding and the training differ. Each model's test-time inner steps
+are chosen on validation tasks, as ``evaluate`` does; test tasks are only scored. The dropout
+rate is fixed by the flag, not chosen (the validation tasks hold no new items to choose it
+on). Per scenario and K: catalogue nDCG@``catalogue_k`` (item-cold scenarios rank the new
+items, ``evaluate.item_cold_catalogue``), nDCG@5 within the task's query items and MAE of
+each variant, and a paired bootstrap over test users of (variant - ``none``). Writes
 ``benchmarks/results/text_ablation.json``.
 """
 
@@ -30,7 +38,7 @@ import torch
 from metarec.data.tasks import load_episodes, to_batch
 from metarec.eval import choices as choose
 from metarec.eval.bootstrap import paired_bootstrap
-from metarec.eval.scoring import catalogue_metric, nanmean, score_batch
+from metarec.eval.scoring import catalogue_metric, eligible_items, nanmean, score_batch
 from metarec.params import load_params
 from metarec.stages import episodes, ingest, train, validate
 from metarec.stages.evaluate import load_models, test_groups
@@ -45,14 +53,15 @@ def metrics_of(ev: Any) -> list[str]:
     return [catalogue_metric(ev), f"ndcg@{max(ev.query_ndcg_ks)}", "mae"]
 
 
-def per_user_scores(root: Path, params: Any) -> tuple[dict, Any, dict]:
+def per_user_scores(episodes_dir: Path, models_dir: Path, params: Any
+                    ) -> tuple[dict, Any, dict]:
     """{(scenario, k): {model: {metric: per-user values (U,)}}} on the test tasks of one run,
     inner steps chosen on validation; the test tasks (for the identity check); and each
     model's validation catalogue metric (what a choice of encoder may look at)."""
-    data = load_episodes(root / "episodes")
+    data = load_episodes(episodes_dir)
     n_items, ev = len(data.items), params.evaluate
     metric = catalogue_metric(ev)
-    models = load_models(root / "models", data)[params.train.seeds[0]]
+    models = load_models(models_dir, data)[params.train.seeds[0]]
     val = to_batch(data.select("val"))
     choose.choose_inner_steps(models, val, ev.inner_steps_grid, n_items, ev,
                               data.relevance_threshold, data.explicit)
@@ -64,12 +73,41 @@ def per_user_scores(root: Path, params: Any) -> tuple[dict, Any, dict]:
         if scenario not in SCENARIOS:
             continue
         batch = to_batch(data.select("test", scenario, None if k == "all" else k))
+        eligible = eligible_items(scenario, ev, data.items.id_code)
         out[(scenario, k)] = {}
         for name, m in models.items():
-            vals = score_batch(m, batch, n_items, ev, data.relevance_threshold, data.explicit)
+            vals = score_batch(m, batch, n_items, ev, data.relevance_threshold, data.explicit,
+                               eligible)
             out[(scenario, k)][name] = {key: vals[key] for key in metrics_of(ev) if key in vals}
     test = data.select("test")[["task_id", "user_id", "item_id", "role", "scenario"]]
     return out, test.reset_index(drop=True), val_scores
+
+
+VARIANTS = {"none": ("none", False), "text": ("hashed", False),
+            "dropout": ("none", True), "text+dropout": ("hashed", True)}
+
+
+def compare(base: dict, variant: dict, ev: Any) -> list[dict[str, Any]]:
+    """Paired bootstrap rows of (variant - reference) per model, scenario, K and metric."""
+    rows = []
+    for (scenario, k), models in sorted(variant.items(),
+                                        key=lambda kv: (kv[0][0], str(kv[0][1]))):
+        for (name, metrics), metric in itertools.product(models.items(), metrics_of(ev)):
+            if metric not in metrics:
+                continue
+            new, ref = metrics[metric], base[(scenario, k)][name][metric]
+            ok = torch.isfinite(new) & torch.isfinite(ref)
+            if ok.sum() < 2:
+                continue
+            res = paired_bootstrap(new[ok], ref[ok], ev.bootstrap_samples, seed=0,
+                                   confidence=ev.bootstrap_confidence)
+            rows.append({"model": name, "metric": metric, "scenario": scenario, "k": k,
+                         "users": res.n_users, "reference": round(nanmean(ref[ok]), 6),
+                         "variant": round(nanmean(new[ok]), 6),
+                         "diff": round(res.diff, 6), "ci_low": round(res.low, 6),
+                         "ci_high": round(res.high, 6),
+                         "ci_excludes_zero": bool(res.low > 0 or res.high < 0)})
+    return rows
 
 
 def main() -> dict[str, Any]:
@@ -77,6 +115,8 @@ def main() -> dict[str, Any]:
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     ap.add_argument("--algorithms", default="maml", help="comma-separated meta-learners")
     ap.add_argument("--seed", type=int, default=0, help="training seed (one)")
+    ap.add_argument("--dropout", type=float, default=0.5, help="item-id dropout of the "
+                    "dropout variants")
     ap.add_argument("--out", type=Path, default=RESULT)
     args = ap.parse_args()
     p = load_params(args.params)
@@ -89,50 +129,39 @@ def main() -> dict[str, Any]:
         ingest.run(p.ingest, common / "canonical")
         validate.run(p.validate, common / "canonical", common / "validated",
                      common / "quarantine", common / "report")
-        for encoder in ("none", "hashed"):
-            root = Path(tmp) / encoder
+        for variant, (encoder, dropout) in VARIANTS.items():
+            root, ep_dir = Path(tmp) / variant, Path(tmp) / encoder / "episodes"
             ep = replace(p.episodes, text_encoder=encoder)
-            episodes.run(ep, common / "validated", root / "episodes", root / "data.json")
-            train.run(p.model, p.train, root / "episodes", root / "models", root / "train.json")
-            runs[encoder] = per_user_scores(root, replace(p, episodes=ep))
-            print(f"{encoder}: trained and scored ({time.perf_counter() - start:.0f} s)",
+            tp = replace(p.train, item_id_dropout=args.dropout if dropout else 0.0)
+            if not ep_dir.exists():   # one episodes run per encoder
+                episodes.run(ep, common / "validated", ep_dir, ep_dir.parent / "data.json")
+            train.run(p.model, tp, ep_dir, root / "models", root / "train.json")
+            runs[variant] = per_user_scores(ep_dir, root / "models",
+                                            replace(p, episodes=ep, train=tp))
+            print(f"{variant}: trained and scored ({time.perf_counter() - start:.0f} s)",
                   flush=True)
-    (base, base_tasks, base_val), (text, text_tasks, text_val) = runs["none"], runs["hashed"]
-    if not base_tasks.equals(text_tasks):
-        raise SystemExit("the two runs' test tasks differ: the comparison would not be paired")
+    base, base_tasks, _ = runs["none"]
+    for variant, (_, tasks, _) in runs.items():
+        if not base_tasks.equals(tasks):
+            raise SystemExit(f"the test tasks of {variant} differ from none's: the comparison "
+                             "would not be paired")
     ev = p.evaluate
-    rows = []
-    for (scenario, k), models in sorted(text.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
-        for (name, metrics), metric in itertools.product(models.items(), metrics_of(ev)):
-            if metric not in metrics:
-                continue
-            with_text, without = metrics[metric], base[(scenario, k)][name][metric]
-            ok = torch.isfinite(with_text) & torch.isfinite(without)
-            if ok.sum() < 2:
-                continue
-            res = paired_bootstrap(with_text[ok], without[ok], ev.bootstrap_samples, seed=0,
-                                   confidence=ev.bootstrap_confidence)
-            rows.append({"model": name, "metric": metric, "scenario": scenario, "k": k,
-                         "users": res.n_users,
-                         "without_text": round(nanmean(without[ok]), 6),
-                         "with_text": round(nanmean(with_text[ok]), 6),
-                         "diff": round(res.diff, 6), "ci_low": round(res.low, 6),
-                         "ci_high": round(res.high, 6),
-                         "ci_excludes_zero": bool(res.low > 0 or res.high < 0)})
-    report = {"dataset": p.ingest.source, "metrics": metrics_of(ev),
-              "encoder": "hashed", "text_dim": p.episodes.text_dim,
+    report = {"dataset": p.ingest.source, "metrics": metrics_of(ev), "encoder": "hashed",
+              "text_dim": p.episodes.text_dim, "item_id_dropout": args.dropout,
+              "item_cold_catalogue": ev.item_cold_catalogue,
               "algorithms": list(p.train.algorithms), "seed": args.seed,
-              "confidence": ev.bootstrap_confidence,
-              "validation": {"without_text": base_val, "with_text": text_val},
-              "rows": rows,
+              "confidence": ev.bootstrap_confidence, "reference": "none",
+              "validation": {v: r[2] for v, r in runs.items()},
+              "variants": {v: compare(base, r[0], ev) for v, r in runs.items() if v != "none"},
               "seconds": round(time.perf_counter() - start, 1)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print("validation", report["validation"])
-    for r in rows:
-        print(f"{r['model']:8s} {r['metric']:8s} {r['scenario']:15s} K={r['k']!s:4s} "
-              f"{r['without_text']:.4f} -> {r['with_text']:.4f}  diff {r['diff']:+.4f} "
-              f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]")
+    for variant, rows in report["variants"].items():
+        for r in rows:
+            print(f"{variant:13s} {r['model']:8s} {r['metric']:8s} {r['scenario']:15s} "
+                  f"K={r['k']!s:4s} {r['reference']:.4f} -> {r['variant']:.4f}  diff "
+                  f"{r['diff']:+.4f} [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]")
     return report
 
 

@@ -118,6 +118,7 @@ class EpisodesParams:
     count_transform: Literal["log1p", "binarize"] = "log1p"
     text_encoder: str = "none"
     text_dim: int = bounded(32, 1)
+    cross_max: int = bounded(20, 0)
     seed: int = 0
 
 
@@ -171,6 +172,7 @@ class TrainParams:
     patience: int = bounded(2, 0)
     val_ndcg_k: int = bounded(20, 1)
     resample: bool = True
+    item_id_dropout: float = bounded(0.0, 0.0, 1.0)
     draws: tuple[Literal["temporal", "random"], ...] = bounded(("temporal", "random"),
                                                                nonempty=True)
     objective: ObjectiveParams = field(default_factory=ObjectiveParams)
@@ -201,6 +203,7 @@ class EvaluateParams:
     bootstrap_confidence: float = bounded(0.95, 0.5, 0.999)
     catalogue_k: int = bounded(20, 1)
     query_ndcg_ks: tuple[int, ...] = bounded((1, 3, 5), 1, nonempty=True)
+    item_cold_catalogue: Literal["new", "all"] = "new"
 
 
 @dataclass(frozen=True)

@@ -23,13 +23,16 @@ EPISODE_COLUMNS = {
     "task_id": "int32",       # unique per (user, split, scenario, k, draw)
     "user_id": "string",
     "split": "string",        # train | val | test
-    "scenario": "string",     # train | warm | user_cold | item_cold | user_item_cold
+    "scenario": "string",     # train | warm | user_cold | item_cold | user_item_cold |
+                              # platform_cold
     "k": "int16",             # support size of the task
-    "role": "string",         # support | query
+    "role": "string",         # support | query | cross (platform_cold: other platforms)
     "item_id": "string",
     "rating": "float32",
     "timestamp": "int64",     # seconds since the epoch, UTC
 }
+# with platforms, one more column: the task's platform (platform_cold tasks; null otherwise)
+PLATFORM_COLUMN = {"platform": "string"}
 HISTORY_TYPES = {"user_id": "string", "item_id": "string", "rating": "float32",
                  "timestamp": "int64"}
 SCENARIOS = ("warm", "user_cold", "item_cold", "user_item_cold")
@@ -154,12 +157,17 @@ def _pad(frame: pd.DataFrame, pos: np.ndarray, n_tasks: int) -> tuple[torch.Tens
                     frame["rating"].to_numpy(np.float32))
 
 
-def to_batch(tasks: pd.DataFrame) -> TaskBatch:
+def to_batch(tasks: pd.DataFrame, cross: bool = False) -> TaskBatch:
     """Pad a long-format task frame (rows of support and query) into a :class:`TaskBatch`.
 
     Task order is ascending ``task_id``; within a task rows keep their time order. A task may
-    have an empty support (k = 0 at test time) but is expected to have a query.
+    have an empty support (k = 0 at test time) but is expected to have a query. Rows of role
+    ``cross`` (a platform_cold task's history on other platforms) join the support when
+    ``cross`` is true and are left out otherwise: never part of the query.
     """
+    if "cross" in set(tasks["role"].unique()):
+        tasks = (tasks.assign(role=tasks["role"].astype("string").replace("cross", "support"))
+                 if cross else tasks[tasks["role"] != "cross"])
     t = tasks.sort_values(["task_id", "timestamp", "item_id"], kind="stable")
     task_ids, pos = np.unique(t["task_id"].to_numpy(), return_inverse=True)
     n = len(task_ids)

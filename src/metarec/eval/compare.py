@@ -43,3 +43,29 @@ def compare(per_user: PerUser, baselines: dict[str, str], params: EvaluateParams
                         "ci_low": round(res.low, 6), "ci_high": round(res.high, 6),
                         "users": res.n_users})
     return out
+
+
+def compare_variants(per_user: PerUser, pairs: list[tuple[str, str]], metric: str,
+                     params: EvaluateParams) -> list[dict[str, Any]]:
+    """Each model on scenario ``b`` minus itself on scenario ``a`` for every (a, b) of
+    ``pairs`` (the same users and tasks, e.g. with and without the cross-platform history):
+    seed-averaged per-user ``metric``, paired bootstrap over users."""
+    out = []
+    for name, scenario, k in sorted(per_user, key=lambda key: (key[0], key[1],
+                                                                k_order(key[2]))):
+        for a, b in pairs:
+            if scenario != a or (name, b, k) not in per_user:
+                continue
+            without = torch.stack([s[metric] for s in per_user[(name, a, k)]]).mean(0)
+            with_ = torch.stack([s[metric] for s in per_user[(name, b, k)]]).mean(0)
+            ok = torch.isfinite(without) & torch.isfinite(with_)
+            if ok.sum() < 2:
+                continue
+            res = paired_bootstrap(with_[ok], without[ok], params.bootstrap_samples, seed=0,
+                                   confidence=params.bootstrap_confidence)
+            out.append({"model": name, "without": a, "with": b, "k": k, "metric": metric,
+                        "value_without": round(float(without[ok].mean()), 6),
+                        "value_with": round(float(with_[ok].mean()), 6),
+                        "diff": round(res.diff, 6), "ci_low": round(res.low, 6),
+                        "ci_high": round(res.high, 6), "users": res.n_users})
+    return out

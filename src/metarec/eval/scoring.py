@@ -49,14 +49,17 @@ def family(metric: str) -> str:
 
 
 def score_batch(model: Predictor, batch: TaskBatch, n_items: int, params: EvaluateParams,
-                threshold: float, explicit: bool = True) -> dict[str, torch.Tensor]:
+                threshold: float, explicit: bool = True, eligible: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor]:
     """Per-task metric values (T,) for one model on one batch of tasks.
 
     The model adapts once per task. Its ratings of the query items give MAE and RMSE (NaN for
     a model that only ranks, and for implicit labels); its ranking scores give every ranking
     metric: of the query items
     among themselves (the literature's protocol) and of the whole catalogue minus the support,
-    where query items rated at or above ``threshold`` are the relevant ones.
+    where query items rated at or above ``threshold`` are the relevant ones. ``eligible``
+    ((N,) bool, None = every item) narrows the catalogue ranked, e.g. to the new items of an
+    item-cold scenario (:func:`eligible_items`).
     """
     state = model.adapt(batch)
     full = model.rank(state)                                                  # (T, N)
@@ -74,10 +77,31 @@ def score_batch(model: Predictor, batch: TaskBatch, n_items: int, params: Evalua
     cands, rel = catalogue_targets(batch.support_items, batch.support_mask, batch.query_items,
                                    batch.query_ratings, batch.query_mask, n_items,
                                    threshold)
+    if eligible is not None:
+        cands, rel = cands & eligible, rel & eligible
     ck = params.catalogue_k
     cat = catalogue_metrics(full, cands, rel, ck)
     out.update({f"recall@{ck}": cat.recall, f"ndcg@{ck}": cat.ndcg, f"hit@{ck}": cat.hit_rate})
     return out
+
+
+ITEM_COLD = ("item_cold", "user_item_cold")
+
+
+def eligible_items(scenario: str, params: EvaluateParams, id_codes: torch.Tensor
+                   ) -> torch.Tensor | None:
+    """The items an item-cold scenario ranks: those the training history never saw (id code
+    0, what a new item looks like to every model) when ``item_cold_catalogue`` is ``new``;
+    None (the whole catalogue) otherwise.
+
+    Why: an item-cold query holds only interactions with new items (the protocol filters the
+    others out), so against the whole catalogue a model that rightly ranks known favourites
+    first scores 0 whatever it knows of new items. Among the new items the metric says how
+    well a model places what it has never seen (DropoutNet's item cold-start protocol).
+    """
+    if scenario not in ITEM_COLD or params.item_cold_catalogue == "all":
+        return None
+    return id_codes.long() == 0
 
 
 def nanmean(x: torch.Tensor) -> float:

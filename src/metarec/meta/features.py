@@ -61,6 +61,16 @@ class FeatureStore:
         self._items = {k: v.to(device) for k, v in self._items.items()}
         return self
 
+    def without_ids(self, drop: Tensor) -> FeatureStore:
+        """A view whose items ``drop`` ((N,) bool) have lost their id code (0: unknown), as a
+        new item has: item-id dropout (DropoutNet) teaches the network to place an item from
+        its features. The tables are shared, only the id column is new."""
+        view = object.__new__(FeatureStore)
+        view.dtype, view._users = self.dtype, self._users
+        ids = self._items["id"]
+        view._items = {**self._items, "id": torch.where(drop.to(ids.device), 0, ids)}
+        return view
+
     @property
     def device(self) -> torch.device:
         return self._users["cat"].device

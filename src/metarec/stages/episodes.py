@@ -21,14 +21,15 @@ from metarec.config import EpisodesParams
 from metarec.data import protocols
 from metarec.data.encoding import fit_entity_vocab
 from metarec.data.protocols.common import ROLE_ORDER, SCENARIO_ORDER, SPLIT_ORDER, sort_rows
-from metarec.data.tasks import EPISODE_COLUMNS, HISTORY_TYPES
+from metarec.data.protocols.platforms import platform_tasks
+from metarec.data.tasks import EPISODE_COLUMNS, HISTORY_TYPES, PLATFORM_COLUMN
 from metarec.io import read_json, read_tracked, write_json, write_parquet
 
 log = logging.getLogger("metarec.episodes")
 PROTOCOLS = {"temporal": protocols.temporal, "melu": protocols.melu}
 
 
-def _finish(tasks: pd.DataFrame) -> pd.DataFrame:
+def _finish(tasks: pd.DataFrame, columns: dict[str, str] = EPISODE_COLUMNS) -> pd.DataFrame:
     """Assign deterministic task ids and the on-disk column types."""
     for col, order in (("split", SPLIT_ORDER), ("scenario", SCENARIO_ORDER),
                        ("role", ROLE_ORDER)):
@@ -37,7 +38,7 @@ def _finish(tasks: pd.DataFrame) -> pd.DataFrame:
     keys = ["split", "scenario", "k", "draw", "user_id"]
     tasks = sort_rows(tasks, keys + ["role", "timestamp", "item_id"])
     tasks["task_id"] = tasks.groupby(keys, sort=False, observed=True).ngroup()
-    return tasks[list(EPISODE_COLUMNS)].reset_index(drop=True)
+    return tasks[list(columns)].reset_index(drop=True)
 
 
 def label_treatment(rating: dict[str, Any], values: np.ndarray, params: EpisodesParams
@@ -66,7 +67,8 @@ def relevance_threshold(rating: dict[str, Any], params: EpisodesParams) -> float
 
 
 def _to_arrow(tasks: pd.DataFrame, user_index: pd.Index, item_index: pd.Index,
-              columns: dict[str, str] = EPISODE_COLUMNS) -> pa.Table:
+              columns: dict[str, str] = EPISODE_COLUMNS,
+              platforms: pd.Index | None = None) -> pa.Table:
     """Rows (id codes, categorical labels) -> the on-disk arrow table of ``columns``.
 
     Strings are gathered from the small dictionaries with arrow's ``take`` instead of building
@@ -78,7 +80,11 @@ def _to_arrow(tasks: pd.DataFrame, user_index: pd.Index, item_index: pd.Index,
     cols = {}
     for name, dtype in columns.items():
         col = tasks[name]
-        if name in ("user_id", "item_id"):
+        if name == "platform":   # platform codes, -1 = none (a task of another scenario)
+            codes = col.to_numpy(np.int64)
+            cols[name] = pc.take(pa.array(np.asarray(platforms, dtype=object), type=pa.string()),
+                                 pa.array(codes, mask=codes < 0))
+        elif name in ("user_id", "item_id"):
             index = user_index if name == "user_id" else item_index
             cols[name] = take(index, col.to_numpy(np.int64))
         elif isinstance(col.dtype, pd.CategoricalDtype):
@@ -126,7 +132,18 @@ def run(params: EpisodesParams, inp: str | Path, out: str | Path, metrics: str |
         split = protocols.predefined(df, params, user_index, item_index)
     else:
         split = PROTOCOLS[params.protocol](df, params)
-    tasks, info = _finish(split.tasks), split.info
+    raw_tasks, info, columns = split.tasks, split.info, EPISODE_COLUMNS
+    platforms = None
+    if "platform" in inter.columns:   # tasks per (user, platform) for users new on one
+        pcodes, platforms = pd.factorize(inter["platform"], sort=True)
+        test_users = pd.Index(raw_tasks.loc[raw_tasks["split"] == "test", "user_id"].unique()
+                              ).difference(pd.Index(split.train_users))
+        cold, info["too_few"]["test_platform"] = platform_tasks(
+            df.assign(platform=pcodes.astype(np.int32)), test_users, params)
+        raw_tasks = pd.concat([raw_tasks.assign(platform=-1), cold], ignore_index=True)
+        columns = {**EPISODE_COLUMNS, **PLATFORM_COLUMN}
+        info["platforms"] = [str(x) for x in platforms]
+    tasks = _finish(raw_tasks, columns)
     train_users = pd.Series(np.asarray(user_index)[split.train_users.to_numpy()])
     known_items = pd.Series(np.asarray(item_index)[split.known_items.to_numpy()])
     vocab = {
@@ -140,7 +157,8 @@ def run(params: EpisodesParams, inp: str | Path, out: str | Path, metrics: str |
     }
     summary = {"protocol": params.protocol, "tasks": summarise(tasks), **info,
                "rows": int(len(tasks)), "history_rows": int(len(split.history))}
-    write_parquet(_to_arrow(tasks, user_index, item_index), out / "episodes.parquet")
+    write_parquet(_to_arrow(tasks, user_index, item_index, columns, platforms),
+                  out / "episodes.parquet")
     write_parquet(_to_arrow(split.history, user_index, item_index, HISTORY_TYPES),
                   out / "history.parquet")
     write_parquet(users, out / "users.parquet")

@@ -7,7 +7,8 @@ Reads ``models/seed<S>/<name>.pt`` (every fitted algorithm) and the episodes; wr
 Honesty rules:
 - every choice is made on validation tasks (:mod:`metarec.eval.choices`); test tasks are only
   scored;
-- catalogue metrics rank every item not in the user's support set, not 10 query items;
+- catalogue metrics rank every item not in the user's support set, not 10 query items (in the
+  item-cold scenarios every new item, ``evaluate.item_cold_catalogue``);
 - comparisons are paired bootstraps over test users of seed-averaged per-user values.
 
 Where support sizes vary per user (the melu and predefined protocols: one test task per user
@@ -23,14 +24,21 @@ from pathlib import Path
 from typing import Any
 
 from metarec.config import EvaluateParams
-from metarec.data.tasks import SCENARIOS, EpisodeData, load_episodes, to_batch
+from metarec.data.protocols.platforms import SCENARIO as PLATFORM_COLD
+from metarec.data.tasks import SCENARIOS, EpisodeData, TaskBatch, load_episodes, to_batch
 from metarec.errors import DataError
 from metarec.eval import choices as choose
-from metarec.eval.compare import PerUser, compare
+from metarec.eval.compare import PerUser, compare, compare_variants
 from metarec.eval.document import write_report
 from metarec.eval.ensembles import ENSEMBLE_SEED, build_ensembles
 from metarec.eval.headline import headline
-from metarec.eval.scoring import catalogue_metric, metric_names, nanmean, score_batch
+from metarec.eval.scoring import (
+    catalogue_metric,
+    eligible_items,
+    metric_names,
+    nanmean,
+    score_batch,
+)
 from metarec.io import write_json
 from metarec.meta.checkpoint import load_model
 from metarec.progress import progress
@@ -49,17 +57,51 @@ def load_models(models_dir: Path, data: EpisodeData) -> dict[int, dict[str, Any]
             for folder in seeds}
 
 
+CROSS = "+cross"   # suffix of a platform_cold group scored with the other platforms' history
+
+
 def test_groups(data: EpisodeData) -> list[tuple[str, Any]]:
-    """(scenario, K) of every group of test tasks, K = "all" where each user has one task."""
+    """(scenario, K) of every group of test tasks, K = "all" where each user has one task.
+
+    platform_cold tasks form two groups per K: on their support alone, and with the user's
+    history on other platforms (``platform_cold+cross``); and, over all K, one pair of groups
+    per platform (``platform_cold@<platform>``, ``platform_cold+cross@<platform>``)."""
     test = data.select("test")
     ks = sorted(int(k) for k in test["k"].unique())
     groups = [(s, k) for s in SCENARIOS for k in ks
               if not data.select("test", s, k).empty]
-    tasks = test.drop_duplicates("task_id")
+    tasks = test[test["scenario"] != PLATFORM_COLD].drop_duplicates("task_id")
     one_each = not tasks.empty and not tasks.duplicated(["user_id", "scenario"]).any()
     if one_each and len(ks) > 1:
         groups += [(s, "all") for s in SCENARIOS if not data.select("test", s).empty]
+    cold = data.select("test", PLATFORM_COLD)
+    if not cold.empty:
+        groups += [(PLATFORM_COLD + tail, k) for k in ks for tail in ("", CROSS)
+                   if not data.select("test", PLATFORM_COLD, k).empty]
+        groups += [(f"{PLATFORM_COLD}{tail}@{name}", "all")
+                   for name in sorted(cold["platform"].dropna().unique()) for tail in ("", CROSS)]
     return groups
+
+
+def cross_pairs(groups: list[tuple[str, Any]]) -> list[tuple[str, str]]:
+    """(without, with) the cross-platform history, for every platform_cold group."""
+    names = {s for s, _ in groups}
+    pairs = []
+    for s in sorted(names):
+        base, at, platform = s.partition("@")
+        if base == PLATFORM_COLD and f"{base}{CROSS}{at}{platform}" in names:
+            pairs.append((s, f"{base}{CROSS}{at}{platform}"))
+    return pairs
+
+
+def group_batch(data: EpisodeData, scenario: str, k: Any) -> TaskBatch:
+    """The test tasks of one group of :func:`test_groups`, padded."""
+    base, _, platform = scenario.partition("@")
+    cross = base.endswith(CROSS)
+    tasks = data.select("test", base.removesuffix(CROSS), None if k == "all" else k)
+    if platform:
+        tasks = tasks[tasks["platform"] == platform]
+    return to_batch(tasks, cross=cross)
 
 
 def steps_curve(models: dict[str, Any], data: EpisodeData, k: int, n_items: int,
@@ -88,10 +130,11 @@ def _score_all(models: dict[str, Any], seed: int, data: EpisodeData,
                rows: list[dict[str, Any]], per_user: PerUser, bar: Any) -> None:
     """Every model on every (scenario, K) group: result rows + per-user values."""
     for scenario, k in groups:
-        batch = to_batch(data.select("test", scenario, None if k == "all" else k))
+        batch = group_batch(data, scenario, k)
+        eligible = eligible_items(scenario, params, data.items.id_code)
         for name, model in models.items():
             vals = score_batch(model, batch, n_items, params, data.relevance_threshold,
-                               data.explicit)
+                               data.explicit, eligible)
             per_user.setdefault((name, scenario, k), []).append(vals)
             rows.append({"model": name, "scenario": scenario, "k": k, "seed": seed,
                          "users": len(batch),
@@ -168,6 +211,8 @@ def run(params: EvaluateParams, episodes_dir: str | Path, models_dir: str | Path
               "bootstrap": {"samples": params.bootstrap_samples,
                             "confidence": params.bootstrap_confidence},
               "results": rows, "comparisons": compare(per_user, baselines, params),
+              "cross_platform": compare_variants(per_user, cross_pairs(groups),
+                                                 catalogue_metric(params), params),
               "choices": choices, "best_baseline": baselines, "serving": serving,
               "steps_curve": curves, "seconds": round(time.perf_counter() - start, 1)}
     result["headline"] = headline(result)

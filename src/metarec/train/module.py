@@ -30,7 +30,8 @@ class MetaLearner(L.LightningModule):
 
     def __init__(self, algorithm: MetaAlgorithm, store: FeatureStore, outer_optimizer: str,
                  outer_lr: float, grad_clip: float = 10.0, patience: int = 0,
-                 initial_val: float = math.inf, val_k: int = 20, seed: int = 0) -> None:
+                 initial_val: float = math.inf, val_k: int = 20, seed: int = 0,
+                 item_id_dropout: float = 0.0) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["algorithm", "store"])
         self.automatic_optimization = False
@@ -70,8 +71,13 @@ class MetaLearner(L.LightningModule):
         # and manual_backward all-reduces (averages) the gradients before clipping and stepping.
         opt = self.optimizers()
         opt.zero_grad()
-        objective, report = self.algorithm.outer_loss(self.store.support(batch),
-                                                      self.store.query(batch))
+        store = self._step_store()
+        try:
+            objective, report = self.algorithm.outer_loss(store.support(batch),
+                                                          store.query(batch))
+        finally:
+            if store is not self.store:
+                self.algorithm.use_catalogue(self.store)
         if not torch.isfinite(objective):
             raise self._diverged(f"the outer loss is {float(objective.detach())}")
         self.manual_backward(objective)
@@ -83,6 +89,18 @@ class MetaLearner(L.LightningModule):
         if bad:
             raise self._diverged(f"weights {', '.join(bad[:3])} are not finite")
         self.log("train_loss", report, prog_bar=True, batch_size=len(batch))
+
+    def _step_store(self) -> FeatureStore:
+        """The features of this outer step: with item-id dropout, a fresh share of the items
+        (drawn from the seed and the step, the same on every DDP process) loses its id in
+        support, query and the catalogue ranked against alike."""
+        p = self.hparams.item_id_dropout
+        if p <= 0:
+            return self.store
+        gen = torch.Generator().manual_seed(self.hparams.seed * 1_000_003 + int(self.global_step))
+        store = self.store.without_ids(torch.rand(self.store.n_items, generator=gen) < p)
+        self.algorithm.use_catalogue(store)
+        return store
 
     def on_validation_epoch_start(self) -> None:
         self._sum, self._n = 0.0, 0

@@ -33,9 +33,9 @@ def history_of(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
-ROLE_ORDER = {"support": 0, "query": 1}
+ROLE_ORDER = {"support": 0, "query": 1, "cross": 2}   # cross: another platform's history
 SCENARIO_ORDER = {"train": 0, "val": 1, "warm": 2, "user_cold": 3, "item_cold": 4,
-                  "user_item_cold": 5}
+                  "user_item_cold": 5, "platform_cold": 6}
 
 
 def sort_rows(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
