@@ -129,13 +129,99 @@ def table(results: Path = RESULTS) -> str:
     return "\n".join(lines)
 
 
-def render(readme: str, body: str) -> str:
+def _k(k: object) -> tuple[int, str]:
+    return (1, str(k)) if isinstance(k, str) else (0, f"{k:06d}")
+
+
+def _ci(r: dict) -> str:
+    cell = f"{r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
+    return f"**{cell}**" if r["ci_low"] > 0 or r["ci_high"] < 0 else cell
+
+
+def platforms_table(results: Path = RESULTS) -> str:
+    """platform_cold catalogue nDCG per model and K: on the new platform's support alone, with
+    the other platforms' history, and the paired difference (bold: the CI excludes 0)."""
+    path = results / "platforms.json"
+    if not path.exists():
+        return "_(no `benchmarks/results/platforms.json` yet: run `benchmarks/platforms.py`)_"
+    r = json.loads(path.read_text(encoding="utf-8"))
+    rows = [x for x in r["cross_platform"] if "@" not in x["without"]]
+    ks = sorted({x["k"] for x in rows}, key=_k)
+    metric, conf = r["catalogue_metric"], round(100 * r["confidence"])
+    lines = [f"`{r['params']}` ({r['dataset']}), {metric} on platform_cold test tasks: "
+             f"support alone → with the other platforms' history, and the paired difference "
+             f"with its {conf}% CI (bold: excludes 0).", "",
+             "| model | " + " | ".join(f"K={k}" for k in ks) + " |",
+             "|---|" + "---|" * len(ks)]
+    by = {(x["model"], x["k"]): x for x in rows}
+    for model in sorted({x["model"] for x in rows}):
+        cells = [(f"{by[model, k]['value_without']:.3f} → {by[model, k]['value_with']:.3f}, "
+                  + _ci(by[model, k])) if (model, k) in by else "" for k in ks]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    tasks = ", ".join(f"K={k}: {n}" for k, n in sorted(r["tasks"].items(),
+                                                        key=lambda kv: int(kv[0])))
+    lines += ["", f"Tasks per K: {tasks}."]
+    return "\n".join(lines)
+
+
+def item_cold_table(results: Path = RESULTS) -> str:
+    """Item-cold catalogue nDCG of each text / item-id dropout variant minus the reference."""
+    path = results / "text_ablation.json"
+    if not path.exists():
+        return "_(no `benchmarks/results/text_ablation.json` yet)_"
+    r = json.loads(path.read_text(encoding="utf-8"))
+    if "variants" not in r:
+        return "_(text_ablation.json predates the variants: rerun `benchmarks/text_ablation.py`)_"
+    metric, conf = r["metrics"][0], round(100 * r["confidence"])
+    val = r["validation"]
+    lines = [f"{r['dataset']}, {', '.join(r['algorithms'])} (seed {r['seed']}), {metric} of "
+             f"the new items (`item_cold_catalogue: {r['item_cold_catalogue']}`), variant − "
+             f"`none` with its {conf}% paired CI (bold: excludes 0); item-id dropout "
+             f"{r['item_id_dropout']:g}. Validation {metric} (user-cold): "
+             + ", ".join(f"{v} {next(iter(s.values())):.3f}" for v, s in val.items()) + ".",
+             "", "| variant | scenario | " + " | ".join(
+                 f"K={k}" for k in sorted({x["k"] for rows in r["variants"].values()
+                                           for x in rows}, key=_k)) + " |"]
+    ks = sorted({x["k"] for rows in r["variants"].values() for x in rows}, key=_k)
+    lines.append("|---|---|" + "---|" * len(ks))
+    for variant, rows in r["variants"].items():
+        for scenario in ("item_cold", "user_item_cold"):
+            by = {x["k"]: x for x in rows if x["metric"] == metric and x["scenario"] == scenario}
+            if not by:
+                continue
+            cells = [(f"{by[k]['reference']:.3f} → {by[k]['variant']:.3f}, " + _ci(by[k]))
+                     if k in by else "" for k in ks]
+            lines.append(f"| {variant} | {scenario} | " + " | ".join(cells) + " |")
+    users: dict[str, set[int]] = {}
+    for rows in r["variants"].values():
+        for x in rows:
+            if x["metric"] == metric and x["scenario"] in ("item_cold", "user_item_cold"):
+                users.setdefault(x["scenario"], set()).add(x["users"])
+    lines += ["", "Test users with a relevant new item, per K: " + ", ".join(
+        f"{s} {min(n)}" + (f"–{max(n)}" if max(n) > min(n) else "")
+        for s, n in sorted(users.items())) + "."]
+    return "\n".join(lines)
+
+
+SECTIONS = [(BEGIN, END, table),
+            ("<!-- platforms:begin -->", "<!-- platforms:end -->", platforms_table),
+            ("<!-- item-cold:begin -->", "<!-- item-cold:end -->", item_cold_table)]
+
+
+def render(readme: str, body: str, begin: str = BEGIN, end: str = END) -> str:
     """README text with the part between the markers replaced by ``body``."""
-    if BEGIN not in readme or END not in readme:
-        raise SystemExit(f"{README}: the markers {BEGIN} and {END} are missing")
-    head, rest = readme.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{body}\n{END}{tail}"
+    if begin not in readme or end not in readme:
+        raise SystemExit(f"{README}: the markers {begin} and {end} are missing")
+    head, rest = readme.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{body}\n{end}{tail}"
+
+
+def render_all(readme: str, results: Path = RESULTS) -> str:
+    """README with every generated section (:data:`SECTIONS`) rewritten from the JSON."""
+    for begin, end, make in SECTIONS:
+        readme = render(readme, make(results), begin, end)
+    return readme
 
 
 def main() -> int:
@@ -143,10 +229,10 @@ def main() -> int:
     ap.add_argument("--check", action="store_true", help="fail when README is out of date")
     args = ap.parse_args()
     old = README.read_text(encoding="utf-8")
-    new = render(old, table())
+    new = render_all(old)
     if args.check:
         if new != old:
-            print(f"{README}: the benchmark table is out of date; run "
+            print(f"{README}: a generated table is out of date; run "
                   "python benchmarks/table.py", file=sys.stderr)
             return 1
         return 0

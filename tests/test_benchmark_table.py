@@ -22,7 +22,7 @@ def _table_module():
 def test_readme_table_is_what_the_json_says() -> None:
     mod = _table_module()
     readme = mod.README.read_text(encoding="utf-8")
-    assert mod.render(readme, mod.table()) == readme, "run python benchmarks/table.py"
+    assert mod.render_all(readme) == readme, "run python benchmarks/table.py"
 
 
 def test_a_changed_result_changes_the_table_and_a_missed_goal_says_so(tmp_path: Path) -> None:
@@ -67,3 +67,22 @@ def test_a_module_with_nothing_checked_has_no_rate_and_is_not_the_lowest(tmp_pat
     (tmp_path / "mutation.json").write_text(json.dumps(result))
     row = mod.table(tmp_path)
     assert "9/10 = 90%; lowest a 90%: **incomplete** (5 mutants not checked)" in row
+
+
+def test_the_platform_table_shows_both_values_and_bolds_a_difference_that_excludes_zero(
+        tmp_path: Path) -> None:
+    mod = _table_module()
+    row = {"model": "maml", "without": "platform_cold", "with": "platform_cold+cross",
+           "k": 1, "value_without": 0.1, "value_with": 0.15, "diff": 0.05, "ci_low": 0.01,
+           "ci_high": 0.09, "users": 30}
+    flat = {**row, "k": 3, "value_with": 0.1, "diff": 0.0, "ci_low": -0.02, "ci_high": 0.02}
+    per_platform = {**row, "without": "platform_cold@p0", "with": "platform_cold+cross@p0",
+                    "k": "all"}
+    (tmp_path / "platforms.json").write_text(json.dumps({
+        "params": "p.yaml", "dataset": "synthetic", "catalogue_metric": "ndcg@20",
+        "confidence": 0.95, "tasks": {"1": 30, "3": 28},
+        "cross_platform": [row, flat, per_platform]}))
+    text = mod.platforms_table(tmp_path)
+    assert "| maml | 0.100 → 0.150, **+0.050 [+0.010, +0.090]** | 0.100 → 0.100, " \
+           "+0.000 [-0.020, +0.020] |" in text
+    assert "K=all" not in text and "Tasks per K: K=1: 30, K=3: 28." in text

@@ -1,0 +1,75 @@
+"""Cold on one platform, known on the others: does the other platforms' history help?
+
+    .venv/bin/python benchmarks/platforms.py [--params benchmarks/params/platforms.yaml]
+
+Builds a project in a temporary folder from the params file (a synthetic log on three
+platforms with a per-platform taste shift; only the keys it names differ from the defaults)
+and runs the commands of ``dvc.yaml``'s stages up to ``evaluate`` (``metarec ingest``,
+``validate``, ``episodes``, ``train``, ``evaluate``: what ``dvc repro evaluate`` runs). The
+evaluation scores every model on the platform_cold test tasks twice, on the support of the
+new platform alone and with the user's history on the other platforms added
+(``metrics/eval.json: cross_platform``); this script copies those rows, and the per-model
+results of both groups, to ``benchmarks/results/platforms.json``. README's platform table is
+generated from it by ``benchmarks/table.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ROOT / "benchmarks" / "params" / "platforms.yaml"
+RESULT = ROOT / "benchmarks" / "results" / "platforms.json"
+METAREC = str(Path(sys.executable).parent / "metarec")
+STAGES = ("ingest", "validate", "episodes", "train", "evaluate")
+
+
+def main() -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", type=Path, default=BASE)
+    ap.add_argument("--out", type=Path, default=RESULT)
+    args = ap.parse_args()
+    start = time.perf_counter()
+    seconds = {}
+    with tempfile.TemporaryDirectory(prefix="metarec-platforms-") as tmp:
+        cwd = Path(tmp)
+        shutil.copy(args.params, cwd / "params.yaml")
+        for stage in STAGES:
+            t0 = time.perf_counter()
+            done = subprocess.run([METAREC, stage, "--params", "params.yaml"], cwd=cwd,
+                                  capture_output=True, text=True)
+            if done.returncode:
+                sys.exit(f"metarec {stage} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+            seconds[stage] = round(time.perf_counter() - t0, 1)
+            print(f"{stage}: {seconds[stage]} s", flush=True)
+        ev = json.loads((cwd / "metrics" / "eval.json").read_text())
+        data = json.loads((cwd / "metrics" / "data.json").read_text())
+    groups = {r["without"] for r in ev["cross_platform"]} | {
+        r["with"] for r in ev["cross_platform"]}
+    report = {"params": str(args.params.relative_to(ROOT)) if args.params.is_relative_to(ROOT)
+              else str(args.params),
+              "dataset": ev["dataset"], "catalogue_metric": ev["catalogue_metric"],
+              "tasks": data["tasks"]["test"].get("platform_cold", {}),
+              "too_few": data["too_few"].get("test_platform", {}),
+              "confidence": ev["bootstrap"]["confidence"],
+              "cross_platform": ev["cross_platform"],
+              "results": [r for r in ev["results"] if r["scenario"] in groups],
+              "seconds": {**seconds, "total": round(time.perf_counter() - start, 1)}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    for r in report["cross_platform"]:
+        print(f"{r['model']:13s} {r['without']:20s} K={r['k']!s:4s} {r['value_without']:.4f}"
+              f" -> {r['value_with']:.4f}  {r['diff']:+.4f} [{r['ci_low']:+.4f}, "
+              f"{r['ci_high']:+.4f}]")
+    return report
+
+
+if __name__ == "__main__":
+    main()
