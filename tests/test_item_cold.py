@@ -130,6 +130,7 @@ def data():
     return episode_data(n_users=80, n_items=40)
 
 
+@pytest.mark.slow
 def test_with_every_id_dropped_no_item_id_row_but_unknown_learns(data, tmp_path):
     start, end = _start(data), _trained(data, tmp_path, 1.0)
     for name in ID_TABLES:
@@ -138,6 +139,7 @@ def test_with_every_id_dropped_no_item_id_row_but_unknown_learns(data, tmp_path)
     assert not torch.equal(end["item_proj.weight"], start["item_proj.weight"])
 
 
+@pytest.mark.slow
 def test_without_dropout_the_item_id_rows_learn_and_dropout_changes_the_weights(data,
                                                                                 tmp_path):
     start, plain = _start(data), _trained(data, tmp_path, 0.0)

@@ -43,6 +43,7 @@ def platform_tasks(df: pd.DataFrame, test_users: pd.Index, p: EpisodesParams
     # new here: the user had used another platform before its first interaction on this one
     cold = rows[first_here > first_any].copy()
     cold["pos"] = cold.groupby(["user_id", "platform"], sort=False).cumcount()
+    n_pairs = pd.MultiIndex.from_frame(cold[["user_id", "platform"]]).unique().size
     frames, too_few = [], {}
     for k in p.support_sizes:
         sup = cold[cold["pos"] < k]
@@ -50,8 +51,6 @@ def platform_tasks(df: pd.DataFrame, test_users: pd.Index, p: EpisodesParams
         enough = (sup.groupby(["user_id", "platform"]).size() == k)
         pairs = enough[enough].index.intersection(
             query.groupby(["user_id", "platform"]).size().index)
-        key = pd.MultiIndex.from_frame(cold[["user_id", "platform"]])
-        n_pairs = key.unique().size
         too_few[f"{SCENARIO}_k{k}"] = int(n_pairs - len(pairs))
         keep_s = pd.MultiIndex.from_frame(sup[["user_id", "platform"]]).isin(pairs)
         keep_q = pd.MultiIndex.from_frame(query[["user_id", "platform"]]).isin(pairs)

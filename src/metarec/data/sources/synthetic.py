@@ -45,13 +45,15 @@ class Platforms:
 def _chosen_by_taste(rng: np.random.Generator, spec: SyntheticSource, U: np.ndarray,
                      V: np.ndarray, drift_dir: np.ndarray, signup: np.ndarray,
                      activity: np.ndarray, popularity: np.ndarray, target: int, end: int,
-                     platforms: Platforms | None = None, chunk: int = 65_536
+                     platforms: Platforms | None = None, cells: int = 1 << 22
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """(users, items, timestamps, platforms or None) where a user picks items by popularity
     and by its taste at that moment (drift and the platform's shift included): Gumbel-max
     over log popularity + choice * taste . V. Repeated (user, item) pairs keep their first
-    draw; rounds until ``target`` rows."""
+    draw; rounds until ``target`` rows. Logits are built for about ``cells`` (draw, item)
+    pairs at a time (memory), which draws the same numbers whatever the chunking."""
     n_u, day = len(U), 86_400
+    chunk = max(1, cells // max(len(V), 1))
     speed = rng.uniform(0.2, 3.0, n_u)
     log_pop = np.log(popularity)
     codes, times = np.empty(0, np.int64), np.empty(0, np.int64)
