@@ -24,11 +24,27 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "benchmarks" / "params" / "platforms.yaml"
 RESULT = ROOT / "benchmarks" / "results" / "platforms.json"
 METAREC = str(Path(sys.executable).parent / "metarec")
 STAGES = ("ingest", "validate", "episodes", "train", "evaluate")
+
+
+def learned_trust(models: Path) -> dict[str, float]:
+    """Each network model's learned weight of a support item from another platform
+    (``2 sigmoid(cross_trust)``; 1 = as much as one from the task's own platform)."""
+    from metarec.meta.checkpoint import read_checkpoint
+
+    out = {}
+    for path in sorted(models.glob("seed*/*.pt")):
+        weights = read_checkpoint(path)["state"].get("state_dict", {})
+        if "cross_trust" in weights:
+            key = f"{path.parent.name}/{path.stem}"
+            out[key] = round(float(2 * torch.sigmoid(weights["cross_trust"])), 4)
+    return out
 
 
 def main() -> dict:
@@ -50,6 +66,7 @@ def main() -> dict:
             seconds[stage] = round(time.perf_counter() - t0, 1)
             print(f"{stage}: {seconds[stage]} s", flush=True)
         ev = json.loads((cwd / "metrics" / "eval.json").read_text())
+        trust = learned_trust(cwd / "models")
         data = json.loads((cwd / "metrics" / "data.json").read_text())
     groups = {r["without"] for r in ev["cross_platform"]} | {
         r["with"] for r in ev["cross_platform"]}
@@ -59,11 +76,13 @@ def main() -> dict:
               "tasks": data["tasks"]["test"].get("platform_cold", {}),
               "too_few": data["too_few"].get("test_platform", {}),
               "confidence": ev["bootstrap"]["confidence"],
+              "learned_trust": trust,
               "cross_platform": ev["cross_platform"],
               "results": [r for r in ev["results"] if r["scenario"] in groups],
               "seconds": {**seconds, "total": round(time.perf_counter() - start, 1)}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print("learned trust of another platform's support items:", trust)
     for r in report["cross_platform"]:
         print(f"{r['model']:13s} {r['without']:20s} K={r['k']!s:4s} {r['value_without']:.4f}"
               f" -> {r['value_with']:.4f}  {r['diff']:+.4f} [{r['ci_low']:+.4f}, "

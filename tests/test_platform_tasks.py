@@ -11,12 +11,24 @@ import pandas as pd
 import pytest
 import torch
 
-from metarec.config import EvaluateParams, IngestParams, SyntheticSource, ValidateParams
+from metarec import algorithms
+from metarec.config import (
+    EvaluateParams,
+    IngestParams,
+    ModelParams,
+    ObjectiveParams,
+    SyntheticSource,
+    TrainParams,
+    ValidateParams,
+)
 from metarec.data.protocols.platforms import platform_tasks
-from metarec.data.tasks import load_episodes, to_batch
+from metarec.data.tasks import TaskBatch, cat_batches, load_episodes, to_batch
 from metarec.eval.compare import compare_variants
+from metarec.meta.features import FeatureStore
 from metarec.params import load_params
 from metarec.stages import episodes, evaluate, ingest, validate
+from metarec.train.data import EpisodeDataModule
+from metarec.train.fit import fit_algorithm
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -153,3 +165,81 @@ def test_the_cross_platform_comparison_is_each_model_with_minus_without():
     assert r["ci_low"] == pytest.approx(0.1, abs=1e-6) and r["ci_high"] == pytest.approx(0.1,
                                                                                         abs=1e-6)
     assert r["value_with"] - r["value_without"] == pytest.approx(0.1, abs=1e-6)
+
+
+def test_a_cross_marked_batch_marks_exactly_the_other_platforms_rows(project):
+    data = load_episodes(project / "episodes")
+    tasks = data.select("test", "platform_cold", 3)
+    batch = to_batch(tasks, cross=True)
+    assert batch.support_cross is not None and to_batch(tasks).support_cross is None
+    n_cross = tasks[tasks["role"] == "cross"].groupby("task_id").size().reindex(
+        batch.task_id.numpy(), fill_value=0)
+    assert batch.support_cross.sum(1).tolist() == n_cross.tolist()
+    assert not (batch.support_cross & ~batch.support_mask).any()
+    # the task's own support is never marked: the unmarked items are its K rows
+    assert ((batch.support_mask & ~batch.support_cross).sum(1) == 3).all()
+    part = batch.take([2, 0])
+    assert torch.equal(part.support_cross, batch.support_cross[[2, 0], :part.support_cross
+                                                               .shape[1]])
+    assert batch.slice(1, 3).support_cross.shape[0] == 2
+
+
+def test_joined_batches_pad_each_side_and_keep_the_marks(project):
+    data = load_episodes(project / "episodes")
+    val = data.select("val")
+    plain = to_batch(val[val["task_id"].isin(sorted(val["task_id"].unique())[:4])])
+    marked = to_batch(data.select("test", "platform_cold", 1), cross=True).take([0, 1, 2])
+    both = cat_batches(plain, marked)
+    assert len(both) == len(plain) + 3
+    assert both.task_id.unique().numel() == len(both)
+    s = max(plain.support_mask.shape[1], marked.support_mask.shape[1])
+    assert both.support_items.shape == (len(both), s)
+    assert not both.support_cross[:len(plain)].any()
+    w = marked.support_cross.shape[1]
+    assert torch.equal(both.support_cross[len(plain):, :w], marked.support_cross)
+    assert torch.equal(both.query_items[len(plain):, :marked.query_items.shape[1]],
+                       marked.query_items)
+    assert both.support_mask.sum() == plain.support_mask.sum() + marked.support_mask.sum()
+
+
+MODEL = ModelParams(interaction="dot", embedding_dim=8, hidden=(8,), adapt="user",
+                    fold_in=True, warm_start="none")
+TRAIN = TrainParams(max_steps=20, val_every=10, meta_batch=16, inner_steps=2, inner_lr=0.1,
+                    outer_lr=0.05, patience=0, objective=ObjectiveParams(), draws=("random",))
+
+
+def _adapted(algo, store, batch):
+    fast = algo.adapt(algo.meta_params(), store.support(batch), create_graph=False)
+    return algo.predict(fast, store.query(batch), "rank")
+
+
+def test_the_learned_trust_weighs_the_other_platforms_support_items(project):
+    data = load_episodes(project / "episodes")
+    store = FeatureStore(data.users, data.items)
+    torch.manual_seed(0)
+    algo = algorithms.get("maml").create(data, MODEL, TRAIN)
+    algo.use_catalogue(store)
+    tasks = data.select("test", "platform_cold", 1)
+    marked, alone = to_batch(tasks, cross=True), to_batch(tasks)
+    assert marked.support_cross.any()
+    unmarked = TaskBatch(**{**marked.__dict__, "support_cross": None})
+    with torch.no_grad():
+        algo.cross_trust.fill_(0.0)                 # weight 1: as the task's own items
+    torch.testing.assert_close(_adapted(algo, store, marked), _adapted(algo, store, unmarked))
+    with torch.no_grad():
+        algo.cross_trust.fill_(-40.0)               # weight ~0: as if they were not there
+    torch.testing.assert_close(_adapted(algo, store, marked), _adapted(algo, store, alone),
+                               rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(_adapted(algo, store, unmarked), _adapted(algo, store, alone),
+                              rtol=1e-3, atol=1e-3)
+
+
+def test_meta_training_sees_marked_platform_tasks_and_moves_the_trust(project, tmp_path):
+    data = load_episodes(project / "episodes")
+    dm = EpisodeDataModule(data, 16, draw="random")
+    dm.setup("fit")
+    assert dm.cross_tasks is not None and dm.cross_tasks.support_cross.any()
+    assert len(dm._epoch_tasks()) > len(dm.cross_tasks)
+    fit = fit_algorithm("maml", data, MODEL, TRAIN, tmp_path, draw="random")
+    assert fit.best_step > 0
+    assert float(fit.algorithm.cross_trust.detach()) != 0.0, "no meta-gradient reached the trust"

@@ -110,25 +110,57 @@ class TaskBatch:
     query_items: torch.Tensor      # (T, Q) long
     query_ratings: torch.Tensor    # (T, Q) float
     query_mask: torch.Tensor       # (T, Q) bool
+    # (T, S) bool: the support item comes from another platform (platform_cold + cross);
+    # None = every support item is the task's own
+    support_cross: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.task_id.shape[0])
 
+    def _map(self, fn: Any) -> TaskBatch:
+        return TaskBatch(**{f.name: None if (v := getattr(self, f.name)) is None else fn(v)
+                            for f in fields(self)})
+
     def to(self, device: torch.device | str) -> TaskBatch:
-        return TaskBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        return self._map(lambda v: v.to(device))
 
     def slice(self, start: int, stop: int) -> TaskBatch:
-        return TaskBatch(**{f.name: getattr(self, f.name)[start:stop] for f in fields(self)})
+        return self._map(lambda v: v[start:stop])
 
     def take(self, idx: list[int] | torch.Tensor) -> TaskBatch:
         """Tasks ``idx``, padding trimmed to their longest support and query (>= 1)."""
         idx = torch.as_tensor(idx, dtype=torch.long)
-        parts = {f.name: getattr(self, f.name)[idx] for f in fields(self)}
+        parts = self._map(lambda v: v[idx]).__dict__
         for side in ("support", "query"):
             width = max(int(parts[f"{side}_mask"].sum(1).max()), 1) if len(idx) else 1
-            for col in ("items", "ratings", "mask"):
-                parts[f"{side}_{col}"] = parts[f"{side}_{col}"][:, :width]
+            for col in ("items", "ratings", "mask", "cross"):
+                if parts.get(f"{side}_{col}") is not None:
+                    parts[f"{side}_{col}"] = parts[f"{side}_{col}"][:, :width]
         return TaskBatch(**parts)
+
+
+def cat_batches(a: TaskBatch, b: TaskBatch) -> TaskBatch:
+    """The tasks of ``a`` then ``b`` in one batch, padded to the wider of each side (task ids
+    of ``b`` shifted past ``a``'s); a support cross mark is kept where either has one."""
+    def pad(x: torch.Tensor, width: int) -> torch.Tensor:
+        return torch.nn.functional.pad(x, (0, width - x.shape[1]))
+
+    def cross(x: TaskBatch) -> torch.Tensor:
+        return (x.support_cross if x.support_cross is not None
+                else torch.zeros_like(x.support_mask))
+
+    s = max(a.support_mask.shape[1], b.support_mask.shape[1])
+    q = max(a.query_mask.shape[1], b.query_mask.shape[1])
+    parts = {"task_id": torch.cat([a.task_id, b.task_id + int(a.task_id.max()) + 1
+                                   if len(a) else b.task_id]),
+             "user_idx": torch.cat([a.user_idx, b.user_idx])}
+    for side, width in (("support", s), ("query", q)):
+        for col in ("items", "ratings", "mask"):
+            name = f"{side}_{col}"
+            parts[name] = torch.cat([pad(getattr(a, name), width), pad(getattr(b, name), width)])
+    if a.support_cross is not None or b.support_cross is not None:
+        parts["support_cross"] = torch.cat([pad(cross(a), s), pad(cross(b), s)])
+    return TaskBatch(**parts)
 
 
 def pad_rows(rows: np.ndarray, n_rows: int, items: np.ndarray, ratings: np.ndarray
@@ -165,9 +197,12 @@ def to_batch(tasks: pd.DataFrame, cross: bool = False) -> TaskBatch:
     ``cross`` (a platform_cold task's history on other platforms) join the support when
     ``cross`` is true and are left out otherwise: never part of the query.
     """
-    if "cross" in set(tasks["role"].unique()):
-        tasks = (tasks.assign(role=tasks["role"].astype("string").replace("cross", "support"))
-                 if cross else tasks[tasks["role"] != "cross"])
+    marked = cross and "cross" in set(tasks["role"].unique())
+    if marked:
+        role = tasks["role"].astype("string")
+        tasks = tasks.assign(role=role.replace("cross", "support"), cross=(role == "cross"))
+    else:
+        tasks = tasks[tasks["role"] != "cross"]
     t = tasks.sort_values(["task_id", "timestamp", "item_id"], kind="stable")
     task_ids, pos = np.unique(t["task_id"].to_numpy(), return_inverse=True)
     n = len(task_ids)
@@ -175,9 +210,15 @@ def to_batch(tasks: pd.DataFrame, cross: bool = False) -> TaskBatch:
     is_sup = (t["role"] == "support").to_numpy()
     s_items, s_rat, s_mask = _pad(t[is_sup], pos[is_sup], n)
     q_items, q_rat, q_mask = _pad(t[~is_sup], pos[~is_sup], n)
+    mark = None
+    if marked:   # the cross flag padded like the support (as 0/1 "ratings")
+        sup = t[is_sup]
+        _, flags, _ = pad_rows(pos[is_sup], n, sup["item_idx"].to_numpy(np.int64),
+                               sup["cross"].to_numpy(np.float32))
+        mark = flags > 0
     return TaskBatch(
         task_id=torch.from_numpy(task_ids.astype(np.int64)),
         user_idx=torch.from_numpy(first),
         support_items=s_items, support_ratings=s_rat, support_mask=s_mask,
-        query_items=q_items, query_ratings=q_rat, query_mask=q_mask,
+        query_items=q_items, query_ratings=q_rat, query_mask=q_mask, support_cross=mark,
     )

@@ -25,6 +25,7 @@ class TaskSet:
     ratings: Tensor   # (T, L)
     mask: Tensor      # (T, L) bool
     rows: Tensor | None = None   # (T, L) the items' rows in the item table
+    cross: Tensor | None = None  # (T, L) bool: from another platform (support only)
 
     def __len__(self) -> int:
         return int(self.ratings.shape[0])
@@ -38,7 +39,13 @@ class TaskSet:
                 if self.rows is not None and other.rows is not None else None)
         return TaskSet(user=self.user, items=items,
                        ratings=torch.cat([self.ratings, other.ratings], dim=1),
-                       mask=torch.cat([self.mask, other.mask], dim=1), rows=rows)
+                       mask=torch.cat([self.mask, other.mask], dim=1), rows=rows,
+                       cross=None if self.cross is None and other.cross is None else
+                       torch.cat([self.marks(), other.marks()], dim=1))
+
+    def marks(self) -> Tensor:
+        """(T, L) bool cross-platform marks (all False when there are none)."""
+        return self.cross if self.cross is not None else torch.zeros_like(self.mask)
 
 
 class FeatureStore:
@@ -89,11 +96,15 @@ class FeatureStore:
 
     def user_context(self, batch: TaskBatch) -> Feats:
         """Each task's user: its features and its support items (ids as the network's item-id
-        codes, for the fold-in of the support into the user vector)."""
+        codes, for the fold-in of the support into the user vector; ``pool_cross`` marks those
+        from another platform, all False when the batch has no marks)."""
         dev = self.device
         ids = self._items["id"][batch.support_items.to(dev)]              # (T, S)
-        return {**self.users(batch.user_idx.to(dev)), "pool_ids": ids,
-                "pool_mask": batch.support_mask.to(dev)}
+        mask = batch.support_mask.to(dev)
+        cross = (batch.support_cross.to(dev) if batch.support_cross is not None
+                 else torch.zeros_like(mask))
+        return {**self.users(batch.user_idx.to(dev)), "pool_ids": ids, "pool_mask": mask,
+                "pool_cross": cross}
 
     def _side(self, user: Feats, items: Tensor, ratings: Tensor, mask: Tensor) -> TaskSet:
         dev = self.device
@@ -102,8 +113,10 @@ class FeatureStore:
                        mask=mask.to(dev), rows=items)
 
     def support(self, batch: TaskBatch) -> TaskSet:
-        return self._side(self.user_context(batch), batch.support_items,
-                          batch.support_ratings, batch.support_mask)
+        user = self.user_context(batch)
+        side = self._side(user, batch.support_items, batch.support_ratings, batch.support_mask)
+        side.cross = user["pool_cross"]
+        return side
 
     def query(self, batch: TaskBatch) -> TaskSet:
         return self._side(self.user_context(batch), batch.query_items, batch.query_ratings,

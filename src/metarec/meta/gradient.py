@@ -80,6 +80,9 @@ class MetaAlgorithm(CatalogueRanking, nn.Module, Algorithm):
         self.register_buffer("log_q", torch.full((n_ids,), -torch.log(torch.tensor(
             float(n_ids))).item(), dtype=model.global_bias.dtype))      # sampler log-probs
         self._catalogue: Feats | None = None
+        # how much a support item from another platform counts (2 sigmoid: 1 at the start,
+        # as much as the task's own), learned in the outer loop on cross-marked tasks
+        self.cross_trust = nn.Parameter(torch.zeros((), dtype=model.global_bias.dtype))
 
     def unused_heads(self) -> tuple[str, ...]:
         """Prefixes of the parameters no part of the objective reads."""
@@ -186,20 +189,31 @@ class MetaAlgorithm(CatalogueRanking, nn.Module, Algorithm):
                 and not PreferenceNet.embeds_items(self.adapt_names):
             items = self.model.embed_items(items)                        # (T, L, ·)
         return TaskSet(user=self.prepare_user(ts.user), items=items, ratings=ts.ratings,
-                       mask=ts.mask, rows=ts.rows)
+                       mask=ts.mask, rows=ts.rows, cross=ts.cross)
+
+    def support_weights(self, mask: Tensor, cross: Tensor | None) -> Tensor:
+        """(T, S) weight of each support item: 0 padded, 1 the task's own, the learned trust
+        ``2 sigmoid(cross_trust)`` one from another platform."""
+        w = mask.to(self.cross_trust.dtype)
+        if cross is None:
+            return w
+        trust = 2.0 * torch.sigmoid(self.cross_trust)
+        return w * torch.where(cross, trust, torch.ones_like(trust))
 
     def prepare_user(self, user: Feats) -> Feats:
         """The user's inputs: feature embeddings (T, Du) and the pooled support (T, d),
         computed once unless an adapted parameter computes them (then per task)."""
-        out = {k: v for k, v in user.items() if k not in ("pool_ids", "pool_mask")}
+        out = {k: v for k, v in user.items()
+               if k not in ("pool_ids", "pool_mask", "pool_cross")}
         if "x" not in out and not PreferenceNet.embeds_users(self.adapt_names):
             out = {"x": self.model.embed_users(out), **({"pool": out["pool"]}
                                                         if "pool" in out else {})}
         if self.fold_in and "pool" not in out and "pool_ids" in user:
+            weights = self.support_weights(user["pool_mask"], user.get("pool_cross"))
             if PreferenceNet.pools(self.adapt_names):
-                out.update(pool_ids=user["pool_ids"], pool_mask=user["pool_mask"])
+                out.update(pool_ids=user["pool_ids"], pool_mask=weights)
             else:
-                out["pool"] = self.model.pool_support(user["pool_ids"], user["pool_mask"])
+                out["pool"] = self.model.pool_support(user["pool_ids"], weights)
         return out
 
     def positives(self, ts: TaskSet) -> Tensor:
@@ -264,7 +278,8 @@ class MetaAlgorithm(CatalogueRanking, nn.Module, Algorithm):
         else:
             table, valid, cand_logq = {"v": support.ratings[:1, :1]}, support.mask[:, :1], None
             pos_logq = support.ratings
-        pos_w = self.positives(support) if use_ranking else support.ratings
+        weights = self.support_weights(support.mask, support.cross)         # (T, S)
+        pos_w = self.positives(support) * weights if use_ranking else support.ratings
         in_dims = (0, 0, 0, 0, 0, 0, 0, None, 0, None, 0)
         step_grad = vmap(grad(self.support_loss), in_dims=in_dims)
         shape = (t, *support.mask.shape[1:], self.model.hidden_width)
@@ -273,7 +288,7 @@ class MetaAlgorithm(CatalogueRanking, nn.Module, Algorithm):
             if self.noise is not None:
                 eps = torch.randn(shape, generator=generator, dtype=support.ratings.dtype,
                                   device=support.ratings.device)         # (T, S, w)
-            g = step_grad(fast, support.user, support.items, support.ratings, support.mask,
+            g = step_grad(fast, support.user, support.items, support.ratings, weights,
                           pos_w, pos_logq, table, valid, cand_logq,
                           eps if eps is not None else support.ratings)
             if self.first_order or not create_graph:

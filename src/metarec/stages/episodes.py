@@ -138,9 +138,15 @@ def run(params: EpisodesParams, inp: str | Path, out: str | Path, metrics: str |
         pcodes, platforms = pd.factorize(inter["platform"], sort=True)
         test_users = pd.Index(raw_tasks.loc[raw_tasks["split"] == "test", "user_id"].unique()
                               ).difference(pd.Index(split.train_users))
-        cold, info["too_few"]["test_platform"] = platform_tasks(
-            df.assign(platform=pcodes.astype(np.int32)), test_users, params)
-        raw_tasks = pd.concat([raw_tasks.assign(platform=-1), cold], ignore_index=True)
+        logged = df.assign(platform=pcodes.astype(np.int32))
+        cold, info["too_few"]["test_platform"] = platform_tasks(logged, test_users, params)
+        # the meta-train users' training period, with each row's platform
+        key = ["user_id", "item_id", "timestamp"]
+        period = split.history[key].merge(logged.drop_duplicates(key), on=key)
+        train_cold, info["too_few"]["train_platform"] = platform_tasks(
+            period, pd.Index(split.train_users), params, split="train")
+        raw_tasks = pd.concat([raw_tasks.assign(platform=-1), cold, train_cold],
+                              ignore_index=True)
         columns = {**EPISODE_COLUMNS, **PLATFORM_COLUMN}
         info["platforms"] = [str(x) for x in platforms]
     tasks = _finish(raw_tasks, columns)

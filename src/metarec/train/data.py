@@ -17,7 +17,8 @@ import numpy as np
 from torch.utils.data import DataLoader, DistributedSampler
 
 from metarec.data.draws import draw_tasks
-from metarec.data.tasks import EpisodeData, TaskBatch, to_batch
+from metarec.data.protocols.platforms import SCENARIO as PLATFORM_COLD
+from metarec.data.tasks import EpisodeData, TaskBatch, cat_batches, to_batch
 from metarec.errors import DataError
 
 
@@ -35,7 +36,9 @@ class EpisodeDataModule(L.LightningDataModule):
     With ``draw`` (temporal | random), the meta-train tasks are drawn afresh from the training
     history every epoch (one per user, seeded by seed and epoch: the same on every process);
     without, they are the fixed draws of the episodes (split "train"). ``meta_batch`` is the
-    number of tasks per outer step over all processes.
+    number of tasks per outer step over all processes. With platforms, the meta-train users'
+    platform_cold tasks (support on a platform new to the user, its cross rows from the others
+    marked) join every epoch's tasks.
     """
 
     def __init__(self, data: EpisodeData, meta_batch: int, seed: int = 0,
@@ -45,6 +48,7 @@ class EpisodeDataModule(L.LightningDataModule):
         self.draw = draw
         self.train_tasks: TaskBatch | None = None
         self.val_tasks: TaskBatch | None = None
+        self.cross_tasks: TaskBatch | None = None
 
     def _epoch_tasks(self) -> TaskBatch:
         """This epoch's meta-train tasks, drawn from the history (``draw`` set)."""
@@ -54,18 +58,24 @@ class EpisodeDataModule(L.LightningDataModule):
             raise DataError("the episodes carry no training history to draw tasks from; "
                             "rerun `dvc repro episodes`")
         rng = np.random.default_rng([self.seed, epoch])
-        return draw_tasks(self.data.history, tuple(spec["support_sizes"]), spec["query_size"],
-                          str(self.draw), rng)
+        drawn = draw_tasks(self.data.history, tuple(spec["support_sizes"]), spec["query_size"],
+                           str(self.draw), rng)
+        return drawn if self.cross_tasks is None else cat_batches(drawn, self.cross_tasks)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_tasks is not None:
             return
         train, val = self.data.select("train"), self.data.select("val")
+        cold = train["scenario"] == PLATFORM_COLD
+        train = train[~cold]
         if train.empty:
             raise DataError("no meta-train tasks (split 'train') in the episodes")
         if val.empty:
             raise DataError("no validation tasks (split 'val') in the episodes")
         self.train_tasks, self.val_tasks = to_batch(train), to_batch(val)
+        if cold.any():
+            self.cross_tasks = to_batch(self.data.select("train", PLATFORM_COLD), cross=True)
+            self.train_tasks = cat_batches(self.train_tasks, self.cross_tasks)
 
     def _rank(self) -> tuple[int, int]:
         """(this process's global rank, number of processes); (0, 1) outside a Trainer."""

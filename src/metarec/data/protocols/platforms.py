@@ -1,4 +1,4 @@
-"""Cross-platform tasks: a test user known on other platforms, new on this one.
+"""Cross-platform tasks: a user known on other platforms, new on this one.
 
 A task is (user, platform). For every test user (in the protocol's test split, never a
 meta-train user) and every platform the user reached after having used another one:
@@ -10,7 +10,10 @@ meta-train user) and every platform the user reached after having used another o
   of the query (what the company knew of the user elsewhere when the query began).
 
 Evaluation scores each task twice: on its support alone (scenario ``platform_cold``) and with
-the cross rows added to the support (``platform_cold+cross``). Everything is vectorised.
+the cross rows added to the support (``platform_cold+cross``). The meta-train users' training
+period gives the same kind of tasks (split ``train``), which meta-training adds to every
+epoch's tasks with their cross rows marked, so that the meta-learners learn how much a support
+item from another platform is worth. Everything is vectorised.
 """
 
 from __future__ import annotations
@@ -30,9 +33,9 @@ def _latest(rows: pd.DataFrame, keys: list[str], n: int) -> pd.DataFrame:
     return rows[back < n]
 
 
-def platform_tasks(df: pd.DataFrame, test_users: pd.Index, p: EpisodesParams
-                   ) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Labelled rows of the ``platform_cold`` test tasks (one per user, platform and K; the
+def platform_tasks(df: pd.DataFrame, test_users: pd.Index, p: EpisodesParams,
+                   split: str = "test") -> tuple[pd.DataFrame, dict[str, int]]:
+    """Labelled rows of the ``platform_cold`` tasks of ``split`` (one per user, platform and K; the
     platform's code is in ``platform`` and, as the task's id key, in ``draw``) and, per K,
     the (user, platform) pairs with too few interactions on the platform. ``df``: user_id,
     item_id, rating, timestamp, platform (integer codes)."""
@@ -61,7 +64,7 @@ def platform_tasks(df: pd.DataFrame, test_users: pd.Index, p: EpisodesParams
             sup.assign(role=const("support", ROLE_ORDER, len(sup))),
             query.assign(role=const("query", ROLE_ORDER, len(query))),
             cross.assign(role=const("cross", ROLE_ORDER, len(cross)))], ignore_index=True),
-            "test", SCENARIO, k))
+            split, SCENARIO, k))
     out = pd.concat(frames, ignore_index=True)
     # a task is (user, platform): the platform's code is the task's draw (its id key)
     out["draw"] = out["platform"].astype(np.int64)
