@@ -85,6 +85,18 @@ def meta_training(r: dict) -> list[str]:
             "; ".join(goals), "; ".join(parts)]
 
 
+def evaluation(r: dict) -> list[str]:
+    grid = r["grid"]
+    ok = r["users_axis_ratio"] <= 1.2 and r["items_axis_ratio"] <= 1.2
+    biggest = max(grid, key=lambda g: g["test_tasks"] * g["items"])
+    return ["`evaluation.py`", "evaluate stage time per (test task, item) pair, synthetic "
+            "with a multi-valued item feature",
+            "per-pair time ratio, largest / smallest, ≤ 1.2 along users and along items",
+            f"users ×{r['users_axis_ratio']:.2f}, items ×{r['items_axis_ratio']:.2f}; "
+            f"{biggest['test_tasks']:,} tasks × {biggest['items']:,} items in "
+            f"{biggest['seconds']:.0f} s: " + _met(ok)]
+
+
 def _pct(rate: float | None) -> str:
     return "–" if rate is None else f"{rate:.0%}"
 
@@ -116,7 +128,8 @@ def _mutation_verdict(r: dict) -> str:
 
 ROWS: list[tuple[str, Callable[[dict], list[str]]]] = [
     ("data_pipeline*.json", data_pipeline), ("scoring*.json", scoring),
-    ("meta_training*.json", meta_training), ("mutation.json", mutation)]
+    ("meta_training*.json", meta_training), ("evaluation.json", evaluation),
+    ("mutation.json", mutation)]
 
 
 def table(results: Path = RESULTS) -> str:
@@ -161,6 +174,11 @@ def platforms_table(results: Path = RESULTS) -> str:
     tasks = ", ".join(f"K={k}: {n}" for k, n in sorted(r["tasks"].items(),
                                                         key=lambda kv: int(kv[0])))
     lines += ["", f"Tasks per K: {tasks}."]
+    if r.get("learned_trust"):
+        lines[-1] += (" Learned weight of a support item from another platform (1 = as one "
+                      "of the task's own): " + ", ".join(
+                          f"{k.split('/')[-1]} {v:.2f}" for k, v in r["learned_trust"].items())
+                      + ".")
     return "\n".join(lines)
 
 
