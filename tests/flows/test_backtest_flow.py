@@ -15,7 +15,7 @@ from metarec.params import load_params
 from metarec.scoring.backtest import trained_until
 from metarec.stages import backtest as stage
 
-from .flow_helpers import artifacts, subflow_runs, write_params
+from .flow_helpers import artifacts, subflow_runs, task_runs, write_params
 
 
 def test_backtest_flow_runs_a_subflow_per_night(trained: UUID, project: Path,
@@ -53,3 +53,28 @@ def test_backtest_flow_runs_a_subflow_per_night(trained: UUID, project: Path,
     assert (tmp_path / "backtest.json").read_bytes() == \
         (project / "metrics/backtest.json").read_bytes()
     assert again["per_night"] and {r["night"] for r in again["per_night"]} <= set(days)
+
+
+def test_backtest_nights_on_a_dask_cluster_give_the_same_bytes(trained: UUID, project: Path,
+                                                              tmp_path: Path) -> None:
+    end = trained_until(project / "data/episodes")
+    first = dt.datetime.fromtimestamp(end, dt.UTC).date()
+    days = [str(first + dt.timedelta(days=7 * i)) for i in range(3)]
+    write_params(project, {"backtest": {"from_date": days[0], "to_date": days[-1],
+                                        "every_days": 7, "bootstrap_samples": 50}})
+    p = load_params(project / "params.yaml")
+    stage.run(p.backtest, p.score, p.episodes, p.model, p.train, project / "data/validated",
+              project / "data/episodes", project / "models/seed0",
+              project / "metrics/selection.json", tmp_path / "backtest.json",
+              tmp_path / "report")
+    state = load_flow("backtest", project)(project_dir=str(project), task_runner="dask",
+                                           return_state=True)
+    assert state.is_completed(), state.message
+    # the nights ran as mapped tasks of one subflow on the cluster, not as night subflows
+    runs = subflow_runs(state.state_details.flow_run_id)
+    assert len(runs) == 1 and not runs[0].name.startswith("night ")
+    nights = task_runs(runs[0].id)
+    assert sorted(nights) == [f"night {d}" for d in days]
+    assert all(r.state_type == StateType.COMPLETED for r in nights.values())
+    assert (project / "metrics/backtest.json").read_bytes() == \
+        (tmp_path / "backtest.json").read_bytes()
