@@ -97,3 +97,112 @@ def test_a_multilingual_encoder_puts_translations_nearer_than_unrelated_titles()
     cos = v @ v.T / v.shape[1]
     for j in (1, 2, 3):
         assert cos[0, j] > max(cos[0, 4], cos[0, 5])
+
+
+# --- the text vector cache --------------------------------------------------------------------
+
+
+def _counting(monkeypatch) -> list[int]:
+    """Patch the encoder behind the cache to record how many texts each call encodes."""
+    import metarec.data.text as text_mod
+
+    calls: list[int] = []
+    real = text_mod.encode_text
+
+    def spy(texts, encoder, dim, seed=0):
+        calls.append(len(texts))
+        return real(texts, encoder, dim, seed)
+
+    monkeypatch.setattr(text_mod, "encode_text", spy)
+    return calls
+
+
+def test_the_cache_encodes_each_distinct_text_once_and_gives_the_encoders_vectors(
+        tmp_path, monkeypatch) -> None:
+    from metarec.data.text import TextCache, encode_cached
+
+    texts = pd.Series(["Matrix", "Амели", "Matrix", None, "千と千尋", "Амели"])
+    expect = encode_text(texts, "hashed", 16)
+    calls = _counting(monkeypatch)
+    cache = TextCache(tmp_path / "c.parquet")
+    got = encode_cached(texts, "hashed", 16, 0, cache)
+    assert np.array_equal(got, expect)
+    assert calls == [4]                             # 4 distinct texts (missing = empty)
+    cache.save()
+    again = encode_cached(texts, "hashed", 16, 0, TextCache(tmp_path / "c.parquet"))
+    assert np.array_equal(again, expect) and calls == [4]     # read back, nothing encoded
+    more = pd.Series(["Matrix", "Heat"])
+    reread = TextCache(tmp_path / "c.parquet")
+    assert np.array_equal(encode_cached(more, "hashed", 16, 0, reread),
+                          encode_text(more, "hashed", 16))
+    assert calls == [4, 1]                          # only the new title
+
+
+def test_the_cache_file_depends_on_its_texts_not_on_their_order(tmp_path) -> None:
+    from metarec.data.text import TextCache, encode_cached
+
+    a, b = TextCache(tmp_path / "a.parquet"), TextCache(tmp_path / "b.parquet")
+    encode_cached(pd.Series(["x y", "b", "Ça"]), "hashed", 8, 0, a)
+    encode_cached(pd.Series(["Ça"]), "hashed", 8, 0, b)
+    encode_cached(pd.Series(["b", "x y", "Ça"]), "hashed", 8, 0, b)
+    assert a.save().read_bytes() == b.save().read_bytes()
+    with pytest.raises(ValueError, match="cached vectors have 8 numbers, the encoder gives 4"):
+        encode_cached(pd.Series(["new"]), "hashed", 4, 0, TextCache(tmp_path / "a.parquet"))
+
+
+def test_the_episodes_vectors_serve_every_later_load_without_the_encoder(tmp_path,
+                                                                        monkeypatch) -> None:
+    from metarec.data.tasks import TEXT_VECTORS
+    from metarec.data.text import TextCache, text_keys
+
+    items = pd.DataFrame({"item_id": ["a", "b", "c"],
+                          "title": ["Heat", "Ran", "Heat"]}).astype("string")
+    vocab = fit_entity_vocab(items, "item_id", {"title": {"kind": "text"}},
+                             pd.Series(["a", "b"]), {"encoder": "hashed", "dim": 8, "seed": 0})
+    plain = encode_entity(items, "item_id", vocab)
+    cache = TextCache(tmp_path / TEXT_VECTORS)
+    encode_entity(items, "item_id", vocab, cache)
+    cache.subset(text_keys(items["title"]), tmp_path / TEXT_VECTORS).save()
+    calls = _counting(monkeypatch)
+    served = encode_entity(items, "item_id", vocab, TextCache(tmp_path / TEXT_VECTORS))
+    assert calls == [] and np.array_equal(served.numeric.numpy(), plain.numeric.numpy())
+
+
+def test_the_episodes_stage_writes_the_vectors_and_later_stages_read_them(tmp_path,
+                                                                         monkeypatch) -> None:
+    from dataclasses import replace as dc_replace
+
+    from metarec.config import IngestParams, TableSource, ValidateParams
+    from metarec.data.tasks import TEXT_VECTORS, load_episodes
+    from metarec.params import load_params
+    from metarec.stages import episodes, ingest, validate
+
+    rng = np.random.default_rng(0)
+    n = 600
+    pd.DataFrame({"user_id": [f"u{i % 60}" for i in range(n)],
+                  "item_id": [f"i{x}" for x in rng.integers(0, 40, n)],
+                  "rating": rng.integers(1, 6, n),
+                  "timestamp": 1_000_000_000 + np.arange(n) * 3600}).drop_duplicates(
+        ["user_id", "item_id"]).to_csv(tmp_path / "log.csv", index=False)
+    pd.DataFrame({"item_id": [f"i{x}" for x in range(40)],
+                  "title": [["Heat", "Ран", "千と千尋", ""][x % 4] + f" {x % 7}"
+                            for x in range(40)]}).to_csv(tmp_path / "items.csv", index=False)
+    src = TableSource(interactions=str(tmp_path / "log.csv"), items=str(tmp_path / "items.csv"),
+                      item_features={"title": "text"})
+    ingest.run(IngestParams(source="table", table=src), tmp_path / "canonical")
+    validate.run(ValidateParams(min_timestamp="2000-01-01"), tmp_path / "canonical",
+                 tmp_path / "validated", tmp_path / "q", tmp_path / "r")
+    ep = dc_replace(load_params("params.yaml").episodes, text_encoder="hashed", text_dim=8,
+                    text_cache=str(tmp_path / "keep"), support_sizes=(1, 3))
+    episodes.run(ep, tmp_path / "validated", tmp_path / "episodes", tmp_path / "data.json")
+    assert (tmp_path / "episodes" / TEXT_VECTORS).exists()
+    assert (tmp_path / "keep" / "hashed-d8-s0.parquet").exists()
+    calls = _counting(monkeypatch)
+    data = load_episodes(tmp_path / "episodes")
+    assert calls == []                              # the vectors came from the stage's file
+    assert [c for c in data.items.num_names if c.startswith("title#")] == [
+        f"title#{j}" for j in range(8)]
+    titles = pd.read_parquet(tmp_path / "episodes" / "items.parquet")["title"]
+    cols = [data.items.num_names.index(f"title#{j}") for j in range(8)]
+    np.testing.assert_array_equal(data.items.numeric[:, cols].numpy(),
+                                  encode_text(titles, "hashed", 8))

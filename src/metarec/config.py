@@ -119,6 +119,7 @@ class EpisodesParams:
     text_encoder: str = "none"
     text_dim: int = bounded(32, 1)
     cross_max: int = bounded(20, 0)
+    text_cache: str | None = ".cache/metarec/text"
     seed: int = 0
 
 

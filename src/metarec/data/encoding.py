@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - registers pa.compute
 import torch
 
-from metarec.data.text import encode_text
+from metarec.data.text import TextCache, encode_cached
 
 UNKNOWN = 0
 KINDS = ("categorical", "multicategorical", "numeric", "text")
@@ -116,8 +116,11 @@ class FeatureTable:
         return idx.astype(np.int64)
 
 
-def encode_entity(table: pd.DataFrame, id_col: str, vocab: dict[str, Any]) -> FeatureTable:
-    """Encode one entity table with a fitted vocabulary (vectorised, no per-row Python)."""
+def encode_entity(table: pd.DataFrame, id_col: str, vocab: dict[str, Any],
+                  text_cache: TextCache | None = None) -> FeatureTable:
+    """Encode one entity table with a fitted vocabulary (vectorised, no per-row Python);
+    text vectors are read from ``text_cache`` where it holds them (the episodes stage's
+    ``text_vectors.parquet``), encoded otherwise."""
     n = len(table)
     ids = table[id_col].astype("string")
     id_code = _codes(ids, vocab["ids"])
@@ -140,7 +143,8 @@ def encode_entity(table: pd.DataFrame, id_col: str, vocab: dict[str, Any]) -> Fe
             z = (col - spec["mean"]) / spec["std"]
             num_cols.append(np.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0))
         elif kind == "text":
-            vecs = encode_text(table[name], spec["encoder"], spec["dim"], spec["seed"])
+            vecs = encode_cached(table[name], spec["encoder"], spec["dim"], spec["seed"],
+                                 text_cache)
             num_names.extend(f"{name}#{j}" for j in range(vecs.shape[1]))
             num_cols.extend(vecs.T.astype(np.float64))
     width = max((m.shape[1] for m in multi_mats), default=1)

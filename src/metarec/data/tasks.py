@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from metarec.data.encoding import FeatureTable, encode_entity
+from metarec.data.text import TextCache
 from metarec.io import read_json, read_tracked
 
 EPISODE_COLUMNS = {
@@ -36,6 +37,7 @@ PLATFORM_COLUMN = {"platform": "string"}
 HISTORY_TYPES = {"user_id": "string", "item_id": "string", "rating": "float32",
                  "timestamp": "int64"}
 SCENARIOS = ("warm", "user_cold", "item_cold", "user_item_cold")
+TEXT_VECTORS = "text_vectors.parquet"   # the items' text vectors (a text encoder named)
 
 
 @dataclass
@@ -85,7 +87,9 @@ def load_episodes(directory: str | Path) -> EpisodeData:
     users_df = read_tracked(directory / "users.parquet", restore, pd.read_parquet)
     items_df = read_tracked(directory / "items.parquet", restore, pd.read_parquet)
     users = encode_entity(users_df, "user_id", vocab["users"])
-    items = encode_entity(items_df, "item_id", vocab["items"])
+    vectors = directory / TEXT_VECTORS
+    items = encode_entity(items_df, "item_id", vocab["items"],
+                          TextCache(vectors) if vectors.exists() else None)
     tasks["user_idx"] = users.index_of(tasks["user_id"])
     tasks["item_idx"] = items.index_of(tasks["item_id"])
     history = read_tracked(directory / "history.parquet", restore, pd.read_parquet)

@@ -18,8 +18,12 @@ is the zero vector (no information), never an error.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 NGRAMS = (3, 4, 5)
 MAX_CHARS = 2000          # a description longer than this is cut (bounds memory, not meaning)
@@ -116,3 +120,94 @@ def encode_text(texts: pd.Series, encoder: str, dim: int, seed: int = 0) -> np.n
         return hashed_ngrams(texts, dim, seed)
     return sentence_vectors(texts, encoder)
 
+
+
+# --- a content-addressed store of text vectors ------------------------------------------------
+
+
+def text_keys(texts: pd.Series) -> np.ndarray:
+    """(n,) uint64 content keys of the texts (missing = empty): pandas' stable 64-bit hash,
+    vectorised, the same in every run and on every machine."""
+    filled = texts.astype("string").fillna("")
+    return pd.util.hash_pandas_object(filled, index=False).to_numpy(np.uint64)
+
+
+def encoder_key(encoder: str, dim: int, seed: int) -> str:
+    """A file-name-safe name of one encoder configuration (what the vectors depend on)."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in encoder)
+    return f"{safe}-d{dim}-s{seed}" if encoder == "hashed" else f"{safe}-s{seed}"
+
+
+class TextCache:
+    """Vectors of one encoder keyed by their text's content key, in one Parquet file
+    (``key`` uint64, ``vector`` float32 list), kept sorted by key so that the same texts
+    give the same bytes. Reading a text already there never runs the encoder again."""
+
+    def __init__(self, path: str | Path, read: bool = True) -> None:
+        self.path = Path(path)
+        self.keys = np.empty(0, np.uint64)
+        self.vectors: np.ndarray | None = None
+        if read and self.path.exists():
+            table = pq.read_table(self.path)
+            self.keys = table["key"].to_numpy().astype(np.uint64)
+            flat = table["vector"].combine_chunks().flatten().to_numpy()
+            self.vectors = flat.astype(np.float32).reshape(len(self.keys), -1)
+
+    def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(found (n,) bool, vectors (n, d) with zeros where not found, or None if empty)."""
+        if self.vectors is None or not len(self.keys):
+            return np.zeros(len(keys), bool), None
+        pos = np.searchsorted(self.keys, keys).clip(max=len(self.keys) - 1)
+        found = self.keys[pos] == keys
+        return found, np.where(found[:, None], self.vectors[pos], 0.0).astype(np.float32)
+
+    def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        """Add new (key, vector) rows in memory (call :meth:`save` to write them)."""
+        if not len(keys):
+            return
+        old = self.vectors if self.vectors is not None else np.empty((0, vectors.shape[1]),
+                                                                     np.float32)
+        if old.shape[1] != vectors.shape[1]:
+            raise ValueError(f"{self.path}: cached vectors have {old.shape[1]} numbers, the "
+                             f"encoder gives {vectors.shape[1]}; delete the file")
+        keys_all = np.concatenate([self.keys, keys.astype(np.uint64)])
+        vecs_all = np.concatenate([old, vectors.astype(np.float32)])
+        order = np.argsort(keys_all, kind="stable")
+        self.keys, self.vectors = keys_all[order], vecs_all[order]
+
+    def subset(self, keys: np.ndarray, path: str | Path) -> TextCache:
+        """A cache at ``path`` holding only ``keys`` (all of which must be here)."""
+        found, vecs = self.lookup(np.unique(keys))
+        if not found.all():
+            raise KeyError("subset of texts the cache does not hold")
+        out = TextCache(path, read=False)
+        out.keys, out.vectors = np.unique(keys), vecs
+        return out
+
+    def save(self) -> Path:
+        from metarec.io import write_parquet
+
+        dim = self.vectors.shape[1] if self.vectors is not None else 0
+        flat = (self.vectors if self.vectors is not None else np.empty((0, 0))).reshape(-1)
+        vector = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim)
+        return write_parquet(pa.table({"key": pa.array(self.keys, pa.uint64()),
+                                       "vector": vector}), self.path)
+
+
+def encode_cached(texts: pd.Series, encoder: str, dim: int, seed: int,
+                  cache: TextCache | None) -> np.ndarray:
+    """:func:`encode_text` through ``cache``: each distinct text not yet there is encoded
+    once and added (the caller saves the cache); vectors are the encoder's either way."""
+    if cache is None:
+        return encode_text(texts, encoder, dim, seed)
+    keys = text_keys(texts)
+    uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    found, vecs = cache.lookup(uniq)
+    if not found.all():
+        missing = np.flatnonzero(~found)
+        fresh = encode_text(texts.iloc[first[missing]].reset_index(drop=True), encoder, dim,
+                            seed)
+        cache.add(uniq[missing], fresh)
+        found, vecs = cache.lookup(uniq)
+    assert vecs is not None
+    return vecs[inverse]

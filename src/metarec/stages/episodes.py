@@ -22,7 +22,8 @@ from metarec.data import protocols
 from metarec.data.encoding import fit_entity_vocab
 from metarec.data.protocols.common import ROLE_ORDER, SCENARIO_ORDER, SPLIT_ORDER, sort_rows
 from metarec.data.protocols.platforms import platform_tasks
-from metarec.data.tasks import EPISODE_COLUMNS, HISTORY_TYPES, PLATFORM_COLUMN
+from metarec.data.tasks import EPISODE_COLUMNS, HISTORY_TYPES, PLATFORM_COLUMN, TEXT_VECTORS
+from metarec.data.text import TextCache, encode_cached, encoder_key, text_keys
 from metarec.io import read_json, read_tracked, write_json, write_parquet
 
 log = logging.getLogger("metarec.episodes")
@@ -169,6 +170,7 @@ def run(params: EpisodesParams, inp: str | Path, out: str | Path, metrics: str |
                   out / "history.parquet")
     write_parquet(users, out / "users.parquet")
     write_parquet(items, out / "items.parquet")
+    _text_vectors(items, vocab["items"], params, out / TEXT_VECTORS)
     write_json(vocab, out / "vocab.json")
     write_json(summary, out / "summary.json")
     quarantined = _quarantined(validation_summary)
@@ -180,6 +182,26 @@ def run(params: EpisodesParams, inp: str | Path, out: str | Path, metrics: str |
     log.info("episodes: %d tasks (%s)", tasks["task_id"].nunique(),
              {s: sum(sum(v.values()) for v in d.values()) for s, d in summary["tasks"].items()})
     return data_metrics
+
+
+def _text_vectors(items: pd.DataFrame, vocab: dict[str, Any], params: EpisodesParams,
+                  path: Path) -> None:
+    """Encode every item text once, through the cache kept between runs
+    (``episodes.text_cache``), and write the catalogue's vectors beside the tasks, where
+    every later stage reads them instead of running the encoder again."""
+    cols = [n for n, f in vocab["features"].items() if f["kind"] == "text"]
+    if not cols:
+        return
+    spec = vocab["features"][cols[0]]
+    key = encoder_key(spec["encoder"], spec["dim"], spec["seed"])
+    keep = TextCache(Path(params.text_cache) / f"{key}.parquet") if params.text_cache else None
+    run = keep if keep is not None else TextCache(path, read=False)
+    for col in cols:
+        encode_cached(items[col], spec["encoder"], spec["dim"], spec["seed"], run)
+    if keep is not None:
+        keep.save()
+    keys = np.concatenate([text_keys(items[col]) for col in cols])
+    run.subset(keys, path).save()
 
 
 def _quarantined(path: str | Path | None) -> int:
