@@ -6,7 +6,7 @@ The model and tasks of ``benchmarks/meta_training.py`` (ML-100K shapes, K = 10, 
 inner steps, adapt = user), at meta-batches of 32 and 256 tasks, for the dot and the MLP
 interaction. ``torch.profiler`` records ``--steps`` outer steps (after one warm-up); the JSON
 lists each configuration's seconds per step and per task, and the operators with the most
-self CPU time with their share. Writes ``benchmarks/results/meta_training_profile.json``.
+self CPU time with their share. Writes ``benchmarks/results/profile_meta_training.json``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from metarec.config import ModelParams
 from metarec.data.tasks import TaskBatch
 from metarec.meta.features import FeatureStore
 
-RESULT = Path(__file__).parent / "results" / "meta_training_profile.json"
+RESULT = Path(__file__).parent / "results" / "profile_meta_training.json"
 K = 10
 
 
