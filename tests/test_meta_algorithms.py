@@ -235,3 +235,37 @@ def test_ridge_without_item_features_ignores_them_and_freezes_id_tables(setup):
     assert id(algo.model.item_id.weight) not in trained
     assert id(algo.model.item_bias.weight) not in trained
     assert id(algo.log_lam) in trained and id(algo.model.user_proj.weight) in trained
+
+
+@pytest.mark.parametrize("name", ["maml", "metasgd", "metadropout", "ridge", "finetune"])
+def test_one_inner_loop_gives_every_step_count_of_a_grid_exactly(setup, name):
+    """adapt_grid (one loop of max(grid) steps) equals adapting from scratch with each count:
+    the validation grid search and the inner-steps curve pay for their longest run only."""
+    data, batch, store = setup
+    torch.manual_seed(3)
+    model = tiny_model(data, "dot")
+    algo = build_algorithm(name, model, {"adapt": "user", "inner_lr": LR, "inner_steps": 2})
+    with torch.no_grad():
+        for p in algo.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    predictor = AdaptivePredictor(name, algo, store, seed=7)
+    grid = [0, 1, 3, 4]
+    states = predictor.adapt_grid(batch, grid, chunk=2)
+    cands = torch.arange(data.items.n_ids).expand(len(batch), -1)
+    for steps in grid:
+        algo.inner_steps = steps            # the training code path, from scratch
+        fast = algo.adapt(algo.meta_params(), store.support(batch), create_graph=False,
+                          generator=torch.Generator().manual_seed(7 + 2))
+        assert fast.keys() == states[steps][0]["rank"].keys()
+        assert all(torch.equal(fast[k], states[steps][0]["rank"][k]) for k in fast), steps
+        predictor.set_steps(rate=steps, rank=steps)
+        alone = predictor.adapt(batch, chunk=2)
+        assert torch.equal(predictor.rank(states[steps]), predictor.rank(alone)), steps
+        assert torch.equal(predictor.rate(states[steps], cands), predictor.rate(alone, cands))
+    if name != "ridge":     # the counts differ from one another (the grid is not one state)
+        assert not torch.equal(predictor.rank(states[0]), predictor.rank(states[4]))
+    # ratings and ranking with different counts share one loop, each as if alone
+    predictor.set_steps(rate=1, rank=3)
+    both = predictor.adapt(batch, chunk=2)
+    assert torch.equal(predictor.rank(both), predictor.rank(states[3]))
+    assert torch.equal(predictor.rate(both, cands), predictor.rate(states[1], cands))

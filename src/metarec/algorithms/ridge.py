@@ -20,7 +20,7 @@ ratings, so step 0 predicts what :mod:`metarec.algorithms.biased_mf` with that `
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -168,6 +168,12 @@ class RidgeMeta(MetaAlgorithm):
             with torch.no_grad():
                 return self._solve(params, support)
         return self._solve(params, support)
+
+    def adapt_steps(self, support: TaskSet, steps: Sequence[int],
+                    generator: torch.Generator | None = None) -> dict[int, Params]:
+        """The closed form has no inner steps: one solve serves every count."""
+        fast = self.adapt(self.meta_params(), support, create_graph=False)
+        return {int(s): fast for s in steps}
 
     def _solve(self, params: Params, support: TaskSet) -> Params:
         phi, offset = self.item_side(support.items)                       # (T, S, D), (T, S)

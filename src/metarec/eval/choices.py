@@ -42,9 +42,10 @@ def choose_inner_steps(models: dict[str, Any], val: TaskBatch, grid: tuple[int, 
         if algo is None:
             continue
         mse, ndcg = {}, {}
+        states = model.adapt_grid(val, grid)        # one inner loop for the whole grid
         for steps in grid:
-            model.set_steps(rate=steps, rank=steps)
-            vals = score_batch(model, val, n_items, params, threshold, explicit)
+            vals = score_batch(model, val, n_items, params, threshold, explicit,
+                               state=states[steps])
             if model.predicts_ratings and explicit:   # pooled MSE over ratings, from per-task RMSE
                 n = val.query_mask.sum(1).double()
                 mse[steps] = float((vals["rmse"].double() ** 2 * n).nansum() / n.sum())

@@ -8,6 +8,7 @@ changes every name downstream: JSON, report, README.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -49,8 +50,8 @@ def family(metric: str) -> str:
 
 
 def score_batch(model: Predictor, batch: TaskBatch, n_items: int, params: EvaluateParams,
-                threshold: float, explicit: bool = True, eligible: torch.Tensor | None = None
-                ) -> dict[str, torch.Tensor]:
+                threshold: float, explicit: bool = True, eligible: torch.Tensor | None = None,
+                state: Any = None) -> dict[str, torch.Tensor]:
     """Per-task metric values (T,) for one model on one batch of tasks.
 
     The model adapts once per task. Its ratings of the query items give MAE and RMSE (NaN for
@@ -59,9 +60,11 @@ def score_batch(model: Predictor, batch: TaskBatch, n_items: int, params: Evalua
     among themselves (the literature's protocol) and of the whole catalogue minus the support,
     where query items rated at or above ``threshold`` are the relevant ones. ``eligible``
     ((N,) bool, None = every item) narrows the catalogue ranked, e.g. to the new items of an
-    item-cold scenario (:func:`eligible_items`).
+    item-cold scenario (:func:`eligible_items`). ``state``: the model's adaptation to this
+    batch when the caller already has it (:meth:`AdaptivePredictor.adapt_grid`).
     """
-    state = model.adapt(batch)
+    if state is None:
+        state = model.adapt(batch)
     full = model.rank(state)                                                  # (T, N)
     t = len(batch)
     out: dict[str, torch.Tensor] = {}

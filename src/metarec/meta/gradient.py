@@ -22,7 +22,8 @@ to the outer loop the train stage injects, ``load`` rebuilds a checkpoint. Each 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import collections
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -157,7 +158,10 @@ class MetaAlgorithm(CatalogueRanking, nn.Module, Algorithm):
 
         algo = cls(build_network(state["network_kwargs"]), **state["config"])
         algo.network_kwargs = state["network_kwargs"]
-        algo.load_state_dict(state["state_dict"])
+        weights = dict(state["state_dict"])
+        # a checkpoint from before the cross-platform trust: weight 1, as it was then
+        weights.setdefault("cross_trust", algo.cross_trust.detach().clone())
+        algo.load_state_dict(weights)
         return AdaptivePredictor(cls.name, algo, FeatureStore(data.users, data.items),
                                  fit_metrics=state.get("fit", {}))
 
@@ -261,14 +265,41 @@ class MetaAlgorithm(CatalogueRanking, nn.Module, Algorithm):
                                        pos_logq, cand_logq)
         return loss
 
+    def adapt_steps(self, support: TaskSet, steps: Sequence[int],
+                    generator: torch.Generator | None = None) -> dict[int, Params]:
+        """Task parameters after each number of inner steps in ``steps``, from one inner loop
+        of max(steps) steps (no outer graph): the same numbers as :meth:`adapt` with each
+        ``inner_steps``, at the cost of the longest (step i draws the same random numbers)."""
+        want, keep = set(int(s) for s in steps), self.inner_steps
+        out: dict[int, Params] = {}
+        try:
+            self.inner_steps = max(want)
+            with torch.no_grad():
+                path = self._inner_path(self.meta_params(), self.prepare(support), False,
+                                        generator)
+                for i, fast in enumerate(path):
+                    if i in want:
+                        out[i] = fast
+        finally:
+            self.inner_steps = keep
+        return out
+
     def _adapt(self, params: Params, support: TaskSet, create_graph: bool,
                generator: torch.Generator | None) -> Params:
+        last = collections.deque(self._inner_path(params, support, create_graph, generator),
+                                 maxlen=1)
+        return last[0]
+
+    def _inner_path(self, params: Params, support: TaskSet, create_graph: bool,
+                    generator: torch.Generator | None) -> Iterator[Params]:
+        """The task parameters (T, ...) before the first inner step and after each one."""
         t = len(support)
         fast = {k: v.expand(t, *v.shape) for k, v in params.items()}    # (T, ...)
         if not create_graph:
             fast = {k: v.detach() for k, v in fast.items()}
+        yield fast
         if self.inner_steps == 0:
-            return fast
+            return
         lrs = self.learning_rates()
         use_ranking = self._inner_uses()[1]
         if use_ranking:
@@ -294,7 +325,7 @@ class MetaAlgorithm(CatalogueRanking, nn.Module, Algorithm):
             if self.first_order or not create_graph:
                 g = {k: v.detach() for k, v in g.items()}
             fast = {k: fast[k] - lrs[k] * g[k] for k in fast}
-        return fast
+            yield fast
 
     def predict(self, task_params: Params, items: TaskSet, output: str = "rating") -> Tensor:
         """Ratings (or ``output`` scores) (T, L) of each task's items under its own params."""

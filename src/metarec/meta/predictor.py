@@ -3,7 +3,7 @@ the validation scores its training keeps the best weights by."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -61,20 +61,25 @@ class AdaptivePredictor(Predictor):
 
     def adapt(self, batch: TaskBatch, chunk: int = 0) -> State:
         """(adapted parameters (T, ...) per output, user context (T, ·)); ``chunk`` offsets
-        the random seed."""
-        algo, support = self.algorithm, self.store.support(batch)
-        fast: dict[int, Params] = {}
-        keep = algo.inner_steps
-        try:
-            for steps in sorted(set(self.steps.values())):
-                algo.inner_steps = steps
-                fast[steps] = algo.adapt(algo.meta_params(), support, create_graph=False,
-                                         generator=self._generator(chunk))
-        finally:
-            algo.inner_steps = keep
+        the random seed. Ratings and ranking share one inner loop (the longer's)."""
+        fast, user = self._path(batch, sorted(set(self.steps.values())), chunk)
+        return {k: fast[v] for k, v in self.steps.items()}, user
+
+    def adapt_grid(self, batch: TaskBatch, grid: Sequence[int], chunk: int = 0
+                   ) -> dict[int, State]:
+        """The state :meth:`adapt` would give with each number of inner steps in ``grid``
+        (ratings and ranking alike), from one inner loop of max(grid) steps: what a
+        validation grid search or an inner-steps curve needs, at the cost of its longest."""
+        fast, user = self._path(batch, grid, chunk)
+        return {s: ({"rate": fast[s], "rank": fast[s]}, user) for s in grid}
+
+    def _path(self, batch: TaskBatch, steps: Sequence[int], chunk: int
+              ) -> tuple[dict[int, Params], Feats]:
+        algo = self.algorithm
+        fast = algo.adapt_steps(self.store.support(batch), steps, self._generator(chunk))
         with torch.no_grad():
             user = algo.prepare_user(self.store.user_context(batch))
-        return {k: fast[v] for k, v in self.steps.items()}, user
+        return fast, user
 
     def _tasks(self, state: State) -> int:
         return int(next(iter(state[1].values())).shape[0])

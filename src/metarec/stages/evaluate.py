@@ -113,15 +113,13 @@ def steps_curve(models: dict[str, Any], data: EpisodeData, k: int, n_items: int,
         algo = choose.inner_loop(model)
         if algo is None or len(batch) == 0:
             continue
-        keep = dict(model.steps)
+        states = model.adapt_grid(batch, range(0, 11))     # one inner loop of 10 steps
         for steps in range(0, 11):
-            model.set_steps(rate=steps, rank=steps)
             vals = score_batch(model, batch, n_items, params, data.relevance_threshold,
-                               data.explicit)
+                               data.explicit, state=states[steps])
             rows.append({"model": name, "steps": steps, "seed": seed,
                          **{m: _plain(nanmean(vals[m])) for m in ("mae",
                                                                   catalogue_metric(params))}})
-        model.set_steps(**keep)
     return rows
 
 
