@@ -243,3 +243,19 @@ def test_meta_training_sees_marked_platform_tasks_and_moves_the_trust(project, t
     fit = fit_algorithm("maml", data, MODEL, TRAIN, tmp_path, draw="random")
     assert fit.best_step > 0
     assert float(fit.algorithm.cross_trust.detach()) != 0.0, "no meta-gradient reached the trust"
+
+
+def test_a_checkpoint_from_before_the_trust_loads_with_weight_one(project):
+    data = load_episodes(project / "episodes")
+    torch.manual_seed(0)
+    algo = algorithms.get("maml").create(data, MODEL, TRAIN)
+    with torch.no_grad():
+        algo.cross_trust.fill_(-1.0)
+    state = algo.state()
+    old = {**state, "state_dict": {k: v for k, v in state["state_dict"].items()
+                                   if k != "cross_trust"}}
+    loaded = algorithms.get("maml").load(old, data).algorithm
+    assert float(loaded.cross_trust.detach()) == 0.0          # 2 sigmoid(0) = 1
+    kept = algorithms.get("maml").load(state, data).algorithm
+    assert float(kept.cross_trust.detach()) == -1.0
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in old["state_dict"].items())
