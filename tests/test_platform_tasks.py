@@ -3,6 +3,7 @@ leak of the query), and their two evaluation groups (with and without that histo
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -259,3 +260,23 @@ def test_a_checkpoint_from_before_the_trust_loads_with_weight_one(project):
     kept = algorithms.get("maml").load(state, data).algorithm
     assert float(kept.cross_trust.detach()) == -1.0
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in old["state_dict"].items())
+
+
+def test_validation_sees_the_validation_users_platform_tasks_with_their_marks(project):
+    from metarec.data.tasks import validation_tasks
+
+    data = load_episodes(project / "episodes")
+    vcold = data.select("val", "platform_cold")
+    assert vcold["task_id"].nunique() > 5
+    assert not set(vcold["user_id"]) & set(data.select("train")["user_id"])
+    summary = json.loads((project / "episodes" / "summary.json").read_text())
+    assert (vcold["timestamp"] < summary["test_start"]).all()   # nothing from the test period
+    val = validation_tasks(data)
+    plain = data.select("val")
+    assert len(val) == plain["task_id"].nunique()
+    assert val.support_cross is not None
+    n_cross = int((vcold["role"] == "cross").sum())
+    assert int(val.support_cross.sum()) == n_cross > 0
+    dm = EpisodeDataModule(data, 16, draw="random")
+    dm.setup("fit")
+    assert torch.equal(dm.val_tasks.support_cross, val.support_cross)

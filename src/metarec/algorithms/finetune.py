@@ -14,7 +14,7 @@ from torch import nn
 
 from metarec.algorithms import register
 from metarec.config import bounded
-from metarec.data.tasks import to_batch
+from metarec.data.tasks import validation_tasks
 from metarec.meta.features import FeatureStore
 from metarec.meta.gradient import MetaAlgorithm
 from metarec.meta.predictor import AdaptivePredictor, validation_loss
@@ -48,7 +48,7 @@ class FineTune(MetaAlgorithm):
         pretrained: AdaptivePredictor = ctx.fitted["pretrain"]   # type: ignore[assignment]
         data, p = ctx.data, cls.params_of(ctx.train)
         store = FeatureStore(data.users, data.items)
-        val = to_batch(data.select("val"))
+        val = validation_tasks(data)
         net = pretrained.algorithm.model
         grid: dict[str, float] = {}
         best: tuple[float, int, float] | None = None

@@ -143,6 +143,18 @@ class TaskBatch:
         return TaskBatch(**parts)
 
 
+def validation_tasks(data: EpisodeData) -> TaskBatch:
+    """Every validation task as one batch, what every choice on validation reads: the
+    protocol's tasks, then (with platforms) the validation users' platform_cold tasks with
+    their other platforms' history marked as such in the support."""
+    val = data.select("val")
+    cold = val["scenario"] == "platform_cold"
+    plain = to_batch(val[~cold])
+    if not cold.any():
+        return plain
+    return cat_batches(plain, to_batch(val[cold], cross=True))
+
+
 def cat_batches(a: TaskBatch, b: TaskBatch) -> TaskBatch:
     """The tasks of ``a`` then ``b`` in one batch, padded to the wider of each side (task ids
     of ``b`` shifted past ``a``'s); a support cross mark is kept where either has one."""

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from metarec.config import bounded
-from metarec.data.tasks import EpisodeData, TaskBatch, to_batch
+from metarec.data.tasks import EpisodeData, TaskBatch, validation_tasks
 from metarec.errors import DataError
 from metarec.eval.metrics import catalogue_metrics, catalogue_targets, mae
 from metarec.models.base import Algorithm, Predictor
@@ -125,10 +125,9 @@ def rows_to_codes(per_row: torch.Tensor, data: EpisodeData) -> torch.Tensor:
 
 def validation_batch(data: EpisodeData) -> TaskBatch:
     """Every validation task as one batch (every scenario and K): what tuning reads."""
-    val = data.select("val")
-    if val.empty:
+    if data.select("val").empty:
         raise DataError("no validation tasks to tune the baselines on")
-    return to_batch(val)
+    return validation_tasks(data)
 
 
 def tune_mae(make: Callable[[Any], Predictor], grid: Sequence[Any], data: EpisodeData

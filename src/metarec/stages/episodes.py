@@ -146,7 +146,14 @@ def run(params: EpisodesParams, inp: str | Path, out: str | Path, metrics: str |
         period = split.history[key].merge(logged.drop_duplicates(key), on=key)
         train_cold, info["too_few"]["train_platform"] = platform_tasks(
             period, pd.Index(split.train_users), params, split="train")
-        raw_tasks = pd.concat([raw_tasks.assign(platform=-1), cold, train_cold],
+        # validation users, before the test period where the protocol has one
+        val_users = pd.Index(raw_tasks.loc[raw_tasks["split"] == "val", "user_id"].unique()
+                             ).difference(pd.Index(split.train_users))
+        seen = logged if "test_start" not in info else logged[
+            logged["timestamp"] < int(info["test_start"])]
+        val_cold, info["too_few"]["val_platform"] = platform_tasks(seen, val_users, params,
+                                                                   split="val")
+        raw_tasks = pd.concat([raw_tasks.assign(platform=-1), cold, train_cold, val_cold],
                               ignore_index=True)
         columns = {**EPISODE_COLUMNS, **PLATFORM_COLUMN}
         info["platforms"] = [str(x) for x in platforms]

@@ -25,7 +25,14 @@ from typing import Any
 
 from metarec.config import EvaluateParams
 from metarec.data.protocols.platforms import SCENARIO as PLATFORM_COLD
-from metarec.data.tasks import SCENARIOS, EpisodeData, TaskBatch, load_episodes, to_batch
+from metarec.data.tasks import (
+    SCENARIOS,
+    EpisodeData,
+    TaskBatch,
+    load_episodes,
+    to_batch,
+    validation_tasks,
+)
 from metarec.errors import DataError
 from metarec.eval import choices as choose
 from metarec.eval.compare import PerUser, compare, compare_variants
@@ -164,7 +171,7 @@ def run(params: EvaluateParams, episodes_dir: str | Path, models_dir: str | Path
     start = time.perf_counter()
     data = load_episodes(episodes_dir)
     n_items = len(data.items)
-    val = to_batch(data.select("val"))
+    val = validation_tasks(data)
     all_models = load_models(Path(models_dir), data)
     groups = test_groups(data)
     ks = sorted({k for _, k in groups if k != "all"})

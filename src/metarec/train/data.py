@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from metarec.data.draws import draw_tasks
 from metarec.data.protocols.platforms import SCENARIO as PLATFORM_COLD
-from metarec.data.tasks import EpisodeData, TaskBatch, cat_batches, to_batch
+from metarec.data.tasks import EpisodeData, TaskBatch, cat_batches, to_batch, validation_tasks
 from metarec.errors import DataError
 
 
@@ -72,7 +72,7 @@ class EpisodeDataModule(L.LightningDataModule):
             raise DataError("no meta-train tasks (split 'train') in the episodes")
         if val.empty:
             raise DataError("no validation tasks (split 'val') in the episodes")
-        self.train_tasks, self.val_tasks = to_batch(train), to_batch(val)
+        self.train_tasks, self.val_tasks = to_batch(train), validation_tasks(self.data)
         if cold.any():
             self.cross_tasks = to_batch(self.data.select("train", PLATFORM_COLD), cross=True)
             self.train_tasks = cat_batches(self.train_tasks, self.cross_tasks)

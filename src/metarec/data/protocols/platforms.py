@@ -13,7 +13,9 @@ Evaluation scores each task twice: on its support alone (scenario ``platform_col
 the cross rows added to the support (``platform_cold+cross``). The meta-train users' training
 period gives the same kind of tasks (split ``train``), which meta-training adds to every
 epoch's tasks with their cross rows marked, so that the meta-learners learn how much a support
-item from another platform is worth. Everything is vectorised.
+item from another platform is worth; the validation users' give split ``val`` tasks, so that
+every choice on validation (the best step, inner steps, baselines' grids) sees them too.
+Everything is vectorised.
 """
 
 from __future__ import annotations
