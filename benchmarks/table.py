@@ -192,16 +192,14 @@ def item_cold_table(results: Path = RESULTS) -> str:
         return "_(text_ablation.json predates the variants: rerun `benchmarks/text_ablation.py`)_"
     metric, conf = r["metrics"][0], round(100 * r["confidence"])
     val = r["validation"]
+    ks = sorted({x["k"] for rows in r["variants"].values() for x in rows}, key=_k)
     lines = [f"{r['dataset']}, {', '.join(r['algorithms'])} (seed {r['seed']}), {metric} of "
              f"the new items (`item_cold_catalogue: {r['item_cold_catalogue']}`), variant − "
              f"`none` with its {conf}% paired CI (bold: excludes 0); item-id dropout "
              f"{r['item_id_dropout']:g}. Validation {metric} (user-cold): "
              + ", ".join(f"{v} {next(iter(s.values())):.3f}" for v, s in val.items()) + ".",
-             "", "| variant | scenario | " + " | ".join(
-                 f"K={k}" for k in sorted({x["k"] for rows in r["variants"].values()
-                                           for x in rows}, key=_k)) + " |"]
-    ks = sorted({x["k"] for rows in r["variants"].values() for x in rows}, key=_k)
-    lines.append("|---|---|" + "---|" * len(ks))
+             "", "| variant | scenario | " + " | ".join(f"K={k}" for k in ks) + " |",
+             "|---|---|" + "---|" * len(ks)]
     for variant, rows in r["variants"].items():
         for scenario in ("item_cold", "user_item_cold"):
             by = {x["k"]: x for x in rows if x["metric"] == metric and x["scenario"] == scenario}

@@ -18,13 +18,19 @@ from metarec.stages import backtest as stage
 from .flow_helpers import artifacts, subflow_runs, task_runs, write_params
 
 
-def test_backtest_flow_runs_a_subflow_per_night(trained: UUID, project: Path,
-                                               tmp_path: Path) -> None:
+def _weekly_window(project: Path) -> list[str]:
+    """Three weekly nights from the end of training, written to the project's params."""
     end = trained_until(project / "data/episodes")
     first = dt.datetime.fromtimestamp(end, dt.UTC).date()
     days = [str(first + dt.timedelta(days=7 * i)) for i in range(3)]
     write_params(project, {"backtest": {"from_date": days[0], "to_date": days[-1],
                                         "every_days": 7, "bootstrap_samples": 50}})
+    return days
+
+
+def test_backtest_flow_runs_a_subflow_per_night(trained: UUID, project: Path,
+                                               tmp_path: Path) -> None:
+    days = _weekly_window(project)
     state = load_flow("backtest", project)(project_dir=str(project), return_state=True)
     assert state.is_completed(), state.message
     run_id = state.state_details.flow_run_id
@@ -57,11 +63,7 @@ def test_backtest_flow_runs_a_subflow_per_night(trained: UUID, project: Path,
 
 def test_backtest_nights_on_a_dask_cluster_give_the_same_bytes(trained: UUID, project: Path,
                                                               tmp_path: Path) -> None:
-    end = trained_until(project / "data/episodes")
-    first = dt.datetime.fromtimestamp(end, dt.UTC).date()
-    days = [str(first + dt.timedelta(days=7 * i)) for i in range(3)]
-    write_params(project, {"backtest": {"from_date": days[0], "to_date": days[-1],
-                                        "every_days": 7, "bootstrap_samples": 50}})
+    days = _weekly_window(project)
     p = load_params(project / "params.yaml")
     stage.run(p.backtest, p.score, p.episodes, p.model, p.train, project / "data/validated",
               project / "data/episodes", project / "models/seed0",

@@ -37,6 +37,7 @@ PLATFORM_COLUMN = {"platform": "string"}
 HISTORY_TYPES = {"user_id": "string", "item_id": "string", "rating": "float32",
                  "timestamp": "int64"}
 SCENARIOS = ("warm", "user_cold", "item_cold", "user_item_cold")
+PLATFORM_COLD = "platform_cold"   # a user new on one platform, known on others (logs with them)
 TEXT_VECTORS = "text_vectors.parquet"   # the items' text vectors (a text encoder named)
 
 
@@ -143,16 +144,20 @@ class TaskBatch:
         return TaskBatch(**parts)
 
 
+def split_batches(data: EpisodeData, split: str) -> tuple[TaskBatch, TaskBatch | None]:
+    """The protocol's tasks of ``split``, and (with platforms) its platform_cold tasks with
+    the other platforms' history marked in the support (None without platforms)."""
+    tasks = data.select(split)
+    cold = tasks["scenario"] == PLATFORM_COLD
+    plain = to_batch(tasks[~cold])
+    return plain, (to_batch(tasks[cold], cross=True) if cold.any() else None)
+
+
 def validation_tasks(data: EpisodeData) -> TaskBatch:
-    """Every validation task as one batch, what every choice on validation reads: the
-    protocol's tasks, then (with platforms) the validation users' platform_cold tasks with
-    their other platforms' history marked as such in the support."""
-    val = data.select("val")
-    cold = val["scenario"] == "platform_cold"
-    plain = to_batch(val[~cold])
-    if not cold.any():
-        return plain
-    return cat_batches(plain, to_batch(val[cold], cross=True))
+    """Every validation task as one batch, what every choice on validation reads
+    (:func:`split_batches` of "val", side by side)."""
+    plain, cold = split_batches(data, "val")
+    return plain if cold is None else cat_batches(plain, cold)
 
 
 def cat_batches(a: TaskBatch, b: TaskBatch) -> TaskBatch:

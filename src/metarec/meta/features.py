@@ -106,17 +106,17 @@ class FeatureStore:
         return {**self.users(batch.user_idx.to(dev)), "pool_ids": ids, "pool_mask": mask,
                 "pool_cross": cross}
 
-    def _side(self, user: Feats, items: Tensor, ratings: Tensor, mask: Tensor) -> TaskSet:
+    def _side(self, user: Feats, items: Tensor, ratings: Tensor, mask: Tensor,
+              cross: Tensor | None = None) -> TaskSet:
         dev = self.device
         items = items.to(dev)
         return TaskSet(user=user, items=self.items(items), ratings=ratings.to(dev, self.dtype),
-                       mask=mask.to(dev), rows=items)
+                       mask=mask.to(dev), rows=items, cross=cross)
 
     def support(self, batch: TaskBatch) -> TaskSet:
         user = self.user_context(batch)
-        side = self._side(user, batch.support_items, batch.support_ratings, batch.support_mask)
-        side.cross = user["pool_cross"]
-        return side
+        return self._side(user, batch.support_items, batch.support_ratings, batch.support_mask,
+                          user["pool_cross"])
 
     def query(self, batch: TaskBatch) -> TaskSet:
         return self._side(self.user_context(batch), batch.query_items, batch.query_ratings,

@@ -133,28 +133,11 @@ def run(params: EpisodesParams, inp: str | Path, out: str | Path, metrics: str |
         split = protocols.predefined(df, params, user_index, item_index)
     else:
         split = PROTOCOLS[params.protocol](df, params)
-    raw_tasks, info, columns = split.tasks, split.info, EPISODE_COLUMNS
-    platforms = None
+    raw_tasks, info, columns, platforms = split.tasks, split.info, EPISODE_COLUMNS, None
     if "platform" in inter.columns:   # tasks per (user, platform) for users new on one
         pcodes, platforms = pd.factorize(inter["platform"], sort=True)
-        test_users = pd.Index(raw_tasks.loc[raw_tasks["split"] == "test", "user_id"].unique()
-                              ).difference(pd.Index(split.train_users))
-        logged = df.assign(platform=pcodes.astype(np.int32))
-        cold, info["too_few"]["test_platform"] = platform_tasks(logged, test_users, params)
-        # the meta-train users' training period, with each row's platform
-        key = ["user_id", "item_id", "timestamp"]
-        period = split.history[key].merge(logged.drop_duplicates(key), on=key)
-        train_cold, info["too_few"]["train_platform"] = platform_tasks(
-            period, pd.Index(split.train_users), params, split="train")
-        # validation users, before the test period where the protocol has one
-        val_users = pd.Index(raw_tasks.loc[raw_tasks["split"] == "val", "user_id"].unique()
-                             ).difference(pd.Index(split.train_users))
-        seen = logged if "test_start" not in info else logged[
-            logged["timestamp"] < int(info["test_start"])]
-        val_cold, info["too_few"]["val_platform"] = platform_tasks(seen, val_users, params,
-                                                                   split="val")
-        raw_tasks = pd.concat([raw_tasks.assign(platform=-1), cold, train_cold, val_cold],
-                              ignore_index=True)
+        raw_tasks = _with_platform_tasks(split, df.assign(platform=pcodes.astype(np.int32)),
+                                         params)
         columns = {**EPISODE_COLUMNS, **PLATFORM_COLUMN}
         info["platforms"] = [str(x) for x in platforms]
     tasks = _finish(raw_tasks, columns)
@@ -189,6 +172,33 @@ def run(params: EpisodesParams, inp: str | Path, out: str | Path, metrics: str |
     log.info("episodes: %d tasks (%s)", tasks["task_id"].nunique(),
              {s: sum(sum(v.values()) for v in d.values()) for s, d in summary["tasks"].items()})
     return data_metrics
+
+
+def _with_platform_tasks(split: Any, logged: pd.DataFrame, params: EpisodesParams
+                         ) -> pd.DataFrame:
+    """The protocol's tasks plus the platform_cold tasks of each split, built from what that
+    split may see: test users' whole log, meta-train users' training period, validation users'
+    log before the test period (where the protocol has one). Counts of (user, platform) pairs
+    with too few interactions go to ``split.info["too_few"]``."""
+    tasks, info = split.tasks, split.info
+    train_users = pd.Index(split.train_users)
+
+    def users_of(name: str) -> pd.Index:
+        return pd.Index(tasks.loc[tasks["split"] == name, "user_id"].unique()
+                        ).difference(train_users)
+
+    key = ["user_id", "item_id", "timestamp"]
+    sources = {
+        "test": (logged, users_of("test")),
+        "train": (split.history[key].merge(logged.drop_duplicates(key), on=key), train_users),
+        "val": (logged if "test_start" not in info
+                else logged[logged["timestamp"] < int(info["test_start"])], users_of("val")),
+    }
+    frames = [tasks.assign(platform=-1)]
+    for name, (rows, users) in sources.items():
+        cold, info["too_few"][f"{name}_platform"] = platform_tasks(rows, users, params, name)
+        frames.append(cold)
+    return pd.concat(frames, ignore_index=True)
 
 
 def _text_vectors(items: pd.DataFrame, vocab: dict[str, Any], params: EpisodesParams,

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from metarec.config import EvaluateParams
-from metarec.data.protocols.platforms import SCENARIO as PLATFORM_COLD
 from metarec.data.tasks import (
+    PLATFORM_COLD,
     SCENARIOS,
     EpisodeData,
     TaskBatch,
@@ -93,12 +93,9 @@ def test_groups(data: EpisodeData) -> list[tuple[str, Any]]:
 def cross_pairs(groups: list[tuple[str, Any]]) -> list[tuple[str, str]]:
     """(without, with) the cross-platform history, for every platform_cold group."""
     names = {s for s, _ in groups}
-    pairs = []
-    for s in sorted(names):
-        base, at, platform = s.partition("@")
-        if base == PLATFORM_COLD and f"{base}{CROSS}{at}{platform}" in names:
-            pairs.append((s, f"{base}{CROSS}{at}{platform}"))
-    return pairs
+    with_ = {s: s.replace(PLATFORM_COLD, PLATFORM_COLD + CROSS, 1) for s in names
+             if s.partition("@")[0] == PLATFORM_COLD}
+    return [(s, w) for s, w in sorted(with_.items()) if w in names]
 
 
 def group_batch(data: EpisodeData, scenario: str, k: Any) -> TaskBatch:

@@ -17,8 +17,14 @@ import numpy as np
 from torch.utils.data import DataLoader, DistributedSampler
 
 from metarec.data.draws import draw_tasks
-from metarec.data.protocols.platforms import SCENARIO as PLATFORM_COLD
-from metarec.data.tasks import EpisodeData, TaskBatch, cat_batches, to_batch, validation_tasks
+from metarec.data.tasks import (
+    PLATFORM_COLD,
+    EpisodeData,
+    TaskBatch,
+    cat_batches,
+    split_batches,
+    validation_tasks,
+)
 from metarec.errors import DataError
 
 
@@ -65,16 +71,14 @@ class EpisodeDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_tasks is not None:
             return
-        train, val = self.data.select("train"), self.data.select("val")
-        cold = train["scenario"] == PLATFORM_COLD
-        train = train[~cold]
-        if train.empty:
+        train = self.data.select("train")
+        if (train["scenario"] != PLATFORM_COLD).sum() == 0:
             raise DataError("no meta-train tasks (split 'train') in the episodes")
-        if val.empty:
+        if self.data.select("val").empty:
             raise DataError("no validation tasks (split 'val') in the episodes")
-        self.train_tasks, self.val_tasks = to_batch(train), validation_tasks(self.data)
-        if cold.any():
-            self.cross_tasks = to_batch(self.data.select("train", PLATFORM_COLD), cross=True)
+        self.train_tasks, self.cross_tasks = split_batches(self.data, "train")
+        self.val_tasks = validation_tasks(self.data)
+        if self.cross_tasks is not None:
             self.train_tasks = cat_batches(self.train_tasks, self.cross_tasks)
 
     def _rank(self) -> tuple[int, int]:

@@ -25,8 +25,7 @@ import pandas as pd
 
 from metarec.config import EpisodesParams
 from metarec.data.protocols.common import ROLE_ORDER, const, label, sort_rows
-
-SCENARIO = "platform_cold"
+from metarec.data.tasks import PLATFORM_COLD as SCENARIO
 
 
 def _latest(rows: pd.DataFrame, keys: list[str], n: int) -> pd.DataFrame:
