@@ -189,7 +189,9 @@ class MetaAlgorithm(CatalogueRanking, nn.Module, Algorithm):
     def prepare(self, ts: TaskSet) -> TaskSet:
         """Replace feature indices by embeddings where no adapted parameter touches them."""
         items = ts.items
-        if "x" not in items and "v" not in items \
+        if "v" not in items and not PreferenceNet.projects_items(self.adapt_names):
+            items = self.model.item_vectors(items)                       # (T, L, d)
+        elif "x" not in items and "v" not in items \
                 and not PreferenceNet.embeds_items(self.adapt_names):
             items = self.model.embed_items(items)                        # (T, L, ·)
         return TaskSet(user=self.prepare_user(ts.user), items=items, ratings=ts.ratings,
@@ -205,8 +207,11 @@ class MetaAlgorithm(CatalogueRanking, nn.Module, Algorithm):
         return w * torch.where(cross, trust, torch.ones_like(trust))
 
     def prepare_user(self, user: Feats) -> Feats:
-        """The user's inputs: feature embeddings (T, Du) and the pooled support (T, d),
-        computed once unless an adapted parameter computes them (then per task)."""
+        """The user's inputs: feature embeddings (T, Du) and the pooled support (T, d), or the
+        user vector (T, d) itself, computed once unless an adapted parameter computes them
+        (then per task)."""
+        if "u" in user:
+            return user
         out = {k: v for k, v in user.items()
                if k not in ("pool_ids", "pool_mask", "pool_cross")}
         if "x" not in out and not PreferenceNet.embeds_users(self.adapt_names):
@@ -218,6 +223,8 @@ class MetaAlgorithm(CatalogueRanking, nn.Module, Algorithm):
                 out.update(pool_ids=user["pool_ids"], pool_mask=weights)
             else:
                 out["pool"] = self.model.pool_support(user["pool_ids"], weights)
+        if "x" in out and not PreferenceNet.projects_users(self.adapt_names):
+            out = {"u": self.model.user_vector(out)}                     # (T, d), once
         return out
 
     def positives(self, ts: TaskSet) -> Tensor:

@@ -26,8 +26,9 @@ Parameter groups (``adapt``) say what a meta-learner changes per task in its inn
 - ``all``: every parameter (embedding tables included: memory grows with the task count).
 
 An item dict that already holds ``x`` (embeddings) or ``v`` (projected vectors) with ``bias``
-and ``rbias`` is taken as pre-computed: meta-learners compute it once per meta-batch, and once
-per run for the whole catalogue, when no adapted parameter touches the item side.
+and ``rbias``, and a user dict that holds ``u`` (the user vector), are taken as pre-computed:
+meta-learners compute them once per meta-batch (items: once per run for the whole catalogue)
+when no adapted parameter touches that side.
 """
 
 from __future__ import annotations
@@ -154,6 +155,13 @@ class PreferenceNet(nn.Module):
         return any(n.startswith("item_context.") for n in names)
 
     @staticmethod
+    def projects_users(names: Sequence[str]) -> bool:
+        """True if any of ``names`` is used by :meth:`user_vector` (embeddings, projections,
+        the fold-in)."""
+        return PreferenceNet.embeds_users(names) or PreferenceNet.pools(names) or any(
+            n.startswith(("user_proj.", "pool_proj.")) for n in names)
+
+    @staticmethod
     def projects_items(names: Sequence[str]) -> bool:
         """True if any of ``names`` is used by :meth:`item_vectors` (embedding or projection)."""
         return PreferenceNet.embeds_items(names) or any(n.startswith("item_proj.")
@@ -205,7 +213,10 @@ class PreferenceNet(nn.Module):
         return total / m.sum(-2).clamp(min=1.0)
 
     def user_vector(self, user: Feats) -> Tensor:
-        """(..., d): the projected user features plus the fold-in of the support, if given."""
+        """(..., d): the projected user features plus the fold-in of the support, if given
+        (``u``: computed already)."""
+        if "u" in user:
+            return user["u"]
         xu = user["x"] if "x" in user else self.embed_users(user)        # (..., Du)
         u = self.user_proj(xu)                                            # (..., d)
         if "pool" in user:
