@@ -14,15 +14,17 @@ them. Every cold user has K = 10 interactions and is scored against all 1,682 it
   fields), Di = 3d (item fields), K = 10, s = 5 steps, C = 1,682 items:
 
       inner step  = 6 d Du          (user projection: forward, its weight gradient, update)
-                  + 2 K Di d        (item projection of the support items, redone every step)
                   + 10 K d          (dot product, output layer, their gradients)
-      scoring     = 2 d Du + 2 C d + 4 C   (adapted user vector, catalogue matmul, biases)
-      total       = s * inner step + scoring  (~569 kFLOP)
+      once        = 2 K Di d        (item projection of the support items)
+      scoring     = 2 d Du + 2 C (d + 2)   (adapted user vector, one GEMM with [v, b, 1])
+      total       = s * inner step + once + scoring
 
   Embedding look-ups, sigmoid, masking and top-K are counted as zero FLOPs, and so is the
-  inner loop's ranking loss against the whole catalogue (``train.objective.inner: both``,
-  ``loss: softmax``: (T, C) scores, softmax and mask every step), which dominates at 10^5
-  items (``adapt_seconds``): ``gflops`` understates the work actually done.
+  inner loop's ranking loss (``train.objective.inner: both``). With ``--loss softmax`` (the
+  params default) that loss ranks the support against the whole catalogue every inner step
+  ((T, C) scores and softmax), which dominates at 10^5 items (``adapt_seconds``); with
+  ``--loss sampled`` it ranks against ``negatives`` (256) items drawn per chunk, which is what
+  a catalogue of that size is trained with.
 - ``matmul_gflops``: best of 5 ``torch.mm`` of two 2048 x 2048 fp32 matrices, same threads.
 - ``peak_rss_mb``: ``metarec.stages.score.run`` end to end (read tables, select, adapt, score,
   write the Parquet) on 10k and 100k synthetic cold users, each in a fresh subprocess.
@@ -44,14 +46,14 @@ import pandas as pd
 import torch
 
 from metarec import algorithms
-from metarec.config import ModelParams, ScoreParams, TrainParams, to_dict
+from metarec.config import ModelParams, ObjectiveParams, ScoreParams, TrainParams, to_dict
 from metarec.data.encoding import encode_entity, fit_entity_vocab
 from metarec.data.tasks import EpisodeData
 from metarec.io import write_parquet
 from metarec.meta.checkpoint import load_model, save_model
 from metarec.meta.features import FeatureStore
 from metarec.meta.predictor import AdaptivePredictor
-from metarec.models.network import build_network, network_kwargs
+from metarec.models.network import PreferenceNet, build_network, network_kwargs
 from metarec.scoring.engine import recommend_chunk, task_batch
 
 N_ITEMS, K, STEPS, TOP = 1682, 10, 5, 20
@@ -61,7 +63,8 @@ GENRES = [f"g{j}" for j in range(19)]
 RESULT = Path(__file__).parent / "results" / "scoring.json"
 
 
-def make_world(root: Path, n_users: int, seed: int = 0, n_items: int = N_ITEMS) -> None:
+def make_world(root: Path, n_users: int, seed: int = 0, n_items: int = N_ITEMS,
+               loss: str = "softmax") -> None:
     """validated/{interactions,users,items}.parquet and models/maml.pt under ``root``."""
     rng = np.random.default_rng(seed)
     users = pd.DataFrame({
@@ -96,7 +99,8 @@ def make_world(root: Path, n_users: int, seed: int = 0, n_items: int = N_ITEMS) 
     data = EpisodeData(tasks=pd.DataFrame(), vocab=vocab,
                        users=encode_entity(users, "user_id", vocab["users"]),
                        items=encode_entity(items, "item_id", vocab["items"]))
-    model, train = ModelParams(), TrainParams(inner_steps=STEPS)
+    model = ModelParams()
+    train = TrainParams(inner_steps=STEPS, objective=ObjectiveParams(loss=loss))
     kwargs = network_kwargs(data.items, data.users, data.rating_range, model)
     torch.manual_seed(seed)
     maml = algorithms.get("maml")
@@ -121,8 +125,8 @@ def _supports(rng: np.random.Generator, n_users: int, n_items: int) -> np.ndarra
 
 def flops_per_user(d: int, du: int, di: int, k: int, steps: int, c: int) -> int:
     """Analytic FLOPs of adapting one user and scoring the catalogue (module docstring)."""
-    inner = 6 * d * du + 2 * k * di * d + 10 * k * d
-    return steps * inner + 2 * d * du + 2 * c * d + 4 * c
+    inner = 6 * d * du + 10 * k * d
+    return steps * inner + 2 * k * di * d + 2 * d * du + 2 * c * (d + 2)
 
 
 def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
@@ -175,11 +179,9 @@ def throughput(root: Path, n_users: int, chunk: int, n_items: int) -> dict[str, 
     seconds = time.perf_counter() - start
 
     # the same work in parts: adaptation, catalogue scores alone (the ranking GEMM), and the
-    # query vectors the dot model ranks with (score = q . [v, rbias] + a per-user constant)
+    # query vectors the dot model ranks with (score = query . [v, rbias, 1])
     algo, table = predictor.algorithm, predictor._table()
-    d = algo.model.user_proj.out_features
-    basis = {"v": torch.cat([torch.eye(d), torch.zeros(1, d)]), "bias": torch.zeros(d + 1),
-             "rbias": torch.zeros(d + 1)}
+    keys = PreferenceNet.item_keys(table, algo.rank_output)                  # (N, d + 2)
     adapt_s = gemm_s = 0.0
     queries = []
     for no, a in enumerate(range(0, n_users, chunk)):
@@ -187,24 +189,25 @@ def throughput(root: Path, n_users: int, chunk: int, n_items: int) -> dict[str, 
         state = predictor.adapt(batch_of(a, min(a + chunk, n_users)), no)
         t1 = time.perf_counter()
         with torch.no_grad():
-            for _ in catalogue_blocks(algo, state[0]["rank"], state[1], table, CELLS):
+            for _ in catalogue_blocks(algo, state[0]["rank"], state[1], table, CELLS,
+                                      reuse=True):
                 pass
             gemm_s += time.perf_counter() - t1
-            e = algo.catalogue_scores(state[0]["rank"], state[1], basis)       # (T, d + 1)
+            queries.append(algo.catalogue_queries(state[0]["rank"], state[1], table))
         adapt_s += t1 - t0
-        queries.append(torch.cat([e[:, :d] - e[:, d:], torch.ones(len(e), 1)], 1))
+    d = keys.shape[1]
     result: dict[str, object] = {
         "users_per_s": n_users / seconds, "seconds": seconds, "adapt_seconds": adapt_s,
         "catalogue_scores_seconds": gemm_s,
         "top_k_seconds": max(seconds - adapt_s - gemm_s, 0.0),
-        "ranking_gemm_gflops": 2 * (d + 1) * n_items * n_users / gemm_s / 1e9}
-    f = flops_per_user(d, algo.model.user_width, algo.model.item_width, K, STEPS, n_items)
+        "ranking_gemm_gflops": 2 * d * n_items * n_users / gemm_s / 1e9}
+    f = flops_per_user(d - 2, algo.model.user_width, algo.model.item_width, K, STEPS, n_items)
     result.update({"gflops": f * n_users / seconds / 1e9, "flops_per_user": f})
-    result["faiss"] = faiss_search(torch.cat(queries), table, d, sup, torch.cat(tops), chunk)
+    result["faiss"] = faiss_search(torch.cat(queries), keys, sup, torch.cat(tops), chunk)
     return result
 
 
-def faiss_search(q: torch.Tensor, table: dict[str, torch.Tensor], d: int, sup: torch.Tensor,
+def faiss_search(q: torch.Tensor, keys: torch.Tensor, sup: torch.Tensor,
                  ours_top: torch.Tensor, chunk: int) -> dict[str, object]:
     """faiss-cpu's exact ``IndexFlatIP`` on the same vectors and threads: the top
     ``TOP + K`` per user (faiss cannot exclude the support), then the support filtered out;
@@ -215,8 +218,8 @@ def faiss_search(q: torch.Tensor, table: dict[str, torch.Tensor], d: int, sup: t
     except ImportError:
         return {"skipped": "faiss-cpu is not installed (pip install -e '.[bench]')"}
     faiss.omp_set_num_threads(torch.get_num_threads())
-    x = torch.cat([table["v"], table["rbias"][:, None]], 1).float().contiguous().numpy()
-    index = faiss.IndexFlatIP(d + 1)
+    x = keys.float().contiguous().numpy()
+    index = faiss.IndexFlatIP(x.shape[1])
     index.add(x)
     qn = q.float().contiguous().numpy()
     n_users = len(qn)
@@ -250,6 +253,9 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=N_ITEMS, help="catalogue size")
     ap.add_argument("--rss-users", default="10000,100000",
                     help="cold-user counts of the end-to-end stage runs (peak RSS)")
+    ap.add_argument("--loss", default="softmax", choices=["softmax", "sampled", "bpr"],
+                    help="train.objective.loss of the scored model (its inner loop's ranking "
+                         "loss): softmax = the whole catalogue every step")
     ap.add_argument("--out", type=Path, default=None,
                     help="JSON path (default results/scoring.json, or scoring_<items>.json)")
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
@@ -263,17 +269,17 @@ def main() -> None:
     sizes = [int(n) for n in args.rss_users.split(",") if n]
     result: dict[str, object] = {"threads": torch.get_num_threads(), "chunk_users": chunk,
                                  "k_interactions": K, "inner_steps": STEPS,
-                                 "items": args.items, "top": TOP}
+                                 "items": args.items, "top": TOP, "inner_loss": args.loss}
     with tempfile.TemporaryDirectory(prefix="metarec-bench-") as tmp:
         root = Path(tmp) / "throughput"
-        make_world(root, 10_000, n_items=args.items)
+        make_world(root, 10_000, n_items=args.items, loss=args.loss)
         result.update(throughput(root, args.users, chunk, args.items))
         result["matmul_gflops"] = matmul_gflops()
         rss: dict[str, float] = {}
         stage_s: dict[str, float] = {}
         for n in sizes:
             root = Path(tmp) / str(n)
-            make_world(root, n, n_items=args.items)
+            make_world(root, n, n_items=args.items, loss=args.loss)
             out = subprocess.run([sys.executable, __file__, "--child", str(root)],
                                  capture_output=True, text=True)
             if out.returncode != 0:

@@ -343,6 +343,42 @@ def test_streamed_top_k_is_exactly_the_dense_top_k(cells):
         np.signbit(picked[np.array(ref_valid)]))).all()   # -0.0 stays -0.0
 
 
+@pytest.mark.parametrize("width", [128, 300, 700])
+def test_tiled_top_k_is_exactly_the_dense_top_k(width):
+    """Wide blocks, where a row's k-th best filters whole tiles of columns first: whole
+    tiles, tiles plus a remainder, one block; ties everywhere, a row with fewer than k
+    allowed cells, a row whose best cells all come late in the catalogue, and one whose k-th
+    best is -0.0 when later tiles hold 0.0 (which ranks above it)."""
+    rng = np.random.default_rng(width)
+    t, n, k = 7, 1_500, 20
+    key = rng.choice(np.array([-1.5, -0.0, 0.0, 2.25, 3.0], np.float32), (t, n),
+                     p=[0.3, 0.2, 0.2, 0.28, 0.02])
+    key[1, :1_400] = -1.5                                 # its top 20 lie in the last block
+    key[2] = -1.5
+    key[2, :60], key[2, 900:910] = -0.0, 0.0              # a k-th best of -0.0, then 0.0s
+    excluded = rng.random((t, n)) < 0.3
+    excluded[0, :1_490] = True                            # 10 allowed cells < k
+    rows, cols = np.nonzero(excluded)
+    blocks = [(c0, torch.from_numpy(key[:, c0:c0 + width])) for c0 in range(0, n, width)]
+    idx, valid, score = engine.top_k_blocks(blocks, t, n, torch.from_numpy(rows),
+                                            torch.from_numpy(cols), k)
+    ref_idx, ref_valid = _dense_reference(key, excluded, k)
+    assert idx.tolist() == ref_idx and valid.tolist() == ref_valid
+    picked = np.take_along_axis(key, np.array(ref_idx), 1)
+    np.testing.assert_array_equal(score.numpy()[valid.numpy()], picked[np.array(ref_valid)])
+
+
+@pytest.mark.parametrize("column", [5, 140, 1_499])
+def test_top_k_refuses_nan_scores(column):
+    """A NaN anywhere (the first block, a tile, the last columns) stops the ranking."""
+    key = np.random.default_rng(0).normal(size=(3, 1_500)).astype(np.float32)
+    key[2, column] = np.nan
+    blocks = [(c0, torch.from_numpy(key[:, c0:c0 + 300])) for c0 in range(0, 1_500, 300)]
+    none = torch.empty(0, dtype=torch.long)
+    with pytest.raises(FloatingPointError, match="NaN"):
+        engine.top_k_blocks(blocks, 3, 1_500, none, none, 10)
+
+
 @pytest.mark.parametrize("adapt", ["user", "all"])
 def test_engine_blocks_give_the_evaluation_ranking(world, tmp_path, adapt):
     """The nightly engine (the catalogue in blocks, running top K) picks exactly the top K of

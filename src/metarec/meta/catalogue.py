@@ -65,6 +65,20 @@ class CatalogueRanking:
 
         return vmap(one)(task_params, self.prepare_user(user))           # (T, C)
 
+    def catalogue_queries(self, task_params: Params, user: Feats, table: Feats,
+                          output: str | None = None) -> Tensor | None:
+        """(T, d + 2) query per task whose product with ``PreferenceNet.item_keys(table)``
+        gives :meth:`catalogue_scores` (up to rounding), or None when the scores are not such
+        products (an MLP, or an item side adapted per task)."""
+        if not self.model.linear_scores() or "v" not in table:
+            return None
+        out = "query" if (output or self.rank_output) == "rank" else "logit_query"
+
+        def one(fast: Params, u: Feats) -> Tensor:
+            return functional_call(self.model, fast, (u, table), {"output": out})
+
+        return vmap(one)(task_params, self.prepare_user(user))           # (T, d + 2)
+
     def candidates(self, t: int, generator: torch.Generator | None = None
                    ) -> tuple[Feats, Tensor, Tensor | None]:
         """What a ranking loss ranks positives against: (item table (C, ·), catalogue rows

@@ -14,9 +14,9 @@ from metarec.eval.metrics import catalogue_metrics, catalogue_targets
 from metarec.meta.features import FeatureStore
 from metarec.meta.gradient import MetaAlgorithm, Params, masked_mse
 from metarec.models.base import Predictor
-from metarec.models.network import Feats
+from metarec.models.network import Feats, PreferenceNet
 
-CELLS = 1 << 20  # (task, item) pairs scored at once when ranking the catalogue
+CELLS = 1 << 21  # (task, item) pairs scored at once when ranking the catalogue
 State = tuple[dict[str, Params], Feats]   # ({"rate": fast, "rank": fast}, user context)
 
 
@@ -102,7 +102,7 @@ class AdaptivePredictor(Predictor):
         batched product of every task's parameters with the block's item vectors)."""
         with torch.no_grad():
             yield from catalogue_blocks(self.algorithm, state[0]["rank"], state[1],
-                                        self._table(), cells)
+                                        self._table(), cells, reuse=True)
 
     def explain(self, batch: TaskBatch, items: Tensor) -> Tensor | None:
         """The support item whose (projected) vector is nearest, by cosine, to each
@@ -126,14 +126,30 @@ class AdaptivePredictor(Predictor):
 
 
 def catalogue_blocks(algorithm: MetaAlgorithm, fast: Params, user: Feats,
-                     table: dict[str, Tensor], cells: int | None = None
+                     table: dict[str, Tensor], cells: int | None = None, reuse: bool = False
                      ) -> Iterator[tuple[int, Tensor]]:
     """(first column, scores (T, B)) per block of the catalogue ``table`` (item vectors
-    computed once): one batched product of every task's parameters with B items, B chosen so
-    that a block holds about ``cells`` (default ``CELLS``) task x item scores."""
+    computed once), B chosen so that a block holds about ``cells`` (default ``CELLS``) task x
+    item scores. A dot model's block is one GEMM of the tasks' queries with the items' keys
+    (:meth:`~metarec.meta.catalogue.CatalogueRanking.catalogue_queries`), written into one
+    buffer when ``reuse`` (then a block is valid only until the next is asked for: no fresh
+    pages to fault in per block); other models give one batched product of every task's
+    parameters with B items."""
     t = int(next(iter(user.values())).shape[0])
     n = int(next(iter(table.values())).shape[0])
     step = max(1, (CELLS if cells is None else cells) // max(t, 1))
+    queries = algorithm.catalogue_queries(fast, user, table)
+    if queries is not None:
+        queries = queries.float()
+        keys = PreferenceNet.item_keys(table, algorithm.rank_output).float()  # (N, d + 2)
+        buf = torch.empty((t, min(step, n)), device=queries.device) if reuse else None
+        for c0 in range(0, n, step):
+            block = keys[c0:c0 + step].T
+            if buf is not None and block.shape[1] == buf.shape[1]:
+                yield c0, torch.mm(queries, block, out=buf)                # (T, B)
+            else:
+                yield c0, queries @ block
+        return
     for c0 in range(0, n, step):
         block = {k: v[c0:c0 + step] for k, v in table.items()}
         yield c0, algorithm.catalogue_scores(fast, user, block).float()      # (T, B)

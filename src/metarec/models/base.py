@@ -80,7 +80,8 @@ class Predictor:
         ``cells`` task x item scores each: what the nightly top-K streams through, so that no
         more than one block of a chunk's scores needs to exist at once. By default the blocks
         of :meth:`rank` (a model whose whole ranking is cheap); a model with per-item vectors
-        computes each block on its own."""
+        computes each block on its own. A block may be overwritten by the next one: read it
+        (or copy it) before asking for the next."""
         full = self.rank(state)
         step = max(1, cells // max(full.shape[0], 1))
         for c0 in range(0, full.shape[1], step):

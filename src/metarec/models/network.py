@@ -228,6 +228,29 @@ class PreferenceNet(nn.Module):
     # ---------------------------------------------------------------------------------------
     # forward
 
+    def linear_scores(self) -> bool:
+        """True if the ``rank`` and ``logit`` scores are inner products of a user query with
+        a vector per item (:meth:`query`, :meth:`item_keys`): the dot interaction."""
+        return self.interaction == "dot"
+
+    def query(self, user: Feats, output: str = "rank") -> Tensor:
+        """(..., d + 2) per user, whose inner product with :meth:`item_keys` is the dot
+        model's ``rank`` (or ``logit``) score: ``[u * w, 1, bias]`` against ``[v, b_i, 1]``.
+        One GEMM then scores a whole catalogue for many users."""
+        u = self.user_vector(user)                                        # (..., d)
+        head = self.rank_out if output == "rank" else self.out
+        const = head.bias if output == "rank" else (head.bias + self.user_bias
+                                                    + self.global_bias)
+        ones = u.new_ones((*u.shape[:-1], 1))
+        return torch.cat([u * head.weight[0], ones, const.expand_as(ones)], dim=-1)
+
+    @staticmethod
+    def item_keys(table: Feats, output: str = "rank") -> Tensor:
+        """(N, d + 2) ``[v, item bias, 1]`` of projected items (:meth:`item_vectors`)."""
+        bias = table["rbias"] if output == "rank" else table["bias"]
+        return torch.cat([table["v"], bias.unsqueeze(-1), torch.ones_like(bias).unsqueeze(-1)],
+                         dim=-1)
+
     def to_rating(self, raw: Tensor) -> Tensor:
         """The rating scale from the rating head's pre-sigmoid score."""
         return self.rating_min + (self.rating_max - self.rating_min) * torch.sigmoid(raw)
@@ -238,7 +261,10 @@ class PreferenceNet(nn.Module):
         pre-sigmoid ``logit``, or the ranking head's score (``rank``).
 
         ``perturb`` (Meta-Dropout) multiplies the hidden interaction features; ``None`` = off.
+        ``query`` / ``logit_query``: the user side of :meth:`query` (``items`` unused).
         """
+        if output in ("query", "logit_query"):
+            return self.query(user, "rank" if output == "query" else "logit")
         u = self.user_vector(user).unsqueeze(-2)                          # (..., 1, d)
         it = self.item_vectors(items)
         i = it["v"]                                                       # (..., C, d)

@@ -21,7 +21,7 @@ from torch import Tensor
 from metarec.data.tasks import TaskBatch, pad_rows
 from metarec.models.base import Predictor
 
-CELLS = 1 << 20  # task x item scores ranked at once (a block of the catalogue)
+CELLS = 1 << 21  # task x item scores ranked at once (a block of the catalogue)
 
 
 @dataclass
@@ -78,13 +78,16 @@ def recommend_chunk(predictor: Predictor, batch: TaskBatch, chunk_no: int,
 LOWEST = torch.iinfo(torch.int64).min   # below every float's key (bits >= -2**31 + 1)
 
 
-def pack(key: Tensor, c0: int, n: int) -> Tensor:
-    """Unique, order-preserving int64 keys of scores ``key`` (T, B) at catalogue columns
-    ``c0``..: each float32 mapped to an order-preserving int32 in the high half, the reversed
-    column in the low half, so equal scores rank by column."""
-    bits = key.float().contiguous().view(torch.int32)                      # (T, B)
+def pack(key: Tensor, cols: Tensor | int, n: int) -> Tensor:
+    """Unique, order-preserving int64 keys of scores ``key`` at catalogue columns ``cols``
+    (a tensor of ``key``'s shape, or the first column of a (T, B) block): each float32 mapped
+    to an order-preserving int32 in the high half, the reversed column in the low half, so
+    equal scores rank by column."""
+    if isinstance(cols, int):
+        cols = cols + torch.arange(key.shape[-1])
+    bits = key.float().contiguous().view(torch.int32)
     bits = bits ^ ((bits >> 31) & 0x7FFFFFFF)                              # float order
-    return (bits.long() << 32) + (n - 1 - c0 - torch.arange(key.shape[1]))
+    return (bits.long() << 32) + (n - 1 - cols)
 
 
 def unpack(packed: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -100,27 +103,88 @@ def top_k_blocks(blocks: Iterable[tuple[int, Tensor]], t: int, n: int, exclude_r
                  exclude_cols: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     """Catalogue columns (T, k') of the k highest scores per row over ``blocks`` of columns
     ((first column, scores (T, B)), in order, covering all ``n``), which picks are valid, and
-    their scores; ``k' = min(k, n)``.
+    their scores; ``k' = min(k, n)``. The blocks are read, never written.
 
     Exactly the top K of the whole row: equal scores rank by column (:func:`pack`); excluded
     cells get keys below every score and are picked only when a row has fewer than k other
-    cells, marked invalid. Only one block and the running (T, k) best exist at a time.
+    cells, marked invalid. Only one block and the running (T, k) best exist at a time; once
+    every row holds k picks, only a block's cells that reach their row's k-th best are looked
+    at one by one (:func:`_merge`), as a search index's heap does.
     """
     order = torch.argsort(exclude_cols, stable=True)
     ex_rows, ex_cols = exclude_rows[order], exclude_cols[order]
+    kk = min(k, n)
     best = torch.empty((t, 0), dtype=torch.long)
     for c0, key in blocks:
-        if torch.isnan(key).any():
-            raise FloatingPointError("the model produced NaN scores")
         c1 = c0 + key.shape[1]
-        packed = pack(key, c0, n)                                          # (T, B)
         lo, hi = torch.searchsorted(ex_cols, torch.tensor([c0, c1])).tolist()
-        cols = ex_cols[lo:hi]
-        packed[ex_rows[lo:hi], cols - c0] = LOWEST + (n - 1 - cols)        # still unique
-        best = torch.cat([best, packed.topk(min(k, key.shape[1]), 1, sorted=False).values], 1)
-        best = best.topk(min(k, best.shape[1]), 1, sorted=False).values    # (T, <= k)
+        rows, cols = ex_rows[lo:hi], ex_cols[lo:hi]
+        if best.shape[1] == kk and kk > 0:
+            best = _merge(best, key, c0, n, rows, cols)
+            continue
+        if torch.isnan(key).any():
+            raise FloatingPointError(NAN)
+        packed = pack(key, c0, n)                                          # (T, B)
+        packed[rows, cols - c0] = LOWEST + (n - 1 - cols)                  # still unique
+        best = torch.cat([best, packed.topk(min(kk, key.shape[1]), 1, sorted=False).values], 1)
+        best = best.topk(min(kk, best.shape[1]), 1, sorted=False).values   # (T, <= k)
     best = best.sort(1, descending=True).values                           # (T, k')
     return unpack(best, n)
+
+
+NAN = "the model produced NaN scores"
+TILE = 128   # columns whose maximum is compared with a row's k-th best at once
+
+
+def _merge(best: Tensor, key: Tensor, c0: int, n: int, ex_rows: Tensor, ex_cols: Tensor
+           ) -> Tensor:
+    """``best`` (T, k) packed keys updated with a block's scores ``key`` (T, B) at columns
+    c0..: only cells scoring at least their row's k-th best can enter (``>=``: a later column
+    with an equal score never outranks it, but 0.0 does outrank -0.0), and an excluded cell
+    never does (the row's k picks already outrank it). One pass takes the maximum of each
+    tile of ``TILE`` columns; only tiles whose maximum reaches the k-th best are read again,
+    so the few candidates are found without a comparison per cell."""
+    _, valid, kth = unpack(best.min(1, keepdim=True).values, n)             # (T, 1)
+    kth = torch.where(valid, kth, float("-inf"))  # an excluded pick: any score beats it
+    r, c = _at_least(key, kth)
+    if ex_rows.numel() and r.numel():
+        b = key.shape[1]
+        keep = ~torch.isin(r * b + c, ex_rows * b + (ex_cols - c0))
+        r, c = r[keep], c[keep]
+    if r.numel() == 0:
+        return best
+    rows, inverse, counts = torch.unique_consecutive(r, return_inverse=True,
+                                                     return_counts=True)
+    slot = torch.arange(r.numel()) - (torch.cumsum(counts, 0) - counts)[inverse]
+    cand = torch.full((rows.numel(), int(counts.max())), LOWEST)          # (R, m)
+    cand[inverse, slot] = pack(key[r, c], c0 + c, n)
+    best = best.clone()
+    best[rows] = torch.cat([best[rows], cand], 1).topk(best.shape[1], 1, sorted=False).values
+    return best
+
+
+def _at_least(key: Tensor, kth: Tensor) -> tuple[Tensor, Tensor]:
+    """(rows, columns) of the cells of ``key`` (T, B) at or above their row's ``kth`` (T, 1),
+    in row-major order; raises on a NaN score."""
+    t, b = key.shape
+    w = b - b % TILE
+    r = c = torch.empty(0, dtype=torch.long)
+    if w:
+        tiles = key[:, :w].unfold(1, TILE, TILE)                         # (T, B // TILE, TILE)
+        peak = tiles.amax(-1)                                             # NaN if one is
+        if torch.isnan(peak).any():
+            raise FloatingPointError(NAN)
+        tr, tc = (peak >= kth).nonzero(as_tuple=True)                    # candidate tiles
+        pr, pc = (tiles[tr, tc] >= kth[tr]).nonzero(as_tuple=True)       # within them
+        r, c = tr[pr], tc[pr] * TILE + pc
+    if w < b:                                                              # the last columns
+        if torch.isnan(key[:, w:]).any():
+            raise FloatingPointError(NAN)
+        rr, rc = (key[:, w:] >= kth).nonzero(as_tuple=True)
+        r, c = torch.cat([r, rr]), torch.cat([c, rc + w])
+        order = torch.argsort(r * b + c)
+        r, c = r[order], c[order]
+    return r, c
 
 
 def top_k(key: Tensor, exclude_rows: Tensor, exclude_cols: Tensor, k: int
