@@ -1,6 +1,7 @@
 """Cold on one platform, known on the others: does the other platforms' history help?
 
     .venv/bin/python benchmarks/platforms.py [--params benchmarks/params/platforms.yaml]
+                                             [--out benchmarks/results/platforms.json]
 
 Builds a project in a temporary folder from the params file (a synthetic log on three
 platforms with a per-platform taste shift; only the keys it names differ from the defaults)
@@ -8,8 +9,10 @@ and runs the commands of ``dvc.yaml``'s stages up to ``evaluate`` (``metarec ing
 ``validate``, ``episodes``, ``train``, ``evaluate``: what ``dvc repro evaluate`` runs). The
 evaluation scores every model on the platform_cold test tasks twice, on the support of the
 new platform alone and with the user's history on the other platforms added
-(``metrics/eval.json: cross_platform``); this script copies those rows, and the per-model
-results of both groups, to ``benchmarks/results/platforms.json``. README's platform table is
+(``metrics/eval.json: cross_platform``); this script copies those rows, the per-model
+results of both groups, each model's best validation loss (``metrics/train.json``, mean over
+seeds) and each network's learned trust in the other platforms' support to
+``benchmarks/results/platforms.json`` (``--out``: elsewhere). README's platform table is
 generated from it by ``benchmarks/table.py``.
 """
 
@@ -47,6 +50,17 @@ def learned_trust(models: Path) -> dict[str, float]:
     return out
 
 
+def val_losses(train: dict) -> dict[str, float]:
+    """Each model's best validation loss (``metrics/train.json``), the mean over seeds: what
+    a choice between settings is made on (never the test tasks)."""
+    per: dict[str, list[float]] = {}
+    for models in train["seeds"].values():
+        for name, record in models.items():
+            if record.get("best_val_loss") is not None:
+                per.setdefault(name, []).append(float(record["best_val_loss"]))
+    return {name: round(sum(v) / len(v), 6) for name, v in sorted(per.items())}
+
+
 def main() -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", type=Path, default=BASE)
@@ -67,6 +81,7 @@ def main() -> dict:
             print(f"{stage}: {seconds[stage]} s", flush=True)
         ev = json.loads((cwd / "metrics" / "eval.json").read_text())
         trust = learned_trust(cwd / "models")
+        val = val_losses(json.loads((cwd / "metrics" / "train.json").read_text()))
         data = json.loads((cwd / "metrics" / "data.json").read_text())
     groups = {r["without"] for r in ev["cross_platform"]} | {
         r["with"] for r in ev["cross_platform"]}
@@ -77,12 +92,14 @@ def main() -> dict:
               "too_few": data["too_few"].get("test_platform", {}),
               "confidence": ev["bootstrap"]["confidence"],
               "learned_trust": trust,
+              "best_val_loss": val,
               "cross_platform": ev["cross_platform"],
               "results": [r for r in ev["results"] if r["scenario"] in groups],
               "seconds": {**seconds, "total": round(time.perf_counter() - start, 1)}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print("learned trust of another platform's support items:", trust)
+    print("best validation loss (mean over seeds):", val)
     for r in report["cross_platform"]:
         print(f"{r['model']:13s} {r['without']:20s} K={r['k']!s:4s} {r['value_without']:.4f}"
               f" -> {r['value_with']:.4f}  {r['diff']:+.4f} [{r['ci_low']:+.4f}, "

@@ -9,6 +9,7 @@ import pytest
 import torch
 from meta_fixtures import episode_data
 
+from metarec import algorithms
 from metarec.algorithms.finetune import FineTune, FinetuneParams
 from metarec.config import ModelParams, ObjectiveParams, TrainParams, to_dict
 from metarec.data.tasks import to_batch
@@ -19,7 +20,7 @@ from metarec.meta.predictor import AdaptivePredictor
 from metarec.models.base import FitContext
 from metarec.stages import train as train_stage
 from metarec.train.fit import FitResult, fit_algorithm
-from metarec.train.module import TrainingDiverged
+from metarec.train.module import MetaLearner, TrainingDiverged
 
 # one worker runs the module: its trained fixtures are built once, not once per worker
 pytestmark = pytest.mark.xdist_group("test_train_fit")
@@ -84,6 +85,33 @@ def test_a_diverging_run_fails_naming_algorithm_seed_and_step(data, tmp_path):
     with pytest.raises(TrainingDiverged, match=r"fomaml \(seed 3\) diverged at outer step "
                                                r"\d+: .*not finite|fomaml \(seed 3\).*nan"):
         fit_algorithm("fomaml", data, MODEL, train, tmp_path)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_the_cross_platform_trust_has_its_own_outer_learning_rate(data, optimizer):
+    algo = algorithms.get("fomaml").create(data, MODEL, TRAIN)
+    store = FeatureStore(data.users, data.items)
+    trust = algo.cross_trust
+    module = MetaLearner(algo, store, optimizer, 0.001, cross_trust_lr=0.05)
+    opt = module.configure_optimizers()
+    assert [g["lr"] for g in opt.param_groups] == [0.001, 0.05]
+    first, second = (g["params"] for g in opt.param_groups)
+    assert not any(p is trust for p in first)
+    assert len(second) == 1 and second[0] is trust
+    assert len(first) + 1 == len(list(algo.outer_parameters()))
+    # one step with the same gradient everywhere moves the trust by its own rate
+    for p in algo.outer_parameters():
+        p.grad = torch.ones_like(p)
+    others = {n: p.detach().clone() for n, p in algo.named_parameters() if p is not trust}
+    opt.step()
+    torch.testing.assert_close(trust.detach(), torch.tensor(-0.05, dtype=trust.dtype))
+    moved = [float((p.detach() - others[n]).abs().max()) for n, p in algo.named_parameters()
+             if p is not trust and p.requires_grad]
+    assert max(moved) == pytest.approx(0.001, rel=1e-3)
+    # None: the trust follows the network's rate
+    same = MetaLearner(algo, store, optimizer, 0.002).configure_optimizers()
+    assert [g["lr"] for g in same.param_groups] == [0.002, 0.002]
+    assert same.param_groups[1]["params"][0] is trust
 
 
 @pytest.mark.parametrize("name", ["maml", "fomaml", "reptile", "metasgd", "metadropout",

@@ -167,6 +167,7 @@ class TrainParams:
     meta_batch: int = bounded(32, 1)
     outer_optimizer: Literal["adam", "sgd"] = "adam"
     outer_lr: float = bounded(1e-3, 0.0)
+    cross_trust_lr: float = bounded(0.01, 0.0)
     max_steps: int = bounded(500, 0)
     val_every: int = bounded(100, 1)
     grad_clip: float = bounded(10.0, 0.0)

@@ -102,7 +102,8 @@ def fit_meta(name: str, build: Callable[[], MetaAlgorithm], outer_lr: float, *,
     module = MetaLearner(algorithm, store, train.outer_optimizer, outer_lr,
                          grad_clip=train.grad_clip, patience=train.patience,
                          initial_val=initial, val_k=train.val_ndcg_k, seed=train.seed,
-                         item_id_dropout=train.item_id_dropout)
+                         item_id_dropout=train.item_id_dropout,
+                         cross_trust_lr=train.cross_trust_lr)
     logger = (_loggers(Path(log_dir), name) if distributed.global_rank(train) == 0 else False)
     trainer = L.Trainer(
         max_steps=train.max_steps, max_epochs=-1, accelerator=train.accelerator,

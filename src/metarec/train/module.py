@@ -31,7 +31,7 @@ class MetaLearner(L.LightningModule):
     def __init__(self, algorithm: MetaAlgorithm, store: FeatureStore, outer_optimizer: str,
                  outer_lr: float, grad_clip: float = 10.0, patience: int = 0,
                  initial_val: float = math.inf, val_k: int = 20, seed: int = 0,
-                 item_id_dropout: float = 0.0) -> None:
+                 item_id_dropout: float = 0.0, cross_trust_lr: float | None = None) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["algorithm", "store"])
         self.automatic_optimization = False
@@ -54,12 +54,27 @@ class MetaLearner(L.LightningModule):
             f"{int(self.global_step)}: {what}; lower train.outer_lr (now "
             f"{self.hparams.outer_lr:g}) or train.inner_lr, or use outer_optimizer adam")
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def param_groups(self) -> list[dict]:
+        """The outer optimiser's parameter groups: every outer parameter at ``outer_lr``, and
+        the algorithm's ``cross_trust`` (when it is one of them) in a group of its own at
+        ``cross_trust_lr`` (None: ``outer_lr``). The trust is one scalar that has to move far
+        from its start in a few hundred outer steps, which the network's rate never lets it."""
+        trust = getattr(self.algorithm, "cross_trust", None)
         params = list(self.algorithm.outer_parameters())
+        rest = [p for p in params if p is not trust]
+        groups: list[dict] = [{"params": rest, "lr": self.hparams.outer_lr}]
+        if len(rest) < len(params):
+            lr = self.hparams.cross_trust_lr
+            groups.append({"params": [trust],
+                           "lr": self.hparams.outer_lr if lr is None else lr})
+        return groups
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        groups = self.param_groups()
         if self.hparams.outer_optimizer == "adam":
-            return torch.optim.Adam(params, lr=self.hparams.outer_lr)
+            return torch.optim.Adam(groups, lr=self.hparams.outer_lr)
         if self.hparams.outer_optimizer == "sgd":
-            return torch.optim.SGD(params, lr=self.hparams.outer_lr)
+            return torch.optim.SGD(groups, lr=self.hparams.outer_lr)
         raise ValueError(f"unknown outer optimizer {self.hparams.outer_optimizer!r}")
 
     def on_fit_start(self) -> None:
