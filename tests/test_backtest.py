@@ -206,12 +206,12 @@ def test_a_window_on_the_training_period_is_refused(run: dict) -> None:
 
 def test_warm_support_first_takes_the_earliest_rows() -> None:
     from metarec.scoring.batch import _user_rows
-    from metarec.scoring.world import Selection
+    from metarec.scoring.world import Selection, load_world
 
-    world = pd.DataFrame({"user_id": ["w"] * 5 + ["c"] * 2,
-                          "item_id": ["i4", "i0", "i3", "i1", "i2", "i0", "i1"],
-                          "rating": [5.0, 1, 4, 2, 3, 1, 2],
-                          "timestamp": [50, 10, 40, 20, 30, 5, 6]})
+    world = load_world(pd.DataFrame({"user_id": ["w"] * 5 + ["c"] * 2,
+                                     "item_id": ["i4", "i0", "i3", "i1", "i2", "i0", "i1"],
+                                     "rating": [5.0, 1, 4, 2, 3, 1, 2],
+                                     "timestamp": [50, 10, 40, 20, 30, 5, 6]}), [], end=100)
     sel = Selection(user_ids=pd.Series(["c", "w"], dtype="string"),
                     kinds=np.array(["cold", "dynamic"], dtype=object),
                     counts=np.array([2, 5]))

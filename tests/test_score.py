@@ -196,6 +196,28 @@ def test_landing_files_join_the_world(world):
     assert _selection(AS_OF, dynamic=False, landing=files)["h"] == "cold"
 
 
+def test_the_world_read_as_dictionaries_is_the_world_read_as_strings(world):
+    from metarec.scoring.world import landing_files, read_log
+
+    files = landing_files(world["landing"], parse_as_of(AS_OF))
+    end = day_end(parse_as_of(AS_OF))
+    coded = load_world(read_log(world["validated"] / "interactions.parquet"), files, end)
+    plain = load_world(_log(), files, end)
+    for col in ("user_id", "item_id"):
+        assert isinstance(coded[col].dtype, pd.CategoricalDtype)
+        cats = coded[col].cat.categories
+        assert cats.is_monotonic_increasing and cats.is_unique  # the ids present, sorted
+        assert set(cats) == set(coded[col])
+    assert "h" in set(coded["user_id"])  # the landing file's user joined the categories
+    as_strings = coded.astype({"user_id": "string", "item_id": "string"})
+    pd.testing.assert_frame_equal(as_strings, plain.astype(
+        {"user_id": "string", "item_id": "string"}))
+    pick = users_to_score(coded, end, 3, 3, dynamic=True)
+    ref = users_to_score(plain, end, 3, 3, dynamic=True)
+    assert pick.user_ids.tolist() == ref.user_ids.tolist()
+    assert pick.kinds.tolist() == ref.kinds.tolist() and (pick.counts == ref.counts).all()
+
+
 def test_bad_landing_file_names_file_row_and_column(world, tmp_path):
     landing = tmp_path / "landing"
     landing.mkdir()
@@ -458,11 +480,12 @@ def test_verify_batch_names_changed_inputs(world, tmp_path):
 def test_crash_leaves_no_partial_batch(world, tmp_path, monkeypatch):
     out = tmp_path / "recs"
 
-    def broken(table, path):
-        Path(path).write_bytes(b"PAR1 half")  # part of a file, then the crash
+    def broken(parts, path, schema):
+        next(iter(parts))  # the first chunk scored and part of it written, then the crash
+        Path(path).write_bytes(b"PAR1 half")
         raise OSError("disk full")
 
-    monkeypatch.setattr(scoring_batch, "write_parquet", broken)
+    monkeypatch.setattr(scoring_batch, "write_parquet_stream", broken)
     with pytest.raises(OSError, match="disk full"):
         _run(world, out)
     assert list(out.iterdir()) == []  # no batch, no temporary folder

@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -142,14 +142,44 @@ def read_tracked(path: str | Path, restore: str, reader: Any = None) -> Any:
                         file=str(path)) from exc
 
 
+PARQUET_OPTIONS = {"compression": "zstd", "use_dictionary": True, "write_statistics": True}
+ROW_GROUP = 1024 * 1024  # rows: pyarrow's default, so streamed and whole writes share bytes
+
+
 def write_parquet(df: pd.DataFrame | pa.Table, path: str | Path) -> Path:
     """Write a table atomically; same content gives the same bytes (no index, fixed options)."""
     table = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
     table = table.replace_schema_metadata(None)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd", use_dictionary=True,
-                       write_statistics=True)
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP, **PARQUET_OPTIONS)
     return Path(path)
+
+
+def write_parquet_stream(parts: Iterable[pa.Table], path: str | Path, schema: pa.Schema
+                         ) -> int:
+    """Write ``parts`` (tables of ``schema``, any sizes) atomically as one Parquet file; returns
+    its rows. Rows are regrouped into row groups of exactly :data:`ROW_GROUP` (the last one
+    shorter), each written as one contiguous chunk, so the bytes are those
+    :func:`write_parquet` gives for the concatenated table however the rows were split,
+    while at most one row group plus one part is held in memory."""
+    schema = schema.remove_metadata()
+    rows = 0
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, **PARQUET_OPTIONS) as writer:
+        pending: list[pa.Table] = []
+        held = 0
+        for part in parts:
+            part = part.cast(schema)
+            rows += part.num_rows
+            pending.append(part)
+            held += part.num_rows
+            while held >= ROW_GROUP:
+                group = pa.concat_tables(pending).combine_chunks()
+                writer.write_table(group.slice(0, ROW_GROUP), row_group_size=ROW_GROUP)
+                pending, held = [group.slice(ROW_GROUP)], held - ROW_GROUP
+        if held or not rows:
+            last = pa.concat_tables(pending) if pending else schema.empty_table()
+            writer.write_table(last.combine_chunks(), row_group_size=ROW_GROUP)
+    return rows
 
 
 def read_parquet(path: str | Path) -> pd.DataFrame:

@@ -1,9 +1,9 @@
 """Nightly scoring split into shards of users, merged into the batch ``score.run`` would write.
 
 The score stage adapts and ranks users in chunks of ``score.chunk_users`` (users in user_id
-order, chunk ``c`` seeded with ``c``), and ``score.recommend(..., chunks=range(lo, hi))``
-scores a run of whole chunks exactly as the single-process run does. A shard is such a run;
-the concatenated shards are the same rows in the same order, so the merged
+order, chunk ``c`` seeded with ``c``), and ``recommend_stream(..., chunks=range(lo, hi))``
+scores a run of whole chunks exactly as the single-process run does. A shard is such a run; the
+concatenated shards are the same rows in the same order, so the merged
 ``recommendations.parquet`` and ``manifest.json`` are byte-identical to ``metarec score``'s
 (tests/flows/test_nightly.py checks this for the thread and the Dask runner).
 
@@ -17,6 +17,7 @@ import contextlib
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from metarec.config import ScoreParams
-from metarec.io import write_parquet
+from metarec.io import write_parquet_stream
 from metarec.scoring import batch as stage
 
 BatchInputs = stage.Inputs
@@ -38,7 +39,7 @@ def prepare(params: ScoreParams, validated_dir: str | Path, models_dir: str | Pa
 
 def day_stats(inputs: BatchInputs) -> dict[str, Any]:
     """The day's counts (users, cold/dynamic users, catalogue items, ...) without scoring."""
-    return score_chunks(inputs, 0, 0)[1]
+    return stage.recommend_stream(inputs, chunks=range(0))[1]
 
 
 def chunks_of(stats: dict[str, Any], params: ScoreParams) -> int:
@@ -53,11 +54,6 @@ def split_chunks(n_chunks: int, shards: int) -> list[tuple[int, int]]:
     parts = min(shards, max(n_chunks, 1))
     bounds = [i * n_chunks // parts for i in range(parts + 1)]
     return list(zip(bounds[:-1], bounds[1:], strict=True))
-
-
-def score_chunks(inputs: BatchInputs, lo: int, hi: int) -> tuple[pa.Table, dict[str, Any]]:
-    """Rows (``score.SCHEMA``) of chunks lo..hi-1 and the whole day's counts."""
-    return stage.recommend(inputs, chunks=range(lo, hi))
 
 
 def scoring_lock(out_root: str | Path) -> contextlib.AbstractContextManager[None]:
@@ -75,17 +71,26 @@ def shard_dir(inputs: BatchInputs, out_root: str | Path) -> Path:
 
 
 def write_shard(inputs: BatchInputs, lo: int, hi: int, folder: str | Path) -> str:
-    """Score chunks lo..hi-1 into ``<folder>/shard-<lo>-<hi>.parquet``; returns the path."""
-    table, _ = score_chunks(inputs, lo, hi)
-    return str(write_parquet(table, Path(folder) / f"shard-{lo:06d}-{hi:06d}.parquet"))
+    """Score chunks lo..hi-1 into ``<folder>/shard-<lo>-<hi>.parquet`` (streamed chunk by
+    chunk); returns the path."""
+    path = Path(folder) / f"shard-{lo:06d}-{hi:06d}.parquet"
+    write_parquet_stream(stage.recommend_stream(inputs, chunks=range(lo, hi))[0], path,
+                         stage.SCHEMA)
+    return str(path)
+
+
+def read_shards(shard_paths: list[str]) -> Iterator[pa.Table]:
+    """The shards' rows in chunk order, one Parquet row group at a time."""
+    for path in shard_paths:
+        shard = pq.ParquetFile(path)
+        for group in range(shard.num_row_groups):
+            yield shard.read_row_group(group)
 
 
 def merge(inputs: BatchInputs, stats: dict[str, Any], shard_paths: list[str],
           folder: str | Path, out_root: str | Path) -> Path:
-    """Concatenate shards (in chunk order) and publish the batch as ``score.run`` would."""
-    parts = [pq.read_table(p) for p in shard_paths]
-    table = (pa.concat_tables(parts) if parts else stage.SCHEMA.empty_table()).combine_chunks()
-    table = table.cast(stage.SCHEMA)
-    target = stage.publish_batch(inputs, table, stats, out_root)
+    """Stream the shards (in chunk order) into the batch and publish it as ``score.run``
+    would (the same regrouping into row groups, so the same bytes)."""
+    target = stage.publish_batch(inputs, read_shards(shard_paths), stats, out_root)
     shutil.rmtree(folder, ignore_errors=True)
     return target

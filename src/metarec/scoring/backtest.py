@@ -168,7 +168,7 @@ def judge_night(pl: Plan, day: str) -> pd.DataFrame:
     horizon = end + pl.params.horizon_days * DAY
     world = load_world(log, landing_files(pl.score.landing_dir,
                                           parse_as_of(day) + dt.timedelta(pl.params.horizon_days)),
-                       horizon)
+                       horizon).astype({"user_id": "string", "item_id": "string"})
     past = world[world["timestamp"].to_numpy() < end]
     users = tables["model"].drop_duplicates("user_id")[["user_id", "kind"]]
     tables["popularity"] = _popularity(past, users, end, pl.params)

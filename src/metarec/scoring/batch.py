@@ -26,6 +26,7 @@ import dataclasses
 import logging
 import shutil
 import subprocess
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ from metarec.io import (
     read_parquet,
     sha256_file,
     write_json,
-    write_parquet,
+    write_parquet_stream,
 )
 from metarec.meta.checkpoint import from_checkpoint, read_checkpoint
 from metarec.progress import progress
@@ -58,6 +59,7 @@ from metarec.scoring.world import (
     landing_files,
     load_world,
     parse_as_of,
+    read_log,
     users_to_score,
 )
 
@@ -142,10 +144,9 @@ def build_batch(params: ScoreParams, validated_dir: str | Path, models_dir: str 
     """Score the users of ``as_of`` (default ``params.as_of``); returns the batch folder."""
     inputs = resolve(params, validated_dir, models_dir, as_of, selection)
     with scoring_lock(out_root):
-        table, stats = recommend(inputs)
-        target = publish_batch(inputs, table, stats, out_root)
-    log.info("score: %d rows for %d users with %s -> %s", stats["rows"], stats["users"],
-             inputs.model, target)
+        parts, stats = recommend_stream(inputs)
+        target = publish_batch(inputs, parts, stats, out_root)
+    log.info("score: %d users with %s -> %s", stats["users"], inputs.model, target)
     return target
 
 
@@ -159,9 +160,10 @@ def _rel(path: str | Path) -> str:
         return str(resolved)
 
 
-def publish_batch(inputs: Inputs, table: pa.Table, stats: dict[str, Any],
+def publish_batch(inputs: Inputs, parts: Iterable[pa.Table], stats: dict[str, Any],
                   out_root: str | Path) -> Path:
-    """Write the manifest (what the batch was built from) and publish the batch atomically.
+    """Write the recommendations (streamed from ``parts``, tables of SCHEMA), the manifest
+    (what the batch was built from) and publish the batch atomically.
 
     Shared by ``metarec score`` and the sharded nightly flow, so both give the same bytes.
     """
@@ -179,17 +181,27 @@ def publish_batch(inputs: Inputs, table: pa.Table, stats: dict[str, Any],
         # DVC cache or remote by these, whatever dvc.lock says now
         "dvc_md5": {_rel(p): md5_file(p) for p in read},
         "git_commit": _git_commit(), "metarec_version": metarec.__version__,
-        "torch_version": torch.__version__, **stats, "rows": table.num_rows,
+        "torch_version": torch.__version__, **stats,
     }
     target = Path(out_root) / params.as_of
-    publish(target, table, manifest)
+    publish(target, parts, manifest)
     _sweep(target)
     return target
 
 
 def recommend(inputs: Inputs, chunks: range | None = None, warm_support: str = "latest"
               ) -> tuple[pa.Table, dict[str, Any]]:
-    """The recommendations table (SCHEMA) and counts for the world of ``inputs``' day.
+    """:func:`recommend_stream`'s rows as one table (the backtest judges them in memory)."""
+    parts, stats = recommend_stream(inputs, chunks, warm_support)
+    return pa.concat_tables([SCHEMA.empty_table(), *parts]).combine_chunks(), stats
+
+
+def recommend_stream(inputs: Inputs, chunks: range | None = None, warm_support: str = "latest"
+                     ) -> tuple[Iterator[pa.Table], dict[str, Any]]:
+    """The recommendations (SCHEMA), one table per chunk of ``score.chunk_users`` users as
+    they are scored, and the day's counts, for the world of ``inputs``' day. The world, the
+    selection and the users' rows are built before this returns; a chunk's rows exist only
+    until the consumer has written them, so memory does not grow with the output.
 
     ``chunks`` restricts scoring to those chunk numbers (a shard of the nightly flow); each
     chunk keeps its users, padding and seed, so concatenated shards equal the whole table.
@@ -199,69 +211,67 @@ def recommend(inputs: Inputs, chunks: range | None = None, warm_support: str = "
     """
     if warm_support not in ("latest", "first"):
         raise ValueError(f"warm_support must be latest or first, got {warm_support!r}")
-    params, tables, model_path, end = inputs.params, inputs.tables, inputs.model_path, \
-        inputs.end
-    landing = inputs.landing
+    params, tables, model_path = inputs.params, inputs.tables, inputs.model_path
     blob = read_checkpoint(model_path)
     vocab = blob["vocab"]
     check_compatible(vocab, tables["users"].parent / "schema.json", model_path)
-    world = load_world(read_parquet(tables["interactions"]), landing, end)
-    sel = users_to_score(world, end, params.max_interactions, params.active_days,
+    world = load_world(read_log(tables["interactions"]), inputs.landing, inputs.end)
+    sel = users_to_score(world, inputs.end, params.max_interactions, params.active_days,
                          params.dynamic)
-    users = _encode(read_parquet(tables["users"]), "user_id", world["user_id"], vocab["users"])
-    items = _encode(read_parquet(tables["items"]), "item_id", world["item_id"], vocab["items"])
+    users = _encode(read_parquet(tables["users"]), "user_id",
+                    world["user_id"].cat.categories, vocab["users"])
+    items = _encode(read_parquet(tables["items"]), "item_id",
+                    world["item_id"].cat.categories, vocab["items"])
     data = EpisodeData(tasks=pd.DataFrame(), users=users, items=items, vocab=vocab)
     predictor = from_checkpoint(blob, data, model_path)
     support, history = _user_rows(world, sel, items, params.dynamic_last,
                                   params.max_interactions if warm_support == "first" else None)
-    user_idx = torch.from_numpy(users.index_of(sel.user_ids))               # (U,)
-    n, k = len(sel.user_ids), params.top_k
-    out: dict[str, list[np.ndarray]] = {"user": [], "item": [], "score": [], "rating": [],
-                                        "rank": [], "because": []}
-    size = params.chunk_users
-    todo = list(chunks if chunks is not None else range(-(-n // size)))
-    bar = contextlib.ExitStack()
-    tick = bar.enter_context(progress(f"score {params.as_of}", len(todo)))
-    for chunk_no in todo:
-        a, b = chunk_no * size, min((chunk_no + 1) * size, n)
-        batch = task_batch(user_idx[a:b], *support.padded(a, b))
-        lengths = np.diff(history.starts[a:b + 1])
-        rows = torch.from_numpy(np.repeat(np.arange(b - a), lengths))
-        cols = torch.from_numpy(history.items[history.starts[a]:history.starts[b]])
-        idx, valid, score, rating, because = recommend_chunk(predictor, batch, chunk_no, rows,
-                                                             cols, k)
-        v = valid.numpy()
-        out["user"].append(np.repeat(np.arange(a, b), v.sum(1)))
-        out["item"].append(idx.numpy()[v])
-        out["score"].append(score.numpy()[v])
-        out["rating"].append(rating.numpy()[v])
-        out["because"].append(because.numpy()[v])
-        out["rank"].append(np.broadcast_to(np.arange(1, idx.shape[1] + 1), idx.shape)[v])
-        tick.advance(1, users=b)
-    bar.close()
-
-    def cat(key: str, dtype: type) -> np.ndarray:
-        return (np.concatenate(out[key]) if out[key] else np.zeros(0, dtype)).astype(dtype)
-
-    u_pos, i_pos = cat("user", np.int64), cat("item", np.int64)
-    rating = cat("rating", np.float32)
-    because = cat("because", np.int64)
-    table = pa.table({
-        "user_id": pa.array(sel.user_ids.to_numpy(dtype=object), pa.string()).take(u_pos),
-        "rank": pa.array(cat("rank", np.int32)),
-        "item_id": pa.array(items.ids, pa.string()).take(i_pos),
-        "score": pa.array(cat("score", np.float32)),
-        "predicted_rating": pa.array(rating, pa.float32(), mask=np.isnan(rating)),
-        "because": pa.array(items.ids, pa.string()).take(
-            pa.array(np.maximum(because, 0), mask=because < 0)),
-        "kind": pa.array(sel.kinds.astype(object), pa.string()).take(u_pos),
-    }, schema=SCHEMA)
-    stats = {"rows": table.num_rows, "users": n,
-             "cold_users": int((sel.kinds == "cold").sum()),
+    stats = {"users": len(sel.user_ids), "cold_users": int((sel.kinds == "cold").sum()),
              "dynamic_users": int((sel.kinds == "dynamic").sum()),
              "catalogue_items": len(items), "world_interactions": len(world),
              "algorithm": blob["algorithm"]}
-    return table, stats
+    del world
+    user_idx = torch.from_numpy(users.index_of(sel.user_ids))               # (U,)
+    n, size = len(sel.user_ids), params.chunk_users
+    todo = list(chunks if chunks is not None else range(-(-n // size)))
+    user_ids = pa.array(sel.user_ids.to_numpy(dtype=object), pa.string())
+    kinds = pa.array(sel.kinds.astype(object), pa.string())
+    item_ids = pa.array(items.ids, pa.string())
+
+    def rows() -> Iterator[pa.Table]:
+        with progress(f"score {params.as_of}", len(todo)) as tick:
+            for chunk_no in todo:
+                a, b = chunk_no * size, min((chunk_no + 1) * size, n)
+                batch = task_batch(user_idx[a:b], *support.padded(a, b))
+                lengths = np.diff(history.starts[a:b + 1])
+                seen_rows = torch.from_numpy(np.repeat(np.arange(b - a), lengths))
+                seen = torch.from_numpy(history.items[history.starts[a]:history.starts[b]])
+                got = recommend_chunk(predictor, batch, chunk_no, seen_rows, seen, params.top_k)
+                yield _chunk_table(a, *got, user_ids, kinds, item_ids)
+                tick.advance(1, users=b)
+
+    return rows(), stats
+
+
+def _chunk_table(first: int, idx: torch.Tensor, valid: torch.Tensor, score: torch.Tensor,
+                 rating: torch.Tensor, because: torch.Tensor, user_ids: pa.Array,
+                 kinds: pa.Array, item_ids: pa.Array) -> pa.Table:
+    """One chunk's rows (SCHEMA) from recommend_chunk's (T, K) picks; ``first``: the chunk's
+    first user position in the day's selection."""
+    v = valid.numpy()
+    u_pos = np.repeat(np.arange(first, first + v.shape[0]), v.sum(1))
+    rank = np.broadcast_to(np.arange(1, v.shape[1] + 1, dtype=np.int32), v.shape)[v]
+    r = rating.numpy()[v].astype(np.float32)
+    why = because.numpy()[v].astype(np.int64)
+    return pa.table({
+        "user_id": user_ids.take(u_pos),
+        "rank": pa.array(rank, pa.int32()),
+        "item_id": item_ids.take(idx.numpy()[v].astype(np.int64)),
+        "score": pa.array(score.numpy()[v].astype(np.float32)),
+        "predicted_rating": pa.array(r, pa.float32(), mask=np.isnan(r)),
+        "because": item_ids.take(pa.array(np.maximum(why, 0), mask=why < 0)),
+        "kind": kinds.take(u_pos),
+    }, schema=SCHEMA)
 
 
 def check_compatible(vocab: dict[str, Any], schema_path: Path, model_path: Path) -> None:
@@ -291,14 +301,14 @@ def check_compatible(vocab: dict[str, Any], schema_path: Path, model_path: Path)
                            "inputs it was trained on.")
 
 
-def _encode(table: pd.DataFrame, id_col: str, seen: pd.Series, vocab: dict[str, Any]
+def _encode(table: pd.DataFrame, id_col: str, seen: pd.Index, vocab: dict[str, Any]
             ) -> FeatureTable:
     """Encode ``table`` plus a featureless row per id in ``seen`` it lacks; rows sorted by id.
 
     Ids and values the checkpoint's vocabulary never saw map to the unknown index 0.
     """
     known = pd.Index(table[id_col].astype("string"))
-    new = pd.Index(pd.unique(seen.astype("string"))).difference(known)
+    new = pd.Index(seen.astype("string")).difference(known)
     if len(new):
         extra = pd.DataFrame({c: pd.Series([None] * len(new), dtype=object)
                               for c in table.columns})
@@ -318,10 +328,14 @@ def _user_rows(world: pd.DataFrame, sel: Selection, items: FeatureTable, last: i
     users, or the earliest ``first`` for every user when given; history: the distinct items
     each user interacted with, to be masked)."""
     n = len(sel.user_ids)
-    pos = pd.Index(sel.user_ids).get_indexer(world["user_id"])
+    # through the categoricals' codes: one lookup per distinct id, not per interaction
+    user_cat, item_cat = world["user_id"].array, world["item_id"].array
+    pos = pd.Index(sel.user_ids).get_indexer(user_cat.categories.astype("string"))
+    pos = pos[user_cat.codes]
     keep = pos >= 0
     p = pos[keep]
-    item = items.index_of(world["item_id"][keep])
+    item = items.index_of(pd.Series(item_cat.categories, dtype="string"))
+    item = item[item_cat.codes[keep]]
     rating = world["rating"].to_numpy(np.float32)[keep]
     order = np.lexsort((item, world["timestamp"].to_numpy()[keep], p))
     p, item, rating = p[order], item[order], rating[order]
@@ -347,16 +361,16 @@ def _sweep(target: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def publish(target: Path, table: pa.Table, manifest: dict[str, Any]) -> None:
-    """Write the batch into a temporary folder beside ``target``, then rename it into place.
+def publish(target: Path, parts: Iterable[pa.Table], manifest: dict[str, Any]) -> None:
+    """Stream the rows into a temporary folder beside ``target``, then rename it into place.
 
     The folders are exchanged in one atomic syscall (:func:`metarec.io.swap_dir`), so a crash
     or SIGKILL at any instant leaves either no batch or the previous complete one (plus a
     hidden temporary folder at worst, removed by the next run), never a half-written one.
     """
     with atomic_dir(target) as tmp:
-        write_parquet(table, tmp / RECS)
-        manifest = {**manifest, "parquet_sha256": sha256_file(tmp / RECS)}
+        rows = write_parquet_stream(parts, tmp / RECS, SCHEMA)
+        manifest = {**manifest, "rows": rows, "parquet_sha256": sha256_file(tmp / RECS)}
         write_json(manifest, tmp / MANIFEST)
 
 

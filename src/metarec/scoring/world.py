@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
+from pandas.api.types import union_categoricals
 
 from metarec.errors import DataError, ParamsError
 
@@ -119,13 +121,33 @@ def _first_bad(bad: pd.Series | np.ndarray, path: Path, column: str, what: str) 
                         row=row + 1, column=column)
 
 
+def read_log(path: str | Path) -> pd.DataFrame:
+    """The canonical columns of a validated interactions file, ids as categoricals: read as
+    Parquet dictionaries, a log of N rows holds N int32 codes per id column and each distinct
+    id once (string ids held per row cost tens of bytes each)."""
+    table = pq.read_table(path, columns=list(COLUMNS), read_dictionary=["user_id", "item_id"])
+    return table.to_pandas(self_destruct=True)
+
+
 def load_world(interactions: pd.DataFrame, landing: list[Path], end: int) -> pd.DataFrame:
-    """Every interaction before ``end``: user_id, item_id (string), rating, timestamp."""
-    parts = [interactions[list(COLUMNS)].astype(
-        {"user_id": "string", "item_id": "string", "rating": "float64", "timestamp": "int64"})]
-    parts += [read_landing(p) for p in landing]
-    log = pd.concat(parts, ignore_index=True)
-    return log[log["timestamp"].to_numpy() < end].reset_index(drop=True)
+    """Every interaction before ``end``, in file order: user_id, item_id (categoricals whose
+    categories are the ids present, sorted), rating, timestamp."""
+    parts = [interactions[list(COLUMNS)]] + [read_landing(p) for p in landing]
+    parts = [p[p["timestamp"].to_numpy() < end] for p in parts]
+    ids = {col: union_categoricals([_categorical(p[col]) for p in parts],
+                                   sort_categories=True, ignore_order=True)
+           for col in ("user_id", "item_id")}
+    return pd.DataFrame({
+        **{col: pd.Categorical(cat).remove_unused_categories() for col, cat in ids.items()},
+        "rating": np.concatenate([p["rating"].to_numpy(np.float64) for p in parts]),
+        "timestamp": np.concatenate([p["timestamp"].to_numpy(np.int64) for p in parts])})
+
+
+def _categorical(ids: pd.Series) -> pd.Categorical:
+    """An id column as a categorical of string categories (read_log's, or strings encoded)."""
+    cat = ids.array if isinstance(ids.dtype, pd.CategoricalDtype) else pd.Categorical(
+        ids.astype("string").astype(object))
+    return cat.set_categories(cat.categories.astype(object)) if len(cat.categories) else cat
 
 
 @dataclass(frozen=True)
