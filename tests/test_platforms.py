@@ -92,26 +92,26 @@ def test_synthetic_platforms_plant_users_on_several_platforms(choice: float) -> 
     spec = SyntheticSource(users=400, items=60, interactions=6000, seed=2, choice=choice,
                            platforms=3, platform_share=0.5)
     raw = synthesize(spec)
-    inter = raw.interactions
+    inter = raw.interactions.frame()
     assert raw.platforms == ["p0", "p1", "p2"]
     assert set(inter["platform"]) == {"p0", "p1", "p2"} and inter["platform"].notna().all()
     per_user = inter.groupby("user_id")["platform"].nunique()
     # home platform + each other with chance 1/2: 1, 2 and 3 platforms all common
     share = per_user.value_counts(normalize=True)
     assert all(share.get(k, 0) > 0.1 for k in (1, 2, 3))
-    assert synthesize(spec).interactions.equals(inter)           # deterministic
+    assert synthesize(spec).interactions.frame().equals(inter)   # deterministic
 
 
 def test_a_platform_shifts_taste_and_no_platforms_leaves_the_log_unchanged() -> None:
     base = SyntheticSource(users=400, items=60, interactions=6000, seed=2)
-    plain = synthesize(base).interactions
+    plain = synthesize(base).interactions.frame()
     flat = synthesize(SyntheticSource(**{**base.__dict__, "platforms": 3,
-                                         "platform_shift": 0.0})).interactions
+                                         "platform_shift": 0.0})).interactions.frame()
     key = ["user_id", "item_id", "rating", "timestamp"]
     # popularity-only choice: platforms drawn from their own stream change no other value
     pd.testing.assert_frame_equal(flat[key], plain[key])
     shifted = synthesize(SyntheticSource(**{**base.__dict__, "platforms": 3,
-                                            "platform_shift": 3.0})).interactions
+                                            "platform_shift": 3.0})).interactions.frame()
     pd.testing.assert_frame_equal(shifted[key[:2] + key[3:]], plain[key[:2] + key[3:]])
     moved = (shifted["rating"] != plain["rating"]).mean()
     assert moved > 0.3

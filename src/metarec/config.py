@@ -21,6 +21,10 @@ from metarec.schema import bounded, build, params_hash, to_dict
 
 __all__ = ["bounded", "params_hash", "parse_params", "to_dict"]
 
+# Interactions are read, checked and written this many rows at a time (ingest, validate,
+# episodes): memory follows the batch, not the log; outputs are the same bytes for any size.
+BATCH_ROWS = 2**21
+
 
 # --------------------------------------------------------------------------------------------
 # ingest
@@ -81,6 +85,7 @@ class IngestParams:
     allow_download: bool = True
     table: TableSource = field(default_factory=TableSource)
     synthetic: SyntheticSource = field(default_factory=SyntheticSource)
+    batch_rows: int = bounded(BATCH_ROWS, 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,6 +100,7 @@ class ValidateParams:
     min_timestamp: str = "1990-01-01"
     max_timestamp: str | None = None
     examples: int = bounded(5, 0)
+    batch_rows: int = bounded(BATCH_ROWS, 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,6 +126,7 @@ class EpisodesParams:
     text_dim: int = bounded(32, 1)
     cross_max: int = bounded(20, 0)
     text_cache: str | None = ".cache/metarec/text"
+    batch_rows: int = bounded(BATCH_ROWS, 1)
     seed: int = 0
 
 

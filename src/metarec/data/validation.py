@@ -8,14 +8,19 @@ number of rows, so a rule cannot silently drift from its report.
 GX is imported lazily (~4 s) and never handed a huge ``value_set``: GX copies an expectation's
 kwargs many times per run (pydantic), so a 100k-id set costs tens of seconds. Referential
 integrity is therefore checked in GX on a derived frame (the id looked up in the other table
-with ``Series.map``: null = not found), while the mask uses ``isin``: two code paths.
+with ``Series.map``: null = not found), while the mask uses the ids' integer codes: two code
+paths.
+
+The interaction rules run on one batch of the log at a time; what spans batches (an id's
+first use, a key repeated anywhere) is decided from integer codes per row kept for the whole
+log (:mod:`metarec.data.batches`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -79,13 +84,14 @@ def required_columns(table: str, schema: dict[str, Any]) -> dict[str, tuple[Any,
     return cols
 
 
-def check_structure(table: str, arrow: pa.Table, schema: dict[str, Any], path: str) -> None:
-    """Raise DataError for a missing required column or a column of the wrong type."""
+def check_structure(table: str, arrow: pa.Schema, schema: dict[str, Any], path: str) -> None:
+    """Raise DataError for a missing required column or a column of the wrong type
+    (``arrow``: the table's arrow schema)."""
     for name, (ok, expected) in required_columns(table, schema).items():
-        if name not in arrow.column_names:
-            raise DataError(f"required column missing (have: {', '.join(arrow.column_names)})",
+        if name not in arrow.names:
+            raise DataError(f"required column missing (have: {', '.join(arrow.names)})",
                             file=path, column=name)
-        found = arrow.schema.field(name).type
+        found = arrow.field(name).type
         if not ok(found):
             raise DataError(f"column has type {found}, expected {expected}",
                             file=path, column=name)
@@ -209,50 +215,90 @@ def _key_codes(df: pd.DataFrame) -> np.ndarray:
     return codes
 
 
-def duplicate_rule(df: pd.DataFrame, others: np.ndarray) -> Rule:
-    """(user, item, timestamp) repeated. GX flags every copy; we quarantine all but the first
-    copy among rows that pass the other rules (so a bad first copy does not doom a good one)."""
-    key = pd.Series(_key_codes(df))
-    all_missing = df[INTERACTION_KEY].isna().all(axis=1).to_numpy()
-    flagged = key.duplicated(keep=False).to_numpy() & ~all_missing
+class Duplicates(NamedTuple):
+    """The duplicate-key verdict on a whole log (row positions)."""
+
+    flagged: np.ndarray      # (n,) bool: every copy of a repeated key (an all-missing key: no)
+    quarantine: np.ndarray   # (n,) bool: the copies set aside
+    rows: np.ndarray         # positions of the rows whose key may repeat (hash candidates)
+    first: np.ndarray        # position of the first copy of each of those rows' keys
+
+
+def duplicates(user: np.ndarray, item: np.ndarray, ts: np.ndarray, ts_null: np.ndarray,
+               others: np.ndarray) -> Duplicates:
+    """(user, item, timestamp) repeated anywhere in the log, from integer codes per row
+    (user/item code -1 = missing; ``ts_null`` = missing timestamp). GX flags every copy; we
+    quarantine all but the first copy among rows that pass the other rules (``others``: rows
+    they set aside), so a bad first copy does not doom a good one.
+
+    A 64-bit hash of each key finds the rows whose hash repeats (one sort); only those are
+    compared exactly (:func:`_key_codes`), so a hash collision costs time, never a verdict."""
+    n = len(user)
+    pair = (user.astype(np.int64) << 32) | (item.astype(np.int64) & 0xFFFFFFFF)
+    stamp = np.where(ts_null, 0, ts).astype(np.int64)      # any value under a missing one
+    h = pd.util.hash_array(pd.util.hash_array(pair) ^ stamp.view(np.uint64))
+    s = np.sort(h)
+    repeated = np.unique(s[1:][s[1:] == s[:-1]])
+    rows = (np.flatnonzero(pd.Index(repeated).get_indexer(h) >= 0) if len(repeated)
+            else np.zeros(0, np.int64))
+    del h, s, stamp
+    key = pd.Series(_key_codes(pd.DataFrame({
+        "user_id": user[rows], "item_id": item[rows],
+        "timestamp": pd.Series(ts[rows], dtype="Int64").mask(ts_null[rows])})))
+    all_missing = (user[rows] < 0) & (item[rows] < 0) & ts_null[rows]
+    copies = key.duplicated(keep=False).to_numpy() & ~all_missing
     later = key.duplicated(keep="first").to_numpy()
-    good = ~others
-    q = np.zeros(len(df), dtype=bool)
-    q[good] = key[good].duplicated(keep="first").to_numpy()
-    q |= others & later & flagged
+    bad = others[rows]
+    q = np.zeros(len(rows), dtype=bool)
+    q[~bad] = key[~bad].duplicated(keep="first").to_numpy()
+    q |= bad & later & copies
+    flagged, quarantine = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    flagged[rows], quarantine[rows] = copies, q
+    group = pd.factorize(key)[0]                  # groups numbered in order of first copy
+    return Duplicates(flagged, quarantine, rows, rows[np.flatnonzero(~later)][group])
+
+
+def duplicate_rule(n: int, dup: Duplicates) -> Rule:
+    """The rule of :func:`duplicates` on ``n`` rows (its GX frames are built by the stage)."""
     return Rule("interactions", "interactions", ", ".join(INTERACTION_KEY),
-                "duplicate (user_id, item_id, timestamp)", pd.Series(flagged, index=df.index),
+                "duplicate (user_id, item_id, timestamp)", pd.Series(dup.flagged),
                 ("expect_compound_columns_to_be_unique", {"column_list": INTERACTION_KEY}),
-                quarantine=q)
+                quarantine=dup.quarantine)
 
 
-def reference_rule(df: pd.DataFrame, ref: pd.DataFrame, table: str) -> tuple[Rule, pd.DataFrame]:
+def reference_rule(df: pd.DataFrame, codes: np.ndarray, known: int, first_use: np.ndarray,
+                   lookup: pd.Series, table: str) -> tuple[Rule, pd.DataFrame]:
     """Every interaction's user/item id is present in the users/items table.
 
-    Returns the rule and the derived GX frame: one row per distinct non-null id (with the
-    source_row of its first use), the id looked up (map) in the other table, null where absent.
-    GX thus counts distinct missing ids (``gx_count``) while the mask flags every row.
+    ``codes``: the ids of this batch of the log, coded so that the table's ids are the codes
+    below ``known`` (:class:`metarec.data.batches.IdCodes`); ``first_use``: the rows where an
+    id is used for the first time in the log. Returns the rule and the derived GX frame: one
+    row per id at its first use (with that row's source_row), the id looked up (map) in the
+    table (``lookup``: id -> id), null where absent. GX thus counts distinct missing ids
+    (``gx_count``) over all batches, while the mask flags every row.
     """
     col = ID_COLUMN[table]
-    ids = ref[col].dropna().drop_duplicates()
-    present = df[col].notna()
-    mask = present & ~df[col].isin(ids)
+    mask = pd.Series(codes >= known, index=df.index)
     looked_up = f"{table}_{col}"
-    sub = df.loc[present, [col, "source_row"]].drop_duplicates(col)
-    frame = sub.assign(**{looked_up: sub[col].map(pd.Series(ids.to_numpy(), index=ids))})
+    sub = df.iloc[first_use][[col, "source_row"]]
+    frame = sub.assign(**{looked_up: sub[col].map(lookup)})
     rule = Rule("interactions", f"interactions->{table}", col, f"{col} not in {table} table",
                 mask, ("expect_column_values_to_not_be_null", {"column": looked_up}),
-                gx_count=int(df.loc[mask, col].nunique()), gx_elements=len(frame))
+                gx_count=int((codes[first_use] >= known).sum()), gx_elements=len(frame))
     return rule, frame
 
 
-def cascade_rule(df: pd.DataFrame, kept_ids: pd.Series, rejected_ids: pd.Series,
-                 table: str) -> Rule:
-    """Interactions whose user/item row was quarantined from its own table (derived, no GX)."""
+def cascade_rule(df: pd.DataFrame, codes: np.ndarray, rejected: np.ndarray, table: str
+                 ) -> Rule:
+    """Interactions whose user/item row was quarantined from its own table (derived, no GX):
+    ``rejected[c]`` says whether the table's id of code ``c`` was set aside under every row
+    that holds it."""
     col = ID_COLUMN[table]
-    mask = df[col].isin(rejected_ids.dropna()) & ~df[col].isin(kept_ids.dropna())
+    inside = (codes >= 0) & (codes < len(rejected))
+    mask = np.zeros(len(codes), dtype=bool)
+    mask[inside] = rejected[codes[inside]]
     return Rule("interactions", "interactions", col,
-                f"{col} quarantined from {table} table", mask, None)
+                f"{col} quarantined from {table} table", pd.Series(mask, index=df.index), None)
 
 
 def feature_rules(df: pd.DataFrame, table: str, features: dict[str, Any], index_col: str

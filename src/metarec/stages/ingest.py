@@ -3,7 +3,9 @@
 Output folder: ``interactions.parquet`` (user_id, item_id, rating, timestamp, source_row,
 and ``platform`` where the source has platforms: schema.json then lists them),
 ``users.parquet`` and ``items.parquet`` (id + typed feature columns) and ``schema.json``
-(dataset, rating scale, every feature's kind, cardinality and declared vocabulary).
+(dataset, rating scale, every feature's kind, cardinality and declared vocabulary). The log
+is written ``ingest.batch_rows`` rows at a time, so memory follows the batch (a generated
+log keeps compact codes, not strings).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from metarec.config import IngestParams
 from metarec.data.encoding import list_array
 from metarec.data.sources import READERS, RawData
 from metarec.errors import DataError
-from metarec.io import atomic_dir, write_json, write_parquet
+from metarec.io import atomic_dir, write_json, write_parquet, write_parquet_stream
 
 log = logging.getLogger("metarec.ingest")
 
@@ -67,9 +69,12 @@ def run(params: IngestParams, out: str | Path) -> dict[str, Any]:
     if len(raw.interactions) == 0:
         raise DataError("no interactions", file=raw.source_files.get("interactions"))
     schema = schema_of(raw)
-    # all four files or none: written into a folder beside `out`, swapped in at the end
+    # all four files or none: written into a folder beside `out`, swapped in at the end;
+    # the log batch by batch (the same bytes as one whole table, whatever the batch size)
+    log_ = raw.interactions
     with atomic_dir(out) as tmp:
-        write_parquet(raw.interactions, tmp / "interactions.parquet")
+        write_parquet_stream(log_.batches(params.batch_rows), tmp / "interactions.parquet",
+                             log_.schema)
         write_parquet(raw.users, tmp / "users.parquet")
         write_parquet(raw.items, tmp / "items.parquet")
         write_json(schema, tmp / "schema.json")

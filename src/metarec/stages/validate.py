@@ -11,7 +11,10 @@ Row rules are decided by vectorised pandas masks (10M rows in seconds) and verif
 Expectations on the same frames; a disagreement between the two is a bug and stops the stage.
 Whole-column problems (a missing column, a wrong type) cannot be quarantined row by row and
 raise DataError under either policy. Feature tables are checked first: users/items set aside
-cascade to the interactions that point at them.
+cascade to the interactions that point at them. The interaction log is checked and written
+``validate.batch_rows`` rows at a time (:mod:`metarec.data.log_check`): every row goes
+through GX, memory follows the batch plus a few integers per row, and the outputs are the
+same bytes for any batch size.
 """
 
 from __future__ import annotations
@@ -22,18 +25,27 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from metarec.config import ValidateParams
 from metarec.data import validation as v
-from metarec.data.gx import jsonable, run_gx
+from metarec.data.gx import GXRunner
+from metarec.data.log_check import RESTORE, check_log, log_parts, quarantine_bits, reason_text
+from metarec.data.tally import Tally, add_batch
 from metarec.errors import DataError
-from metarec.io import atomic_dir, read_tracked, write_json, write_parquet, write_text
+from metarec.io import (
+    atomic_dir,
+    read_tracked,
+    write_json,
+    write_parquet,
+    write_parquet_stream,
+    write_text,
+)
 
 # Feature tables first: their quarantine cascades into interactions; also the fail order.
 ORDER = ("users", "items", "interactions")
+FEATURES = ("users", "items")
 
 
 def run(params: ValidateParams, inp: str | Path, out: str | Path, quarantine: str | Path,
@@ -44,13 +56,16 @@ def run(params: ValidateParams, inp: str | Path, out: str | Path, quarantine: st
     sources = schema.get("source_files") or {}
     paths = {t: inp / f"{t}.parquet" for t in v.TABLES}
 
+    log_path = str(paths["interactions"])
+    log_file = read_tracked(log_path, RESTORE, pq.ParquetFile)
+    v.check_structure("interactions", log_file.schema_arrow, schema, log_path)
     arrow: dict[str, pa.Table] = {}
-    for table in v.TABLES:
-        arrow[table] = read_tracked(paths[table], "dvc repro ingest", pq.read_table)
-        v.check_structure(table, arrow[table], schema, str(paths[table]))
-    dfs = {t: arrow[t].to_pandas() for t in v.TABLES}
-    index_col = {t: "source_row" if "source_row" in dfs[t].columns else "row" for t in v.TABLES}
-    for t in ("users", "items"):
+    for table in FEATURES:
+        arrow[table] = read_tracked(paths[table], RESTORE, pq.read_table)
+        v.check_structure(table, arrow[table].schema, schema, str(paths[table]))
+    dfs = {t: arrow[t].to_pandas() for t in FEATURES}
+    index_col = {t: "source_row" if "source_row" in dfs[t].columns else "row" for t in FEATURES}
+    for t in FEATURES:
         if index_col[t] == "row":  # no source rows: name the row of the canonical table
             dfs[t]["row"] = np.arange(1, len(dfs[t]) + 1, dtype=np.int64)
 
@@ -58,49 +73,35 @@ def run(params: ValidateParams, inp: str | Path, out: str | Path, quarantine: st
     max_ts = (int(time.time()) if params.max_timestamp is None
               else v.timestamp_bound(params.max_timestamp, "max_timestamp"))
 
-    # -- rules, feature tables first (their quarantine cascades) --------------------------
-    rules: list[v.Rule] = []
-    frames: dict[str, pd.DataFrame] = {}
-    q_masks: dict[str, np.ndarray] = {}
-    for t in ("users", "items"):
+    # -- feature tables first (their quarantine cascades), then the log batch by batch -----
+    runner = GXRunner(params.examples)
+    tallies: list[Tally] = []
+    bits: dict[str, np.ndarray] = {}
+    for t in FEATURES:
         df = dfs[t]
-        t_rules, t_frames = v.feature_rules(df, t, schema.get(t) or {}, index_col[t])
-        frames[t] = df
-        frames.update(t_frames)
-        rules += t_rules
-        q_masks[t] = _quarantine_mask(t_rules, len(df))
+        rules, frames = v.feature_rules(df, t, schema.get(t) or {}, index_col[t])
+        bits[t] = quarantine_bits(rules, len(df))
+        mine = [Tally.of(r) for r in rules]
+        add_batch(mine, rules, {t: df, **frames}, df, index_col[t], runner, params.examples)
+        tallies += mine
+    context = {"rating": schema.get("rating") or {}, "min_ts": min_ts, "max_ts": max_ts,
+               "min_label": params.min_timestamp, "max_label": params.max_timestamp or "now",
+               "platforms": schema.get("platforms")}
+    log = check_log(log_file, log_path, params, context, dfs,
+                    {t: bits[t] != 0 for t in FEATURES}, runner)
+    tallies += log.tallies
+    bits["interactions"] = log.bits
 
-    inter = dfs["interactions"]
-    frames["interactions"] = inter
-    base = v.interaction_rules(inter, schema.get("rating") or {}, min_ts, max_ts,
-                               params.min_timestamp, params.max_timestamp or "now",
-                               schema.get("platforms"))
-    for t in ("users", "items"):
-        rule, frame = v.reference_rule(inter, dfs[t], t)
-        frames[rule.frame] = frame
-        base.append(rule)
-    others = _quarantine_mask(base, len(inter))
-    base.append(v.duplicate_rule(inter, others))
-    for t in ("users", "items"):
-        ids = dfs[t][v.ID_COLUMN[t]]
-        base.append(v.cascade_rule(inter, ids[~q_masks[t]], ids[q_masks[t]], t))
-    rules += base
-    q_masks["interactions"] = _quarantine_mask(base, len(inter))
-
-    # -- GX verdict, then the summary (written before any failure) -------------------------
-    gx = run_gx(frames, rules, params.examples)
-    expectations = [_entry(i, r, gx.get(i), frames[r.frame], dfs[r.table], index_col[r.table],
-                           params) for i, r in enumerate(rules)]
+    # -- the summary (written before any failure) ------------------------------------------
+    expectations = [t.entry(params.examples, params.max_timestamp) for t in tallies]
     tables = {}
     for t in v.TABLES:
-        n_in, n_q = len(dfs[t]), int(q_masks[t].sum())
+        n_in, n_q = len(bits[t]), int((bits[t] != 0).sum())
         tables[t] = {"file": sources.get(t) or str(paths[t]), "rows_in": n_in,
                      "rows_kept": n_in - n_q, "rows_quarantined": n_q, "policy": params.policy}
-        if tables[t]["rows_kept"] + tables[t]["rows_quarantined"] != tables[t]["rows_in"]:
-            raise RuntimeError(f"{t}: rows in != rows kept + rows quarantined")
     summary = {
         "dataset": schema.get("dataset"), "policy": params.policy,
-        "passed": not any(q.any() for q in q_masks.values()),
+        "passed": not any(b.any() for b in bits.values()),
         "min_timestamp": params.min_timestamp, "max_timestamp": params.max_timestamp or "now",
         "tables": tables, "expectations": expectations,
     }
@@ -114,17 +115,29 @@ def run(params: ValidateParams, inp: str | Path, out: str | Path, quarantine: st
             f"{e['frame']} {e['expectation_type']}({e['column']}): mask {e['mask_count']} rows"
             f" vs GX {e['unexpected_count']}" for e in disagree))
 
+    reasons = {t: [e["reason"] for e in expectations if e["table"] == t] for t in v.TABLES}
     if params.policy == "fail" and not summary["passed"]:
-        _raise_first(rules, q_masks, dfs, index_col, sources, paths, report)
+        rows = {t: dfs[t][index_col[t]].to_numpy() for t in FEATURES} | {
+            "interactions": log.source_row}
+        named = {**index_col, "interactions": "source_row"}   # rows named by source row
+        files = {t: (sources.get(t) or str(paths[t])) if named[t] == "source_row"
+                 else str(paths[t]) for t in v.TABLES}
+        _raise_first(bits, reasons, expectations, rows, files, report)
 
     # -- outputs: both folders complete, or the previous ones untouched --------------------
     with atomic_dir(out) as out_tmp, atomic_dir(quarantine) as q_tmp:
-        for t in v.TABLES:
-            q = q_masks[t]
+        for t in FEATURES:
+            q = bits[t] != 0
             write_parquet(arrow[t].filter(pa.array(~q)), out_tmp / f"{t}.parquet")
-            reasons = _reasons([r for r in rules if r.table == t], q)
-            write_parquet(arrow[t].filter(pa.array(q)).append_column(
-                "reason", pa.array(reasons, type=pa.string())), q_tmp / f"{t}.parquet")
+            write_parquet(arrow[t].filter(pa.array(q)).append_column("reason", pa.array(
+                reason_text(reasons[t], bits[t][q]), type=pa.string())), q_tmp / f"{t}.parquet")
+        schema_ = log_file.schema_arrow
+        write_parquet_stream(log_parts(log_file, log_path, params.batch_rows, log, False, []),
+                             out_tmp / "interactions.parquet", schema_)
+        write_parquet_stream(log_parts(log_file, log_path, params.batch_rows, log, True,
+                                       reasons["interactions"]),
+                             q_tmp / "interactions.parquet",
+                             schema_.append(pa.field("reason", pa.string())))
         write_text(schema_text, out_tmp / "schema.json")
     return summary
 
@@ -139,81 +152,22 @@ def _read_schema(inp: Path) -> tuple[str, dict[str, Any]]:
                         "restore it", file=str(path)) from exc
 
 
-def _quarantine_mask(rules: list[v.Rule], n: int) -> np.ndarray:
-    """(n,) bool: rows set aside by any rule; fills each rule's default quarantine mask."""
-    mask = np.zeros(n, dtype=bool)
-    for rule in rules:
-        if len(rule.quarantine) != n:
-            rule.quarantine = rule.row_mask(n)
-        mask |= rule.quarantine
-    return mask
-
-
-def _reasons(rules: list[v.Rule], q: np.ndarray) -> np.ndarray:
-    """One '; '-joined reason string per quarantined row, in rule order (vectorised)."""
-    acc = np.full(int(q.sum()), "", dtype=object)
-    for rule in rules:
-        hit = rule.quarantine[q]
-        acc = acc + np.where(hit, rule.reason + "; ", "").astype(object)
-    return np.array([s[:-2] for s in acc], dtype=object) if len(acc) else acc
-
-
-def _entry(i: int, rule: v.Rule, gx: dict[str, Any] | None, frame: pd.DataFrame,
-           df: pd.DataFrame, index_col: str, params: ValidateParams) -> dict[str, Any]:
-    """One summary line: GX's verdict (or the mask's, for derived rules) and examples."""
-    mask_count = int(rule.frame_mask.sum())
-    entry: dict[str, Any] = {
-        "table": rule.table, "frame": rule.frame, "column": rule.column, "reason": rule.reason,
-        "mask_count": mask_count, "rows_quarantined": int(rule.quarantine.sum()),
-    }
-    if rule.expectation is None or gx is None:
-        flagged = df.loc[rule.row_mask(len(df)), [index_col, rule.column]].head(params.examples)
-        entry.update({
-            "expectation_type": "derived", "kwargs": {}, "success": mask_count == 0,
-            "element_count": len(frame), "unexpected_count": mask_count,
-            "agrees_with_gx": None,
-            "examples": [{k: jsonable(x) for k, x in row.items()}
-                         for row in flagged.to_dict("records")],
-        })
-        return entry
-    etype, kwargs = rule.expectation
-    kwargs = dict(kwargs)
-    if "max_value" in kwargs and rule.column == "timestamp" and params.max_timestamp is None:
-        kwargs["max_value"] = "now"  # the resolved clock time would make reruns differ
-    entry.update({
-        "expectation_type": etype, "kwargs": {k: jsonable(x) for k, x in kwargs.items()},
-        "success": gx["success"], "element_count": gx["element_count"],
-        "unexpected_count": gx["unexpected_count"],
-        "agrees_with_gx": gx["unexpected_count"] == _default(rule.gx_count, mask_count)
-        and gx["element_count"] == _default(rule.gx_elements, len(frame)),
-        "examples": gx["examples"],
-    })
-    return entry
-
-
-def _default(value: int | None, fallback: int) -> int:
-    return fallback if value is None else value
-
-
-def _raise_first(rules: list[v.Rule], q_masks: dict[str, np.ndarray],
-                 dfs: dict[str, pd.DataFrame], index_col: dict[str, str],
-                 sources: dict[str, Any], paths: dict[str, Path], report: Path) -> None:
-    """Policy fail: DataError at the first offending row (feature tables first)."""
-    total = sum(int(q.sum()) for q in q_masks.values())
+def _raise_first(bits: dict[str, np.ndarray], reasons: dict[str, list[str]],
+                 expectations: list[dict[str, Any]], rows: dict[str, np.ndarray],
+                 files: dict[str, str], report: Path) -> None:
+    """Policy fail: DataError at the first offending row (feature tables first), naming the
+    first rule (in summary order) that sets it aside."""
+    total = sum(int((b != 0).sum()) for b in bits.values())
     for t in ORDER:
-        q = q_masks[t]
-        if not q.any():
+        q = np.flatnonzero(bits[t])
+        if not len(q):
             continue
-        pos = int(np.flatnonzero(q)[0])
-        rule = next(r for r in rules if r.table == t and r.quarantine[pos])
-        etype = rule.expectation[0] if rule.expectation else "derived"
-        if index_col[t] == "source_row":
-            file, row = sources.get(t) or str(paths[t]), int(dfs[t]["source_row"].iloc[pos])
-        else:
-            file, row = str(paths[t]), pos + 1
-        raise DataError(f"{rule.reason} ({etype}); {total} row(s) failed validation, "
-                        f"see {report / 'summary.json'}", file=file, row=row,
-                        column=rule.column)
+        pos = int(q[0])
+        j = (int(bits[t][pos]) & -int(bits[t][pos])).bit_length() - 1   # lowest set bit
+        entry = [e for e in expectations if e["table"] == t][j]
+        raise DataError(f"{reasons[t][j]} ({entry['expectation_type']}); {total} row(s) "
+                        f"failed validation, see {report / 'summary.json'}", file=files[t],
+                        row=int(rows[t][pos]), column=entry["column"])
 
 
 def _markdown(summary: dict[str, Any]) -> str:

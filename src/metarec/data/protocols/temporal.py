@@ -27,78 +27,95 @@ import pandas as pd
 
 from metarec.config import EpisodesParams
 from metarec.data.protocols.common import (
+    HISTORY_COLUMNS,
     Split,
+    TaskRows,
+    cumcount,
     first_k_next_q,
-    history_of,
-    label,
     ordered,
-    roles,
+    runs,
+    support_and_query,
     train_draws,
 )
 from metarec.errors import DataError
 
+SPLITS = ("train", "val", "test")
+
 
 def temporal(df: pd.DataFrame, p: EpisodesParams) -> Split:
     rng = np.random.default_rng(p.seed)
-    first = df.groupby("user_id")["timestamp"].min().reset_index()
-    first = first.sort_values(["timestamp", "user_id"], kind="stable").reset_index(drop=True)
-    n = len(first)
+    data = ordered(df)
+    user, ts = data["user_id"].to_numpy(), data["timestamp"].to_numpy()
+    first_row = np.flatnonzero(data["pos"].to_numpy() == 0)       # each user's first row
+    by_first = np.lexsort((user[first_row], ts[first_row]))      # users by first interaction
+    n = len(first_row)
     f_train, f_val, _ = p.split_fractions
     n_train, n_val = int(np.floor(f_train * n)), int(np.floor(f_val * n))
     if n_train == 0 or n - n_train - n_val <= 0:
         raise DataError(f"too few users ({n}) for split fractions {p.split_fractions}")
-    split = pd.Series(np.where(np.arange(n) < n_train, "train",
-                               np.where(np.arange(n) < n_train + n_val, "val", "test")),
-                      index=first["user_id"])
-    test_start = int(first["timestamp"].iloc[n_train + n_val])
-    val_start = int(first["timestamp"].iloc[n_train]) if n_val else test_start
-    item_first = df.groupby("item_id")["timestamp"].min()
+    split_of = np.empty(n, dtype=np.int8)                       # per user, in user order
+    split_of[by_first] = np.where(np.arange(n) < n_train, 0,
+                                  np.where(np.arange(n) < n_train + n_val, 1, 2))
+    firsts = ts[first_row][by_first]
+    test_start = int(firsts[n_train + n_val])
+    val_start = int(firsts[n_train]) if n_val else test_start
+    item_first = data.groupby("item_id")["timestamp"].min()
     existing_items = item_first.index[item_first < test_start]
 
-    data = ordered(df)
-    data["user_split"] = split.reindex(data["user_id"]).to_numpy()
-    data["existing"] = data["item_id"].isin(existing_items)
-    before = data["timestamp"] < test_start
-    frames: list[pd.DataFrame] = []
+    row_split = np.repeat(split_of, data["n"].to_numpy()[first_row])
+    existing = data["item_id"].isin(existing_items).to_numpy()
+    before = ts < test_start
+    tasks = TaskRows(data)
     too_few: dict[str, Any] = {}
 
     # meta-train: train users' history before the test period
-    train_hist = data[(data["user_split"] == "train") & before]
-    draws, too_few["train"] = train_draws(train_hist, p, rng)
-    frames += draws
+    train_hist = np.flatnonzero((row_split == 0) & before)
+    too_few["train"] = train_draws(tasks, train_hist, p, rng)
 
-    val_hist = data[(data["user_split"] == "val") & before]
-    test_hist = data[data["user_split"] == "test"]
+    val_hist = np.flatnonzero((row_split == 1) & before)
+    test_hist = np.flatnonzero(row_split == 2)
+    pos = data["pos"].to_numpy()
+    val_pos, test_pos = pos[val_hist], pos[test_hist]
+    test_new = {"user_cold": existing[test_hist], "user_item_cold": ~existing[test_hist]}
     # warm / item-cold: train users' last K before test_start as support, later rows as query
-    known = data[data["user_split"] == "train"].copy()
-    n_before = before[known.index].groupby(known["user_id"], sort=False).transform("sum")
+    known = np.flatnonzero(row_split == 0)
+    known_users, known_rows = runs(user[known])
+    with_before, count = runs(user[known[before[known]]])
+    per_user = np.zeros(len(known_users), dtype=np.int64)     # rows before test_start
+    per_user[np.searchsorted(known_users, with_before)] = count
+    back = np.repeat(per_user, known_rows) - pos[known]       # 1 = the last row before
+    last = before[known] & (back <= max(p.support_sizes))
+    last_rows, last_back = known[last], back[last]
+    queries, drawn_from = {}, {}
+    for scen, flt in (("warm", existing), ("item_cold", ~existing)):
+        after = known[~before[known] & flt[known]]
+        queries[scen] = after[cumcount(user[after]) < p.query_size]
+        drawn_from[scen] = runs(user[after])[0]
+    del known, back, last, after
     too_few["val"], too_few["test"] = {}, {}
     for k in p.support_sizes:
-        sup, query, lacking = first_k_next_q(val_hist, k, p.query_size, None)
-        frames.append(label(roles(sup, query), "val", "user_cold", k))
+        sup, query, lacking = first_k_next_q(user, val_hist, val_pos, k, p.query_size)
+        tasks.add(sup, query, "val", "user_cold", k)
         too_few["val"][f"user_cold_k{k}"] = lacking
-        for scen, flt in (("user_cold", data["existing"]), ("user_item_cold", ~data["existing"])):
-            sup, query, lacking = first_k_next_q(test_hist, k, p.query_size, flt)
-            frames.append(label(roles(sup, query), "test", scen, k))
+        for scen, flt in test_new.items():
+            sup, query, lacking = first_k_next_q(user, test_hist, test_pos, k, p.query_size,
+                                                 flt)
+            tasks.add(sup, query, "test", scen, k)
             too_few["test"][f"{scen}_k{k}"] = lacking
-        # shift positions so that the last k rows before test_start get pos < k
-        shifted = known.assign(pos=known["pos"] - (n_before - k))
-        shifted = shifted[shifted["pos"] >= 0]
-        for scen, flt in (("warm", data["existing"]), ("item_cold", ~data["existing"])):
-            after = shifted[(shifted["timestamp"] >= test_start) & flt.loc[shifted.index]]
-            sup_rows = shifted[(shifted["timestamp"] < test_start) & (shifted["pos"] < k)]
-            hist = pd.concat([sup_rows, after.assign(pos=k + after.groupby(
-                "user_id", sort=False).cumcount())])
-            sup, query, lacking = first_k_next_q(hist, k, p.query_size, None)
-            frames.append(label(roles(sup, query), "test", scen, k))
+        sup_rows = last_rows[last_back <= k]       # the last k rows before test_start
+        sup_users = runs(user[sup_rows])[0]
+        for scen in ("warm", "item_cold"):
+            users = np.union1d(sup_users, drawn_from[scen])
+            sup, query, lacking = support_and_query(user, sup_rows, queries[scen], k, users)
+            tasks.add(sup, query, "test", scen, k)
             too_few["test"][f"{scen}_k{k}"] = lacking
-    tasks = pd.concat(frames, ignore_index=True)
+    users_of = data["user_id"].to_numpy()[first_row]
     info = {"test_start": test_start, "val_start": val_start,
-            "users": {s: int((split == s).sum()) for s in ("train", "val", "test")},
+            "users": {s: int((split_of == i).sum()) for i, s in enumerate(SPLITS)},
             "items": {"existing": int(len(existing_items)),
                       "new": int(len(item_first) - len(existing_items))},
             "too_few": too_few}
-    train_users = split.index[split == "train"].to_series()
-    return Split(tasks, info, train_users, existing_items.to_series(), history_of(train_hist))
-
-
+    train_users = pd.Series(users_of[by_first[:n_train]])       # by first interaction
+    history = pd.DataFrame({c: data[c].to_numpy()[train_hist] for c in HISTORY_COLUMNS},
+                           copy=False)
+    return Split(tasks.frame(), info, train_users, existing_items.to_series(), history)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,48 @@ from metarec.data.encoding import list_series
 from metarec.errors import DataError
 
 
+@dataclass(frozen=True)
+class InteractionLog:
+    """A source's interaction rows in source order, handed out in batches of rows.
+
+    ``take(a, b)`` gives rows ``[a, b)`` as an arrow table of ``schema`` (the canonical
+    columns), so a generated log keeps compact codes and builds its strings one batch at a
+    time; a log read from a file is one arrow table, sliced."""
+
+    rows: int
+    schema: pa.Schema
+    take: Callable[[int, int], pa.Table]
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def batches(self, size: int) -> Iterator[pa.Table]:
+        """Consecutive tables of ``size`` rows (the last one shorter)."""
+        for start in range(0, self.rows, size):
+            yield self.take(start, min(start + size, self.rows))
+
+    def frame(self) -> pd.DataFrame:
+        """Every row as pandas, ids as "string", timestamps "Int64" (small logs, checks)."""
+        frame = self.take(0, self.rows).to_pandas(
+            types_mapper=lambda t: pd.StringDtype() if pa.types.is_large_string(t) else None)
+        return frame.astype({"timestamp": "Int64"})
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame) -> InteractionLog:
+        """A log held whole (a file source): one arrow table, sliced into batches."""
+        table = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
+        return cls(table.num_rows, table.schema, lambda a, b: table.slice(a, b - a))
+
+
 @dataclass
 class RawData:
-    """What a source yields, before canonical typing: tables plus a description of them."""
+    """What a source yields, before canonical typing: tables plus a description of them.
+
+    ``interactions`` may be given as a DataFrame (a file read whole); it is kept as an
+    :class:`InteractionLog` either way, which the ingest stage writes batch by batch."""
 
     dataset: str
-    interactions: pd.DataFrame            # user_id, item_id, rating, timestamp, source_row
+    interactions: InteractionLog          # user_id, item_id, rating, timestamp, source_row
     users: pd.DataFrame                   # user_id + features
     items: pd.DataFrame                   # item_id + features
     user_features: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -35,6 +72,9 @@ class RawData:
     source_files: dict[str, str] = field(default_factory=dict)
     platforms: list[str] | None = None    # declared platform vocabulary; None = no platforms
 
+    def __post_init__(self) -> None:
+        if isinstance(self.interactions, pd.DataFrame):
+            self.interactions = InteractionLog.of(self.interactions)
 
 
 def sha256_bytes(data: bytes) -> str:

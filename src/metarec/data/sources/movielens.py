@@ -186,7 +186,7 @@ def read_movielens_100k(params: IngestParams) -> RawData:
         raw = _parse_grouplens_100k(archive)
     else:
         raw = _parse_recbole_100k(_fetch_recbole_100k(cache), f"{cache / RECBOLE_WHEEL}")
-    if content_sha256(raw.interactions) != ML100K_CONTENT_SHA256:
+    if content_sha256(raw.interactions.frame()) != ML100K_CONTENT_SHA256:
         raise IntegrityError(f"{raw.source_files['interactions']}: ratings differ from the "
                              "published ML-100K (content sha256 mismatch)")
     return raw

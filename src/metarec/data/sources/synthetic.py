@@ -10,14 +10,77 @@ import pyarrow as pa
 
 from metarec.config import SyntheticSource
 from metarec.data.encoding import list_series
-from metarec.data.sources.common import (
-    RawData,
-)
+from metarec.data.sources.common import InteractionLog, RawData
+
+_ROWS = 1 << 20   # rows whose ratings are computed at once (bounds the (rows, f) tastes)
 
 
 def _ids(prefix: str, n: int) -> np.ndarray:
     """'u0', 'u1', ... built with numpy string ops (no Python loop)."""
     return np.char.add(prefix, np.arange(n).astype(str)).astype(object)
+
+
+def choice(rng: np.random.Generator, n: int, size: int, p: np.ndarray,
+           buckets: int = 1 << 22) -> np.ndarray:
+    """``rng.choice(n, size, p=p)``, the same numbers and generator state, several times
+    faster on large ``n``: numpy draws ``size`` uniforms and binary-searches each in the
+    cumulative distribution, a cache miss per step; here a table of ``buckets`` starting
+    points leaves a step or two per draw."""
+    cdf = p.cumsum()
+    cdf /= cdf[-1]
+    u = rng.random(size)
+    start = np.searchsorted(cdf, np.arange(buckets + 1) / buckets, side="right")
+    idx = start[(u * buckets).astype(np.int64)]      # exact: buckets is a power of two
+    todo = np.flatnonzero(cdf[np.minimum(idx, n - 1)] <= u)
+    while len(todo):                                  # first idx with cdf[idx] > u
+        idx[todo] += 1
+        todo = todo[cdf[idx[todo]] <= u[todo]]
+    return idx
+
+
+def first_unique(values: np.ndarray) -> np.ndarray:
+    """``pd.unique(values)`` (distinct values in order of first appearance) of non-negative
+    integers, by one sort of (value, position) words: a third of the time and memory of a
+    hash table of tens of millions of values."""
+    n = len(values)
+    bits = max(int(n - 1).bit_length(), 1)
+    if n == 0 or int(values.min()) < 0 or int(values.max()).bit_length() + bits > 64:
+        return pd.unique(values)
+    key = (values.astype(np.uint64) << np.uint64(bits)) | np.arange(n, dtype=np.uint64)
+    key.sort()
+    value = key >> np.uint64(bits)
+    first = np.r_[True, value[1:] != value[:-1]]      # lowest position of each value
+    del value
+    pos = (key[first] & np.uint64((1 << bits) - 1)).astype(np.int64)
+    del key
+    pos.sort()
+    return values[pos]
+
+
+def _log(users: np.ndarray, items: np.ndarray, rating: np.ndarray, ts: np.ndarray,
+         n_u: int, n_i: int, platforms: tuple[np.ndarray, np.ndarray] | None
+         ) -> InteractionLog:
+    """The generated rows as a log of compact codes whose id strings are built per batch
+    (``platforms``: each row's platform code and the platform names)."""
+    names = {"user_id": pa.array(_ids("u", n_u), type=pa.large_string()),
+             "item_id": pa.array(_ids("i", n_i), type=pa.large_string())}
+    fields = [("user_id", pa.large_string()), ("item_id", pa.large_string()),
+              ("rating", pa.float64()), ("timestamp", pa.int64()), ("source_row", pa.int64())]
+    if platforms is not None:
+        names["platform"] = pa.array(platforms[1], type=pa.large_string())
+        fields.append(("platform", pa.large_string()))
+    schema = pa.schema(fields)
+
+    def take(a: int, b: int) -> pa.Table:
+        cols = [names["user_id"].take(pa.array(users[a:b])),
+                names["item_id"].take(pa.array(items[a:b])),
+                pa.array(rating[a:b].astype(np.float64)), pa.array(ts[a:b]),
+                pa.array(np.arange(a + 1, b + 1, dtype=np.int64))]
+        if platforms is not None:
+            cols.append(names["platform"].take(pa.array(platforms[0][a:b])))
+        return pa.Table.from_arrays(cols, schema=schema)
+
+    return InteractionLog(len(users), schema, take)
 
 
 class Platforms:
@@ -60,7 +123,7 @@ def _chosen_by_taste(rng: np.random.Generator, spec: SyntheticSource, U: np.ndar
     plats = np.empty(0, np.int64)
     for _ in range(8):
         m = int((target - len(codes)) * 1.3) + 100
-        u = rng.choice(n_u, size=m, p=activity / activity.sum())
+        u = choice(rng, n_u, m, activity / activity.sum())
         t = np.minimum(signup[u] + (rng.exponential(spec.activity_days * day, m)
                                     * speed[u]).astype(np.int64), end)
         years = (t - signup[u]) / (365 * day)
@@ -123,9 +186,9 @@ def synthesize(spec: SyntheticSource) -> RawData:
         pairs = np.empty(0, dtype=np.int64)
         for _ in range(8):             # a few rounds: repeated (user, item) pairs redrawn
             m = int((target - len(pairs)) * 1.3) + 100
-            u = rng.choice(n_u, size=m, p=activity / activity.sum())
-            i = rng.choice(n_i, size=m, p=popularity / popularity.sum())
-            pairs = pd.unique(np.concatenate([pairs, u * n_i + i]))
+            u = choice(rng, n_u, m, activity / activity.sum())
+            i = choice(rng, n_i, m, popularity / popularity.sum())
+            pairs = first_unique(np.concatenate([pairs, u * n_i + i]))
             if len(pairs) >= target:
                 break
         pairs = pairs[:target]
@@ -149,22 +212,21 @@ def synthesize(spec: SyntheticSource) -> RawData:
             "synthetic: %d interactions drawn of the %d asked for (choice %g, season %g: "
             "repeated pairs dropped, out-of-season rows thinned)", n, spec.interactions,
             spec.choice, spec.season)
-    years = (ts - signup[users]) / (365 * day)
-    taste = U[users] + spec.drift * years[:, None] * drift_dir[users]
-    if plat is not None:
-        taste = taste + planted.shift[plat]
-    score = 3.6 + b_u[users] + b_i[items] + 2.0 * np.einsum("nf,nf->n", taste, V[items])
-    rating = np.clip(np.rint(score + rng.normal(0, spec.noise, n)), 1, 5)
-    frame = pd.DataFrame({"u": users, "i": items, "r": rating, "t": ts})
-    inter = pd.DataFrame({
-        "user_id": _ids("u", n_u)[frame["u"].to_numpy()],
-        "item_id": _ids("i", n_i)[frame["i"].to_numpy()],
-        "rating": frame["r"].to_numpy(np.float64),
-        "timestamp": frame["t"].to_numpy(np.int64),
-        "source_row": np.arange(1, len(frame) + 1, dtype=np.int64),
-    }).astype({"user_id": "string", "item_id": "string", "timestamp": "Int64"})
-    if plat is not None:
-        inter["platform"] = pd.array(planted.names[plat], dtype="string")
+    users, items = users.astype(np.int32), items.astype(np.int32)     # compact codes
+    rating = np.empty(n, dtype=np.int8)                               # 1..5, exact
+    for a in range(0, n, _ROWS):          # (rows, f) tastes a chunk at a time (memory)
+        b = min(a + _ROWS, n)
+        u, i = users[a:b], items[a:b]
+        taste = U[u]                       # (adding a zero drift would change no bit)
+        if spec.drift:
+            years = (ts[a:b] - signup[u]) / (365 * day)
+            taste = taste + spec.drift * years[:, None] * drift_dir[u]
+        if plat is not None:
+            taste = taste + planted.shift[plat[a:b]]
+        score = 3.6 + b_u[u] + b_i[i] + 2.0 * np.einsum("nf,nf->n", taste, V[i])
+        rating[a:b] = np.clip(np.rint(score + rng.normal(0, spec.noise, b - a)), 1, 5)
+    inter = _log(users, items, rating, ts, n_u, n_i,
+                 None if plat is None else (plat.astype(np.int32), planted.names))
     # features correlated with the planted factors
     age = np.clip(35 + 12 * U[:, 0] * np.sqrt(f) + rng.normal(0, 5, n_u), 12, 80).round()
     gender = np.where(U[:, 1] + rng.normal(0, 0.2, n_u) > 0, "M", "F")
