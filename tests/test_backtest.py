@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import torch
 
@@ -204,38 +205,31 @@ def test_a_window_on_the_training_period_is_refused(run: dict) -> None:
                    root / "models/seed0", None)
 
 
-def test_warm_support_first_takes_the_earliest_rows() -> None:
+def test_warm_support_first_takes_the_earliest_rows(tmp_path) -> None:
+    from metarec.io import write_parquet
     from metarec.scoring.batch import _user_rows
-    from metarec.scoring.world import Selection, load_world
+    from metarec.scoring.world import World, runs
 
-    world = load_world(pd.DataFrame({"user_id": ["w"] * 5 + ["c"] * 2,
-                                     "item_id": ["i4", "i0", "i3", "i1", "i2", "i0", "i1"],
-                                     "rating": [5.0, 1, 4, 2, 3, 1, 2],
-                                     "timestamp": [50, 10, 40, 20, 30, 5, 6]}), [], end=100)
-    sel = Selection(user_ids=pd.Series(["c", "w"], dtype="string"),
-                    kinds=np.array(["cold", "dynamic"], dtype=object),
-                    counts=np.array([2, 5]))
-    items = _Items({f"i{n}": n for n in range(5)})
-    latest, _ = _user_rows(world, sel, items, last=2)
-    first, _ = _user_rows(world, sel, items, last=2, first=3)
+    log = pd.DataFrame({"user_id": ["w"] * 5 + ["c"] * 2,
+                        "item_id": ["i4", "i0", "i3", "i1", "i2", "i0", "i1"],
+                        "rating": [5.0, 1, 4, 2, 3, 1, 2],
+                        "timestamp": [50, 10, 40, 20, 30, 5, 6]})
+    items = pa.table({"item_id": [f"i{n}" for n in range(5)], "idx": list(range(5))})
+    users = write_parquet(pd.DataFrame({"user_id": ["c"]}), tmp_path / "users.parquet")
+    with World(log, [], end=100) as world:
+        kinds = world.select(max_interactions=2, active_days=1, dynamic=True).kinds
+        _, done = world.export(tmp_path, users, items, 0, 2)
+    rows = next(runs(done, [0, 2]))
+    pos, item, rating = (rows[c].to_numpy() for c in ("pos", "item", "rating"))
+    assert kinds.tolist() == ["cold", "dynamic"]    # c, w
+    latest, _ = _user_rows(pos, item, rating, kinds, last=2)
+    first, _ = _user_rows(pos, item, rating, kinds, last=2, first=3)
     w = slice(int(latest.starts[1]), int(latest.starts[2]))
     assert list(latest.items[w]) == [3, 4]                  # the latest 2, in time order
+    assert list(latest.ratings[w]) == [4.0, 5.0]
     w = slice(int(first.starts[1]), int(first.starts[2]))
     assert list(first.items[w]) == [0, 1, 2]                # the earliest 3
     assert list(first.items[:2]) == list(latest.items[:2]) == [0, 1]   # cold: all rows
-
-
-class _Items:
-    """The two members of FeatureTable that _user_rows uses."""
-
-    def __init__(self, index: dict[str, int]) -> None:
-        self._index = index
-
-    def index_of(self, ids: pd.Series) -> np.ndarray:
-        return np.array([self._index[i] for i in ids])
-
-    def __len__(self) -> int:
-        return len(self._index)
 
 
 def test_backfill_gives_each_nights_score_bytes(synthetic_project: dict, tmp_path: Path

@@ -43,7 +43,7 @@ from metarec.scoring import batch as scoring_batch
 from metarec.scoring import engine
 from metarec.scoring.engine import top_k
 from metarec.scoring.verify import VerifyError
-from metarec.scoring.world import day_end, load_world, parse_as_of, users_to_score
+from metarec.scoring.world import World, day_end, parse_as_of, users_to_score
 from metarec.stages import score as stage
 
 AS_OF = "2024-03-10"
@@ -171,9 +171,8 @@ def _run(world: dict, out: Path, **kw) -> Path:
 
 
 def _selection(as_of: str, dynamic: bool, landing: list[Path] = ()) -> dict[str, str]:
-    end = day_end(parse_as_of(as_of))
-    log = load_world(_log(), list(landing), end)
-    sel = users_to_score(log, end, max_interactions=3, active_days=3, dynamic=dynamic)
+    with World(_log(), list(landing), day_end(parse_as_of(as_of))) as world:
+        sel = users_to_score(world, max_interactions=3, active_days=3, dynamic=dynamic)
     return dict(zip(sel.user_ids.tolist(), sel.kinds.tolist(), strict=True))
 
 
@@ -196,26 +195,64 @@ def test_landing_files_join_the_world(world):
     assert _selection(AS_OF, dynamic=False, landing=files)["h"] == "cold"
 
 
-def test_the_world_read_as_dictionaries_is_the_world_read_as_strings(world):
-    from metarec.scoring.world import landing_files, read_log
+def test_the_world_read_from_its_file_is_the_world_read_from_a_table(world):
+    from metarec.scoring.world import landing_files
 
     files = landing_files(world["landing"], parse_as_of(AS_OF))
     end = day_end(parse_as_of(AS_OF))
-    coded = load_world(read_log(world["validated"] / "interactions.parquet"), files, end)
-    plain = load_world(_log(), files, end)
-    for col in ("user_id", "item_id"):
-        assert isinstance(coded[col].dtype, pd.CategoricalDtype)
-        cats = coded[col].cat.categories
-        assert cats.is_monotonic_increasing and cats.is_unique  # the ids present, sorted
-        assert set(cats) == set(coded[col])
-    assert "h" in set(coded["user_id"])  # the landing file's user joined the categories
-    as_strings = coded.astype({"user_id": "string", "item_id": "string"})
-    pd.testing.assert_frame_equal(as_strings, plain.astype(
-        {"user_id": "string", "item_id": "string"}))
-    pick = users_to_score(coded, end, 3, 3, dynamic=True)
-    ref = users_to_score(plain, end, 3, 3, dynamic=True)
-    assert pick.user_ids.tolist() == ref.user_ids.tolist()
-    assert pick.kinds.tolist() == ref.kinds.tolist() and (pick.counts == ref.counts).all()
+    with World(world["validated"] / "interactions.parquet", files, end) as scanned, \
+            World(_log(), files, end) as table:
+        got, ref = scanned.frame(), table.frame()
+        pick = users_to_score(scanned, 3, 3, dynamic=True)
+        assert scanned.count() == len(got) == 17 + 6 * 16 - 3 + 1  # 3 after the day, 1 landed
+        assert scanned.item_ids().tolist() == sorted(set(got["item_id"]))
+    pd.testing.assert_frame_equal(got, ref)
+    log = _log()
+    kept = log[log["timestamp"] < end].reset_index(drop=True)  # file order, then the landing
+    assert got["user_id"].tolist() == [*kept["user_id"], "h"]
+    assert got["timestamp"].tolist() == [*kept["timestamp"], _ts("2024-03-10T20:00:00")]
+    assert pick.user_ids.tolist() == ["a", "b", "d", "e", "g", "h"]
+    assert pick.kinds.tolist() == ["cold", "cold", "dynamic", "cold", "cold", "cold"]
+    assert pick.counts.tolist() == [1, 3, 4, 1, 3, 1]
+
+
+def test_a_world_streams_each_run_of_users_in_time_order_across_batches(tmp_path):
+    """The chosen users' rows, exported and read back in runs of users from batches of 2
+    rows: each run gets exactly its users' rows, by user then time, ties in file order."""
+    from metarec.scoring.world import runs
+
+    log = pd.DataFrame({"user_id": ["b", "a", "b", "c", "a", "a", "b"],
+                        "item_id": ["i1", "i2", "i0", "i1", "i1", "i0", "i0"],
+                        "rating": [1.0, 2, 3, 4, 5, 6, 7],
+                        "timestamp": [30, 20, 10, 5, 20, 1, 10]})
+    users = tmp_path / "users.parquet"
+    write_parquet(pd.DataFrame({"user_id": ["c", "a"], "age": [30.0, 40.0]}), users)
+    items = pa.table({"item_id": ["i0", "i1", "i2"], "idx": pa.array([0, 1, 2], pa.int64())})
+    with World(log, [], end=100) as w:
+        assert w.choose(2, 1, dynamic=True) == {"users": 3, "cold_users": 1,
+                                                "dynamic_users": 2}
+        who, done = w.export(tmp_path, users, items, 0, 3)
+        (tmp_path / "later").mkdir()
+        _, later = w.export(tmp_path / "later", users, items, 1, 3)
+    chunks = list(runs(done, [0, 2, 2, 3], batch_rows=2))
+    # a: i0@1, i1@20 and i2@20 (tie on time: by item), b: i0@10 twice (file order), i1@30
+    assert [c["pos"].to_pylist() for c in chunks] == [[0, 0, 0, 1, 1, 1], [], [2]]
+    assert chunks[0]["item"].to_pylist() == [0, 1, 2, 0, 0, 1]
+    assert chunks[0]["rating"].to_pylist() == [6.0, 5.0, 2.0, 3.0, 7.0, 1.0]
+    assert [c["pos"].to_pylist() for c in runs(later, [1, 3], 2)] == [[1, 1, 1, 2]]
+    people = pq.read_table(who).to_pydict()
+    assert people["user_id"] == ["a", "b", "c"] and people["kind"] == ["dynamic"] * 2 + ["cold"]
+    assert people["age"] == [40.0, None, 30.0]    # b: not in the feature table
+
+
+def test_a_user_twice_in_the_feature_table_is_an_error(tmp_path):
+    users = tmp_path / "users.parquet"
+    write_parquet(pd.DataFrame({"user_id": ["a", "b", "a"], "age": [1.0, 2.0, 3.0]}), users)
+    items = pa.table({"item_id": ["i0"], "idx": pa.array([0], pa.int64())})
+    log = pd.DataFrame({"user_id": ["a"], "item_id": ["i0"], "rating": [1.0], "timestamp": [1]})
+    with World(log, [], end=100) as w, pytest.raises(DataError, match="duplicate id 'a'"):
+        w.choose(2, 1, dynamic=False)
+        w.export(tmp_path, users, items, 0, 1)
 
 
 def test_bad_landing_file_names_file_row_and_column(world, tmp_path):

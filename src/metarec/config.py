@@ -228,6 +228,7 @@ class ScoreParams:
     landing_dir: str | None = None
     dynamic: bool = False
     dynamic_last: int = bounded(20, 1)
+    engine_memory_mb: int = bounded(128, 16)
 
 
 @dataclass(frozen=True)

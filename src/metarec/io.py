@@ -185,6 +185,11 @@ def write_parquet_stream(parts: Iterable[pa.Table], path: str | Path, schema: pa
 def read_parquet(path: str | Path) -> pd.DataFrame:
     """Read a table written by :func:`write_parquet` with stable dtypes: strings as "string",
     list columns arrow-backed (no per-row Python lists)."""
+    return arrow_frame(pq.read_table(path))
+
+
+def arrow_frame(table: pa.Table) -> pd.DataFrame:
+    """An arrow table as pandas with :func:`read_parquet`'s dtypes."""
 
     def mapper(tp: pa.DataType) -> Any:
         if pa.types.is_list(tp) or pa.types.is_large_list(tp):
@@ -193,7 +198,7 @@ def read_parquet(path: str | Path) -> pd.DataFrame:
             return pd.StringDtype()
         return None
 
-    return pq.read_table(path).to_pandas(types_mapper=mapper)
+    return table.to_pandas(types_mapper=mapper)
 
 
 def write_json(obj: Any, path: str | Path) -> Path:

@@ -12,6 +12,7 @@ Numeric features are standardised with the training mean and std; missing values
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,7 +92,7 @@ class FeatureTable:
     padded with 0, ``numeric`` (n, n_num). Cardinalities include the unknown index 0.
     """
 
-    ids: list[str]
+    ids: Sequence[str]   # a list, or an arrow-backed string Series for millions of rows
     id_code: torch.Tensor
     categorical: torch.Tensor
     multi: torch.Tensor

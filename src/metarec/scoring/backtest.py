@@ -45,9 +45,9 @@ from metarec.scoring import retrain
 from metarec.scoring.batch import recommend, resolve
 from metarec.scoring.world import (
     DAY,
+    World,
     day_end,
     landing_files,
-    load_world,
     parse_as_of,
     read_landing,
 )
@@ -164,11 +164,12 @@ def judge_night(pl: Plan, day: str) -> pd.DataFrame:
         tables["baseline"] = recommend(dataclasses.replace(
             inputs, model=pl.baseline, selection=None, selection_path=None))[0].to_pandas()
     end = inputs.end
-    log = read_parquet(inputs.tables["interactions"])
     horizon = end + pl.params.horizon_days * DAY
-    world = load_world(log, landing_files(pl.score.landing_dir,
-                                          parse_as_of(day) + dt.timedelta(pl.params.horizon_days)),
-                       horizon).astype({"user_id": "string", "item_id": "string"})
+    later = landing_files(pl.score.landing_dir,
+                          parse_as_of(day) + dt.timedelta(pl.params.horizon_days))
+    with World(inputs.tables["interactions"], later, horizon,
+               pl.score.engine_memory_mb) as judged:
+        world = judged.frame()
     past = world[world["timestamp"].to_numpy() < end]
     users = tables["model"].drop_duplicates("user_id")[["user_id", "kind"]]
     tables["popularity"] = _popularity(past, users, end, pl.params)

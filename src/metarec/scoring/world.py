@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
-from pandas.api.types import union_categoricals
 
 from metarec.errors import DataError, ParamsError
+from metarec.io import arrow_frame
 
 DAY = 86_400
 COLUMNS = ("user_id", "item_id", "rating", "timestamp")
@@ -121,33 +124,155 @@ def _first_bad(bad: pd.Series | np.ndarray, path: Path, column: str, what: str) 
                         row=row + 1, column=column)
 
 
-def read_log(path: str | Path) -> pd.DataFrame:
-    """The canonical columns of a validated interactions file, ids as categoricals: read as
-    Parquet dictionaries, a log of N rows holds N int32 codes per id column and each distinct
-    id once (string ids held per row cost tens of bytes each)."""
-    table = pq.read_table(path, columns=list(COLUMNS), read_dictionary=["user_id", "item_id"])
-    return table.to_pandas(self_destruct=True)
+class World:
+    """Every interaction before ``end``: the validated log, scanned where it lies, and the
+    landing files (checked by :func:`read_landing`), behind one DuckDB view. It is queried
+    and streamed, never loaded whole: the nightly batch of millions of users holds one
+    chunk's rows at a time, and the engine aggregates and sorts out of core within
+    ``memory_mb``.
+
+    ``log`` is the validated interactions file, or a table of the canonical columns (tests).
+    Rows keep their file order as ``src`` (0 the log, 1.. the landing files in date order)
+    and ``row``; every ordering ends with them, so the same inputs give the same rows in the
+    same order. Strings compare byte by byte (UTF-8), i.e. by code point, as Python sorts.
+    """
+
+    def __init__(self, log: str | Path | pd.DataFrame, landing: list[Path], end: int,
+                 memory_mb: int = 128, threads: int | None = None) -> None:
+        import duckdb  # imported here: only the scoring path needs it
+
+        self.end = int(end)
+        self._tmp = tempfile.TemporaryDirectory(prefix="metarec-world-")
+        self.con = duckdb.connect(config={
+            "memory_limit": f"{int(memory_mb)}MB", "temp_directory": self._tmp.name,
+            "threads": int(threads or max(torch_threads(), 1)),
+            "preserve_insertion_order": False})
+        if isinstance(log, pd.DataFrame):
+            self.con.register("log_file", _canonical(log).append_column(
+                "file_row_number", pa.array(np.arange(len(log), dtype=np.int64))))
+        else:
+            self.con.read_parquet(str(log), file_row_number=True).create_view("log_file")
+        parts = [_part("log_file", 0, "file_row_number", self.end)]
+        for i, path in enumerate(landing, start=1):
+            frame = read_landing(path)
+            self.con.register(f"landing_{i}", _canonical(frame).append_column(
+                "row", pa.array(np.arange(len(frame), dtype=np.int64))))
+            parts.append(_part(f"landing_{i}", i, "row", self.end))
+        self.con.execute("CREATE TEMP VIEW world AS " + " UNION ALL ".join(parts))
+
+    def __enter__(self) -> World:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.con.close()
+        self._tmp.cleanup()
+
+    def _all(self, query: str) -> pa.Table:
+        return self.con.sql(query).to_arrow_table()
+
+    def count(self) -> int:
+        """Interactions in the world."""
+        return int(self._all("SELECT count(*) AS n FROM world")["n"][0].as_py())
+
+    def frame(self) -> pd.DataFrame:
+        """The whole world in file order (user_id, item_id as strings): for callers that
+        judge a small world in memory, such as the backtest."""
+        return arrow_frame(self._all("SELECT user_id, item_id, rating, timestamp FROM world "
+                                     "ORDER BY src, row"))
+
+    def item_ids(self) -> pd.Index:
+        """The distinct item ids of the world, sorted."""
+        ids = self._all("SELECT DISTINCT item_id FROM world ORDER BY item_id")["item_id"]
+        return pd.Index(pd.arrays.ArrowStringArray(ids.combine_chunks().cast(pa.string())),
+                        dtype="string")
+
+    def choose(self, max_interactions: int, active_days: int, dynamic: bool
+               ) -> dict[str, int]:
+        """Choose the users to score (module docstring), numbered in user_id order (``pos``)
+        inside the engine, where :meth:`select` and :meth:`export` read them from; returns
+        how many users, cold and dynamic."""
+        n = int(max_interactions)
+        self.con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE chosen AS
+            SELECT user_id, n, CASE WHEN n <= {n} THEN 'cold' ELSE 'dynamic' END AS kind,
+                   (row_number() OVER (ORDER BY user_id) - 1)::BIGINT AS pos
+            FROM (SELECT user_id, count(*)::BIGINT AS n, max(timestamp) AS last
+                  FROM world GROUP BY user_id)
+            WHERE last >= {self.end - int(active_days) * DAY}
+              AND (n <= {n} OR {bool(dynamic)})""")
+        got = self._all("SELECT count(*) AS users, count(*) FILTER (kind = 'cold') AS cold "
+                        "FROM chosen")
+        users, cold = int(got["users"][0].as_py()), int(got["cold"][0].as_py())
+        return {"users": users, "cold_users": cold, "dynamic_users": users - cold}
+
+    def select(self, max_interactions: int, active_days: int, dynamic: bool) -> Selection:
+        """The chosen users (:meth:`choose`) as one table in memory."""
+        self.choose(max_interactions, active_days, dynamic)
+        table = self._all("SELECT user_id, n, kind FROM chosen ORDER BY pos")
+        return Selection(user_ids=pd.Series(pd.arrays.ArrowStringArray(
+                             table["user_id"].combine_chunks().cast(pa.string())),
+                             dtype="string"),
+                         kinds=np.asarray(table["kind"].to_pylist(), dtype=object),
+                         counts=table["n"].to_numpy().astype(np.int64))
+
+    def export(self, folder: str | Path, users: str | Path, items: pa.Table, lo: int,
+               hi: int) -> tuple[Path, Path]:
+        """Write what scoring the chosen users at positions lo..hi-1 reads, in pos order, to
+        two Parquet files in ``folder``, sorting out of core; the engine can then be closed
+        and its memory freed before the scoring starts.
+
+        - ``users.parquet``: pos, kind, user_id and the user's row of the feature table
+          ``users`` (null features where the table lacks the user; an id twice in it is an
+          error: which row would be the user's?);
+        - ``rows.parquet``: pos, item (the row of its id in ``items`` (item_id, idx)),
+          rating of each interaction, by pos, time, item, then file order.
+        """
+        self.con.read_parquet(str(users)).create_view("user_table", replace=True)
+        dup = self._all("SELECT user_id FROM user_table GROUP BY user_id "
+                        "HAVING count(*) > 1 ORDER BY user_id LIMIT 1")["user_id"]
+        if len(dup):
+            raise DataError(f"duplicate id {dup[0].as_py()!r} in the feature table",
+                            file=str(users), column="user_id")
+        self.con.register("catalogue", items)
+        where = f"c.pos >= {int(lo)} AND c.pos < {int(hi)}"
+        out = Path(folder)
+        queries = {
+            "users.parquet": "SELECT c.pos, c.kind, c.user_id, u.* EXCLUDE (user_id) "
+                             "FROM chosen c LEFT JOIN user_table u USING (user_id) "
+                             f"WHERE {where} ORDER BY c.pos",
+            "rows.parquet": "SELECT c.pos, k.idx AS item, CAST(w.rating AS FLOAT) AS rating "
+                            "FROM world w JOIN chosen c USING (user_id) "
+                            f"JOIN catalogue k USING (item_id) WHERE {where} "
+                            "ORDER BY c.pos, w.timestamp, k.idx, w.src, w.row"}
+        for name, query in queries.items():
+            target = str(out / name).replace("'", "''")
+            self.con.execute(f"COPY ({query}) TO '{target}' "
+                             "(FORMAT parquet, ROW_GROUP_SIZE 131072)")
+        return out / "users.parquet", out / "rows.parquet"
 
 
-def load_world(interactions: pd.DataFrame, landing: list[Path], end: int) -> pd.DataFrame:
-    """Every interaction before ``end``, in file order: user_id, item_id (categoricals whose
-    categories are the ids present, sorted), rating, timestamp."""
-    parts = [interactions[list(COLUMNS)]] + [read_landing(p) for p in landing]
-    parts = [p[p["timestamp"].to_numpy() < end] for p in parts]
-    ids = {col: union_categoricals([_categorical(p[col]) for p in parts],
-                                   sort_categories=True, ignore_order=True)
-           for col in ("user_id", "item_id")}
-    return pd.DataFrame({
-        **{col: pd.Categorical(cat).remove_unused_categories() for col, cat in ids.items()},
-        "rating": np.concatenate([p["rating"].to_numpy(np.float64) for p in parts]),
-        "timestamp": np.concatenate([p["timestamp"].to_numpy(np.int64) for p in parts])})
+def torch_threads() -> int:
+    """The engine's threads: as many as torch uses (the one knob a run sets)."""
+    import torch
+
+    return torch.get_num_threads()
 
 
-def _categorical(ids: pd.Series) -> pd.Categorical:
-    """An id column as a categorical of string categories (read_log's, or strings encoded)."""
-    cat = ids.array if isinstance(ids.dtype, pd.CategoricalDtype) else pd.Categorical(
-        ids.astype("string").astype(object))
-    return cat.set_categories(cat.categories.astype(object)) if len(cat.categories) else cat
+def _canonical(frame: pd.DataFrame) -> pa.Table:
+    """The canonical columns of a log as an arrow table of fixed types."""
+    return pa.table({"user_id": pa.array(frame["user_id"].astype("string"), pa.string()),
+                     "item_id": pa.array(frame["item_id"].astype("string"), pa.string()),
+                     "rating": pa.array(frame["rating"].to_numpy(np.float64)),
+                     "timestamp": pa.array(frame["timestamp"].to_numpy(np.int64))})
+
+
+def _part(name: str, src: int, row: str, end: int) -> str:
+    return (f"SELECT user_id, item_id, CAST(rating AS DOUBLE) AS rating, "
+            f"CAST(timestamp AS BIGINT) AS timestamp, {src} AS src, {row} AS row "
+            f"FROM {name} WHERE timestamp < {end}")
 
 
 @dataclass(frozen=True)
@@ -159,15 +284,31 @@ class Selection:
     counts: np.ndarray      # (U,) int64: interactions so far
 
 
-def users_to_score(log: pd.DataFrame, end: int, max_interactions: int, active_days: int,
-                   dynamic: bool) -> Selection:
+def users_to_score(world: World, max_interactions: int, active_days: int, dynamic: bool
+                   ) -> Selection:
     """Cold users (1..N interactions) and, if ``dynamic``, warm ones (> N); both active."""
-    per_user = log.groupby("user_id", sort=True, observed=True)["timestamp"].agg(["size", "max"])
-    active = per_user["max"].to_numpy() >= end - active_days * DAY
-    n = per_user["size"].to_numpy()
-    cold = active & (n >= 1) & (n <= max_interactions)
-    warm = active & (n > max_interactions) & dynamic
-    keep = cold | warm
-    kinds = np.where(cold, "cold", "dynamic")[keep].astype(object)
-    return Selection(user_ids=pd.Series(per_user.index[keep], dtype="string"), kinds=kinds,
-                     counts=n[keep].astype(np.int64))
+    return world.select(max_interactions, active_days, dynamic)
+
+
+def runs(path: str | Path, bounds: list[int], batch_rows: int = 1 << 16
+         ) -> Iterator[pa.Table]:
+    """For each i, the rows of the Parquet file ``path`` (sorted by its ``pos`` column, as
+    :meth:`World.export` writes) with bounds[i] <= pos < bounds[i+1], reading it batch by
+    batch: a run of users may span several batches, or share one."""
+    source = pq.ParquetFile(path)
+    batches = source.iter_batches(batch_rows)
+    held = source.schema_arrow.empty_table()
+    last = -1
+    for b in bounds[1:]:
+        while not len(held) or held["pos"][-1].as_py() < b:
+            batch = next(batches, None)
+            if batch is None:
+                break
+            pos = batch.column("pos").to_numpy()
+            if len(pos) and (pos[0] < last or (np.diff(pos) < 0).any()):
+                raise RuntimeError(f"{path}: rows out of pos order")
+            last = int(pos[-1]) if len(pos) else last
+            held = pa.concat_tables([held, pa.Table.from_batches([batch])])
+        cut = int(np.searchsorted(held["pos"].to_numpy(), b))
+        yield held.slice(0, cut)
+        held = held.slice(cut)
