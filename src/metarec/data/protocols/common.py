@@ -192,6 +192,15 @@ def runs(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return groups[start], np.diff(np.r_[start, len(groups)])
 
 
+def member(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Whether each of ``values`` is one of ``keys`` (sorted, distinct): a binary search, fast
+    on sorted values and free of hash tables."""
+    if len(keys) == 0:
+        return np.zeros(len(values), dtype=bool)
+    at = np.minimum(np.searchsorted(keys, values), len(keys) - 1)
+    return keys[at] == values
+
+
 def first_k_next_q(user: np.ndarray, rows: np.ndarray, pos: np.ndarray, k: int, q: int,
                    later: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """Support = the rows at positions < k; query = the first q later rows (those where
@@ -208,19 +217,18 @@ def first_k_next_q(user: np.ndarray, rows: np.ndarray, pos: np.ndarray, k: int, 
     else:
         eligible = rows[~is_sup & later]
         query = eligible[cumcount(user[eligible]) < q]
-    return support_and_query(user, rows[is_sup], query, k, runs(user[rows])[0])
+    return support_and_query(user, rows[is_sup], query, k, len(runs(user[rows])[0]))
 
 
 def support_and_query(user: np.ndarray, sup: np.ndarray, query: np.ndarray, k: int,
-                      users: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+                      users: int) -> tuple[np.ndarray, np.ndarray, int]:
     """The tasks of the users with exactly k ``sup`` rows and at least one ``query`` row,
-    and the number of the other ``users`` (the distinct users the rows were drawn from).
-    Rows are positions into the log whose user codes are ``user``, grouped by user in
-    ascending order."""
+    and how many of the ``users`` the rows were drawn from have none. Rows are positions into
+    the log whose user codes are ``user``, grouped by user in ascending order."""
     with_sup, n_sup = runs(user[sup])
-    ok = np.intersect1d(with_sup[n_sup == k], runs(user[query])[0], assume_unique=True)
-    return (sup[np.isin(user[sup], ok)], query[np.isin(user[query], ok)],
-            len(users) - len(ok))
+    full = with_sup[n_sup == k]
+    ok = full[member(full, runs(user[query])[0])]
+    return sup[member(user[sup], ok)], query[member(user[query], ok)], users - len(ok)
 
 
 def shuffled(user: np.ndarray, rows: np.ndarray, key: np.ndarray) -> np.ndarray:

@@ -32,6 +32,7 @@ from metarec.data.protocols.common import (
     TaskRows,
     cumcount,
     first_k_next_q,
+    member,
     ordered,
     runs,
     support_and_query,
@@ -105,8 +106,10 @@ def temporal(df: pd.DataFrame, p: EpisodesParams) -> Split:
         sup_rows = last_rows[last_back <= k]       # the last k rows before test_start
         sup_users = runs(user[sup_rows])[0]
         for scen in ("warm", "item_cold"):
-            users = np.union1d(sup_users, drawn_from[scen])
-            sup, query, lacking = support_and_query(user, sup_rows, queries[scen], k, users)
+            after_users = drawn_from[scen]          # users drawn from: either kind of row
+            users = len(sup_users) + len(after_users) - member(sup_users, after_users).sum()
+            sup, query, lacking = support_and_query(user, sup_rows, queries[scen], k,
+                                                    int(users))
             tasks.add(sup, query, "test", scen, k)
             too_few["test"][f"{scen}_k{k}"] = lacking
     users_of = data["user_id"].to_numpy()[first_row]
