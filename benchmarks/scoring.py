@@ -129,23 +129,33 @@ def flops_per_user(d: int, du: int, di: int, k: int, steps: int, c: int) -> int:
     return steps * inner + 2 * k * di * d + 2 * d * du + 2 * c * (d + 2)
 
 
-def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_gflops(n: int = 2048, reps: int = 5, device: str = "cpu") -> float:
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     torch.mm(a, b)
-    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(reps))
+    best = min(_timed(lambda: torch.mm(a, b), device) for _ in range(reps))
     return 2 * n**3 / best / 1e9
 
 
-def _timed(fn) -> float:  # noqa: ANN001 - tiny helper
+def _sync(device: str) -> None:
+    """Wait for a GPU's queued kernels, so that a timer counts them."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device: str = "cpu") -> float:  # noqa: ANN001 - tiny helper
+    _sync(device)
     start = time.perf_counter()
     fn()
+    _sync(device)
     return time.perf_counter() - start
 
 
-def throughput(root: Path, n_users: int, chunk: int, n_items: int) -> dict[str, object]:
+def throughput(root: Path, n_users: int, chunk: int, n_items: int, device: str = "cpu"
+               ) -> dict[str, object]:
     """Users/s and GFLOP/s of the engine over ``n_users`` K-interaction users, the time split
     (adaptation, catalogue scores, top-K), the ranking GEMM's own rate, and ``faiss``'s exact
-    inner-product search on the same adapted user vectors and item vectors."""
+    inner-product search on the same adapted user vectors and item vectors (on the CPU:
+    faiss-cpu is a CPU peer, so a GPU run reports it for reference only)."""
     from metarec.io import read_parquet
     from metarec.meta.checkpoint import read_checkpoint
     from metarec.meta.predictor import catalogue_blocks
@@ -158,6 +168,8 @@ def throughput(root: Path, n_users: int, chunk: int, n_items: int) -> dict[str, 
                           vocab["items"])
     data = EpisodeData(tasks=pd.DataFrame(), users=users, items=items, vocab=vocab)
     predictor = load_model(root / "models" / "maml.pt", data)
+    predictor.store.to(device)           # in place: the algorithm's catalogue sees it too
+    predictor.algorithm.to(device)
     rng = np.random.default_rng(1)
     sup = torch.from_numpy(_supports(rng, n_users, n_items))               # (U, K)
     ratings = torch.from_numpy(rng.integers(1, 6, (n_users, K)).astype(np.float32))
@@ -173,8 +185,9 @@ def throughput(root: Path, n_users: int, chunk: int, n_items: int) -> dict[str, 
                                TOP)[0]
 
     chunk_run(0, min(chunk, n_users), 0)  # warm-up
+    _sync(device)
     start = time.perf_counter()
-    tops = [chunk_run(a, min(a + chunk, n_users), no)
+    tops = [chunk_run(a, min(a + chunk, n_users), no)     # each ends on the CPU: synced
             for no, a in enumerate(range(0, n_users, chunk))]
     seconds = time.perf_counter() - start
 
@@ -185,15 +198,18 @@ def throughput(root: Path, n_users: int, chunk: int, n_items: int) -> dict[str, 
     adapt_s = gemm_s = 0.0
     queries = []
     for no, a in enumerate(range(0, n_users, chunk)):
+        _sync(device)
         t0 = time.perf_counter()
         state = predictor.adapt(batch_of(a, min(a + chunk, n_users)), no)
+        _sync(device)
         t1 = time.perf_counter()
         with torch.no_grad():
             for _ in catalogue_blocks(algo, state[0]["rank"], state[1], table, CELLS,
                                       reuse=True):
                 pass
+            _sync(device)
             gemm_s += time.perf_counter() - t1
-            queries.append(algo.catalogue_queries(state[0]["rank"], state[1], table))
+            queries.append(algo.catalogue_queries(state[0]["rank"], state[1], table).cpu())
         adapt_s += t1 - t0
     d = keys.shape[1]
     result: dict[str, object] = {
@@ -203,7 +219,7 @@ def throughput(root: Path, n_users: int, chunk: int, n_items: int) -> dict[str, 
         "ranking_gemm_gflops": 2 * d * n_items * n_users / gemm_s / 1e9}
     f = flops_per_user(d - 2, algo.model.user_width, algo.model.item_width, K, STEPS, n_items)
     result.update({"gflops": f * n_users / seconds / 1e9, "flops_per_user": f})
-    result["faiss"] = faiss_search(torch.cat(queries), keys, sup, torch.cat(tops), chunk)
+    result["faiss"] = faiss_search(torch.cat(queries), keys.cpu(), sup, torch.cat(tops), chunk)
     return result
 
 
@@ -256,6 +272,8 @@ def main() -> None:
     ap.add_argument("--loss", default="softmax", choices=["softmax", "sampled", "bpr"],
                     help="train.objective.loss of the scored model (its inner loop's ranking "
                          "loss): softmax = the whole catalogue every step")
+    ap.add_argument("--device", default="cpu",
+                    help="cpu | cuda: where the engine adapts and ranks (benchmarks/gpu.sh)")
     ap.add_argument("--out", type=Path, default=None,
                     help="JSON path (default results/scoring.json, or scoring_<items>.json)")
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
@@ -268,13 +286,14 @@ def main() -> None:
                             else RESULT.with_name(f"scoring_{args.items}.json"))
     sizes = [int(n) for n in args.rss_users.split(",") if n]
     result: dict[str, object] = {"threads": torch.get_num_threads(), "chunk_users": chunk,
+                                 "device": args.device,
                                  "k_interactions": K, "inner_steps": STEPS,
                                  "items": args.items, "top": TOP, "inner_loss": args.loss}
     with tempfile.TemporaryDirectory(prefix="metarec-bench-") as tmp:
         root = Path(tmp) / "throughput"
         make_world(root, 10_000, n_items=args.items, loss=args.loss)
-        result.update(throughput(root, args.users, chunk, args.items))
-        result["matmul_gflops"] = matmul_gflops()
+        result.update(throughput(root, args.users, chunk, args.items, args.device))
+        result["matmul_gflops"] = matmul_gflops(device=args.device)
         rss: dict[str, float] = {}
         stage_s: dict[str, float] = {}
         for n in sizes:
@@ -294,7 +313,7 @@ def main() -> None:
     result["ranking_gemm_fraction_of_matmul"] = (result["ranking_gemm_gflops"]
                                                  / result["matmul_gflops"])
     faiss_ups = result["faiss"].get("users_per_s")
-    if faiss_ups:
+    if faiss_ups and args.device == "cpu":   # a peer on the same hardware only
         result["throughput_ratio_over_faiss"] = result["users_per_s"] / faiss_ups
     if len(sizes) >= 2:
         result["rss_ratio_largest_over_smallest"] = rss[str(sizes[-1])] / rss[str(sizes[0])]

@@ -59,20 +59,23 @@ def recommend_chunk(predictor: Predictor, batch: TaskBatch, chunk_no: int,
 
     The catalogue is ranked a block of about ``cells`` scores at a time
     (:meth:`~metarec.models.base.Predictor.rank_blocks`), keeping only the running top K: a
-    chunk of users against a catalogue of millions of items never holds all its scores."""
+    chunk of users against a catalogue of millions of items never holds all its scores.
+    The ranking runs where the model's blocks are (a GPU when the model is on one); the
+    answers come back on the CPU."""
     state = predictor.adapt(batch, chunk_no)
     idx, valid, score = top_k_blocks(predictor.rank_blocks(state, cells), len(batch),
                                      predictor.n_items, exclude_rows, exclude_cols, k)
+    batch = batch.to(idx.device)
     if predictor.predicts_ratings:
         rating = predictor.rate(state, idx).float()                       # (T, k')
     else:
-        rating = torch.full(idx.shape, torch.nan)
+        rating = torch.full(idx.shape, torch.nan, device=idx.device)
     pos = predictor.explain(batch, idx)                                   # (T, k') or None
-    because = torch.full(idx.shape, -1, dtype=torch.long)
+    because = torch.full(idx.shape, -1, dtype=torch.long, device=idx.device)
     if pos is not None:
         rows = batch.support_items.gather(1, pos.clamp(min=0))
         because = torch.where(pos >= 0, rows, because)
-    return idx, valid, score, rating, because
+    return idx.cpu(), valid.cpu(), score.cpu(), rating.cpu(), because.cpu()
 
 
 LOWEST = torch.iinfo(torch.int64).min   # below every float's key (bits >= -2**31 + 1)
@@ -84,7 +87,7 @@ def pack(key: Tensor, cols: Tensor | int, n: int) -> Tensor:
     to an order-preserving int32 in the high half, the reversed column in the low half, so
     equal scores rank by column."""
     if isinstance(cols, int):
-        cols = cols + torch.arange(key.shape[-1])
+        cols = cols + torch.arange(key.shape[-1], device=key.device)
     bits = key.float().contiguous().view(torch.int32)
     bits = bits ^ ((bits >> 31) & 0x7FFFFFFF)                              # float order
     return (bits.long() << 32) + (n - 1 - cols)
@@ -116,8 +119,11 @@ def top_k_blocks(blocks: Iterable[tuple[int, Tensor]], t: int, n: int, exclude_r
     kk = min(k, n)
     best = torch.empty((t, 0), dtype=torch.long)
     for c0, key in blocks:
+        if best.device != key.device:       # the blocks' device (a GPU's) from here on
+            best, ex_rows, ex_cols = (x.to(key.device) for x in (best, ex_rows, ex_cols))
         c1 = c0 + key.shape[1]
-        lo, hi = torch.searchsorted(ex_cols, torch.tensor([c0, c1])).tolist()
+        lo, hi = torch.searchsorted(ex_cols, torch.tensor([c0, c1], device=key.device)
+                                    ).tolist()
         rows, cols = ex_rows[lo:hi], ex_cols[lo:hi]
         if best.shape[1] == kk and kk > 0:
             best = _merge(best, key, c0, n, rows, cols)
@@ -155,8 +161,8 @@ def _merge(best: Tensor, key: Tensor, c0: int, n: int, ex_rows: Tensor, ex_cols:
         return best
     rows, inverse, counts = torch.unique_consecutive(r, return_inverse=True,
                                                      return_counts=True)
-    slot = torch.arange(r.numel()) - (torch.cumsum(counts, 0) - counts)[inverse]
-    cand = torch.full((rows.numel(), int(counts.max())), LOWEST)          # (R, m)
+    slot = torch.arange(r.numel(), device=r.device) - (torch.cumsum(counts, 0) - counts)[inverse]
+    cand = torch.full((rows.numel(), int(counts.max())), LOWEST, device=r.device)  # (R, m)
     cand[inverse, slot] = pack(key[r, c], c0 + c, n)
     best = best.clone()
     best[rows] = torch.cat([best[rows], cand], 1).topk(best.shape[1], 1, sorted=False).values
@@ -168,7 +174,7 @@ def _at_least(key: Tensor, kth: Tensor) -> tuple[Tensor, Tensor]:
     in row-major order; raises on a NaN score."""
     t, b = key.shape
     w = b - b % TILE
-    r = c = torch.empty(0, dtype=torch.long)
+    r = c = torch.empty(0, dtype=torch.long, device=key.device)
     if w:
         tiles = key[:, :w].unfold(1, TILE, TILE)                         # (T, B // TILE, TILE)
         peak = tiles.amax(-1)                                             # NaN if one is
