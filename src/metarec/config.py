@@ -23,7 +23,7 @@ __all__ = ["bounded", "params_hash", "parse_params", "to_dict"]
 
 # Interactions are read, checked and written this many rows at a time (ingest, validate,
 # episodes): memory follows the batch, not the log; outputs are the same bytes for any size.
-BATCH_ROWS = 2**21
+BATCH_ROWS = 2**22
 
 
 # --------------------------------------------------------------------------------------------

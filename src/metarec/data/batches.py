@@ -75,18 +75,8 @@ class IdCodes:
         self.extra = pd.Index([], dtype=object)
 
     def __call__(self, ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
-        """(n,) int32 codes of a batch of ids (a dictionary array: its dictionary is coded,
-        each id once, and the codes taken by index)."""
-        if isinstance(ids, pa.ChunkedArray):
-            if ids.num_chunks != 1:
-                return np.concatenate([self(c) for c in ids.chunks] or [np.zeros(0, np.int32)])
-            ids = ids.chunk(0)
-        if pa.types.is_dictionary(ids.type):
-            index = ids.indices.to_numpy(zero_copy_only=False)
-            codes = self(ids.dictionary)
-            return np.where(ids.indices.is_valid().to_numpy(zero_copy_only=False),
-                            codes[np.nan_to_num(index, nan=0).astype(np.int64)], -1
-                            ).astype(np.int32)
+        """(n,) int32 codes of a batch of ids."""
+        ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
         known = self.known.cast(ids.type) if self.known.type != ids.type else self.known
         codes = pc.index_in(ids, value_set=known)
         out = pc.fill_null(codes, -1).to_numpy().astype(np.int32)

@@ -96,12 +96,8 @@ def check_log(file: pq.ParquetFile, path: str, params: ValidateParams, context: 
     tables = {t: _Table.of(ref, v.ID_COLUMN[t], set_aside[t]) for t, ref in refs.items()}
     tallies: list[Tally] = []
     dup_at = 0
-    # ids read as Parquet dictionaries: each distinct id of a row group is coded once; the
-    # rules and GX see the plain strings
-    ids = pq.ParquetFile(path, read_dictionary=[v.ID_COLUMN[t] for t in tables])
-    for start, batch in read_batches(ids, params.batch_rows, path, RESTORE):
+    for start, batch in read_batches(file, params.batch_rows, path, RESTORE):
         codes = {t: tab.codes(batch.column(v.ID_COLUMN[t])) for t, tab in tables.items()}
-        batch = batch.cast(file.schema_arrow)
         df = batch_frame(batch, nullable)
         rows = slice(start, start + len(df))
         rules = v.interaction_rules(df, context["rating"], context["min_ts"], context["max_ts"],

@@ -66,10 +66,9 @@ def _read_log(path: Path, params: EpisodesParams, users: pd.DataFrame, items: pd
     (and platforms) numbered in the sorted order of their strings, treated labels (float32),
     timestamps; rows sorted by user, time and item. Returns the frame, each id column's
     sorted strings (code -> id) and the rating description."""
-    names = read_tracked(path, RESTORE, pq.read_schema).names
+    file = read_tracked(path, RESTORE, pq.ParquetFile)
+    names = file.schema_arrow.names
     id_cols = ["user_id", "item_id"] + (["platform"] if "platform" in names else [])
-    # ids read as Parquet dictionaries: each distinct id of a row group is coded once
-    file = read_tracked(path, RESTORE, lambda p: pq.ParquetFile(p, read_dictionary=id_cols))
     coders = {"user_id": IdCodes(pa.array(users["user_id"], from_pandas=True)),
               "item_id": IdCodes(pa.array(items["item_id"], from_pandas=True)),
               "platform": IdCodes(pa.array([], type=pa.large_string()))}
