@@ -218,3 +218,24 @@ def test_duplicates_are_exact_even_when_every_hash_collides(monkeypatch: pytest.
             first.setdefault(k, row)
         expect = [first[tuple(key.astype(object).iloc[r])] for r in got.rows]
         assert got.first.tolist() == expect
+
+
+def test_gx_runs_without_its_batch_fingerprint_and_restores_the_setting(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """GX's fingerprint (a hash of every cell, for its own metadata) is off only while GX
+    runs: the verdict is GX's as before, and GX's setting is left as it was."""
+    import great_expectations.execution_engine.pandas_execution_engine as engine
+
+    from metarec.data.gx import GXRunner
+    from metarec.data.validation import Rule
+
+    hashed: list[int] = []
+    monkeypatch.setattr(engine, "hash_pandas_dataframe", lambda df: hashed.append(len(df)))
+    before = engine.HASH_THRESHOLD
+    frame = pd.DataFrame({"x": [1.0, None, 3.0], "source_row": [1, 2, 3]})
+    rule = Rule("t", "t", "x", "x missing", frame["x"].isna(),
+                ("expect_column_values_to_not_be_null", {"column": "x"}))
+    result = GXRunner(examples=2).run("t", frame, [(0, rule)])
+    assert result[0]["unexpected_count"] == 1 and result[0]["examples"] == [
+        {"source_row": 2, "x": "NaN"}]
+    assert engine.HASH_THRESHOLD == before and hashed == []
