@@ -11,7 +11,7 @@ not depend on ``topk``'s algorithm.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,7 +118,7 @@ def top_k_blocks(blocks: Iterable[tuple[int, Tensor]], t: int, n: int, exclude_r
     ex_rows, ex_cols = exclude_rows[order], exclude_cols[order]
     kk = min(k, n)
     best = torch.empty((t, 0), dtype=torch.long)
-    for c0, key in blocks:
+    for c0, key in _seeded(blocks, max(SEED, kk)):
         if best.device != key.device:       # the blocks' device (a GPU's) from here on
             best, ex_rows, ex_cols = (x.to(key.device) for x in (best, ex_rows, ex_cols))
         c1 = c0 + key.shape[1]
@@ -140,6 +140,24 @@ def top_k_blocks(blocks: Iterable[tuple[int, Tensor]], t: int, n: int, exclude_r
 
 NAN = "the model produced NaN scores"
 TILE = 128   # columns whose maximum is compared with a row's k-th best at once
+SEED = 512   # columns of the first block ranked whole, for each row's first k-th best
+
+
+def _seeded(blocks: Iterable[tuple[int, Tensor]], width: int
+            ) -> Iterator[tuple[int, Tensor]]:
+    """``blocks`` with the first one cut after ``width`` columns: only those are ranked
+    whole (keys packed, a top K); the rest already meets a k-th best that filters it."""
+    blocks = iter(blocks)
+    first = next(blocks, None)
+    if first is None:
+        return
+    c0, key = first
+    if key.shape[1] > width:
+        yield c0, key[:, :width]
+        yield c0 + width, key[:, width:]
+    else:
+        yield first
+    yield from blocks
 
 
 def _merge(best: Tensor, key: Tensor, c0: int, n: int, ex_rows: Tensor, ex_cols: Tensor
