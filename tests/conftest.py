@@ -23,8 +23,10 @@ def small_params(users: int = 400, items: int = 120, interactions: int = 12_000,
         ingest=replace(p.ingest, source="synthetic", synthetic=SyntheticSource(
             users=users, items=items, interactions=interactions, days=days, seed=1)),
         episodes=replace(p.episodes, support_sizes=(3, 10)),
+        # one training process: xdist already runs the tests on both cores (the workers' bytes
+        # are checked in test_train_workers.py)
         train=replace(p.train, algorithms=("maml", "reptile"), max_steps=20, val_every=10,
-                      seeds=(0, 1)),
+                      seeds=(0, 1), workers=1),
         evaluate=replace(p.evaluate, bootstrap_samples=200, inner_steps_grid=(1, 5),
                          curve_k=3),
     )

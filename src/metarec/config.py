@@ -190,6 +190,8 @@ class TrainParams:
     devices: int = bounded(1, 1)
     num_nodes: int = bounded(1, 1)
     seeds: tuple[int, ...] = bounded((0, 1, 2), nonempty=True)
+    workers: int = bounded(1, 1)
+    threads: int = bounded(1, 1)
     seed: int = field(default=0, metadata={"internal": "set per run from train.seeds"})
     sections: Mapping[str, Any] = field(default_factory=dict,
                                         metadata={"internal": "train.<algorithm> sections"})

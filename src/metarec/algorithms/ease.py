@@ -39,6 +39,7 @@ class EaseParams:
 @register
 class Ease(RankingBaseline):
     name = "ease"
+    seeded = False      # no random draw: one fit serves every seed
     Params = EaseParams
 
     def __init__(self, weights: torch.Tensor, lam: float = 0.0, window: int = 0) -> None:

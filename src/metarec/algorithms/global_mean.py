@@ -13,6 +13,7 @@ from metarec.models.statistical import Baseline, training_ratings
 @register
 class GlobalMean(Baseline):
     name = "global_mean"
+    seeded = False      # no random draw: one fit serves every seed
 
     @classmethod
     def fit(cls, ctx: FitContext) -> GlobalMean:

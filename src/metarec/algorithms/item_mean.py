@@ -31,6 +31,7 @@ class ItemMeanParams:
 @register
 class ItemMean(Baseline):
     name = "item_mean"
+    seeded = False      # no random draw: one fit serves every seed
     Params = ItemMeanParams
 
     def __init__(self, mu: float, rating_range: tuple[float, float], item_resid: torch.Tensor,

@@ -19,6 +19,7 @@ from metarec.models.statistical import Baseline, ShrinkageParams, support_bias, 
 @register
 class ItemUserBias(Baseline):
     name = "item_user_bias"
+    seeded = False      # no random draw: one fit serves every seed
     Params = ShrinkageParams   # the user-shrinkage grid (beta_u)
     requires = ("item_mean",)
 

@@ -56,6 +56,7 @@ def top_neighbours(x: torch.Tensor, k: int, block: int) -> tuple[torch.Tensor, t
 @register
 class ItemKNN(RankingBaseline):
     name = "itemknn"
+    seeded = False      # no random draw: one fit serves every seed
     Params = ItemKNNParams
 
     def __init__(self, neighbours: torch.Tensor, similarity: torch.Tensor, k: int = 0,

@@ -29,6 +29,7 @@ class MostPopularParams:
 @register
 class MostPopular(RankingBaseline):
     name = "most_popular"
+    seeded = False      # no random draw: one fit serves every seed
     Params = MostPopularParams
 
     def __init__(self, counts: torch.Tensor, window: int = 0,

@@ -21,6 +21,7 @@ from metarec.models.statistical import (
 @register
 class UserMean(Baseline):
     name = "user_mean"
+    seeded = False      # no random draw: one fit serves every seed
     Params = ShrinkageParams   # the user-shrinkage grid (beta_u)
 
     def __init__(self, mu: float, rating_range: tuple[float, float], shrinkage: float) -> None:

@@ -118,6 +118,7 @@ class Algorithm:
     Params: ClassVar[type | None] = None
     requires: ClassVar[tuple[str, ...]] = ()
     uses_draws: ClassVar[bool] = False    # trained on meta-train tasks (so their draw matters)
+    seeded: ClassVar[bool] = True         # the fit reads the seed (False: one fit serves all)
 
     @classmethod
     def params_of(cls, train: TrainParams) -> Any:

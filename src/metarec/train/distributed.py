@@ -42,6 +42,9 @@ def check(train: TrainParams, classes: Iterable[Any]) -> None:
             raise ParamsError("train.devices and train.num_nodes above 1 need "
                               "train.strategy: ddp")
         return
+    if train.workers != 1:
+        raise ParamsError(f"train.strategy ddp trains in the processes torchrun started: set "
+                          f"train.workers to 1 (now {train.workers})")
     for cls in classes:
         reason = cls.ddp_refusal(train)
         if reason is not None:

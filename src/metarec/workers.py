@@ -1,0 +1,105 @@
+"""Independent jobs on worker processes, each with a fixed number of torch threads.
+
+Why processes and not threads: the train and evaluate stages run thousands of small tensor
+operations (a meta-batch of 32 tasks, a catalogue of ~10^3 items). On two cores one intra-op
+thread per process beats two threads in one process, and several intra-op threads per
+process collapse (10x slower, measured) as soon as another process wants the same cores: each
+operation waits for a descheduled thread. So a stage gives its independent jobs (one fit, one
+model's evaluation) to ``workers`` processes with ``threads`` intra-op threads each.
+
+The thread count is part of the result (a matrix product splits its sums by thread), so every
+job runs under it whether it runs here (``workers`` 1) or in a worker process: the same
+inputs, params and ``threads`` give the same bytes for any number of workers (tested).
+
+Workers are started with ``spawn`` (no forked copy of the parent's thread pools and locks),
+receive the stage's read-only inputs once (``shared``), and send their log records to the
+parent's handlers. Results come back in job order, whatever order the jobs finish in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from logging.handlers import QueueHandler, QueueListener
+from typing import Any
+
+import torch
+
+_SHARED: Any = None   # a worker process's copy of the stage's read-only inputs
+_THREADS = 1          # and its intra-op threads per job
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` intra-op threads and deterministic algorithms (what Lightning's
+    ``deterministic=True`` leaves on after a process's first fit, so that no job depends on
+    what ran before it in its process), then restore both."""
+    old, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(n)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+        torch.use_deterministic_algorithms(det)
+
+
+def _start(shared: Any, threads: int, logs: Any, level: int) -> None:
+    """Worker initialiser: keep the inputs, fix the threads, forward log records."""
+    global _SHARED, _THREADS
+    _SHARED, _THREADS = shared, threads
+    logging.basicConfig(level=level, handlers=[QueueHandler(logs)], force=True)
+    for noisy in ("lightning", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    with torch_threads(_THREADS):
+        return fn(_SHARED, *args)
+
+
+class Workers:
+    """``with Workers(shared, workers, threads) as pool: pool.map(fn, jobs)`` calls
+    ``fn(shared, *job)`` for every job: in this process when ``workers`` is 1, else on that
+    many spawned processes (started on the first ``map``, reused by later ones)."""
+
+    def __init__(self, shared: Any, workers: int, threads: int) -> None:
+        if workers < 1 or threads < 1:
+            raise ValueError(f"workers ({workers}) and threads ({threads}) must be >= 1")
+        self.shared, self.workers, self.threads = shared, workers, threads
+        self._pool: ProcessPoolExecutor | None = None
+        self._listener: QueueListener | None = None
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def _processes(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            ctx = mp.get_context("spawn")
+            logs = ctx.Queue()
+            root = logging.getLogger()
+            self._listener = QueueListener(logs, *root.handlers, respect_handler_level=True)
+            self._listener.start()
+            self._stack.callback(self._listener.stop)
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_start,
+                                             initargs=(self.shared, self.threads, logs,
+                                                       root.getEffectiveLevel()))
+            self._stack.callback(self._pool.shutdown, cancel_futures=True)
+        return self._pool
+
+    def map(self, fn: Callable[..., Any], jobs: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """``[fn(shared, *job) for job in jobs]``, the jobs spread over the workers."""
+        # (a daemonic process, e.g. a Dask worker, may not start processes: same bytes here)
+        if self.workers == 1 or len(jobs) <= 1 or mp.current_process().daemon:
+            with torch_threads(self.threads):
+                return [fn(self.shared, *job) for job in jobs]
+        pool = self._processes()
+        futures = [pool.submit(_call, fn, tuple(job)) for job in jobs]
+        return [f.result() for f in futures]

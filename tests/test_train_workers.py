@@ -1,0 +1,146 @@
+"""The train stage's fits as jobs: spread over worker processes, the outputs are the same bytes;
+a fit that reads no seed is made once for every seed; the longest jobs go first."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import small_params
+
+from metarec import algorithms
+from metarec.config import TrainParams
+from metarec.data.tasks import load_episodes
+from metarec.errors import ParamsError
+from metarec.meta.checkpoint import read_checkpoint
+from metarec.models.base import FitContext
+from metarec.stages import episodes, ingest, train, validate
+from metarec.workers import Workers
+
+pytestmark = pytest.mark.xdist_group("test_train_workers")   # one tiny project per session
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("workers")
+    p = small_params(users=200, items=60, interactions=5_000)
+    ingest.run(p.ingest, root / "canonical")
+    validate.run(p.validate, root / "canonical", root / "validated", root / "quarantine",
+                 root / "report")
+    episodes.run(p.episodes, root / "validated", root / "episodes", root / "data.json",
+                 root / "report/summary.json")
+    return {"root": root, "params": p}
+
+
+def _without_seconds(obj: Any) -> Any:
+    """A fit's record without its wall-clock seconds (the one value that may differ)."""
+    if isinstance(obj, dict):
+        return {k: _without_seconds(v) for k, v in obj.items() if k != "seconds"}
+    if isinstance(obj, list):
+        return [_without_seconds(v) for v in obj]
+    return obj
+
+
+def _equal(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+    return a == b or (a != a and b != b)
+
+
+@pytest.mark.slow
+def test_two_workers_write_the_same_bytes_as_one_process(project: dict[str, Any]) -> None:
+    """Every checkpoint (weights, tuning, params), every training log and train.json equal
+    between one process and two workers (draw probes, a requires chain, seed-free and seeded
+    fits); only the seconds differ."""
+    root, p = project["root"], project["params"]
+    tp = replace(p.train, algorithms=("maml", "reptile", "ridge"), threads=1,
+                 baselines=("item_mean", "item_user_bias", "biased_mf", "ease", "pretrain",
+                            "finetune"))
+    runs = {w: train.run(p.model, replace(tp, workers=w), root / "episodes",
+                         root / f"models{w}", root / f"train{w}.json") for w in (1, 2)}
+    one, two = root / "models1", root / "models2"
+    files = sorted(f.relative_to(one) for f in one.rglob("*") if f.is_file())
+    assert files == sorted(f.relative_to(two) for f in two.rglob("*") if f.is_file())
+    assert any(f.suffix == ".csv" for f in files) and (one / "draws").is_dir()
+    for f in files:
+        if f.suffix == ".pt":
+            a, b = read_checkpoint(one / f), read_checkpoint(two / f)
+            assert _equal(_without_seconds(a["state"]), _without_seconds(b["state"])), f
+            assert a["params"] == b["params"] and "workers" not in a["params"]["train"]
+        else:
+            assert (one / f).read_bytes() == (two / f).read_bytes(), f
+    metrics = [json.loads((root / f"train{w}.json").read_text()) for w in (1, 2)]
+    assert [m.pop("workers") for m in metrics] == [1, 2]
+    assert _without_seconds(metrics[0]) == _without_seconds(metrics[1])
+    assert runs[2]["draw_choice"]["probe"] == "pretrain"
+
+
+def test_a_fit_that_reads_no_seed_is_the_same_for_every_seed(project: dict[str, Any]) -> None:
+    """What lets the stage fit ``seeded = False`` algorithms once: fitted for two seeds, they
+    are equal; a seeded one (biased_mf, its ALS start) is not."""
+    data = load_episodes(project["root"] / "episodes")
+    train_params = project["params"].train
+    free = [n for n in algorithms.names() if not algorithms.get(n).seeded]
+    assert {"ease", "itemknn", "most_popular", "item_mean"} <= set(free)
+
+    def fit(name: str, seed: int) -> dict[str, Any]:
+        fitted: dict[str, Any] = {}
+        for n in [*algorithms.get(name).requires, name]:
+            ctx = FitContext(data=data, model=project["params"].model,
+                             train=replace(train_params, seed=seed), log_dir=Path("."),
+                             fitted=fitted)
+            fitted[n] = algorithms.get(n).fit(ctx)
+        return fitted[name].state()
+
+    for name in free:
+        assert _equal(fit(name, 0), fit(name, 7)), name
+    assert not _equal(fit("biased_mf", 0), fit("biased_mf", 7))
+
+
+def test_jobs_keep_requirements_together_and_put_the_longest_first() -> None:
+    names = train.fit_order(TrainParams(
+        algorithms=("fomaml", "maml", "ridge"),
+        baselines=("global_mean", "item_mean", "item_user_bias", "biased_mf", "pretrain",
+                   "finetune")))
+    jobs = train.plan_jobs(names, (0, 1))
+    assert [(j.seeds, j.names) for j in jobs] == [
+        ((0,), ("maml",)), ((1,), ("maml",)),                       # second order first
+        ((0,), ("pretrain", "finetune")), ((0,), ("fomaml",)), ((0,), ("ridge",)),
+        ((1,), ("pretrain", "finetune")), ((1,), ("fomaml",)), ((1,), ("ridge",)),
+        ((0, 1), ("global_mean",)), ((0, 1), ("item_mean", "item_user_bias")),
+        ((0,), ("biased_mf",)), ((1,), ("biased_mf",))]
+    # every fit of every seed exactly once
+    fits = sorted((s, n) for j in jobs for n in j.names for s in j.seeds)
+    assert fits == sorted((s, n) for s in (0, 1) for n in names)
+
+
+def _matmul(shared: torch.Tensor, power: int) -> tuple[torch.Tensor, int]:
+    return (shared @ shared.T) ** power, torch.get_num_threads()
+
+
+def test_workers_return_results_in_job_order_with_their_threads() -> None:
+    x = torch.randn(300, 200, generator=torch.Generator().manual_seed(0))
+    jobs = [(p,) for p in (1, 2, 3)]
+    with Workers(x, 1, 1) as pool:
+        here = pool.map(_matmul, jobs)
+    with Workers(x, 2, 1) as pool:
+        there = pool.map(_matmul, jobs)
+    assert all(torch.equal(a, b) and ta == tb == 1
+               for (a, ta), (b, tb) in zip(here, there, strict=True))
+    with pytest.raises(ValueError, match="must be >= 1"):
+        Workers(x, 0, 1)
+
+
+def test_ddp_trains_in_the_processes_torchrun_started() -> None:
+    from metarec.train import distributed
+
+    with pytest.raises(ParamsError, match="train.workers to 1"):
+        distributed.check(TrainParams(strategy="ddp", workers=2), [])
