@@ -86,3 +86,31 @@ def test_the_platform_table_shows_both_values_and_bolds_a_difference_that_exclud
     assert "| maml | 0.100 → 0.150, **+0.050 [+0.010, +0.090]** | 0.100 → 0.100, " \
            "+0.000 [-0.020, +0.020] |" in text
     assert "K=all" not in text and "Tasks per K: K=1: 30, K=3: 28." in text
+
+
+def test_the_large_data_pipeline_row_checks_memory_and_time_per_interaction(tmp_path: Path
+                                                                            ) -> None:
+    mod = _table_module()
+    ten = {"interactions": 10_000_000, "users": 200_000, "items": 20_000,
+           "seconds": {"ingest": 5.0, "validate": 13.0, "episodes": 10.0, "total": 28.0},
+           "peak_rss_mb": {"ingest": 1000.0, "validate": 2048.0, "episodes": 2000.0,
+                           "max": 2048.0},
+           "goal": {"seconds": 120, "peak_rss_mb": 6144}}
+    fifty = {**ten, "interactions": 50_000_000, "users": 1_000_000, "items": 100_000,
+             "seconds": {"ingest": 25.0, "validate": 60.0, "episodes": 65.0, "total": 150.0},
+             "peak_rss_mb": {"ingest": 4096.0, "validate": 6144.0, "episodes": 7168.0,
+                             "max": 7168.0},
+             "microseconds_per_interaction": 3.0, "per_interaction_ratio": 1.071,
+             "reference": {"interactions": 10_000_000, "microseconds_per_interaction": 2.8},
+             "goal": {"peak_rss_mb": 8192, "per_interaction_ratio": 1.2}}
+    (tmp_path / "data_pipeline.json").write_text(json.dumps(ten))
+    (tmp_path / "data_pipeline_50000000.json").write_text(json.dumps(fifty))
+    rows = [line for line in mod.table(tmp_path).splitlines() if "data_pipeline" in line]
+    assert rows[0].endswith("28 s (ingest 5, validate 13, episodes 10), peak RSS 2.0 GB "
+                            "(ingest 1.0, validate 2.0, episodes 2.0): met |")
+    assert rows[1].endswith("peak RSS 7.0 GB (ingest 4.0, validate 6.0, episodes 7.0); "
+                            "3.00 µs per interaction = 1.07 × 10M's 2.80: met |")
+    for change in ({"per_interaction_ratio": 1.25},
+                   {"peak_rss_mb": {**fifty["peak_rss_mb"], "max": 8200.0}}):
+        (tmp_path / "data_pipeline_50000000.json").write_text(json.dumps({**fifty, **change}))
+        assert mod.table(tmp_path).count("**missed**") == 1
