@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from metarec import algorithms
@@ -60,13 +61,16 @@ def choose_inner_steps(models: dict[str, Any], val: TaskBatch, grid: tuple[int, 
 
 
 def validation_scores(models: dict[str, Any], val: TaskBatch, n_items: int,
-                      params: EvaluateParams, threshold: float, explicit: bool = True
+                      params: EvaluateParams, threshold: float, explicit: bool = True,
+                      adapt: Callable[[Any, TaskBatch], Any] | None = None
                       ) -> dict[str, dict[str, float]]:
-    """{model: {"mae": ..., catalogue metric: ...}} pooled over every validation task."""
+    """{model: {"mae": ..., catalogue metric: ...}} pooled over every validation task;
+    ``adapt(model, val)``: where a model's state comes from (None: it adapts here)."""
     ck = catalogue_metric(params)
     out = {}
     for name, model in models.items():
-        vals = score_batch(model, val, n_items, params, threshold, explicit)
+        state = adapt(model, val) if adapt is not None else None
+        vals = score_batch(model, val, n_items, params, threshold, explicit, state=state)
         out[name] = {"mae": nanmean(vals["mae"]), ck: nanmean(vals[ck])}
     return out
 

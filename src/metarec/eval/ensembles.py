@@ -11,19 +11,25 @@ from metarec.data.tasks import TaskBatch
 from metarec.models.base import Predictor
 
 ENSEMBLE_SEED = -1  # the "seed" of result rows that average every seed's model
+Adapt = Callable[[Predictor, TaskBatch, int], Any]   # (member, batch, chunk) -> its state
+
+
+def adapt_member(model: Predictor, batch: TaskBatch, chunk: int = 0) -> Any:
+    return model.adapt(batch, chunk)
 
 
 class Ensemble(Predictor):
     """Averages the ratings and the ranking scores of adapted predictors (one algorithm over
     seeds, or several); each member adapts to the support on its own (with its
-    validation-chosen inner steps)."""
+    validation-chosen inner steps), through ``adapt``: the evaluation passes a cache, as it
+    has adapted every member to the same batches already."""
 
-    def __init__(self, name: str, members: list[Any]) -> None:
+    def __init__(self, name: str, members: list[Any], adapt: Adapt = adapt_member) -> None:
         super().__init__()
-        self.name, self.members = name, members
+        self.name, self.members, self._adapt = name, members, adapt
 
     def adapt(self, batch: TaskBatch, chunk: int = 0) -> list[Any]:
-        return [m.adapt(batch, chunk) for m in self.members]
+        return [self._adapt(m, batch, chunk) for m in self.members]
 
     def rate(self, state: list[Any], items: torch.Tensor) -> torch.Tensor:
         return torch.stack([m.rate(s, items) for m, s in zip(self.members, state,
@@ -41,20 +47,22 @@ class Ensemble(Predictor):
 
 
 def build_ensembles(all_models: dict[int, dict[str, Any]], meta: list[str], size: int,
-                    val_score: Callable[[Predictor], float]
+                    val_score: Callable[[Predictor], float], adapt: Adapt = adapt_member
                     ) -> tuple[dict[str, Ensemble], dict[str, Any]]:
     """``<algo>-ens``: each meta-learner in ``meta`` averaged over the seeds; ``meta-ens``: the
     ``size`` seed-ensembles with the highest ``val_score`` (validation catalogue nDCG)
-    averaged together (chosen on validation)."""
+    averaged together (chosen on validation). Members adapt through ``adapt``."""
     seeds = list(all_models.values())
     if len(seeds) < 2 or size < 1:
         return {}, {}
     names = [n for n in meta if all(n in models for models in seeds)]
-    out = {f"{n}-ens": Ensemble(f"{n}-ens", [models[n] for models in seeds]) for n in names}
+    out = {f"{n}-ens": Ensemble(f"{n}-ens", [models[n] for models in seeds], adapt)
+           for n in names}
     scores = {name: val_score(ens) for name, ens in out.items()}
     chosen = sorted(scores, key=lambda n: (-_finite(scores[n]), n))[:size]
     if len(chosen) > 1:
-        out["meta-ens"] = Ensemble("meta-ens", [m for n in chosen for m in out[n].members])
+        out["meta-ens"] = Ensemble("meta-ens", [m for n in chosen for m in out[n].members],
+                                   adapt)
     return out, {"val_score": {n: round(v, 6) for n, v in scores.items()},
                  "meta-ens": chosen if len(chosen) > 1 else []}
 

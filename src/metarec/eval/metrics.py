@@ -25,7 +25,7 @@ def _check(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> None
                          f"{tuple(mask.shape)} must be the same (T, Q) shape")
     if mask.dtype != torch.bool:
         raise ValueError("mask must be a bool tensor")
-    if not torch.isfinite(pred[mask]).all():
+    if not (torch.isfinite(pred) | ~mask).all():
         raise ValueError("predictions contain NaN or inf at unmasked positions")
 
 
@@ -78,11 +78,10 @@ class _Ranked:
 def _rank(scores: torch.Tensor, rel: torch.Tensor, mask: torch.Tensor) -> _Ranked:
     """Sort each row by score (masked positions last) and average relevance within ties."""
     t, length = scores.shape
-    s = scores.float().masked_fill(~mask, 0.0)                        # (T, L)
+    # valid scores are finite (_check), so -inf puts every masked position last, in position
+    # order: one stable sort of the catalogue
+    s = scores.float().masked_fill(~mask, -torch.inf)                 # (T, L)
     order = torch.argsort(s, dim=1, descending=True, stable=True)     # (T, L)
-    # second stable sort puts valid positions first while keeping the score order among them
-    order = order.gather(1, torch.argsort((~mask).gather(1, order).to(torch.uint8), dim=1,
-                                          stable=True))               # (T, L)
     s_sorted = s.gather(1, order)                                     # (T, L)
     valid = mask.gather(1, order)                                     # (T, L)
     rel_sorted = rel.float().gather(1, order) * valid                 # (T, L)
@@ -103,11 +102,18 @@ def _discount(length: int, k: int) -> torch.Tensor:
     return d
 
 
-def _ndcg(ranked: _Ranked, k: int) -> torch.Tensor:
-    """Tie-averaged nDCG@k per row (T,), NaN where the ideal DCG is 0 (nothing relevant)."""
-    disc = _discount(ranked.valid.shape[1], k)                        # (L,)
+def _ndcg(ranked: _Ranked, k: int, n_relevant: torch.Tensor | None = None) -> torch.Tensor:
+    """Tie-averaged nDCG@k per row (T,), NaN where the ideal DCG is 0 (nothing relevant).
+
+    ``n_relevant`` (T,): the gains are 0/1 and each row has that many 1s, so the ideal order
+    is known without sorting them."""
+    length = ranked.valid.shape[1]
+    disc = _discount(length, k)                                       # (L,)
     dcg = (ranked.group_mean * disc).sum(1)                           # (T,)
-    ideal = ranked.rel_sorted.sort(dim=1, descending=True).values     # (T, L)
+    if n_relevant is None:
+        ideal = ranked.rel_sorted.sort(dim=1, descending=True).values  # (T, L)
+    else:
+        ideal = (torch.arange(length) < n_relevant[:, None]).float()  # (T, L) the same 1s, 0s
     idcg = (ideal * disc).sum(1)                                      # (T,)
     return torch.where(idcg > 0, dcg / idcg.clamp_min(1e-12), torch.nan)
 
@@ -201,17 +207,22 @@ def catalogue_metrics(scores: torch.Tensor, candidates: torch.Tensor, relevant: 
     in_top[:, :k] = True
     in_top &= ranked.valid
     recall = (ranked.group_mean * in_top).sum(1) / n_rel.clamp_min(1.0)   # (T,)
-    ndcg = _ndcg(ranked, k)                                           # (T,)
+    ndcg = _ndcg(ranked, k, n_rel)                                    # (T,)
     # P(no relevant item in top k) = prod over tie groups of C(G - R, m) / C(G, m), where a
     # group of G items with R relevant has m of its positions inside the top k
     t, n = scores.shape
     size = torch.zeros(t, n).scatter_add_(1, ranked.group, ranked.valid.float())   # (T, G)
     n_r = torch.zeros(t, n).scatter_add_(1, ranked.group, ranked.rel_sorted)      # (T, G)
     m = torch.zeros(t, n).scatter_add_(1, ranked.group, in_top.float())           # (T, G)
-    feasible = size - n_r >= m                                        # (T, G)
-    log_f = (torch.lgamma(size - n_r + 1) - torch.lgamma((size - n_r - m).clamp_min(0) + 1)
-             - torch.lgamma(size + 1) + torch.lgamma(size - m + 1))   # (T, G)
-    log_f = torch.where(feasible, log_f, -torch.inf)                  # (T, G)
+    # only the groups of the top k positions (ids < k) have m > 0; every other factor is
+    # exactly 1 (its log exactly 0), so the logs are computed for the first k groups only
+    g = min(k, n)
+    size, n_r, m = size[:, :g], n_r[:, :g], m[:, :g]                  # (T, g)
+    feasible = size - n_r >= m                                        # (T, g)
+    log_f = torch.zeros(t, n)                                         # (T, G)
+    log_f[:, :g] = torch.where(
+        feasible, torch.lgamma(size - n_r + 1) - torch.lgamma((size - n_r - m).clamp_min(0) + 1)
+        - torch.lgamma(size + 1) + torch.lgamma(size - m + 1), -torch.inf)
     hit = 1.0 - torch.exp(log_f.sum(1))                               # (T,)
     nan = torch.full_like(recall, torch.nan)
     return CatalogueMetrics(recall=torch.where(evaluated, recall, nan),

@@ -127,21 +127,38 @@ def steps_curve(models: dict[str, Any], data: EpisodeData, k: int, n_items: int,
     return rows
 
 
-def _score_all(models: dict[str, Any], seed: int, data: EpisodeData,
-               groups: list[tuple[str, Any]], n_items: int, params: EvaluateParams,
-               rows: list[dict[str, Any]], per_user: PerUser, bar: Any) -> None:
-    """Every model on every (scenario, K) group: result rows + per-user values."""
-    for scenario, k in groups:
-        batch = group_batch(data, scenario, k)
-        eligible = eligible_items(scenario, params, data.items.id_code)
-        for name, model in models.items():
-            vals = score_batch(model, batch, n_items, params, data.relevance_threshold,
-                               data.explicit, eligible)
-            per_user.setdefault((name, scenario, k), []).append(vals)
-            rows.append({"model": name, "scenario": scenario, "k": k, "seed": seed,
-                         "users": len(batch),
-                         **{m: _plain(nanmean(v), 6) for m, v in vals.items()}})
-            bar.advance(1, seed=seed, scenario=scenario, k=k, model=name)
+class AdaptCache:
+    """Each model's adaptation to each task batch, made once: a seed-ensemble's members are
+    models already adapted to the same batches on their own (adapting is most of the
+    evaluation's work). Holds the batch with its states, so that its id is not reused."""
+
+    def __init__(self) -> None:
+        self._states: dict[tuple[int, int, int], tuple[TaskBatch, Any]] = {}
+
+    def __call__(self, model: Any, batch: TaskBatch, chunk: int = 0) -> Any:
+        key = (id(model), id(batch), chunk)
+        if key not in self._states:
+            self._states[key] = (batch, model.adapt(batch, chunk))
+        return self._states[key][1]
+
+    def forget(self, batch: TaskBatch) -> None:
+        """Drop every state of ``batch`` (memory holds one group's states at a time)."""
+        self._states = {k: v for k, v in self._states.items() if v[0] is not batch}
+
+
+def _score_group(models: dict[str, Any], seed: int, data: EpisodeData, scenario: str, k: Any,
+                 batch: TaskBatch, n_items: int, params: EvaluateParams, adapt: AdaptCache,
+                 rows: list[dict[str, Any]], per_user: PerUser, bar: Any) -> None:
+    """Every model on one (scenario, K) group: result rows + per-user values."""
+    eligible = eligible_items(scenario, params, data.items.id_code)
+    for name, model in models.items():
+        vals = score_batch(model, batch, n_items, params, data.relevance_threshold,
+                           data.explicit, eligible, state=adapt(model, batch))
+        per_user.setdefault((name, scenario, k), []).append(vals)
+        rows.append({"model": name, "scenario": scenario, "k": k, "seed": seed,
+                     "users": len(batch),
+                     **{m: _plain(nanmean(v), 6) for m, v in vals.items()}})
+        bar.advance(1, seed=seed, scenario=scenario, k=k, model=name)
 
 
 def _plain(value: float, digits: int | None = None) -> float | None:
@@ -173,36 +190,46 @@ def run(params: EvaluateParams, episodes_dir: str | Path, models_dir: str | Path
     groups = test_groups(data)
     ks = sorted({k for _, k in groups if k != "all"})
     ref_k = min(ks, key=lambda k: abs(k - params.curve_k))
-    rows: list[dict[str, Any]] = []
     per_user: PerUser = {}
     choices: dict[str, Any] = {}
     val_scores: dict[str, Any] = {}
-    curves: list[dict[str, Any]] = []
     bar_stack = contextlib.ExitStack()
     meta = [n for n in next(iter(all_models.values())) if not choose.is_baseline(n)]
     n_ens = (len(meta) + (min(params.ensemble_size, len(meta)) > 1)
              if len(all_models) > 1 and params.ensemble_size >= 1 else 0)
     n_models = sum(len(m) for m in all_models.values()) + n_ens
     bar = bar_stack.enter_context(progress("evaluate", len(groups) * n_models))
+    adapt = AdaptCache()
     for seed, models in all_models.items():
         steps = choose.choose_inner_steps(models, val, params.inner_steps_grid, n_items,
                                           params, data.relevance_threshold, data.explicit)
         val_scores[str(seed)] = choose.validation_scores(models, val, n_items, params,
                                                          data.relevance_threshold,
-                                                         data.explicit)
+                                                         data.explicit, adapt)
         choices[str(seed)] = {"inner_steps": steps, "best_baseline": choose.best_baselines(
             val_scores[str(seed)], params)}
-        _score_all(models, seed, data, groups, n_items, params, rows, per_user, bar)
-        if not curves:  # the inner-steps curve on the first seed only: 11x the scoring work
-            curves = steps_curve(models, data, ref_k, n_items, params, seed)
+    curves: list[dict[str, Any]] = []
+    for seed, models in all_models.items():   # the inner-steps curve on the first seed only:
+        curves = curves or steps_curve(models, data, ref_k, n_items, params, seed)  # 11x work
 
     def val_score(model: Any) -> float:
         return nanmean(score_batch(model, val, n_items, params, data.relevance_threshold,
-                                   data.explicit)[catalogue_metric(params)])
+                                   data.explicit, state=adapt(model, val))[
+                                       catalogue_metric(params)])
 
     ensembles, choices["ensembles"] = build_ensembles(all_models, meta, params.ensemble_size,
-                                                      val_score)
-    _score_all(ensembles, ENSEMBLE_SEED, data, groups, n_items, params, rows, per_user, bar)
+                                                      val_score, adapt)
+    adapt.forget(val)
+    # group by group: each seed's models, then the ensembles of their states
+    seed_rows: dict[int, list[dict[str, Any]]] = {seed: [] for seed in [*all_models,
+                                                                         ENSEMBLE_SEED]}
+    for scenario, k in groups:
+        batch = group_batch(data, scenario, k)
+        for seed, models in [*all_models.items(), (ENSEMBLE_SEED, ensembles)]:
+            _score_group(models, seed, data, scenario, k, batch, n_items, params, adapt,
+                         seed_rows[seed], per_user, bar)
+        adapt.forget(batch)
+    rows = [row for seed_part in seed_rows.values() for row in seed_part]
     bar_stack.close()
     _check_evaluated(rows, catalogue_metric(params), data)
     baselines = choose.majority_baselines(choices)
