@@ -7,9 +7,12 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: venv run ui serve test test-fast lint bench mutation clean
 
-$(STAMP): pyproject.toml
+# uv installs what pip would (from the sources pip is configured with) ~3x faster; pip if not
+$(STAMP): pyproject.toml tools/install_venv.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==0.13.8 \
+		|| echo "uv not installed: pip installs the project"
+	$(BIN)/python tools/install_venv.py $(BIN)/python -e '.[dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)
