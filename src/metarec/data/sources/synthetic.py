@@ -21,11 +21,14 @@ def _ids(prefix: str, n: int) -> np.ndarray:
 
 
 def choice(rng: np.random.Generator, n: int, size: int, p: np.ndarray,
-           buckets: int = 1 << 22) -> np.ndarray:
+           buckets: int | None = None) -> np.ndarray:
     """``rng.choice(n, size, p=p)``, the same numbers and generator state, several times
     faster on large ``n``: numpy draws ``size`` uniforms and binary-searches each in the
     cumulative distribution, a cache miss per step; here a table of ``buckets`` starting
-    points leaves a step or two per draw."""
+    points (a power of two; default about 4 per outcome, at most 2^22) leaves a step or two
+    per draw."""
+    if buckets is None:
+        buckets = 1 << min(22, max(4 * n - 1, 1).bit_length())
     cdf = p.cumsum()
     cdf /= cdf[-1]
     u = rng.random(size)
