@@ -20,7 +20,7 @@ scenario and K, never silently lost.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -46,17 +46,10 @@ SPLITS = ("train", "val", "test")
 def temporal(df: pd.DataFrame, p: EpisodesParams) -> Split:
     rng = np.random.default_rng(p.seed)
     data = ordered(df)
-    user, ts = data["user_id"].to_numpy(), data["timestamp"].to_numpy()
-    first_row = np.flatnonzero(data["pos"].to_numpy() == 0)       # each user's first row
-    by_first = np.lexsort((user[first_row], ts[first_row]))      # users by first interaction
-    n = len(first_row)
-    f_train, f_val, _ = p.split_fractions
-    n_train, n_val = int(np.floor(f_train * n)), int(np.floor(f_val * n))
-    if n_train == 0 or n - n_train - n_val <= 0:
-        raise DataError(f"too few users ({n}) for split fractions {p.split_fractions}")
-    split_of = np.empty(n, dtype=np.int8)                       # per user, in user order
-    split_of[by_first] = np.where(np.arange(n) < n_train, 0,
-                                  np.where(np.arange(n) < n_train + n_val, 1, 2))
+    user, ts, pos = (data[c].to_numpy() for c in ("user_id", "timestamp", "pos"))
+    first_row = np.flatnonzero(pos == 0)                          # each user's first row
+    by_first, split_of = _split_users(user[first_row], ts[first_row], p)
+    n_train, n_val = int((split_of == 0).sum()), int((split_of == 1).sum())
     firsts = ts[first_row][by_first]
     test_start = int(firsts[n_train + n_val])
     val_start = int(firsts[n_train]) if n_val else test_start
@@ -67,7 +60,7 @@ def temporal(df: pd.DataFrame, p: EpisodesParams) -> Split:
     existing = data["item_id"].isin(existing_items).to_numpy()
     before = ts < test_start
     tasks = TaskRows(data)
-    too_few: dict[str, Any] = {}
+    too_few: dict[str, Any] = {"val": {}, "test": {}}
 
     # meta-train: train users' history before the test period
     train_hist = np.flatnonzero((row_split == 0) & before)
@@ -75,25 +68,9 @@ def temporal(df: pd.DataFrame, p: EpisodesParams) -> Split:
 
     val_hist = np.flatnonzero((row_split == 1) & before)
     test_hist = np.flatnonzero(row_split == 2)
-    pos = data["pos"].to_numpy()
     val_pos, test_pos = pos[val_hist], pos[test_hist]
     test_new = {"user_cold": existing[test_hist], "user_item_cold": ~existing[test_hist]}
-    # warm / item-cold: train users' last K before test_start as support, later rows as query
-    known = np.flatnonzero(row_split == 0)
-    known_users, known_rows = runs(user[known])
-    with_before, count = runs(user[known[before[known]]])
-    per_user = np.zeros(len(known_users), dtype=np.int64)     # rows before test_start
-    per_user[np.searchsorted(known_users, with_before)] = count
-    back = np.repeat(per_user, known_rows) - pos[known]       # 1 = the last row before
-    last = before[known] & (back <= max(p.support_sizes))
-    last_rows, last_back = known[last], back[last]
-    queries, drawn_from = {}, {}
-    for scen, flt in (("warm", existing), ("item_cold", ~existing)):
-        after = known[~before[known] & flt[known]]
-        queries[scen] = after[cumcount(user[after]) < p.query_size]
-        drawn_from[scen] = runs(user[after])[0]
-    del known, back, last, after
-    too_few["val"], too_few["test"] = {}, {}
+    known = _known_users(user, pos, np.flatnonzero(row_split == 0), before, existing, p)
     for k in p.support_sizes:
         sup, query, lacking = first_k_next_q(user, val_hist, val_pos, k, p.query_size)
         tasks.add(sup, query, "val", "user_cold", k)
@@ -103,22 +80,66 @@ def temporal(df: pd.DataFrame, p: EpisodesParams) -> Split:
                                                  flt)
             tasks.add(sup, query, "test", scen, k)
             too_few["test"][f"{scen}_k{k}"] = lacking
-        sup_rows = last_rows[last_back <= k]       # the last k rows before test_start
+        # warm / item-cold: train users' last K before test_start as support, later rows
+        # (with existing / new items) as query
+        sup_rows = known.last_rows[known.last_back <= k]
         sup_users = runs(user[sup_rows])[0]
-        for scen in ("warm", "item_cold"):
-            after_users = drawn_from[scen]          # users drawn from: either kind of row
+        for scen, query_rows in known.queries.items():
+            after_users = known.drawn_from[scen]    # users drawn from: either kind of row
             users = len(sup_users) + len(after_users) - member(sup_users, after_users).sum()
-            sup, query, lacking = support_and_query(user, sup_rows, queries[scen], k,
-                                                    int(users))
+            sup, query, lacking = support_and_query(user, sup_rows, query_rows, k, int(users))
             tasks.add(sup, query, "test", scen, k)
             too_few["test"][f"{scen}_k{k}"] = lacking
-    users_of = data["user_id"].to_numpy()[first_row]
     info = {"test_start": test_start, "val_start": val_start,
             "users": {s: int((split_of == i).sum()) for i, s in enumerate(SPLITS)},
             "items": {"existing": int(len(existing_items)),
                       "new": int(len(item_first) - len(existing_items))},
             "too_few": too_few}
-    train_users = pd.Series(users_of[by_first[:n_train]])       # by first interaction
+    train_users = pd.Series(user[first_row][by_first[:n_train]])   # by first interaction
     history = pd.DataFrame({c: data[c].to_numpy()[train_hist] for c in HISTORY_COLUMNS},
                            copy=False)
     return Split(tasks.frame(), info, train_users, existing_items.to_series(), history)
+
+
+def _split_users(users: np.ndarray, first: np.ndarray, p: EpisodesParams
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Users (ascending, with their first timestamps) ordered by first interaction (ties by
+    user), and each user's split code: 0 meta-train, 1 validation, 2 test."""
+    by_first = np.lexsort((users, first))
+    n = len(users)
+    f_train, f_val, _ = p.split_fractions
+    n_train, n_val = int(np.floor(f_train * n)), int(np.floor(f_val * n))
+    if n_train == 0 or n - n_train - n_val <= 0:
+        raise DataError(f"too few users ({n}) for split fractions {p.split_fractions}")
+    rank = np.arange(n)
+    split_of = np.empty(n, dtype=np.int8)
+    split_of[by_first] = np.where(rank < n_train, 0, np.where(rank < n_train + n_val, 1, 2))
+    return by_first, split_of
+
+
+class _Known(NamedTuple):
+    """The meta-train users' rows that warm and item-cold tasks draw from."""
+
+    last_rows: np.ndarray      # their last rows before test_start (as many as the largest K)
+    last_back: np.ndarray      # 1 = the last row before test_start, 2 = the one before ...
+    queries: dict[str, np.ndarray]     # per scenario, the first Q later rows of each user
+    drawn_from: dict[str, np.ndarray]  # per scenario, the users with such later rows
+
+
+def _known_users(user: np.ndarray, pos: np.ndarray, known: np.ndarray, before: np.ndarray,
+                 existing: np.ndarray, p: EpisodesParams) -> _Known:
+    """Rows of meta-train users (``known``, positions into the ordered log) for their test
+    tasks: support = the last K before test_start; query = the next Q rows with existing
+    items (warm) or with new items (item_cold)."""
+    users, rows = runs(user[known])
+    with_before, count = runs(user[known[before[known]]])
+    per_user = np.zeros(len(users), dtype=np.int64)           # rows before test_start
+    per_user[np.searchsorted(users, with_before)] = count
+    back = np.repeat(per_user, rows) - pos[known]
+    last = before[known] & (back <= max(p.support_sizes))
+    queries, drawn_from = {}, {}
+    for scen, flt in (("warm", existing), ("item_cold", ~existing)):
+        after = known[~before[known] & flt[known]]
+        queries[scen] = after[cumcount(user[after]) < p.query_size]
+        drawn_from[scen] = runs(user[after])[0]
+    return _Known(known[last], back[last], queries, drawn_from)
