@@ -28,7 +28,7 @@ def small_params(users: int = 400, items: int = 120, interactions: int = 12_000,
         train=replace(p.train, algorithms=("maml", "reptile"), max_steps=20, val_every=10,
                       seeds=(0, 1), workers=1),
         evaluate=replace(p.evaluate, bootstrap_samples=200, inner_steps_grid=(1, 5),
-                         curve_k=3),
+                         curve_k=3, workers=1),
     )
 
 

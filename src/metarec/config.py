@@ -215,6 +215,8 @@ class EvaluateParams:
     catalogue_k: int = bounded(20, 1)
     query_ndcg_ks: tuple[int, ...] = bounded((1, 3, 5), 1, nonempty=True)
     item_cold_catalogue: Literal["new", "all"] = "new"
+    workers: int = bounded(1, 1)
+    threads: int = bounded(1, 1)
 
 
 @dataclass(frozen=True)
@@ -230,7 +232,7 @@ class ScoreParams:
     landing_dir: str | None = None
     dynamic: bool = False
     dynamic_last: int = bounded(20, 1)
-    engine_memory_mb: int = bounded(128, 16)
+    engine_memory_mb: int = bounded(256, 16)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import contextlib
 import logging
 import multiprocessing as mp
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from logging.handlers import QueueHandler, QueueListener
 from typing import Any
 
@@ -64,7 +64,8 @@ def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
 class Workers:
     """``with Workers(shared, workers, threads) as pool: pool.map(fn, jobs)`` calls
     ``fn(shared, *job)`` for every job: in this process when ``workers`` is 1, else on that
-    many spawned processes (started on the first ``map``, reused by later ones)."""
+    many spawned processes (started on the first ``map``, reused by later ones). Inside the
+    ``with`` block this process, too, computes with ``threads`` torch threads."""
 
     def __init__(self, shared: Any, workers: int, threads: int) -> None:
         if workers < 1 or threads < 1:
@@ -75,6 +76,8 @@ class Workers:
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> Workers:
+        # this process computes under the same threads (what it does itself, and a job here)
+        self._stack.enter_context(torch_threads(self.threads))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -94,12 +97,26 @@ class Workers:
             self._stack.callback(self._pool.shutdown, cancel_futures=True)
         return self._pool
 
-    def map(self, fn: Callable[..., Any], jobs: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """``[fn(shared, *job) for job in jobs]``, the jobs spread over the workers."""
+    def map(self, fn: Callable[..., Any], jobs: Sequence[tuple[Any, ...]],
+            done: Callable[[], None] | None = None) -> list[Any]:
+        """``[fn(shared, *job) for job in jobs]``, the jobs spread over the workers;
+        ``done()`` is called as each job ends (progress)."""
+        return self.run([(fn, tuple(job)) for job in jobs], done)
+
+    def run(self, calls: Sequence[tuple[Callable[..., Any], tuple[Any, ...]]],
+            done: Callable[[], None] | None = None) -> list[Any]:
+        """``[fn(shared, *args) for fn, args in calls]``: :meth:`map` of different jobs."""
         # (a daemonic process, e.g. a Dask worker, may not start processes: same bytes here)
-        if self.workers == 1 or len(jobs) <= 1 or mp.current_process().daemon:
-            with torch_threads(self.threads):
-                return [fn(self.shared, *job) for job in jobs]
+        if self.workers == 1 or len(calls) <= 1 or mp.current_process().daemon:
+            out = []
+            for fn, args in calls:
+                out.append(fn(self.shared, *args))
+                if done is not None:
+                    done()
+            return out
         pool = self._processes()
-        futures = [pool.submit(_call, fn, tuple(job)) for job in jobs]
+        futures = [pool.submit(_call, fn, args) for fn, args in calls]
+        for _ in as_completed(futures):
+            if done is not None:
+                done()
         return [f.result() for f in futures]

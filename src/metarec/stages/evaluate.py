@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from metarec.errors import DataError
 from metarec.eval import choices as choose
 from metarec.eval.compare import PerUser, compare, compare_variants
 from metarec.eval.document import write_report
-from metarec.eval.ensembles import ENSEMBLE_SEED, build_ensembles
+from metarec.eval.ensembles import ENSEMBLE_SEED, Ensemble, build_ensembles
 from metarec.eval.headline import headline
 from metarec.eval.scoring import (
     catalogue_metric,
@@ -49,6 +50,7 @@ from metarec.eval.scoring import (
 from metarec.io import write_json
 from metarec.meta.checkpoint import load_model
 from metarec.progress import progress
+from metarec.workers import Workers
 
 log = logging.getLogger("metarec.evaluate")
 
@@ -141,6 +143,10 @@ class AdaptCache:
             self._states[key] = (batch, model.adapt(batch, chunk))
         return self._states[key][1]
 
+    def put(self, model: Any, batch: TaskBatch, state: Any, chunk: int = 0) -> None:
+        """Keep a state made elsewhere (a worker process) as ``model``'s on ``batch``."""
+        self._states[(id(model), id(batch), chunk)] = (batch, state)
+
     def forget(self, batch: TaskBatch) -> None:
         """Drop every state of ``batch`` (memory holds one group's states at a time)."""
         self._states = {k: v for k, v in self._states.items() if v[0] is not batch}
@@ -148,7 +154,7 @@ class AdaptCache:
 
 def _score_group(models: dict[str, Any], seed: int, data: EpisodeData, scenario: str, k: Any,
                  batch: TaskBatch, n_items: int, params: EvaluateParams, adapt: AdaptCache,
-                 rows: list[dict[str, Any]], per_user: PerUser, bar: Any) -> None:
+                 rows: list[dict[str, Any]], per_user: PerUser) -> None:
     """Every model on one (scenario, K) group: result rows + per-user values."""
     eligible = eligible_items(scenario, params, data.items.id_code)
     for name, model in models.items():
@@ -158,7 +164,79 @@ def _score_group(models: dict[str, Any], seed: int, data: EpisodeData, scenario:
         rows.append({"model": name, "scenario": scenario, "k": k, "seed": seed,
                      "users": len(batch),
                      **{m: _plain(nanmean(v), 6) for m, v in vals.items()}})
-        bar.advance(1, seed=seed, scenario=scenario, k=k, model=name)
+
+
+@dataclass
+class Inputs:
+    """What every evaluation job reads: the episodes and the checkpoints, loaded on first use
+    in each process (a worker receives the episodes only), with their validation tasks."""
+
+    data: EpisodeData
+    models_dir: Path
+    _models: dict[int, dict[str, Any]] | None = None
+    _val: TaskBatch | None = None
+
+    def models(self) -> dict[int, dict[str, Any]]:
+        if self._models is None:
+            self._models = load_models(self.models_dir, self.data)
+        return self._models
+
+    def val(self) -> TaskBatch:
+        if self._val is None:
+            self._val = validation_tasks(self.data)
+        return self._val
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_models": None, "_val": None}
+
+
+def choose_job(inputs: Inputs, params: EvaluateParams, seed: int, name: str
+               ) -> tuple[dict[str, Any] | None, dict[str, float], Any]:
+    """One model's choices on validation: (its inner steps record or None, its validation
+    scores, its validation state when it may join a seed-ensemble, else None)."""
+    data, val, model = inputs.data, inputs.val(), inputs.models()[seed][name]
+    steps = choose.choose_inner_steps({name: model}, val, params.inner_steps_grid,
+                                      len(data.items), params, data.relevance_threshold,
+                                      data.explicit)
+    state = model.adapt(val)
+    scores = choose.validation_scores({name: model}, val, len(data.items), params,
+                                      data.relevance_threshold, data.explicit,
+                                      lambda m, b: state)
+    return steps.get(name), scores[name], None if choose.is_baseline(name) else state
+
+
+def group_job(inputs: Inputs, params: EvaluateParams, scenario: str, k: Any,
+              steps: dict[int, dict[str, tuple[int, int]]],
+              ensembles: dict[str, list[tuple[int, str]]]
+              ) -> tuple[dict[int, list[dict[str, Any]]], PerUser]:
+    """Every model of every seed, then every seed-ensemble (``ensembles``: its members' seed
+    and name), on one (scenario, K) group of test tasks, each model adapted once; ``steps``:
+    the inner steps chosen on validation. Returns the result rows by seed and the per-user
+    values."""
+    data, models = inputs.data, inputs.models()
+    for seed, chosen in steps.items():
+        for name, (rate, rank) in chosen.items():
+            models[seed][name].set_steps(rate=rate, rank=rank)
+    adapt = AdaptCache()
+    ens = {name: Ensemble(name, [models[s][m] for s, m in members], adapt)
+           for name, members in ensembles.items()}
+    batch = group_batch(data, scenario, k)
+    rows: dict[int, list[dict[str, Any]]] = {}
+    per_user: PerUser = {}
+    for seed, group_models in [*models.items(), (ENSEMBLE_SEED, ens)]:
+        _score_group(group_models, seed, data, scenario, k, batch, len(data.items), params,
+                     adapt, rows.setdefault(seed, []), per_user)
+    return rows, per_user
+
+
+def curve_job(inputs: Inputs, params: EvaluateParams, k: int) -> list[dict[str, Any]]:
+    """The inner-steps curve (user-cold, K = ``k``) of the first seed that has one: 11x the
+    scoring work, so one seed only."""
+    curves: list[dict[str, Any]] = []
+    for seed, models in inputs.models().items():
+        curves = curves or steps_curve(models, inputs.data, k, len(inputs.data.items),
+                                       params, seed)
+    return curves
 
 
 def _plain(value: float, digits: int | None = None) -> float | None:
@@ -181,56 +259,68 @@ def _check_evaluated(rows: list[dict[str, Any]], metric: str, data: EpisodeData)
 def run(params: EvaluateParams, episodes_dir: str | Path, models_dir: str | Path,
         metrics_path: str | Path, report_dir: str | Path,
         selection_path: str | Path | None = None) -> dict[str, Any]:
-    """Evaluate every model; write metrics, the serving choice, report and plots."""
+    """Evaluate every model; write metrics, the serving choice, report and plots.
+
+    The work is independent jobs over ``evaluate.workers`` processes of ``evaluate.threads``
+    torch threads (:mod:`metarec.workers`): each model's choices on validation, then each
+    (scenario, K) group of test tasks (every model and seed-ensemble on it) and the
+    inner-steps curve. The outputs are the same bytes for any number of workers."""
     start = time.perf_counter()
-    data = load_episodes(episodes_dir)
+    inputs = Inputs(load_episodes(episodes_dir), Path(models_dir))
+    data, val, all_models = inputs.data, inputs.val(), inputs.models()
     n_items = len(data.items)
-    val = validation_tasks(data)
-    all_models = load_models(Path(models_dir), data)
     groups = test_groups(data)
     ks = sorted({k for _, k in groups if k != "all"})
     ref_k = min(ks, key=lambda k: abs(k - params.curve_k))
-    per_user: PerUser = {}
-    choices: dict[str, Any] = {}
-    val_scores: dict[str, Any] = {}
-    bar_stack = contextlib.ExitStack()
-    meta = [n for n in next(iter(all_models.values())) if not choose.is_baseline(n)]
-    n_ens = (len(meta) + (min(params.ensemble_size, len(meta)) > 1)
-             if len(all_models) > 1 and params.ensemble_size >= 1 else 0)
-    n_models = sum(len(m) for m in all_models.values()) + n_ens
-    bar = bar_stack.enter_context(progress("evaluate", len(groups) * n_models))
-    adapt = AdaptCache()
-    for seed, models in all_models.items():
-        steps = choose.choose_inner_steps(models, val, params.inner_steps_grid, n_items,
-                                          params, data.relevance_threshold, data.explicit)
-        val_scores[str(seed)] = choose.validation_scores(models, val, n_items, params,
-                                                         data.relevance_threshold,
-                                                         data.explicit, adapt)
-        choices[str(seed)] = {"inner_steps": steps, "best_baseline": choose.best_baselines(
-            val_scores[str(seed)], params)}
-    curves: list[dict[str, Any]] = []
-    for seed, models in all_models.items():   # the inner-steps curve on the first seed only:
-        curves = curves or steps_curve(models, data, ref_k, n_items, params, seed)  # 11x work
+    keys = [(seed, name) for seed, models in all_models.items() for name in models]
+    with contextlib.ExitStack() as stack:
+        pool = stack.enter_context(Workers(inputs, params.workers, params.threads))
+        bar = stack.enter_context(progress("evaluate", len(keys) + len(groups) + 1))
+        # 1. every choice on validation, model by model
+        picked = pool.map(choose_job, [(params, seed, name) for seed, name in keys],
+                          done=lambda: bar.advance(1, step="validation"))
+        adapt = AdaptCache()
+        choices: dict[str, Any] = {str(seed): {"inner_steps": {}} for seed in all_models}
+        val_scores: dict[str, Any] = {str(seed): {} for seed in all_models}
+        steps: dict[int, dict[str, tuple[int, int]]] = {seed: {} for seed in all_models}
+        for (seed, name), (record, score, state) in zip(keys, picked, strict=True):
+            model = all_models[seed][name]
+            if record is not None:
+                choices[str(seed)]["inner_steps"][name] = record
+                steps[seed][name] = (record["steps"], record["rank_steps"])
+                model.set_steps(rate=record["steps"], rank=record["rank_steps"])
+            val_scores[str(seed)][name] = score
+            if state is not None:
+                adapt.put(model, val, state)
+        for seed in all_models:
+            choices[str(seed)]["best_baseline"] = choose.best_baselines(val_scores[str(seed)],
+                                                                        params)
 
-    def val_score(model: Any) -> float:
-        return nanmean(score_batch(model, val, n_items, params, data.relevance_threshold,
-                                   data.explicit, state=adapt(model, val))[
-                                       catalogue_metric(params)])
+        def val_score(model: Any) -> float:
+            return nanmean(score_batch(model, val, n_items, params, data.relevance_threshold,
+                                       data.explicit, state=adapt(model, val))[
+                                           catalogue_metric(params)])
 
-    ensembles, choices["ensembles"] = build_ensembles(all_models, meta, params.ensemble_size,
-                                                      val_score, adapt)
-    adapt.forget(val)
-    # group by group: each seed's models, then the ensembles of their states
+        meta = [n for n in next(iter(all_models.values())) if not choose.is_baseline(n)]
+        ensembles, choices["ensembles"] = build_ensembles(all_models, meta,
+                                                          params.ensemble_size, val_score, adapt)
+        adapt.forget(val)
+        member = {id(m): (seed, name) for seed, models in all_models.items()
+                  for name, m in models.items()}
+        spec = {name: [member[id(m)] for m in ens.members] for name, ens in ensembles.items()}
+        # 2. the inner-steps curve and every group of test tasks
+        curves, *scored = pool.run([(curve_job, (params, ref_k)),
+                                    *((group_job, (params, scenario, k, steps, spec))
+                                      for scenario, k in groups)],
+                                   done=lambda: bar.advance(1, step="test"))
     seed_rows: dict[int, list[dict[str, Any]]] = {seed: [] for seed in [*all_models,
                                                                          ENSEMBLE_SEED]}
-    for scenario, k in groups:
-        batch = group_batch(data, scenario, k)
-        for seed, models in [*all_models.items(), (ENSEMBLE_SEED, ensembles)]:
-            _score_group(models, seed, data, scenario, k, batch, n_items, params, adapt,
-                         seed_rows[seed], per_user, bar)
-        adapt.forget(batch)
-    rows = [row for seed_part in seed_rows.values() for row in seed_part]
-    bar_stack.close()
+    per_user: PerUser = {}
+    for by_seed, group_values in scored:
+        for seed, part in by_seed.items():
+            seed_rows[seed].extend(part)
+        per_user.update(group_values)
+    rows = [row for part in seed_rows.values() for row in part]
     _check_evaluated(rows, catalogue_metric(params), data)
     baselines = choose.majority_baselines(choices)
     serving = choose.serving_choice(val_scores, params)
