@@ -35,7 +35,7 @@ from metarec.cli import app
 from metarec.config import ModelParams, ScoreParams, TrainParams, to_dict
 from metarec.data.encoding import encode_entity, fit_entity_vocab
 from metarec.data.tasks import EpisodeData, to_batch
-from metarec.errors import DataError
+from metarec.errors import DataError, ParamsError
 from metarec.io import write_parquet
 from metarec.meta.checkpoint import load_model
 from metarec.meta.features import FeatureStore
@@ -253,6 +253,15 @@ def test_a_user_twice_in_the_feature_table_is_an_error(tmp_path):
     with World(log, [], end=100) as w, pytest.raises(DataError, match="duplicate id 'a'"):
         w.choose(2, 1, dynamic=False)
         w.export(tmp_path, users, items, 0, 1)
+
+
+def test_an_engine_out_of_memory_names_the_param_to_raise():
+    """What cannot spill (here one list of 5M strings) fails with the knob and a value to try,
+    not with DuckDB's bare message."""
+    log = pd.DataFrame({"user_id": ["a"], "item_id": ["i0"], "rating": [1.0], "timestamp": [1]})
+    with World(log, [], end=100, memory_mb=16) as w, pytest.raises(
+            ParamsError, match=r"out of its 16 MB \(score.engine_memory_mb\).*to 32"):
+        w._all("SELECT list(i::VARCHAR || 'padding-padding') FROM range(5000000) t(i)")
 
 
 def test_bad_landing_file_names_file_row_and_column(world, tmp_path):

@@ -12,6 +12,7 @@ DATE, i.e. ``timestamp >= end - D * 86400`` with ``end`` = midnight after DATE. 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
 import tempfile
@@ -138,10 +139,11 @@ class World:
     """
 
     def __init__(self, log: str | Path | pd.DataFrame, landing: list[Path], end: int,
-                 memory_mb: int = 128, threads: int | None = None) -> None:
+                 memory_mb: int = 256, threads: int | None = None) -> None:
         import duckdb  # imported here: only the scoring path needs it
 
         self.end = int(end)
+        self.memory_mb = int(memory_mb)
         self._tmp = tempfile.TemporaryDirectory(prefix="metarec-world-")
         self.con = duckdb.connect(config={
             "memory_limit": f"{int(memory_mb)}MB", "temp_directory": self._tmp.name,
@@ -170,8 +172,27 @@ class World:
         self.con.close()
         self._tmp.cleanup()
 
+    @contextlib.contextmanager
+    def _within_memory(self) -> Iterator[None]:
+        """An engine query that ran out of its memory (it spills sorts and joins to disk,
+        but not everything) is a params problem with one fix: say which."""
+        import duckdb
+
+        try:
+            yield
+        except duckdb.OutOfMemoryException as exc:
+            raise ParamsError(
+                f"the scoring engine ran out of its {self.memory_mb} MB "
+                f"(score.engine_memory_mb); raise it, e.g. to {2 * self.memory_mb}: "
+                f"{str(exc).splitlines()[0]}") from exc
+
+    def _execute(self, query: str) -> None:
+        with self._within_memory():
+            self.con.execute(query)
+
     def _all(self, query: str) -> pa.Table:
-        return self.con.sql(query).to_arrow_table()
+        with self._within_memory():
+            return self.con.sql(query).to_arrow_table()
 
     def count(self) -> int:
         """Interactions in the world."""
@@ -195,7 +216,7 @@ class World:
         inside the engine, where :meth:`select` and :meth:`export` read them from; returns
         how many users, cold and dynamic."""
         n = int(max_interactions)
-        self.con.execute(f"""
+        self._execute(f"""
             CREATE OR REPLACE TEMP TABLE chosen AS
             SELECT user_id, n, CASE WHEN n <= {n} THEN 'cold' ELSE 'dynamic' END AS kind,
                    (row_number() OVER (ORDER BY user_id) - 1)::BIGINT AS pos
@@ -249,8 +270,8 @@ class World:
                             "ORDER BY c.pos, w.timestamp, k.idx, w.src, w.row"}
         for name, query in queries.items():
             target = str(out / name).replace("'", "''")
-            self.con.execute(f"COPY ({query}) TO '{target}' "
-                             "(FORMAT parquet, ROW_GROUP_SIZE 131072)")
+            self._execute(f"COPY ({query}) TO '{target}' "
+                          "(FORMAT parquet, ROW_GROUP_SIZE 131072)")
         return out / "users.parquet", out / "rows.parquet"
 
 
