@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -259,7 +258,11 @@ def child(root: Path) -> None:
     run(ScoreParams(as_of=AS_OF, active_days=1, model="maml"), root / "validated",
         root / "models", root / "out")
     seconds = time.perf_counter() - start
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+    # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over exec from the forked
+    # copy of the parent, which by now holds the throughput run and the 1M-user world
+    rss = next(int(line.split()[1]) / 1024
+               for line in Path("/proc/self/status").read_text().splitlines()
+               if line.startswith("VmHWM:"))
     print(json.dumps({"peak_rss_mb": rss, "seconds": seconds}))
 
 
