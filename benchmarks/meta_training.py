@@ -7,7 +7,11 @@ step = meta-gradient of all 32 tasks + backward. All three implementations use t
 network and the same tasks in the same run; results go to benchmarks/results/meta_training.json.
 
 It also times one outer step of every algorithm at the default params on the same data, which
-is how the train stage's default ``max_steps`` was chosen.
+is how the train stage's default ``max_steps`` was chosen, and profiles the batched step at
+meta-batches of 32 and 256 tasks (``profile``): tasks/s, the split of a step's time between
+the feature lookups, the adaptation with the query loss (forward, inner gradients with their
+graph) and the meta-gradient's backward, and the operators that take the most time
+(``torch.profiler``, self CPU time).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/meta_training.py [--repeats 5] [--device cuda]
 
@@ -78,16 +82,16 @@ def make_model(users: FeatureTable, items: FeatureTable, mp: ModelParams) -> Pre
         hidden=mp.hidden, interaction=mp.interaction, item_id_embedding=mp.item_id_embedding)
 
 
-def make_batch(rng: np.random.Generator, k: int = K) -> TaskBatch:
-    items = np.stack([rng.choice(N_ITEMS, size=k + Q, replace=False) for _ in range(T)])
-    ratings = torch.from_numpy(rng.integers(1, 6, size=(T, k + Q)).astype(np.float32))
+def make_batch(rng: np.random.Generator, k: int = K, t: int = T) -> TaskBatch:
+    items = np.stack([rng.choice(N_ITEMS, size=k + Q, replace=False) for _ in range(t)])
+    ratings = torch.from_numpy(rng.integers(1, 6, size=(t, k + Q)).astype(np.float32))
     items_t = torch.from_numpy(items)
-    users = torch.from_numpy(rng.integers(0, N_USERS, T))
-    return TaskBatch(task_id=torch.arange(T), user_idx=users,
+    users = torch.from_numpy(rng.integers(0, N_USERS, t))
+    return TaskBatch(task_id=torch.arange(t), user_idx=users,
                      support_items=items_t[:, :k], support_ratings=ratings[:, :k],
-                     support_mask=torch.ones(T, k, dtype=torch.bool),
+                     support_mask=torch.ones(t, k, dtype=torch.bool),
                      query_items=items_t[:, k:], query_ratings=ratings[:, k:],
-                     query_mask=torch.ones(T, Q, dtype=torch.bool))
+                     query_mask=torch.ones(t, Q, dtype=torch.bool))
 
 
 def step_batched(model: PreferenceNet, adapt: str, store: FeatureStore, batch: TaskBatch) -> None:
@@ -188,6 +192,68 @@ def outer_step_seconds(users, items, rng, repeats: int,
     return out
 
 
+PROFILE_SIZES = (32, 256)   # meta-batches the batched step is profiled at
+TOP_OPS = 6                 # operators listed per profile
+
+
+def _phased_step(algo: Any, store: FeatureStore, batch: TaskBatch, device: torch.device
+                 ) -> tuple[float, float, float]:
+    """One batched outer step; seconds of its feature lookups, adaptation + query loss and
+    backward."""
+    _sync(device)
+    t0 = time.perf_counter()
+    support, query = store.support(batch), store.query(batch)
+    _sync(device)
+    t1 = time.perf_counter()
+    objective, _ = algo.outer_loss(support, query)
+    _sync(device)
+    t2 = time.perf_counter()
+    objective.backward()
+    _sync(device)
+    t3 = time.perf_counter()
+    algo.zero_grad()
+    return t1 - t0, t2 - t1, t3 - t2
+
+
+def profile_batched(users: FeatureTable, items: FeatureTable, mp: ModelParams,
+                    rng: np.random.Generator, repeats: int, device: torch.device
+                    ) -> dict[str, Any]:
+    """Where one batched second-order MAML step's time goes, per meta-batch size: tasks/s
+    and the median seconds of each phase (feature lookups, adaptation + query loss, the
+    meta-gradient's backward) over ``repeats`` steps after a warm-up, and the operators with
+    the most self CPU time over those steps (their share of the profiled total)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    store = FeatureStore(users, items).to(device)
+    out: dict[str, Any] = {}
+    for size in PROFILE_SIZES:
+        torch.manual_seed(0)
+        model = make_model(users, items, mp).to(device)
+        algo = algorithms.get("maml")(model, adapt=mp.adapt, inner_lr=LR, inner_steps=STEPS)
+        batches = [make_batch(rng, t=size).to(device) for _ in range(repeats + 1)]
+        phases: dict[str, list[float]] = {"features": [], "adapt_and_query_loss": [],
+                                          "backward": []}
+
+        _phased_step(algo, store, batches[0], device)            # warm-up
+        for b in batches[1:]:
+            for name, sec in zip(phases, _phased_step(algo, store, b, device), strict=True):
+                phases[name].append(sec)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for b in batches[1:]:
+                _phased_step(algo, store, b, device)
+        events = prof.key_averages()
+        total = sum(e.self_cpu_time_total for e in events) or 1.0
+        top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:TOP_OPS]
+        seconds = {k: round(statistics.median(v), 5) for k, v in phases.items()}
+        out[str(size)] = {
+            "tasks_per_s": round(size / sum(seconds.values()), 1),
+            "seconds": seconds,
+            "share": {k: round(v / sum(seconds.values()), 3) for k, v in seconds.items()},
+            "top_ops": [{"op": e.key, "self_cpu_share": round(e.self_cpu_time_total / total, 3),
+                         "calls_per_step": round(e.count / repeats, 1)} for e in top]}
+    return out
+
+
 def main() -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -216,7 +282,8 @@ def main() -> dict[str, Any]:
             "speedup_vs_loop": round(tps["batched"] / tps["loop"], 1),
             "parameters": sum(p.numel() for p in model.parameters()),
             "adapted_parameters": sum(p.numel() for n, p in model.named_parameters()
-                                      if n in adapted(model, mp.adapt))}
+                                      if n in adapted(model, mp.adapt)),
+            "profile": profile_batched(users, items, mp, rng, args.repeats, device)}
         print(label, results[label])
     report = {
         "tasks_per_s": results[next(iter(configs))]["tasks_per_s"],

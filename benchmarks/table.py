@@ -88,6 +88,24 @@ def scoring(r: dict) -> list[str]:
             "; ".join(goals) or "–", "; ".join(parts)]
 
 
+def _profile(prof: dict | None) -> str:
+    """' (meta-batch 32 → 256: tasks/s; the adaptation + query loss and backward shares; the
+    top operator)' of a config, or '' when the run has no profile."""
+    if not prof:
+        return ""
+    sizes = sorted(prof, key=int)
+
+    def arrow(fn) -> str:  # noqa: ANN001 - tiny helper
+        return " → ".join(fn(prof[m]) for m in sizes)
+
+    return (" (meta-batch " + " → ".join(sizes) + ": "
+            + arrow(lambda x: f"{x['tasks_per_s']:,.0f}") + " tasks/s; adaptation + query "
+            "loss " + arrow(lambda x: f"{x['share']['adapt_and_query_loss']:.0%}")
+            + ", backward " + arrow(lambda x: f"{x['share']['backward']:.0%}") + "; top op "
+            + arrow(lambda x: f"`{x['top_ops'][0]['op']}` "
+                              f"{x['top_ops'][0]['self_cpu_share']:.0%}") + ")")
+
+
 def meta_training(r: dict) -> list[str]:
     goal = {"dot": (40, 15), "mlp": (20, 6)}   # issue 16's goals per interaction
     parts, goals = [], []
@@ -99,7 +117,7 @@ def meta_training(r: dict) -> list[str]:
                                   and c["speedup_vs_loop"] >= g_loop)
         parts.append(f"{name}: {t['batched']:,.0f} tasks/s vs {t['higher']:,.0f} (`higher`) "
                      f"and {t['loop']:,.0f} (loop): {c['speedup_vs_higher']:.1f}× and "
-                     f"{c['speedup_vs_loop']:.1f}×, {_met(ok)}")
+                     f"{c['speedup_vs_loop']:.1f}×, {_met(ok)}{_profile(c.get('profile'))}")
         goal_text = f"{kind}: ≥ {g_higher}× `higher`, ≥ {g_loop}× loop"
         if goal_text not in goals:
             goals.append(goal_text)
