@@ -61,24 +61,32 @@ def val_losses(train: dict) -> dict[str, float]:
     return {name: round(sum(v) / len(v), 6) for name, v in sorted(per.items())}
 
 
+def run_stages(params: Path, cwd: Path) -> dict[str, float]:
+    """``params`` as ``cwd/params.yaml``, then the stage commands up to ``evaluate`` in
+    ``cwd`` (what ``dvc repro evaluate`` runs); returns each stage's seconds. A failing stage
+    ends the script with its error."""
+    shutil.copy(params, cwd / "params.yaml")
+    seconds = {}
+    for stage in STAGES:
+        t0 = time.perf_counter()
+        done = subprocess.run([METAREC, stage, "--params", "params.yaml"], cwd=cwd,
+                              capture_output=True, text=True)
+        if done.returncode:
+            sys.exit(f"metarec {stage} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        seconds[stage] = round(time.perf_counter() - t0, 1)
+        print(f"{stage}: {seconds[stage]} s", flush=True)
+    return seconds
+
+
 def main() -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", type=Path, default=BASE)
     ap.add_argument("--out", type=Path, default=RESULT)
     args = ap.parse_args()
     start = time.perf_counter()
-    seconds = {}
     with tempfile.TemporaryDirectory(prefix="metarec-platforms-") as tmp:
         cwd = Path(tmp)
-        shutil.copy(args.params, cwd / "params.yaml")
-        for stage in STAGES:
-            t0 = time.perf_counter()
-            done = subprocess.run([METAREC, stage, "--params", "params.yaml"], cwd=cwd,
-                                  capture_output=True, text=True)
-            if done.returncode:
-                sys.exit(f"metarec {stage} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-            seconds[stage] = round(time.perf_counter() - t0, 1)
-            print(f"{stage}: {seconds[stage]} s", flush=True)
+        seconds = run_stages(args.params, cwd)
         ev = json.loads((cwd / "metrics" / "eval.json").read_text())
         trust = learned_trust(cwd / "models")
         val = val_losses(json.loads((cwd / "metrics" / "train.json").read_text()))

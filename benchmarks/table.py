@@ -262,7 +262,41 @@ def item_cold_table(results: Path = RESULTS) -> str:
     return "\n".join(lines)
 
 
+def text_table(results: Path = RESULTS) -> str:
+    """Item-cold and user-and-item-cold catalogue nDCG of each meta-learner without and with
+    the item text vectors (the evaluate stage's ``text`` rows), paired difference and CI."""
+    path = results / "text_eval.json"
+    if not path.exists():
+        return "_(no `benchmarks/results/text_eval.json` yet: run `benchmarks/text_eval.py`)_"
+    r = json.loads(path.read_text(encoding="utf-8"))
+    scenarios = ("item_cold", "user_item_cold")
+    rows = [x for x in r["text"] if x["scenario"] in scenarios]
+    ks = sorted({x["k"] for x in rows}, key=_k)
+    metric, conf = r["catalogue_metric"], round(100 * r["confidence"])
+    lines = [f"`{r['params']}` ({r['dataset']}, seeds {', '.join(map(str, r['seeds']))}, "
+             f"encoder `{r['text_encoder']}`), `metrics/eval.json: text`: {metric} "
+             f"(`item_cold_catalogue: {r['item_cold_catalogue']}`) of each meta-learner "
+             f"without → with the title vectors, and the paired difference with its {conf}% "
+             "CI (bold: excludes 0).", "",
+             "| model | scenario | " + " | ".join(f"K={k}" for k in ks) + " |",
+             "|---|---|" + "---|" * len(ks)]
+    by = {(x["model"], x["scenario"], x["k"]): x for x in rows}
+    for model in sorted({x["model"] for x in rows}):
+        for scenario in scenarios:
+            cells = [(f"{by[model, scenario, k]['value_without']:.3f} → "
+                      f"{by[model, scenario, k]['value_with']:.3f}, "
+                      + _ci(by[model, scenario, k])) if (model, scenario, k) in by else ""
+                     for k in ks]
+            lines.append(f"| {model} | {scenario} | " + " | ".join(cells) + " |")
+    users = {s: sorted({x["users"] for x in rows if x["scenario"] == s}) for s in scenarios}
+    lines += ["", "Test users with a finite " + metric + " per K: " + ", ".join(
+        f"{s} {u[0]}" + (f"–{u[-1]}" if u[-1] > u[0] else "") for s, u in users.items() if u)
+        + "."]
+    return "\n".join(lines)
+
+
 SECTIONS = [(BEGIN, END, table),
+            ("<!-- text:begin -->", "<!-- text:end -->", text_table),
             ("<!-- platforms:begin -->", "<!-- platforms:end -->", platforms_table),
             ("<!-- item-cold:begin -->", "<!-- item-cold:end -->", item_cold_table)]
 

@@ -192,6 +192,7 @@ class TrainParams:
     seeds: tuple[int, ...] = bounded((0, 1, 2), nonempty=True)
     workers: int = bounded(1, 1)
     threads: int = bounded(1, 1)
+    text_ablation: bool = False
     seed: int = field(default=0, metadata={"internal": "set per run from train.seeds"})
     sections: Mapping[str, Any] = field(default_factory=dict,
                                         metadata={"internal": "train.<algorithm> sections"})

@@ -62,6 +62,9 @@ def check(params: Params) -> None:
                 raise ParamsError(f"train: {name} is fitted on top of {needed}; add {needed} "
                                   "to train.baselines or remove " + name)
     e = params.episodes
+    if t.text_ablation and e.text_encoder == "none":
+        raise ParamsError("train.text_ablation: there is no text to leave out; name an encoder "
+                          "in episodes.text_encoder (e.g. hashed) or set it to false")
     if abs(sum(e.split_fractions) - 1.0) > 1e-6:
         raise ParamsError(f"episodes.split_fractions: must sum to 1, got "
                           f"{list(e.split_fractions)}")

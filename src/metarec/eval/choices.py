@@ -16,6 +16,7 @@ from typing import Any
 from metarec import algorithms
 from metarec.config import EvaluateParams
 from metarec.data.tasks import TaskBatch
+from metarec.data.views import base_name
 from metarec.eval.scoring import catalogue_metric, nanmean, score_batch
 
 
@@ -26,8 +27,9 @@ def inner_loop(model: Any) -> Any:
 
 
 def is_baseline(name: str) -> bool:
-    """Statistical baselines and the network without meta-learning (pretrain / finetune)."""
-    return algorithms.get(name).kind == "baseline"
+    """Statistical baselines and the network without meta-learning (pretrain / finetune);
+    a variant (``maml~notext``) is what its algorithm is."""
+    return algorithms.get(base_name(name)).kind == "baseline"
 
 
 def choose_inner_steps(models: dict[str, Any], val: TaskBatch, grid: tuple[int, ...],

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from metarec.config import EvaluateParams
+from metarec.data.views import SEP
 from metarec.eval.bootstrap import paired_bootstrap
 from metarec.eval.scoring import compared_metrics, family
 
@@ -45,6 +46,23 @@ def compare(per_user: PerUser, baselines: dict[str, str], params: EvaluateParams
     return out
 
 
+def _with_without(per_user: PerUser, without: tuple[str, str, Any],
+                  with_: tuple[str, str, Any], metric: str, params: EvaluateParams
+                  ) -> dict[str, Any] | None:
+    """The means, paired difference (with - without) and its CI of two per-user keys on the
+    same users, seed-averaged; None when fewer than two users have both."""
+    a = torch.stack([s[metric] for s in per_user[without]]).mean(0)
+    b = torch.stack([s[metric] for s in per_user[with_]]).mean(0)
+    ok = torch.isfinite(a) & torch.isfinite(b)
+    if ok.sum() < 2:
+        return None
+    res = paired_bootstrap(b[ok], a[ok], params.bootstrap_samples, seed=0,
+                           confidence=params.bootstrap_confidence)
+    return {"metric": metric, "value_without": round(float(a[ok].mean()), 6),
+            "value_with": round(float(b[ok].mean()), 6), "diff": round(res.diff, 6),
+            "ci_low": round(res.low, 6), "ci_high": round(res.high, 6), "users": res.n_users}
+
+
 def compare_variants(per_user: PerUser, pairs: list[tuple[str, str]], metric: str,
                      params: EvaluateParams) -> list[dict[str, Any]]:
     """Each model on scenario ``b`` minus itself on scenario ``a`` for every (a, b) of
@@ -56,16 +74,25 @@ def compare_variants(per_user: PerUser, pairs: list[tuple[str, str]], metric: st
         for a, b in pairs:
             if scenario != a or (name, b, k) not in per_user:
                 continue
-            without = torch.stack([s[metric] for s in per_user[(name, a, k)]]).mean(0)
-            with_ = torch.stack([s[metric] for s in per_user[(name, b, k)]]).mean(0)
-            ok = torch.isfinite(without) & torch.isfinite(with_)
-            if ok.sum() < 2:
-                continue
-            res = paired_bootstrap(with_[ok], without[ok], params.bootstrap_samples, seed=0,
-                                   confidence=params.bootstrap_confidence)
-            out.append({"model": name, "without": a, "with": b, "k": k, "metric": metric,
-                        "value_without": round(float(without[ok].mean()), 6),
-                        "value_with": round(float(with_[ok].mean()), 6),
-                        "diff": round(res.diff, 6), "ci_low": round(res.low, 6),
-                        "ci_high": round(res.high, 6), "users": res.n_users})
+            row = _with_without(per_user, (name, a, k), (name, b, k), metric, params)
+            if row is not None:
+                out.append({"model": name, "without": a, "with": b, "k": k, **row})
+    return out
+
+
+def compare_views(per_user: PerUser, metric: str, params: EvaluateParams
+                  ) -> list[dict[str, Any]]:
+    """Each model minus its variant fitted on a view of the episodes (``maml`` minus
+    ``maml~notext``: what the left-out features bring) on every scenario and K: the same
+    users and tasks, seed-averaged per-user ``metric``, paired bootstrap over users."""
+    out = []
+    for name, scenario, k in sorted(per_user, key=lambda key: (key[0], key[1],
+                                                                k_order(key[2]))):
+        base, _, view = name.partition(SEP)
+        if not view or (base, scenario, k) not in per_user:
+            continue
+        row = _with_without(per_user, (name, scenario, k), (base, scenario, k), metric,
+                            params)
+        if row is not None:
+            out.append({"model": base, "view": view, "scenario": scenario, "k": k, **row})
     return out

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from metarec import algorithms
+from metarec.data import views
 from metarec.data.tasks import EpisodeData
 from metarec.errors import MetarecError, ParamsError
 from metarec.io import atomic_path
@@ -57,12 +58,16 @@ def vocab_hash(vocab: dict[str, Any]) -> str:
 
 
 def save_model(path: str | Path, predictor: Predictor, params: dict[str, Any],
-               vocab: dict[str, Any]) -> Path:
-    """Write ``predictor`` (as its algorithm's ``state()``) atomically to ``path``."""
+               vocab: dict[str, Any], view: str | None = None) -> Path:
+    """Write ``predictor`` (as its algorithm's ``state()``) atomically to ``path``; ``view``
+    (:mod:`metarec.data.views`): the view of the episodes it was fitted on, applied again
+    when it is loaded (``vocab`` is the view's)."""
     state = predictor.state()
     blob = {"format": FORMAT, "algorithm": predictor.name, "state": state,
             "digest": _digest(state), "params": params, "vocab": vocab,
             "vocab_sha256": vocab_hash(vocab)}
+    if view is not None:
+        blob["view"] = view
     with atomic_path(path) as tmp:
         torch.save(blob, tmp)
     return Path(path)
@@ -97,7 +102,12 @@ def load_model(path: str | Path, data: EpisodeData) -> Predictor:
 
 
 def from_checkpoint(blob: dict[str, Any], data: EpisodeData, path: str | Path) -> Predictor:
-    """The model of a verified checkpoint dict (:func:`read_checkpoint`) bound to ``data``."""
+    """The model of a verified checkpoint dict (:func:`read_checkpoint`) bound to ``data``
+    (seen through the checkpoint's view, when it has one)."""
+    try:
+        data = views.apply(blob.get("view"), data)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
     if vocab_hash(data.vocab) != blob["vocab_sha256"]:
         raise CheckpointError(f"{path}: trained on a different vocabulary than these episodes "
                               "(retrain, or use the episodes it was trained on)")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from metarec.config import EvaluateParams
+from metarec.data import views
 from metarec.data.tasks import (
     PLATFORM_COLD,
     SCENARIOS,
@@ -36,7 +37,7 @@ from metarec.data.tasks import (
 )
 from metarec.errors import DataError
 from metarec.eval import choices as choose
-from metarec.eval.compare import PerUser, compare, compare_variants
+from metarec.eval.compare import PerUser, compare, compare_variants, compare_views
 from metarec.eval.document import write_report
 from metarec.eval.ensembles import ENSEMBLE_SEED, Ensemble, build_ensembles
 from metarec.eval.headline import headline
@@ -301,7 +302,8 @@ def run(params: EvaluateParams, episodes_dir: str | Path, models_dir: str | Path
                                        data.explicit, state=adapt(model, val))[
                                            catalogue_metric(params)])
 
-        meta = [n for n in next(iter(all_models.values())) if not choose.is_baseline(n)]
+        meta = [n for n in next(iter(all_models.values()))    # variants stay out of the
+                if not choose.is_baseline(n) and views.SEP not in n]  # seed-ensembles
         ensembles, choices["ensembles"] = build_ensembles(all_models, meta,
                                                           params.ensemble_size, val_score, adapt)
         adapt.forget(val)
@@ -334,6 +336,9 @@ def run(params: EvaluateParams, episodes_dir: str | Path, models_dir: str | Path
                                                  catalogue_metric(params), params),
               "choices": choices, "best_baseline": baselines, "serving": serving,
               "steps_curve": curves, "seconds": round(time.perf_counter() - start, 1)}
+    text = compare_views(per_user, catalogue_metric(params), params)
+    if text:                 # train.text_ablation: each meta-learner with and without text
+        result["text"] = text
     result["headline"] = headline(result)
     write_json(result, metrics_path)
     if selection_path is not None:

@@ -33,7 +33,9 @@ from rich.console import Console
 
 from metarec import algorithms
 from metarec.config import ModelParams, TrainParams, to_dict
+from metarec.data import views
 from metarec.data.tasks import EpisodeData, load_episodes
+from metarec.errors import ParamsError
 from metarec.io import atomic_dir, write_json
 from metarec.meta.checkpoint import save_model
 from metarec.meta.gradient import MetaAlgorithm
@@ -62,6 +64,7 @@ def run(model_params: ModelParams, train_params: TrainParams, episodes_dir: str 
     names = fit_order(train_params)
     distributed.check(train_params, [algorithms.get(n) for n in names])  # before any work
     data = load_episodes(episodes_dir)
+    ablate = _views(train_params, data)
     out_dir = Path(out_dir)
     # Every process computes everything (the same, by construction); rank 0 alone writes.
     writer = distributed.global_rank(train_params) == 0
@@ -70,7 +73,7 @@ def run(model_params: ModelParams, train_params: TrainParams, episodes_dir: str 
         tmp = stack.enter_context(atomic_dir(out_dir)) if writer else out_dir
         pool = stack.enter_context(Workers(data, train_params.workers, train_params.threads))
         results, draw, draw_choice = _fit_all(names, pool, model_params, train_params, tmp,
-                                              writer)
+                                              writer, ablate)
     metrics = {"seeds": results, "seconds": round(time.perf_counter() - start, 2),
                "draw": draw, "draw_choice": draw_choice,
                "val_tasks": int(data.select("val")["task_id"].nunique()),
@@ -91,13 +94,28 @@ class FitJob:
 
     seeds: tuple[int, ...]
     names: tuple[str, ...]
+    view: str | None = None    # fitted on this view of the episodes (metarec.data.views)
 
 
-def plan_jobs(names: list[str], seeds: tuple[int, ...]) -> list[FitJob]:
+def _views(train: TrainParams, data: EpisodeData) -> tuple[str, ...]:
+    """The views the meta-learners are fitted on too: ``notext`` with ``train.text_ablation``
+    (an error when the episodes have no text vectors: there is nothing to leave out)."""
+    if not train.text_ablation:
+        return ()
+    if not views.text_features(data):
+        raise ParamsError("train.text_ablation is true but the episodes have no item text "
+                          "vectors: name an encoder in episodes.text_encoder (e.g. hashed) "
+                          "or set train.text_ablation: false")
+    return (views.NOTEXT,)
+
+
+def plan_jobs(names: list[str], seeds: tuple[int, ...], meta: tuple[str, ...] = (),
+              ablate: tuple[str, ...] = ()) -> list[FitJob]:
     """Every fit as independent jobs: each algorithm grouped with what it requires, a group
-    that reads no seed once for all seeds, every other group once per seed. The longest go
-    first (second-order meta-training, then the rest of the gradient training), so that the
-    workers end together."""
+    that reads no seed once for all seeds, every other group once per seed; then, for each
+    view of ``ablate``, every job that fits one of the meta-learners ``meta`` again on that
+    view. The longest go first (second-order meta-training, then the rest of the gradient
+    training), so that the workers end together."""
     groups: list[list[str]] = []
     for name in names:                       # fit order: requirements come first
         needs = set(algorithms.get(name).requires)
@@ -108,6 +126,8 @@ def plan_jobs(names: list[str], seeds: tuple[int, ...]) -> list[FitJob]:
             if not any(algorithms.get(n).seeded for n in g)]
     jobs += [FitJob((s,), tuple(g)) for s in seeds for g in groups
              if any(algorithms.get(n).seeded for n in g)]
+    jobs += [replace(job, view=view) for view in ablate for job in jobs
+             if set(job.names) & set(meta)]
 
     def cost(job: FitJob) -> int:
         classes = [algorithms.get(n) for n in job.names]
@@ -118,22 +138,27 @@ def plan_jobs(names: list[str], seeds: tuple[int, ...]) -> list[FitJob]:
 
 
 def _fit_all(names: list[str], pool: Workers, model_params: ModelParams,
-             train_params: TrainParams, out_dir: Path, writer: bool
+             train_params: TrainParams, out_dir: Path, writer: bool,
+             ablate: tuple[str, ...] = ()
              ) -> tuple[dict[str, Any], str | None, dict[str, Any]]:
-    """Every algorithm for every seed into ``out_dir``; (per-seed records, draw, its choice)."""
+    """Every algorithm for every seed (and every meta-learner on each view of ``ablate``)
+    into ``out_dir``; (per-seed records, draw, its choice)."""
     draw, draw_choice, probes = choose_draw(names, pool, model_params, train_params, out_dir,
                                             writer)
     reuse = probes.get(draw)                 # the draw probe's run is this very fit
-    jobs = plan_jobs(names, train_params.seeds)
+    jobs = plan_jobs(names, train_params.seeds, train_params.algorithms, ablate)
     prefit = [{reuse.name: reuse} if reuse is not None and reuse.name in job.names
-              and job.seeds[0] == train_params.seeds[0] else {} for job in jobs]
+              and job.seeds[0] == train_params.seeds[0] and job.view is None else {}
+              for job in jobs]
     done = pool.map(fit_job, [(job, model_params, train_params, out_dir, draw, writer, pre)
                               for job, pre in zip(jobs, prefit, strict=True)])
     records: dict[int, dict[str, Any]] = {}
     for record in done:
         for seed, per_name in record.items():
             records.setdefault(seed, {}).update(per_name)
-    results = {f"seed{seed}": {name: records[seed][name] for name in names}
+    fitted = [*names, *(views.variant(n, v) for v in ablate for n in names
+                        if any(views.variant(n, v) in r for r in records.values()))]
+    results = {f"seed{seed}": {name: records[seed][name] for name in fitted}
                for seed in train_params.seeds}
     return results, draw, draw_choice
 
@@ -142,16 +167,21 @@ def fit_job(data: EpisodeData, job: FitJob, model: ModelParams, train: TrainPara
             out_dir: Path, draw: str | None, writer: bool, prefit: dict[str, Predictor]
             ) -> dict[int, dict[str, Any]]:
     """Fit ``job`` (``prefit``: fits already made, reused) and save it for each of its seeds;
-    returns {seed: {name: its fit's record}}. Runs in a worker process or in this one."""
+    returns {seed: {name: its fit's record}} (a view's fits named ``<name>~<view>``). Runs in
+    a worker process or in this one."""
+    data = views.apply(job.view, data)
     seed = job.seeds[0]
     run_params = replace(train, seed=seed)
     log_dir = out_dir / f"seed{seed}" / "logs"
+    if job.view is not None:
+        log_dir = log_dir / job.view
     meta_train = functools.partial(fit_meta, data=data, train=run_params, log_dir=log_dir,
                                    draw=draw)
     fitted: dict[str, Predictor] = dict(prefit)
     for name in job.names:
         if writer:
-            console.print(f"[bold]train[/] seed {', '.join(map(str, job.seeds))} {name} ...")
+            console.print(f"[bold]train[/] seed {', '.join(map(str, job.seeds))} "
+                          f"{views.variant(name, job.view)} ...")
         if name not in fitted:
             ctx = FitContext(data=data, model=model, train=run_params, log_dir=log_dir,
                              fitted=fitted, meta_train=meta_train)
@@ -160,11 +190,14 @@ def fit_job(data: EpisodeData, job: FitJob, model: ModelParams, train: TrainPara
             _report(name, fitted[name].tuning)
     for s in job.seeds if writer else ():
         # the params that trained it: not how the fits were spread over processes
-        trained_by = {k: v for k, v in to_dict(replace(train, seed=s)).items() if k != "workers"}
+        trained_by = {k: v for k, v in to_dict(replace(train, seed=s)).items()
+                      if k not in ("workers", "text_ablation")}
         params = {"model": to_dict(model), "train": trained_by}
         for name in job.names:
-            save_model(out_dir / f"seed{s}" / f"{name}.pt", fitted[name], params, data.vocab)
-    return {s: {name: fitted[name].tuning for name in job.names} for s in job.seeds}
+            save_model(out_dir / f"seed{s}" / f"{views.variant(name, job.view)}.pt",
+                       fitted[name], params, data.vocab, job.view)
+    return {s: {views.variant(name, job.view): fitted[name].tuning for name in job.names}
+            for s in job.seeds}
 
 
 def choose_draw(names: list[str], pool: Workers, model: ModelParams, train: TrainParams,
