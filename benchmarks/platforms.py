@@ -108,11 +108,17 @@ def main() -> dict:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print("learned trust of another platform's support items:", trust)
     print("best validation loss (mean over seeds):", val)
-    for r in report["cross_platform"]:
-        print(f"{r['model']:13s} {r['without']:20s} K={r['k']!s:4s} {r['value_without']:.4f}"
-              f" -> {r['value_with']:.4f}  {r['diff']:+.4f} [{r['ci_low']:+.4f}, "
-              f"{r['ci_high']:+.4f}]")
+    print_with_without(report["cross_platform"], "without")
     return report
+
+
+def print_with_without(rows: list[dict], group: str) -> None:
+    """One line per with/without row of ``metrics/eval.json`` (``cross_platform`` or
+    ``text``): model, its ``group`` field, K, the two means, the difference and its CI."""
+    for r in rows:
+        print(f"{r['model']:13s} {r[group]:20s} K={r['k']!s:4s} without "
+              f"{r['value_without']:.4f} -> with {r['value_with']:.4f}  {r['diff']:+.4f} "
+              f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] ({r['users']} users)")
 
 
 if __name__ == "__main__":

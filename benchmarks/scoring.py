@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from data_pipeline import vm_hwm_mb
 
 from metarec import algorithms
 from metarec.config import ModelParams, ObjectiveParams, ScoreParams, TrainParams, to_dict
@@ -260,9 +261,7 @@ def child(root: Path) -> None:
     seconds = time.perf_counter() - start
     # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over exec from the forked
     # copy of the parent, which by now holds the throughput run and the 1M-user world
-    rss = next(int(line.split()[1]) / 1024
-               for line in Path("/proc/self/status").read_text().splitlines()
-               if line.startswith("VmHWM:"))
+    rss = vm_hwm_mb()
     print(json.dumps({"peak_rss_mb": rss, "seconds": seconds}))
 
 

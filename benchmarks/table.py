@@ -95,7 +95,7 @@ def _profile(prof: dict | None) -> str:
         return ""
     sizes = sorted(prof, key=int)
 
-    def arrow(fn) -> str:  # noqa: ANN001 - tiny helper
+    def arrow(fn: Callable[[dict], str]) -> str:
         return " → ".join(fn(prof[m]) for m in sizes)
 
     return (" (meta-batch " + " → ".join(sizes) + ": "

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from platforms import run_stages
+from platforms import print_with_without, run_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "benchmarks" / "params" / "ml100k_text.yaml"
@@ -67,10 +67,7 @@ def main() -> dict[str, Any]:
               "seconds": {**seconds, "total": round(time.perf_counter() - start, 1)}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    for r in report["text"]:
-        print(f"{r['model']:12s} {r['scenario']:15s} K={r['k']!s:4s} without "
-              f"{r['value_without']:.4f} -> with {r['value_with']:.4f}  {r['diff']:+.4f} "
-              f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] ({r['users']} users)")
+    print_with_without(report["text"], "scenario")
     return report
 
 

@@ -29,18 +29,16 @@ def test_two_evaluate_workers_write_the_same_bytes_as_one_process(
     p = small_params(users=160, items=50, interactions=4_000)
     p = replace(p, train=replace(p.train, algorithms=("maml", "ridge"), max_steps=10),
                 evaluate=replace(p.evaluate, bootstrap_samples=50, ensemble_size=2))
-    project = build_project(tmp_path, p, evaluate=False)
+    build_project(tmp_path, p, evaluate=False)
     outs = {}
     for w in (1, 2):
         ev = replace(p.evaluate, workers=w, threads=1)
         evaluate.run(ev, tmp_path / "episodes", tmp_path / "models", tmp_path / f"eval{w}.json",
                      tmp_path / f"report{w}", tmp_path / f"selection{w}.json")
         metrics = json.loads((tmp_path / f"eval{w}.json").read_text())
-        seconds = metrics.pop("seconds", None)
-        assert seconds is None or seconds > 0
+        assert metrics.pop("seconds") >= 0          # the one value that may differ
         outs[w] = (metrics, (tmp_path / f"selection{w}.json").read_bytes(),
                    _files(tmp_path / f"report{w}"))
-    assert project["data"] is not None
     one, two = outs[1], outs[2]
     assert one[0] == two[0] and one[1] == two[1]
     assert one[2].keys() == two[2].keys() and one[2]

@@ -45,8 +45,8 @@ def without_text(data: EpisodeData) -> EpisodeData:
     for name in names:
         del vocab["items"]["features"][name]
     items = data.items
-    keep = [j for j, col in enumerate(items.num_names)
-            if col.partition("#")[0] not in names or "#" not in col]
+    text_cols = tuple(f"{name}#" for name in names)          # title#0, title#1, ...
+    keep = [j for j, col in enumerate(items.num_names) if not col.startswith(text_cols)]
     items = replace(items, numeric=items.numeric[:, keep].contiguous(),
                     num_names=[items.num_names[j] for j in keep])
     return replace(data, items=items, vocab=vocab)

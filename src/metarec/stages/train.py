@@ -156,8 +156,9 @@ def _fit_all(names: list[str], pool: Workers, model_params: ModelParams,
     for record in done:
         for seed, per_name in record.items():
             records.setdefault(seed, {}).update(per_name)
+    first = records[train_params.seeds[0]]        # every seed holds the same fits
     fitted = [*names, *(views.variant(n, v) for v in ablate for n in names
-                        if any(views.variant(n, v) in r for r in records.values()))]
+                        if views.variant(n, v) in first)]
     results = {f"seed{seed}": {name: records[seed][name] for name in fitted}
                for seed in train_params.seeds}
     return results, draw, draw_choice
