@@ -139,6 +139,26 @@ def test_workers_return_results_in_job_order_with_their_threads() -> None:
         Workers(x, 0, 1)
 
 
+def _many(shared: None, start: int) -> list[torch.Tensor]:
+    return [torch.full((3,), float(start + j)) for j in range(400)]
+
+
+def test_workers_return_more_tensors_than_the_process_may_open_files() -> None:
+    """An evaluation returns thousands of small result tensors. The pool's own pickler
+    would send each as an open file descriptor; under a limit of 256 descriptors, 2 x 400
+    tensors broke the pool ("received 0 items of ancdata") before results became bytes."""
+    resource = pytest.importorskip("resource")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+    try:
+        with Workers(None, 2, 1) as pool:
+            out = pool.map(_many, [(0,), (1000,)])
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert [len(o) for o in out] == [400, 400]
+    assert out[1][399].tolist() == [1399.0] * 3 and out[0][0].tolist() == [0.0] * 3
+
+
 def test_ddp_trains_in_the_processes_torchrun_started() -> None:
     from metarec.train import distributed
 

@@ -13,7 +13,8 @@ inputs, params and ``threads`` give the same bytes for any number of workers (te
 
 Workers are started with ``spawn`` (no forked copy of the parent's thread pools and locks),
 receive the stage's read-only inputs once (``shared``), and send their log records to the
-parent's handlers. Results come back in job order, whatever order the jobs finish in.
+parent's handlers. Results come back in job order, whatever order the jobs finish in, as
+plain pickled bytes (copies, not file descriptors: any number of result tensors).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing as mp
+import pickle
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from logging.handlers import QueueHandler, QueueListener
@@ -56,9 +58,13 @@ def _start(shared: Any, threads: int, logs: Any, level: int) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> bytes:
+    """``fn(shared, *args)`` in a worker, pickled here with the plain pickler: the process
+    pool's own pickler (torch's) would share each tensor's memory through an open file
+    descriptor, and an evaluation's thousands of result tensors exhaust the descriptors
+    (``received 0 items of ancdata``, a broken pool)."""
     with torch_threads(_THREADS):
-        return fn(_SHARED, *args)
+        return pickle.dumps(fn(_SHARED, *args), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class Workers:
@@ -119,4 +125,4 @@ class Workers:
         for _ in as_completed(futures):
             if done is not None:
                 done()
-        return [f.result() for f in futures]
+        return [pickle.loads(f.result()) for f in futures]
