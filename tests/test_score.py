@@ -388,10 +388,12 @@ def _dense_reference(key: np.ndarray, excluded: np.ndarray, k: int) -> tuple[lis
     return idx, valid
 
 
+@pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize("cells", [1, 7, 40, 10_000])
-def test_streamed_top_k_is_exactly_the_dense_top_k(cells):
+def test_streamed_top_k_is_exactly_the_dense_top_k(cells, compiled):
     """Blocks of every size (1 column .. the whole row), scores drawn from 4 values (ties
-    everywhere, -0.0 and 0.0 included), rows with fewer than k allowed cells."""
+    everywhere, -0.0 and 0.0 included), rows with fewer than k allowed cells; the compiled
+    heaps (CPU) and the PyTorch path (any device) alike."""
     rng = np.random.default_rng(cells)
     t, n, k = 6, 23, 8
     key = rng.choice(np.array([-1.5, -0.0, 0.0, 2.25], np.float32), (t, n))
@@ -401,7 +403,7 @@ def test_streamed_top_k_is_exactly_the_dense_top_k(cells):
     step = max(1, cells // t)
     blocks = [(c0, torch.from_numpy(key[:, c0:c0 + step])) for c0 in range(0, n, step)]
     idx, valid, score = engine.top_k_blocks(blocks, t, n, torch.from_numpy(rows),
-                                            torch.from_numpy(cols), k)
+                                            torch.from_numpy(cols), k, compiled=compiled)
     ref_idx, ref_valid = _dense_reference(key, excluded, k)
     assert idx.tolist() == ref_idx and valid.tolist() == ref_valid
     picked = np.take_along_axis(key, np.array(ref_idx), 1)
@@ -411,8 +413,9 @@ def test_streamed_top_k_is_exactly_the_dense_top_k(cells):
         np.signbit(picked[np.array(ref_valid)]))).all()   # -0.0 stays -0.0
 
 
+@pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize("width", [128, 300, 700])
-def test_tiled_top_k_is_exactly_the_dense_top_k(width):
+def test_tiled_top_k_is_exactly_the_dense_top_k(width, compiled):
     """Wide blocks, where a row's k-th best filters whole tiles of columns first: whole
     tiles, tiles plus a remainder, one block; ties everywhere, a row with fewer than k
     allowed cells, a row whose best cells all come late in the catalogue, and one whose k-th
@@ -429,22 +432,23 @@ def test_tiled_top_k_is_exactly_the_dense_top_k(width):
     rows, cols = np.nonzero(excluded)
     blocks = [(c0, torch.from_numpy(key[:, c0:c0 + width])) for c0 in range(0, n, width)]
     idx, valid, score = engine.top_k_blocks(blocks, t, n, torch.from_numpy(rows),
-                                            torch.from_numpy(cols), k)
+                                            torch.from_numpy(cols), k, compiled=compiled)
     ref_idx, ref_valid = _dense_reference(key, excluded, k)
     assert idx.tolist() == ref_idx and valid.tolist() == ref_valid
     picked = np.take_along_axis(key, np.array(ref_idx), 1)
     np.testing.assert_array_equal(score.numpy()[valid.numpy()], picked[np.array(ref_valid)])
 
 
+@pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize("column", [5, 140, 1_499])
-def test_top_k_refuses_nan_scores(column):
+def test_top_k_refuses_nan_scores(column, compiled):
     """A NaN anywhere (the first block, a tile, the last columns) stops the ranking."""
     key = np.random.default_rng(0).normal(size=(3, 1_500)).astype(np.float32)
     key[2, column] = np.nan
     blocks = [(c0, torch.from_numpy(key[:, c0:c0 + 300])) for c0 in range(0, 1_500, 300)]
     none = torch.empty(0, dtype=torch.long)
     with pytest.raises(FloatingPointError, match="NaN"):
-        engine.top_k_blocks(blocks, 3, 1_500, none, none, 10)
+        engine.top_k_blocks(blocks, 3, 1_500, none, none, 10, compiled=compiled)
 
 
 @pytest.mark.parametrize("adapt", ["user", "all"])

@@ -11,6 +11,7 @@ not depend on ``topk``'s algorithm.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from torch import Tensor
 
 from metarec.data.tasks import TaskBatch, pad_rows
 from metarec.models.base import Predictor
+from metarec.scoring import heap
 
 CELLS = 1 << 21  # task x item scores ranked at once (a block of the catalogue)
 
@@ -103,7 +105,8 @@ def unpack(packed: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def top_k_blocks(blocks: Iterable[tuple[int, Tensor]], t: int, n: int, exclude_rows: Tensor,
-                 exclude_cols: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+                 exclude_cols: Tensor, k: int, compiled: bool = True
+                 ) -> tuple[Tensor, Tensor, Tensor]:
     """Catalogue columns (T, k') of the k highest scores per row over ``blocks`` of columns
     ((first column, scores (T, B)), in order, covering all ``n``), which picks are valid, and
     their scores; ``k' = min(k, n)``. The blocks are read, never written.
@@ -112,15 +115,22 @@ def top_k_blocks(blocks: Iterable[tuple[int, Tensor]], t: int, n: int, exclude_r
     cells get keys below every score and are picked only when a row has fewer than k other
     cells, marked invalid. Only one block and the running (T, k) best exist at a time; once
     every row holds k picks, only a block's cells that reach their row's k-th best are looked
-    at one by one (:func:`_merge`), as a search index's heap does.
+    at one by one, as a search index's heap does: on the CPU by the compiled kernel of
+    :mod:`metarec.scoring.heap` (one pass per block) unless ``compiled`` is false, elsewhere
+    by PyTorch operations (:func:`_merge`).
     """
     order = torch.argsort(exclude_cols, stable=True)
     ex_rows, ex_cols = exclude_rows[order], exclude_cols[order]
     kk = min(k, n)
     best = torch.empty((t, 0), dtype=torch.long)
-    for c0, key in _seeded(blocks, max(SEED, kk)):
+    blocks = iter(_seeded(blocks, max(SEED, kk)))
+    for c0, key in blocks:
         if best.device != key.device:       # the blocks' device (a GPU's) from here on
             best, ex_rows, ex_cols = (x.to(key.device) for x in (best, ex_rows, ex_cols))
+        if compiled and key.device.type == "cpu" and best.shape[1] == kk and kk > 0:
+            best = _compiled(best, itertools.chain([(c0, key)], blocks), n,
+                             exclude_rows, exclude_cols)
+            break
         c1 = c0 + key.shape[1]
         lo, hi = torch.searchsorted(ex_cols, torch.tensor([c0, c1], device=key.device)
                                     ).tolist()
@@ -136,6 +146,31 @@ def top_k_blocks(blocks: Iterable[tuple[int, Tensor]], t: int, n: int, exclude_r
         best = best.topk(min(kk, best.shape[1]), 1, sorted=False).values   # (T, <= k)
     best = best.sort(1, descending=True).values                           # (T, k')
     return unpack(best, n)
+
+
+def _compiled(best: Tensor, blocks: Iterable[tuple[int, Tensor]], n: int,
+              exclude_rows: Tensor, exclude_cols: Tensor) -> Tensor:
+    """``best`` (T, k) packed keys updated with every block of ``blocks`` by the compiled
+    heaps of :mod:`metarec.scoring.heap`; the same keys :func:`_merge` would give."""
+    heap.threads(torch.get_num_threads())
+    col, valid, score = unpack(best, n)
+    hs = torch.where(valid, score, float("-inf")).numpy().copy()
+    hc, hx = col.numpy().copy(), (~valid).numpy().copy()
+    heap.heapify(hs, hc, hx)
+    t = best.shape[0]
+    rows, cols = exclude_rows.cpu().numpy(), exclude_cols.cpu().numpy()
+    order = np.lexsort((cols, rows))                                      # by row, then column
+    ex_cols = cols[order].astype(np.int64)
+    ptr = np.searchsorted(rows[order], np.arange(t + 1))
+    ex_start, ex_end = ptr[:-1].astype(np.int64), ptr[1:].astype(np.int64)
+    nan_at = np.full(t, -1, dtype=np.int64)
+    for c0, key in blocks:
+        heap.merge(key.detach().float().numpy(), c0, hs, hc, hx, ex_start, ex_end, ex_cols,
+                   nan_at)
+        if (nan_at >= 0).any():
+            raise FloatingPointError(NAN)
+    hs_t, hc_t, hx_t = torch.from_numpy(hs), torch.from_numpy(hc), torch.from_numpy(hx)
+    return torch.where(hx_t, LOWEST + (n - 1 - hc_t), pack(hs_t, hc_t, n))
 
 
 NAN = "the model produced NaN scores"
