@@ -40,7 +40,7 @@ from metarec.io import write_parquet
 from metarec.meta.checkpoint import load_model
 from metarec.meta.features import FeatureStore
 from metarec.scoring import batch as scoring_batch
-from metarec.scoring import engine
+from metarec.scoring import engine, heap
 from metarec.scoring.engine import top_k
 from metarec.scoring.verify import VerifyError
 from metarec.scoring.world import World, day_end, parse_as_of, users_to_score
@@ -449,6 +449,46 @@ def test_top_k_refuses_nan_scores(column, compiled):
     none = torch.empty(0, dtype=torch.long)
     with pytest.raises(FloatingPointError, match="NaN"):
         engine.top_k_blocks(blocks, 3, 1_500, none, none, 10, compiled=compiled)
+
+
+def test_compiled_heaps_mean_what_their_python_says():
+    """The kernels of ``scoring.heap`` as plain Python (``py_func``: what coverage and a
+    reader see) update the heaps exactly as compiled; their order of two picks is the
+    engine's (score, 0.0 above -0.0, lower column; an excluded pick below every other)."""
+    vals = [(-1.5, 3, False), (-0.0, 2, False), (0.0, 5, False), (0.0, 2, False),
+            (2.25, 9, False), (2.25, 1, False), (float("-inf"), 4, True), (float("-inf"), 7, True)]
+
+    def rank(v: tuple[float, int, bool]) -> tuple:
+        s, c, x = v
+        return (not x, s if not x else 0.0, not np.signbit(s), -c)     # higher ranks first
+
+    for a in vals:
+        for b in vals:
+            assert heap._worse.py_func(*a, *b) == (rank(a) < rank(b)), (a, b)
+    rng = np.random.default_rng(3)
+    t, k, b = 5, 6, 300
+    key = rng.choice(np.array([-1.5, -0.0, 0.0, 2.25, 3.0], np.float32), (t, b))
+    key[2, 100:105] = np.nan
+    hs = rng.choice(np.array([-1.5, 0.0, 2.25], np.float32), (t, k))
+    hc = rng.permutation(np.arange(1_000, 1_000 + t * k)).reshape(t, k).astype(np.int64)
+    hx = np.zeros((t, k), bool)
+    hx[4, :2] = True                                    # a row with excluded picks
+    ex_cols = np.array([2_000, 2_010, 2_050, 2_299], np.int64)   # row 1's excluded columns
+    starts = np.array([0, 0, 4, 4, 4], np.int64)
+    ends = np.array([0, 4, 4, 4, 4], np.int64)
+    out = []
+    for fn_heapify, fn_merge in ((heap.heapify, heap.merge),
+                                 (heap.heapify.py_func, heap.merge.py_func)):
+        state = [hs.copy(), hc.copy(), hx.copy()]
+        fn_heapify(*state)
+        nan_at, s0 = np.full(t, -1, np.int64), starts.copy()
+        fn_merge(key, 2_000, *state, s0, ends, ex_cols, nan_at)
+        out.append((*state, nan_at, s0))
+    for compiled, python in zip(*out, strict=True):
+        np.testing.assert_array_equal(compiled, python)
+    assert out[0][3].tolist() == [-1, -1, 2_100, -1, -1]        # the NaN row stopped there
+    picked = set(out[0][1][1].tolist())
+    assert not picked & set(ex_cols.tolist())                   # excluded cells never enter
 
 
 @pytest.mark.parametrize("adapt", ["user", "all"])
