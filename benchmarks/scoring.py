@@ -10,7 +10,9 @@ them. Every cold user has K = 10 interactions and is scored against all 1,682 it
 
 - ``users_per_s``: adaptation + catalogue scoring + top-K of ``recommend_chunk`` over
   ``--users`` users in chunks of ``score.chunk_users`` (after one warm-up chunk), the best
-  of 3 runs (``runs_seconds``); faiss's search is timed the same way.
+  of 3 runs (``runs_seconds``); faiss's search is timed the same way, and so is the same
+  work with the PyTorch top K (``pytorch_top_k``: the GPU path, the CPU's before the
+  compiled kernel).
 - ``gflops``: analytic FLOPs of that work / its time. Per user, with d = 32, Du = 4d (user
   fields), Di = 3d (item fields), K = 10, s = 5 steps, C = 1,682 items:
 
@@ -34,6 +36,7 @@ them. Every cold user has K = 10 interactions and is scored against all 1,682 it
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import sys
@@ -155,7 +158,9 @@ def _timed(fn, device: str = "cpu") -> float:  # noqa: ANN001 - tiny helper
 def throughput(root: Path, n_users: int, chunk: int, n_items: int, device: str = "cpu"
                ) -> dict[str, object]:
     """Users/s and GFLOP/s of the engine over ``n_users`` K-interaction users, the time split
-    (adaptation, catalogue scores, top-K), the ranking GEMM's own rate, and ``faiss``'s exact
+    (adaptation and catalogue scores timed on their own; ``top_k_seconds`` is what the whole's
+    best run leaves after the parts' best runs, an estimate that includes the picks' ratings
+    and explanations), the ranking GEMM's own rate, and ``faiss``'s exact
     inner-product search on the same adapted user vectors and item vectors (on the CPU:
     faiss-cpu is a CPU peer, so a GPU run reports it for reference only)."""
     from metarec.io import read_parquet
@@ -195,6 +200,20 @@ def throughput(root: Path, n_users: int, chunk: int, n_items: int, device: str =
                 for no, a in enumerate(range(0, n_users, chunk))]
         runs.append(time.perf_counter() - start)
     seconds = min(runs)
+    # the same work with the PyTorch top K (what GPUs run, and the CPU before the kernel)
+    from metarec.scoring import engine
+    compiled_path = engine.top_k_blocks
+    engine.top_k_blocks = functools.partial(compiled_path, compiled=False)
+    torch_runs = []
+    try:
+        for _ in range(REPS):
+            _sync(device)
+            start = time.perf_counter()
+            for no, a in enumerate(range(0, n_users, chunk)):
+                chunk_run(a, min(a + chunk, n_users), no)
+            torch_runs.append(time.perf_counter() - start)
+    finally:
+        engine.top_k_blocks = compiled_path
 
     # the same work in parts: adaptation, catalogue scores alone (the ranking GEMM), and the
     # query vectors the dot model ranks with (score = query . [v, rbias, 1])
@@ -224,6 +243,8 @@ def throughput(root: Path, n_users: int, chunk: int, n_items: int, device: str =
     d = keys.shape[1]
     result: dict[str, object] = {
         "users_per_s": n_users / seconds, "seconds": seconds, "runs_seconds": runs,
+        "pytorch_top_k": {"users_per_s": n_users / min(torch_runs),
+                          "runs_seconds": torch_runs},
         "adapt_seconds": adapt_s,
         "catalogue_scores_seconds": gemm_s,
         "top_k_seconds": max(seconds - adapt_s - gemm_s, 0.0),

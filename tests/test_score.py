@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -413,9 +416,22 @@ def test_streamed_top_k_is_exactly_the_dense_top_k(cells, compiled):
         np.signbit(picked[np.array(ref_valid)]))).all()   # -0.0 stays -0.0
 
 
+def _count_kernel_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record each block the compiled kernel merges (its first column)."""
+    calls: list[int] = []
+    merge = heap.merge
+
+    def counted(key, c0, *args):  # noqa: ANN001, ANN002, ANN202 - a pass-through spy
+        calls.append(c0)
+        return merge(key, c0, *args)
+
+    monkeypatch.setattr(heap, "merge", counted)
+    return calls
+
+
 @pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize("width", [128, 300, 700])
-def test_tiled_top_k_is_exactly_the_dense_top_k(width, compiled):
+def test_tiled_top_k_is_exactly_the_dense_top_k(width, compiled, monkeypatch):
     """Wide blocks, where a row's k-th best filters whole tiles of columns first: whole
     tiles, tiles plus a remainder, one block; ties everywhere, a row with fewer than k
     allowed cells, a row whose best cells all come late in the catalogue, and one whose k-th
@@ -431,30 +447,82 @@ def test_tiled_top_k_is_exactly_the_dense_top_k(width, compiled):
     excluded[0, :1_490] = True                            # 10 allowed cells < k
     rows, cols = np.nonzero(excluded)
     blocks = [(c0, torch.from_numpy(key[:, c0:c0 + width])) for c0 in range(0, n, width)]
+    calls = _count_kernel_calls(monkeypatch)
     idx, valid, score = engine.top_k_blocks(blocks, t, n, torch.from_numpy(rows),
                                             torch.from_numpy(cols), k, compiled=compiled)
     ref_idx, ref_valid = _dense_reference(key, excluded, k)
     assert idx.tolist() == ref_idx and valid.tolist() == ref_valid
     picked = np.take_along_axis(key, np.array(ref_idx), 1)
     np.testing.assert_array_equal(score.numpy()[valid.numpy()], picked[np.array(ref_valid)])
+    # every block after the first goes through the kernel (a first block wider than
+    # engine.SEED columns is cut there, and its rest too)
+    later = ([engine.SEED] if width > engine.SEED else []) + list(range(width, n, width))
+    assert calls == (later if compiled else [])
 
 
 @pytest.mark.parametrize("compiled", [True, False])
-@pytest.mark.parametrize("column", [5, 140, 1_499])
-def test_top_k_refuses_nan_scores(column, compiled):
-    """A NaN anywhere (the first block, a tile, the last columns) stops the ranking."""
+@pytest.mark.parametrize("column", [5, 140, 700, 1_499])
+def test_top_k_refuses_nan_scores(column, compiled, monkeypatch):
+    """A NaN anywhere (the first block, a tile, a middle block, the last columns) stops the
+    ranking; past the first block it is the compiled kernel that finds it."""
     key = np.random.default_rng(0).normal(size=(3, 1_500)).astype(np.float32)
     key[2, column] = np.nan
     blocks = [(c0, torch.from_numpy(key[:, c0:c0 + 300])) for c0 in range(0, 1_500, 300)]
     none = torch.empty(0, dtype=torch.long)
+    calls = _count_kernel_calls(monkeypatch)
     with pytest.raises(FloatingPointError, match="NaN"):
         engine.top_k_blocks(blocks, 3, 1_500, none, none, 10, compiled=compiled)
+    assert calls == (list(range(300, column // 300 * 300 + 1, 300))
+                     if compiled and column >= 300 else [])
 
 
-def test_compiled_heaps_mean_what_their_python_says():
-    """The kernels of ``scoring.heap`` as plain Python (``py_func``: what coverage and a
-    reader see) update the heaps exactly as compiled; their order of two picks is the
-    engine's (score, 0.0 above -0.0, lower column; an excluded pick below every other)."""
+def _heap_case(exclude: bool) -> dict[str, np.ndarray]:
+    """Heaps of 5 rows x 6 picks (ties, a row holding excluded picks) and a 300-column block
+    at catalogue column 2000 (ties, -0.0/0.0, a NaN in row 2); row 1's excluded columns are
+    its best cells of the block, which would enter its heap otherwise."""
+    rng = np.random.default_rng(3)
+    t, k, b = 5, 6, 300
+    key = rng.choice(np.array([-1.5, -0.0, 0.0, 2.25, 3.0], np.float32), (t, b),
+                     p=[0.3, 0.2, 0.2, 0.25, 0.05])
+    key[2, 100:105] = np.nan
+    hs = rng.choice(np.array([-1.5, 0.0, 2.25], np.float32), (t, k))
+    hc = rng.permutation(np.arange(1_000, 1_000 + t * k)).reshape(t, k).astype(np.int64)
+    hx = np.zeros((t, k), bool)
+    hx[4, :2] = True
+    ex_cols = (2_000 + np.flatnonzero(key[1] == 3.0)).astype(np.int64) if exclude else (
+        np.zeros(0, np.int64))
+    ends = np.array([0, len(ex_cols), len(ex_cols), len(ex_cols), len(ex_cols)], np.int64)
+    starts = np.array([0, 0, len(ex_cols), len(ex_cols), len(ex_cols)], np.int64)
+    return {"key": key, "hs": hs, "hc": hc, "hx": hx, "ex_start": starts, "ex_end": ends,
+            "ex_cols": ex_cols, "nan_at": np.full(t, -1, np.int64)}
+
+
+def _run_heaps(case: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out = {name: case[name].copy() for name in ("hs", "hc", "hx", "ex_start", "nan_at")}
+    heap.heapify(out["hs"], out["hc"], out["hx"])
+    heap.merge(case["key"], 2_000, out["hs"], out["hc"], out["hx"], out["ex_start"],
+               case["ex_end"], case["ex_cols"], out["nan_at"])
+    return out
+
+
+_PURE = """
+import sys
+import numpy as np
+from metarec.scoring import heap
+case = dict(np.load(sys.argv[1]))
+out = {name: case[name].copy() for name in ("hs", "hc", "hx", "ex_start", "nan_at")}
+heap.heapify(out["hs"], out["hc"], out["hx"])
+heap.merge(case["key"], 2_000, out["hs"], out["hc"], out["hx"], out["ex_start"],
+           case["ex_end"], case["ex_cols"], out["nan_at"])
+np.savez(sys.argv[2], **out)
+"""
+
+
+def test_compiled_heaps_mean_what_their_python_says(tmp_path):
+    """The kernels of ``scoring.heap`` run as plain Python (``NUMBA_DISABLE_JIT=1``, in a
+    subprocess) update the heaps exactly as compiled; their order of two picks is the
+    engine's (score, 0.0 above -0.0, lower column; an excluded pick below every other); an
+    excluded cell never enters a full heap, though it would without its exclusion."""
     vals = [(-1.5, 3, False), (-0.0, 2, False), (0.0, 5, False), (0.0, 2, False),
             (2.25, 9, False), (2.25, 1, False), (float("-inf"), 4, True), (float("-inf"), 7, True)]
 
@@ -465,30 +533,21 @@ def test_compiled_heaps_mean_what_their_python_says():
     for a in vals:
         for b in vals:
             assert heap._worse.py_func(*a, *b) == (rank(a) < rank(b)), (a, b)
-    rng = np.random.default_rng(3)
-    t, k, b = 5, 6, 300
-    key = rng.choice(np.array([-1.5, -0.0, 0.0, 2.25, 3.0], np.float32), (t, b))
-    key[2, 100:105] = np.nan
-    hs = rng.choice(np.array([-1.5, 0.0, 2.25], np.float32), (t, k))
-    hc = rng.permutation(np.arange(1_000, 1_000 + t * k)).reshape(t, k).astype(np.int64)
-    hx = np.zeros((t, k), bool)
-    hx[4, :2] = True                                    # a row with excluded picks
-    ex_cols = np.array([2_000, 2_010, 2_050, 2_299], np.int64)   # row 1's excluded columns
-    starts = np.array([0, 0, 4, 4, 4], np.int64)
-    ends = np.array([0, 4, 4, 4, 4], np.int64)
-    out = []
-    for fn_heapify, fn_merge in ((heap.heapify, heap.merge),
-                                 (heap.heapify.py_func, heap.merge.py_func)):
-        state = [hs.copy(), hc.copy(), hx.copy()]
-        fn_heapify(*state)
-        nan_at, s0 = np.full(t, -1, np.int64), starts.copy()
-        fn_merge(key, 2_000, *state, s0, ends, ex_cols, nan_at)
-        out.append((*state, nan_at, s0))
-    for compiled, python in zip(*out, strict=True):
-        np.testing.assert_array_equal(compiled, python)
-    assert out[0][3].tolist() == [-1, -1, 2_100, -1, -1]        # the NaN row stopped there
-    picked = set(out[0][1][1].tolist())
-    assert not picked & set(ex_cols.tolist())                   # excluded cells never enter
+    case = _heap_case(exclude=True)
+    compiled = _run_heaps(case)
+    np.savez(tmp_path / "case.npz", **case)
+    env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
+    done = subprocess.run([sys.executable, "-c", _PURE, str(tmp_path / "case.npz"),
+                           str(tmp_path / "out.npz")], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    pure = np.load(tmp_path / "out.npz")
+    for name, value in compiled.items():
+        np.testing.assert_array_equal(value, pure[name], err_msg=name)
+    assert compiled["nan_at"].tolist() == [-1, -1, 2_100, -1, -1]   # the NaN row stopped there
+    excluded = set(case["ex_cols"].tolist())
+    assert len(excluded) >= 3 and not set(compiled["hc"][1].tolist()) & excluded
+    free = _run_heaps(_heap_case(exclude=False))
+    assert set(free["hc"][1].tolist()) & excluded                # they would have entered
 
 
 @pytest.mark.parametrize("adapt", ["user", "all"])

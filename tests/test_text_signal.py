@@ -24,7 +24,7 @@ def _module():
 def _catalogue(titles_carry_taste: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
     """300 items of 3 genres; a hidden taste side (+1/-1) the genres do not tell; 400 users
     who rate items of their side high. Titles name the side ("storm"/"quiet") or not."""
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(7)   # not text_signal's fold seed (0): folds must not track sides
     n_items, n_users = 300, 400
     side = rng.choice([-1.0, 1.0], n_items)
     words = np.array(["river", "night", "glass", "crown", "seven", "paper"])

@@ -10,18 +10,30 @@ above -0.0, then the lower catalogue column; an excluded cell ranks below every 
 among the picks only when a row had fewer than K other cells before this kernel took over.
 
 Each row's heap is three (T, K) arrays (score, column, excluded), its root (index 0) the
-worst pick. The loops run rows in parallel (``prange``, :func:`threads` of them); they read
-the blocks and write only the heaps.
+worst pick. The loops run rows in parallel (``prange``, :func:`threads` of them, on numba's
+OpenMP layer); they read the blocks and write only the heaps. Like torch's own OpenMP work,
+they must not run in a child *forked* from a process that already ran them (numba stops
+such a child; torch's operations can hang in it): the project's workers and Dask start
+theirs with ``spawn``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numba
 import numpy as np
 
 NUMBA_THREADS = numba.config.NUMBA_NUM_THREADS
+def _parallel(fn: Callable[..., Any]) -> Any:
+    """``fn`` compiled with rows in parallel, cached on disk where numba finds a writable
+    folder (next to this file or the user's cache), else compiled once per process."""
+    try:
+        return numba.njit(cache=True, nogil=True, parallel=True)(fn)
+    except RuntimeError:              # "no locator available": nowhere to write the cache
+        return numba.njit(nogil=True, parallel=True)(fn)
 
 
 @numba.njit(inline="always")
@@ -59,7 +71,7 @@ def _sift_down(hs: np.ndarray, hc: np.ndarray, hx: np.ndarray, i: int, k: int) -
         p = a
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@_parallel
 def heapify(hs: np.ndarray, hc: np.ndarray, hx: np.ndarray) -> None:
     """Make every row of (hs, hc, hx) a min-heap, in place."""
     t, k = hs.shape
@@ -101,7 +113,7 @@ def _visit(s: float, col: int, i: int, hs: np.ndarray, hc: np.ndarray, hx: np.nd
 SEGMENT = 64   # cells of a row counted against its k-th best at once (a vectorised loop)
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@_parallel
 def merge(key: np.ndarray, c0: int, hs: np.ndarray, hc: np.ndarray, hx: np.ndarray,
           ex_start: np.ndarray, ex_end: np.ndarray, ex_cols: np.ndarray,
           nan_at: np.ndarray) -> None:
