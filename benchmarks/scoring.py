@@ -191,27 +191,26 @@ def throughput(root: Path, n_users: int, chunk: int, n_items: int, device: str =
         return recommend_chunk(predictor, batch_of(a, b), no, rows, sup[a:b].reshape(-1),
                                TOP)[0]
 
+    def timed_runs() -> tuple[list[float], list[torch.Tensor]]:
+        """REPS timings of every chunk, and the last run's picks."""
+        runs, tops = [], []
+        for _ in range(REPS):
+            _sync(device)
+            start = time.perf_counter()
+            tops = [chunk_run(a, min(a + chunk, n_users), no)  # each ends on the CPU: synced
+                    for no, a in enumerate(range(0, n_users, chunk))]
+            runs.append(time.perf_counter() - start)
+        return runs, tops
+
     chunk_run(0, min(chunk, n_users), 0)  # warm-up
-    runs = []
-    for _ in range(REPS):
-        _sync(device)
-        start = time.perf_counter()
-        tops = [chunk_run(a, min(a + chunk, n_users), no)     # each ends on the CPU: synced
-                for no, a in enumerate(range(0, n_users, chunk))]
-        runs.append(time.perf_counter() - start)
+    runs, tops = timed_runs()
     seconds = min(runs)
     # the same work with the PyTorch top K (what GPUs run, and the CPU before the kernel)
     from metarec.scoring import engine
     compiled_path = engine.top_k_blocks
     engine.top_k_blocks = functools.partial(compiled_path, compiled=False)
-    torch_runs = []
     try:
-        for _ in range(REPS):
-            _sync(device)
-            start = time.perf_counter()
-            for no, a in enumerate(range(0, n_users, chunk)):
-                chunk_run(a, min(a + chunk, n_users), no)
-            torch_runs.append(time.perf_counter() - start)
+        torch_runs, _ = timed_runs()
     finally:
         engine.top_k_blocks = compiled_path
 

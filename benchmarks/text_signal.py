@@ -83,6 +83,12 @@ def _predict(x: np.ndarray, y: np.ndarray, tr: np.ndarray, te: np.ndarray, pen: 
     return np.c_[x[te], np.ones(te.sum())] @ w
 
 
+def _penalty_vector(columns: int, n_base: int, lb: float, lt: float | None) -> np.ndarray:
+    """One penalty per column: ``lb`` for the first ``n_base`` (genres + year), ``lt`` for
+    the title columns after them (None: there are none)."""
+    return np.r_[np.full(n_base, lb), np.full(columns - n_base, lt or 0.0)]
+
+
 def _penalties(x: np.ndarray, y: np.ndarray, n_base: int, rows: np.ndarray,
                rng: np.random.Generator) -> tuple[float, float | None]:
     """The (genres + year, title) penalties of the grid with the least squared error over an
@@ -92,7 +98,7 @@ def _penalties(x: np.ndarray, y: np.ndarray, n_base: int, rows: np.ndarray,
     best, choice = np.inf, (PENALTIES[0], None)
     for lb in PENALTIES:
         for lt in text:
-            pen = np.r_[np.full(n_base, lb), np.full(x.shape[1] - n_base, lt or 0.0)]
+            pen = _penalty_vector(x.shape[1], n_base, lb, lt)
             sse = 0.0
             for f in range(INNER):
                 tr, te = rows.copy(), rows.copy()
@@ -114,7 +120,7 @@ def nested_r2(x: np.ndarray, y: np.ndarray, n_base: int, fold: np.ndarray
         tr, te = fold != f, fold == f
         lb, lt = _penalties(x, y, n_base, tr, rng)
         chosen.append((lb, lt))
-        pen = np.r_[np.full(n_base, lb), np.full(x.shape[1] - n_base, lt or 0.0)]
+        pen = _penalty_vector(x.shape[1], n_base, lb, lt)
         pred[te] = _predict(x, y, tr, te, pen)
     return 1 - ((y - pred) ** 2).sum(0) / ((y - y.mean(0)) ** 2).sum(0), chosen
 

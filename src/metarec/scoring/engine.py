@@ -154,8 +154,8 @@ def _compiled(best: Tensor, blocks: Iterable[tuple[int, Tensor]], n: int,
     heaps of :mod:`metarec.scoring.heap`; the same keys :func:`_merge` would give."""
     heap.threads(torch.get_num_threads())
     col, valid, score = unpack(best, n)
-    hs = torch.where(valid, score, float("-inf")).numpy().copy()
-    hc, hx = col.numpy().copy(), (~valid).numpy().copy()
+    hs = torch.where(valid, score, float("-inf")).numpy()     # new tensors: the heaps
+    hc, hx = col.numpy(), (~valid).numpy()
     heap.heapify(hs, hc, hx)
     t = best.shape[0]
     rows, cols = exclude_rows.cpu().numpy(), exclude_cols.cpu().numpy()

@@ -53,9 +53,10 @@ def _worse(s1: float, c1: int, x1: bool, s2: float, c2: int, x2: bool) -> bool:
 
 
 @numba.njit(inline="always")
-def _sift_down(hs: np.ndarray, hc: np.ndarray, hx: np.ndarray, i: int, k: int) -> None:
-    """Restore row i's min-heap (worst at the root) after its root changed."""
-    p = 0
+def _sift_down(hs: np.ndarray, hc: np.ndarray, hx: np.ndarray, i: int, k: int, p: int = 0
+               ) -> None:
+    """Restore row i's min-heap (worst at the root) below position ``p``, whose pick
+    changed (the root's, after a replacement; each inner node's, when heapifying)."""
     while True:
         a = 2 * p + 1
         if a >= k:
@@ -77,21 +78,7 @@ def heapify(hs: np.ndarray, hc: np.ndarray, hx: np.ndarray) -> None:
     t, k = hs.shape
     for i in numba.prange(t):
         for start in range(k // 2 - 1, -1, -1):
-            p = start
-            while True:
-                a = 2 * p + 1
-                if a >= k:
-                    break
-                b = a + 1
-                if b < k and _worse(hs[i, b], hc[i, b], hx[i, b], hs[i, a], hc[i, a],
-                                    hx[i, a]):
-                    a = b
-                if not _worse(hs[i, a], hc[i, a], hx[i, a], hs[i, p], hc[i, p], hx[i, p]):
-                    break
-                hs[i, p], hs[i, a] = hs[i, a], hs[i, p]
-                hc[i, p], hc[i, a] = hc[i, a], hc[i, p]
-                hx[i, p], hx[i, a] = hx[i, a], hx[i, p]
-                p = a
+            _sift_down(hs, hc, hx, i, k, start)
 
 
 @numba.njit(inline="always")
