@@ -80,7 +80,7 @@ def test_nights_and_window_rules() -> None:
 
 def sections(p: Params) -> tuple:
     """The params sections the backtest stage takes, in its order."""
-    return p.backtest, p.score, p.episodes, p.model, p.train
+    return p.backtest, p.score, p.validate, p.ingest, p.episodes, p.model, p.train
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def run(synthetic_project: dict, tmp_path_factory: pytest.TempPathFactory) -> di
     out = tmp_path_factory.mktemp("backtest")
     full = dataclasses.replace(params, backtest=p, score=score)
     summary = stage.run(*sections(full), root / "validated", root / "episodes",
-                        root / "models/seed0", None, out / "backtest.json", out / "report")
+                        root / "models", None, out / "backtest.json", out / "report")
     return {"summary": summary, "out": out, "root": root, "params": p, "score": score,
             "full": full}
 
@@ -120,7 +120,7 @@ def test_adapted_once_changes_warm_users_only(run: dict) -> None:
     # a cold user's support is the same either way: adapted once == re-adapted, exactly
     night = bt.nights(run["params"])[0]
     score = dataclasses.replace(run["score"], dynamic=True, top_k=run["params"].k)
-    inputs = resolve(score, run["root"] / "validated", run["root"] / "models/seed0", night)
+    inputs = resolve(score, run["root"] / "validated", run["root"] / "models", night)
     latest = recommend(inputs)[0].to_pandas()
     first = recommend(inputs, warm_support="first")[0].to_pandas()
     cold = latest["kind"] == "cold"
@@ -167,7 +167,7 @@ def test_a_planted_future_interaction_changes_no_recommendation(
 
     def judged(folder: Path) -> pd.DataFrame:
         pl = stage.plan(*sections(run["full"]), folder, root / "episodes",
-                     root / "models/seed0", None)
+                     root / "models", None)
         return bt.judge_night(dataclasses.replace(pl, baseline="itemknn"), night)
 
     monkeypatch.setattr(bt, "_judge", spy)
@@ -202,7 +202,7 @@ def test_a_window_on_the_training_period_is_refused(run: dict) -> None:
     with pytest.raises(ParamsError, match="overlaps the training period"):
         stage.plan(*sections(dataclasses.replace(run["full"], backtest=p)), root / "validated",
                    root / "episodes",
-                   root / "models/seed0", None)
+                   root / "models", None)
 
 
 def test_warm_support_first_takes_the_earliest_rows(tmp_path) -> None:
@@ -216,7 +216,7 @@ def test_warm_support_first_takes_the_earliest_rows(tmp_path) -> None:
                         "timestamp": [50, 10, 40, 20, 30, 5, 6]})
     items = pa.table({"item_id": [f"i{n}" for n in range(5)], "idx": list(range(5))})
     users = write_parquet(pd.DataFrame({"user_id": ["c"]}), tmp_path / "users.parquet")
-    with World(log, [], end=100) as world:
+    with World(log, None, end=100) as world:
         kinds = world.select(max_interactions=2, active_days=1, dynamic=True).kinds
         _, done = world.export(tmp_path, users, items, 0, 2)
     rows = next(runs(done, [0, 2]))
@@ -240,15 +240,16 @@ def test_backfill_gives_each_nights_score_bytes(synthetic_project: dict, tmp_pat
     p = dataclasses.replace(synthetic_project["params"].score, model="maml")
     first = dt.datetime.fromtimestamp(bt.trained_until(root / "episodes"), dt.UTC).date()
     days = [(first + dt.timedelta(days=i)).isoformat() for i in range(3)]
-    batches = score.backfill(p, root / "validated", root / "models/seed0", tmp_path / "fill",
+    v, ing = synthetic_project["params"].validate, synthetic_project["params"].ingest
+    batches = score.backfill(p, v, ing, root / "validated", root / "models", tmp_path / "fill",
                              days[0], days[-1])
     assert [b.name for b in batches] == days
     for day in days:
-        one = score.run(p, root / "validated", root / "models/seed0", tmp_path / "one", day)
+        one = score.run(p, v, ing, root / "validated", root / "models", tmp_path / "one", day)
         for name in ("recommendations.parquet", "manifest.json"):
             assert (one / name).read_bytes() == (tmp_path / "fill" / day / name).read_bytes()
     with pytest.raises(ParamsError, match="before --from"):
-        score.backfill(p, root / "validated", root / "models/seed0", tmp_path / "x",
+        score.backfill(p, v, ing, root / "validated", root / "models", tmp_path / "x",
                        days[-1], days[0])
 
 
@@ -291,7 +292,7 @@ def test_retrained_models_see_nothing_after_their_retrain_point(run: dict,
                             retrain_every_days=7, bootstrap_samples=20)
     full = dataclasses.replace(run["full"], backtest=p)
     pl = stage.plan(*sections(full), root / "validated", root / "episodes",
-                    root / "models/seed0", None)
+                    root / "models", None)
     days = pl.nights                                      # early, +3, +6, +9
     week = str(early + dt.timedelta(days=7))
     assert [retrain.point(days[0], d, 7) for d in days] == [days[0]] * 3 + [week]
@@ -315,7 +316,7 @@ def test_retrained_models_see_nothing_after_their_retrain_point(run: dict,
     training = retrain.Training(full.episodes, full.model, full.train)
     clean = retrain.models_at(training, root / "validated", ("maml",), days[0], tmp_path / "c")
     dirty = retrain.models_at(training, planted, ("maml",), days[0], tmp_path / "d")
-    a, b = (torch.load(m / "maml.pt", weights_only=False) for m in (clean, dirty))
+    a, b = (torch.load(m / "seed0/maml.pt", weights_only=False) for m in (clean, dirty))
     assert a["vocab_sha256"] == b["vocab_sha256"]   # (the digest covers fit seconds too)
     for name, value in a["state"]["state_dict"].items():
         assert torch.equal(value, b["state"]["state_dict"][name]), name

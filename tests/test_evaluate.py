@@ -42,7 +42,8 @@ def test_metric_names_follow_the_cut_offs(knobs: dict) -> None:
     report = (out / "report" / "report.md").read_text()
     assert "ndcg@10" in report and "ndcg@20" not in report
     assert "80% CI" in report and "95% CI" not in report
-    assert (out / "report" / "ndcg_at_10_vs_k.png").exists()
+    assert sorted(p.name for p in (out / "report" / "plots").iterdir()) == [
+        "mae_vs_k.png", "mae_vs_steps.png", "ndcg_at_10_vs_k.png", "ndcg_at_10_vs_steps.png"]
     readme = results_markdown(json.loads((out / "eval.json").read_text()))
     assert "**ndcg@10**" in readme and "80% CI" in readme and "ndcg@20" not in readme
 

@@ -45,9 +45,14 @@ def _fail(exc: Exception) -> None:
 
 
 @contextlib.contextmanager
-def reported() -> Iterator[None]:
-    """A metarec error becomes one red line and exit code 2 (never a traceback)."""
+def reported(stage: str | None = None, params: Path | None = None) -> Iterator[None]:
+    """A metarec error becomes one red line and exit code 2 (never a traceback). A pipeline
+    ``stage`` first checks that dvc.yaml (beside ``params``) tracks what it will read."""
     try:
+        if stage is not None and params is not None:
+            from metarec import dag
+
+            dag.check_stage(stage, params)
         yield
     except MetarecError as exc:
         _fail(exc)
@@ -61,7 +66,7 @@ def ingest(
     """Fetch or read the data source named in params.yaml; write canonical Parquet tables."""
     from metarec.stages import ingest as stage
 
-    with reported():
+    with reported("ingest", params):
         stage.run(load_params(params).ingest, out)
 
 
@@ -76,7 +81,7 @@ def validate(
     """Check the canonical tables with Great Expectations; quarantine or fail on bad rows."""
     from metarec.stages import validate as stage
 
-    with reported():
+    with reported("validate", params):
         stage.run(load_params(params).validate, inp, out, quarantine, report)
 
 
@@ -92,7 +97,7 @@ def episodes(
     """Split users in time and build one support/query task per user and K."""
     from metarec.stages import episodes as stage
 
-    with reported():
+    with reported("episodes", params):
         stage.run(load_params(params).episodes, inp, out, metrics, report)
 
 
@@ -153,7 +158,7 @@ def train(
     """Meta-train every algorithm in params.yaml (+ pretrain/finetune); write checkpoints."""
     from metarec.stages import train as stage
 
-    with reported():
+    with reported("train", params):
         loaded = load_params(params)
         stage.run(loaded.model, loaded.train, episodes, out, metrics)
 
@@ -171,13 +176,13 @@ def evaluate(
     """Score every model on the test tasks: 4 scenarios x K x seeds, with bootstrap CIs."""
     from metarec.stages import evaluate as stage
 
-    with reported():
+    with reported("evaluate", params):
         stage.run(load_params(params).evaluate, episodes, models, metrics, report, selection)
 
 
 # options shared by the scoring commands (score, backfill)
 VALIDATED = typer.Option(Path("data/validated"), "--in", help="validated tables")
-MODELS = typer.Option(Path("models/seed0"), help="folder of checkpoints (<model>.pt)")
+MODELS = typer.Option(Path("models"), help="trained models (seed<S>/<model>.pt)")
 BATCHES = typer.Option(Path("data/recommendations"), help="root of the dated batches")
 SELECTION = typer.Option(Path("metrics/selection.json"),
                          help="evaluate's choice, read when score.model is auto")
@@ -196,8 +201,9 @@ def score(
     """Adapt to the day's cold-start users and write their top-K batch (atomically)."""
     from metarec.stages import score as stage
 
-    with reported():
-        batch = stage.run(load_params(params).score, inp, models, out, as_of, selection)
+    with reported("score", params):
+        p = load_params(params)
+        batch = stage.run(p.score, p.validate, p.ingest, inp, models, out, as_of, selection)
     typer.echo(str(batch))
 
 
@@ -215,7 +221,8 @@ def backfill(
     from metarec.stages import score as stage
 
     with reported():
-        batches = stage.backfill(load_params(params).score, inp, models, out, first, last,
+        p = load_params(params)
+        batches = stage.backfill(p.score, p.validate, p.ingest, inp, models, out, first, last,
                                  selection)
     for batch in batches:
         typer.echo(str(batch))
@@ -225,8 +232,7 @@ def backfill(
 def backtest(
     inp: Path = typer.Option(Path("data/validated"), "--in", help="validated tables"),
     episodes: Path = typer.Option(Path("data/episodes"), help="episodes (training cut-off)"),
-    models: Path = typer.Option(Path("models/seed0"),
-                                help="folder of checkpoints (<model>.pt)"),
+    models: Path = typer.Option(Path("models"), help="trained models (seed<S>/<model>.pt)"),
     selection: Path = typer.Option(Path("metrics/selection.json"),
                                    help="evaluate's choice and validation scores"),
     metrics: Path = typer.Option(Path("metrics/backtest.json"), help="summary JSON"),
@@ -237,10 +243,10 @@ def backtest(
     from metarec.scoring.backtest import markdown
     from metarec.stages import backtest as stage
 
-    with reported():
+    with reported("backtest", params):
         p = load_params(params)
-        summary = stage.run(p.backtest, p.score, p.episodes, p.model, p.train, inp, episodes,
-                            models, selection, metrics, report)
+        summary = stage.run(p.backtest, p.score, p.validate, p.ingest, p.episodes, p.model,
+                            p.train, inp, episodes, models, selection, metrics, report)
     typer.echo(markdown(summary))
 
 

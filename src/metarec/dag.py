@@ -1,14 +1,23 @@
-"""The pipeline's code and params dependencies, derived from the code itself.
+"""The pipeline's dependencies, derived from the code and the params themselves.
 
-A stage's code dependencies are the transitive closure of the ``metarec`` modules its entry
-point (``metarec.stages.<stage>``) imports, at module level or inside functions (read from the
-source with :mod:`ast`, nothing is executed). A package that discovers its modules at run time
-(``pkgutil.iter_modules(__path__)``, the algorithm registry) depends on every module in it.
-A stage's params are the sections its ``run`` takes (by their annotated types); every key of
-those sections must be read somewhere in its code closure.
+For every stage of ``dvc.yaml``:
 
-``metarec dag --check`` compares both with ``dvc.yaml`` and names what is missing or extra;
-``metarec dag --write`` rewrites the code dependencies of every stage in ``dvc.yaml`` in place.
+- **code**: the transitive closure of the ``metarec`` modules its entry point
+  (``metarec.stages.<stage>``) imports, at module level or inside functions (read from the
+  source with :mod:`ast`, nothing is executed). A package that discovers its modules at run
+  time (``pkgutil.iter_modules(__path__)``, the algorithm registry) depends on every module;
+- **params, per key**: every key of the sections its ``run`` takes (by their annotated types;
+  ``Annotated[Section, Keys(...)]`` narrows a section to the keys named), less the keys marked
+  output-neutral (``neutral`` in the field's metadata: a knob that changes how fast, never
+  what is written, such as ``train.workers``), so such a knob reruns nothing;
+- **data named by params**: the files and folders a section names as inputs (its
+  ``inputs()``: the user's own log and feature tables, a local MovieLens copy, a predefined
+  split, the landing folder), listed after the stage's fixed inputs with a ``# from params``
+  mark, so that an in-place edit of the user's data reruns exactly what reads it.
+
+``metarec dag --check`` compares all three with ``dvc.yaml`` and names what is missing or
+extra; ``metarec dag --write`` rewrites ``dvc.yaml``'s derived lists (its commands, fixed
+inputs and outputs stay as written).
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import json
 import re
 import typing
 from functools import cache
@@ -26,6 +36,8 @@ import yaml
 
 import metarec
 from metarec import config
+from metarec.errors import ParamsError
+from metarec.schema import Keys
 
 PACKAGE_DIR = Path(metarec.__file__).resolve().parent
 SRC = PACKAGE_DIR.parent
@@ -108,32 +120,66 @@ def code_deps(stage: str) -> list[str]:
     return [str(p.resolve().relative_to(root)) for p in closure(f"metarec.stages.{stage}")]
 
 
-def _sections(stage: str) -> list[tuple[str, type]]:
-    """(params.yaml section, dataclass) for each section the stage's ``run`` takes."""
+def _sections(stage: str) -> list[tuple[str, type, tuple[str, ...] | None]]:
+    """(params.yaml section, dataclass, the keys read or None for all) for each section the
+    stage's ``run`` takes."""
     import importlib
 
     run = importlib.import_module(f"metarec.stages.{stage}").run
-    hints = typing.get_type_hints(run)
+    hints = typing.get_type_hints(run, include_extras=True)
     names = {tp: name for name, tp in typing.get_type_hints(config.Params).items()}
     out = []
     for param in inspect.signature(run).parameters:
-        tp = hints.get(param)
+        tp, keys = hints.get(param), None
+        if typing.get_origin(tp) is typing.Annotated:
+            tp, *extra = typing.get_args(tp)
+            keys = next((e.names for e in extra if isinstance(e, Keys)), None)
         if tp in names:
-            out.append((names[tp], tp))
+            out.append((names[tp], tp, keys))
     return out
 
 
-def params_deps(stage: str) -> list[str]:
-    """The params sections ``stage`` reads, as dvc.yaml lists them."""
-    return [name for name, _ in _sections(stage)]
+def _fields(tp: type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(tp) if "internal" not in f.metadata]
+
+
+def params_deps(stage: str, algorithm_sections: list[str] | None = None) -> list[str]:
+    """The params keys ``stage`` reads, as dvc.yaml lists them (``section.key``): every key
+    of its sections but the output-neutral ones, and for ``train`` each algorithm's own
+    section (``algorithm_sections``: those params.yaml holds; default: every registered one
+    that has knobs)."""
+    out = []
+    for name, tp, keys in _sections(stage):
+        for f in _fields(tp):
+            if "neutral" in f.metadata or (keys is not None and f.name not in keys):
+                continue
+            out.append(f"{name}.{f.name}")
+        if tp is config.TrainParams:
+            if algorithm_sections is None:
+                from metarec import algorithms
+
+                algorithm_sections = [n for n, sec in algorithms.param_sections().items()
+                                      if sec is not None]
+            out += [f"{name}.{a}" for a in sorted(algorithm_sections)]
+    return out
+
+
+def data_deps(stage: str, params: config.Params) -> dict[str, str]:
+    """{path: params key} of the files and folders the stage's sections name as inputs (a
+    section the stage reads only a few keys of, such as the landing format from ``ingest``,
+    adds none)."""
+    out: dict[str, str] = {}
+    for name, _, keys in _sections(stage):
+        if keys is None:
+            for key, path in getattr(params, name).inputs().items():
+                out.setdefault(path, key)
+    return out
 
 
 def _keys(tp: type, prefix: str, sections: dict[str, type | None]) -> list[tuple[str, str]]:
     """(dotted key, attribute name) of every leaf key of section type ``tp``."""
     out = []
-    for f in dataclasses.fields(tp):
-        if "internal" in f.metadata:
-            continue
+    for f in _fields(tp):
         hint = typing.get_type_hints(tp)[f.name]
         if dataclasses.is_dataclass(hint):
             out += _keys(hint, f"{prefix}.{f.name}", {})
@@ -151,74 +197,193 @@ def unread_keys(stage: str) -> list[str]:
 
     text = "\n".join(p.read_text(encoding="utf-8") for p in closure(f"metarec.stages.{stage}"))
     dead = []
-    for name, tp in _sections(stage):
+    for name, tp, keys in _sections(stage):
         extra = algorithms.param_sections() if tp is config.TrainParams else {}
         for key, attr in _keys(tp, name, extra):
+            if keys is not None and key.split(".")[1] not in keys:
+                continue
             if not re.search(rf"\.{attr}\b", text):
                 dead.append(key)
     return dead
 
 
-def declared(dvc_yaml: Path) -> dict[str, dict[str, list[str]]]:
-    """{stage: {"code": [...], "params": [...]}} as ``dvc.yaml`` declares them."""
-    spec = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8"))["stages"]
-    out = {}
-    for stage, body in spec.items():
-        deps = [d for d in body.get("deps", []) if str(d).startswith("src/")]
-        params = [p if isinstance(p, str) else next(iter(p)) for p in body.get("params", [])]
-        out[stage] = {"code": deps, "params": params}
-    return out
+# ---------------------------------------------------------------------------------------------
+# dvc.yaml
 
 
-def check(dvc_yaml: Path) -> list[str]:
-    """Problems: code or params dependencies missing from or extra in ``dvc.yaml``."""
-    have = declared(dvc_yaml)
+FROM_PARAMS = "# from params: "
+
+
+def _read(dvc_yaml: Path) -> tuple[list[str], dict[str, dict[str, Any]], dict[str, set[str]]]:
+    """(header comment lines, stages as parsed, {stage: deps marked as named by params})."""
+    text = dvc_yaml.read_text(encoding="utf-8")
+    header = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line)
+    stages = yaml.safe_load(text)["stages"]
+    marked: dict[str, set[str]] = {}
+    stage = None
+    for line in text.splitlines():
+        m = re.match(r"^  ([A-Za-z_][\w-]*):\s*$", line)
+        if m:
+            stage = m.group(1)
+        m = re.match(r"^      - (.+?)\s+" + re.escape(FROM_PARAMS.strip()), line)
+        if m and stage is not None:
+            marked.setdefault(stage, set()).add(m.group(1).strip().strip("'\""))
+    return header, stages, marked
+
+
+def _load_params(params_yaml: Path) -> tuple[config.Params, dict[str, Any]]:
+    from metarec.params import parse
+
+    raw = yaml.safe_load(params_yaml.read_text(encoding="utf-8")) or {}
+    return parse(raw), raw
+
+
+def derive(stage: str, params_yaml: Path) -> dict[str, Any]:
+    """What ``stage``'s entry in dvc.yaml must list: code, params keys, data named by params."""
+    params, raw = _load_params(params_yaml)
+    present = [k for k, v in (raw.get("train") or {}).items() if isinstance(v, dict)
+               and k != "objective"]
+    return {"code": code_deps(stage), "params": params_deps(stage, present),
+            "data": data_deps(stage, params)}
+
+
+def _compare(stage: str, body: dict[str, Any], marked: set[str], params_yaml: Path,
+             kinds: tuple[str, ...]) -> list[str]:
+    """What ``body`` (a stage of dvc.yaml) lacks or has too much of, for ``kinds``."""
+    want = derive(stage, params_yaml)
+    deps = [str(d) for d in body.get("deps", [])]
+    got = {"code": [d for d in deps if d.startswith("src/")],
+           "params": [p if isinstance(p, str) else next(iter(p))
+                      for p in body.get("params", [])],
+           "data": sorted(marked)}
+    problems = []
+    for kind in kinds:
+        items = sorted(want[kind])
+        for item in sorted(set(items) - set(got[kind])):
+            why = f" (params: {want['data'][item]})" if kind == "data" else ""
+            problems.append(f"{stage}: missing {kind} dependency {item}{why}")
+        for item in sorted(set(got[kind]) - set(items)):
+            problems.append(f"{stage}: extra {kind} dependency {item}")
+    return problems
+
+
+def check(dvc_yaml: Path, params_yaml: Path | None = None) -> list[str]:
+    """Problems: code, params or params-named data dependencies missing from or extra in
+    ``dvc.yaml``; params keys no code reads."""
+    params_yaml = params_yaml or dvc_yaml.with_name("params.yaml")
+    _, have, marked = _read(dvc_yaml)
     problems = []
     for stage in STAGES:
         if stage not in have:
             problems.append(f"{stage}: stage missing from {dvc_yaml}")
             continue
-        for kind, want in (("code", code_deps(stage)),
-                           ("params", params_deps(stage))):
-            got = have[stage][kind]
-            for item in sorted(set(want) - set(got)):
-                problems.append(f"{stage}: missing {kind} dependency {item}")
-            for item in sorted(set(got) - set(want)):
-                problems.append(f"{stage}: extra {kind} dependency {item}")
+        problems += _compare(stage, have[stage], marked.get(stage, set()), params_yaml,
+                             ("code", "params", "data"))
         problems += [f"{stage}: params key {k} is read by none of its code"
                      for k in unread_keys(stage)]
     return problems
 
 
-def write(dvc_yaml: Path) -> None:
-    """Rewrite each stage's ``src/`` dependencies in ``dvc.yaml`` (other lines untouched)."""
-    lines = dvc_yaml.read_text(encoding="utf-8").splitlines(keepends=True)
-    out: list[str] = []
-    stage: str | None = None
-    in_deps = False
-    for line in lines:
-        m = re.match(r"^  ([A-Za-z_][\w-]*):\s*$", line)
-        if m:
-            stage, in_deps = m.group(1), False
-        if re.match(r"^    deps:\s*$", line):
-            in_deps = True
-            out.append(line)
-            if stage in STAGES:
-                out += [f"      - {d}\n" for d in code_deps(stage)]
-            continue
-        if in_deps and re.match(r"^      - src/", line):
-            continue
-        if in_deps and not re.match(r"^      - ", line):
-            in_deps = False
-        out.append(line)
-    dvc_yaml.write_text("".join(out), encoding="utf-8")
+def check_stage(stage: str, params_yaml: Path) -> None:
+    """Before a stage runs: when ``params_yaml`` has a ``dvc.yaml`` beside it, its entry
+    must list the params keys and the data files params name (your own log, a predefined
+    split, the landing folder) that this stage reads; otherwise DVC would not see a change to
+    them. Raises :class:`ParamsError` saying which command mends it."""
+    dvc_yaml = params_yaml.with_name("dvc.yaml")
+    if not dvc_yaml.is_file():
+        return
+    _, have, marked = _read(dvc_yaml)
+    if stage not in have:
+        return
+    problems = _compare(stage, have[stage], marked.get(stage, set()), params_yaml,
+                        ("params", "data"))
+    if problems:
+        raise ParamsError(f"{dvc_yaml} does not match {params_yaml}: " + "; ".join(problems)
+                          + ". Run `metarec dag --write` (make run does it), then run the "
+                          "stage again, so that DVC tracks what the stage reads")
+
+
+def _item(value: Any, indent: str) -> list[str]:
+    """One list entry of dvc.yaml: a path, or a path with options (``cache: false``)."""
+    if isinstance(value, dict):
+        (path, opts), = value.items()
+        lines = [f"{indent}- {path}:"]
+        lines += [f"{indent}    {k}: {json.dumps(v)}" for k, v in (opts or {}).items()]
+        return lines
+    return [f"{indent}- {value}"]
+
+
+def _fold(cmd: str, width: int = 86) -> list[str]:
+    """A long command as the lines of a folded YAML scalar, each option with its value."""
+    lines: list[str] = []
+    for word in re.split(r" (?=--)", cmd):
+        if lines and len(lines[-1]) + 1 + len(word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return lines
+
+
+def render(header: list[str], stages: dict[str, dict[str, Any]], params_yaml: Path,
+           marked: dict[str, set[str]]) -> str:
+    """dvc.yaml with every derived list regenerated from the code and ``params_yaml``."""
+    lines = [*header, "stages:"]
+    for i, (stage, body) in enumerate(stages.items()):
+        if i:
+            lines.append("")
+        lines.append(f"  {stage}:")
+        want = derive(stage, params_yaml) if stage in STAGES else None
+        for key, value in body.items():
+            if key == "cmd" and len(str(value)) > 80:
+                lines.append("    cmd: >-")
+                lines += [f"      {part}" for part in _fold(str(value))]
+            elif key in ("desc", "cmd", "frozen", "always_changed"):
+                lines.append(f"    {key}: {value}")
+            elif key == "deps" and want is not None:
+                fixed = [str(d) for d in value if not str(d).startswith("src/")
+                         and str(d) not in marked.get(stage, set())]
+                lines.append("    deps:")
+                lines += [f"      - {d}" for d in [*want["code"], *fixed]]
+                lines += [f"      - {path}  {FROM_PARAMS}{k}" for path, k in want["data"].items()
+                          if path not in fixed]
+            elif key == "params" and want is not None:
+                lines.append("    params:")
+                lines += [f"      - {k}" for k in want["params"]]
+            else:
+                lines.append(f"    {key}:")
+                for v in value:
+                    lines += _item(v, "      ")
+        if want is not None and "params" not in body and want["params"]:
+            lines += ["    params:", *(f"      - {k}" for k in want["params"])]
+    return "\n".join(lines) + "\n"
+
+
+def write(dvc_yaml: Path, params_yaml: Path | None = None) -> None:
+    """Rewrite ``dvc.yaml``'s derived lists in place (commands, fixed inputs, outputs and
+    comments above the stages stay as written)."""
+    header, stages, marked = _read(dvc_yaml)
+    text = render(header, stages, params_yaml or dvc_yaml.with_name("params.yaml"), marked)
+    dvc_yaml.write_text(text, encoding="utf-8")
+
+
+def sync(dvc_yaml: Path, params_yaml: Path | None = None) -> list[str]:
+    """Bring ``dvc.yaml``'s derived lists up to date with the code and params (what ``make
+    run`` and the flows do before any stage runs); returns what changed (empty: nothing)."""
+    params_yaml = params_yaml or dvc_yaml.with_name("params.yaml")
+    header, stages, marked = _read(dvc_yaml)
+    changed = [problem for stage in STAGES if stage in stages
+               for problem in _compare(stage, stages[stage], marked.get(stage, set()),
+                                       params_yaml, ("code", "params", "data"))]
+    if changed:
+        dvc_yaml.write_text(render(header, stages, params_yaml, marked), encoding="utf-8")
+    return changed
 
 
 def stages_importing(path: Path) -> list[str]:
     """The stages whose code closure holds ``path``."""
     path = path.resolve()
     return [s for s in STAGES if path in {p.resolve() for p in closure(f"metarec.stages.{s}")}]
-
-
-def describe() -> dict[str, Any]:
-    return {s: {"code": code_deps(s), "params": params_deps(s)} for s in STAGES}

@@ -103,10 +103,15 @@ def majority_baselines(choices: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def serving_choice(per_seed: dict[str, dict[str, dict[str, float]]], params: EvaluateParams
+def serving_choice(per_seed: dict[str, dict[str, dict[str, float]]], params: EvaluateParams,
+                   steps: dict[str, dict[str, tuple[int, int]]] | None = None
                    ) -> dict[str, Any]:
-    """What ``score.model: auto`` scores with: the model (trained in every seed) with the
-    highest validation catalogue nDCG averaged over seeds; ties broken by name."""
+    """What the nightly batch serves (``metrics/selection.json``), all chosen on validation:
+    ``model`` (``score.model: auto``): the model trained in every seed with the highest
+    validation catalogue nDCG averaged over seeds (ties by name); ``seeds``: for every model,
+    the seed whose fit scored highest (``score.seed: auto``; ties: the first seed);
+    ``inner_steps``: per seed and adaptive model, the test-time inner steps evaluation chose
+    (``steps``: {seed: {model: (rate, rank)}}), so that scoring adapts as evaluation did."""
     ck = catalogue_metric(params)
     seeds = list(per_seed.values())
     names = sorted(set.intersection(*(set(s) for s in seeds))) if seeds else []
@@ -120,5 +125,12 @@ def serving_choice(per_seed: dict[str, dict[str, dict[str, float]]], params: Eva
     why = (f"highest validation catalogue {ck} ({mean[best]:.4f}, mean over {len(seeds)} "
            f"seeds) of {len(ranked)} models"
            + (f"; runner-up {runner} ({mean[runner]:.4f})" if runner else ""))
+    order = sorted(per_seed, key=int)
+    best_seed = {n: max(order, key=lambda s: (per_seed[s][n][ck], -int(s))) for n in names}
     return {"model": best, "kind": kind, "metric": ck, "why": why,
-            f"val_{ck}": {n: round(mean[n], 6) for n in ranked}}
+            f"val_{ck}": {n: round(mean[n], 6) for n in ranked},
+            "seeds": {n: int(best_seed[n]) for n in names},
+            "inner_steps": {str(seed): {n: {"rate": int(r), "rank": int(k)}
+                                        for n, (r, k) in sorted(chosen.items())}
+                            for seed, chosen in sorted((steps or {}).items(),
+                                                       key=lambda kv: int(kv[0]))}}

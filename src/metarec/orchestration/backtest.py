@@ -24,8 +24,9 @@ def plan_of(root: Path) -> tuple[bt.Plan, dict[str, str]]:
     """The backtest plan of the project at ``root`` and its stage's paths (``dvc.yaml``)."""
     opts = stage_options(root, "backtest")
     params = load_params(root / "params.yaml")
-    return stage.plan(params.backtest, params.score, params.episodes, params.model,
-                      params.train, root / opts["in"], root / opts["episodes"],
+    return stage.plan(params.backtest, params.score, params.validate, params.ingest,
+                      params.episodes, params.model, params.train, root / opts["in"],
+                      root / opts["episodes"],
                       root / opts["models"], root / opts["selection"]), opts
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from metarec.config import ScoreParams
+from metarec.config import ScoreParams, TableSource, ValidateParams
 from metarec.io import write_parquet_stream
 from metarec.scoring import batch as stage
 
@@ -32,9 +32,12 @@ BatchInputs = stage.Inputs
 
 
 def prepare(params: ScoreParams, validated_dir: str | Path, models_dir: str | Path,
-            as_of: str | None, selection: str | Path | None = None) -> BatchInputs:
-    """Resolve the as-of date and the model and check inputs exactly as ``score.run`` does."""
-    return stage.resolve(params, validated_dir, models_dir, as_of, selection)
+            as_of: str | None, selection: str | Path | None, validate: ValidateParams,
+            landing_format: TableSource, folder: str | Path) -> BatchInputs:
+    """Resolve the as-of date, the model, its seed and steps, and validate the landing files
+    into ``folder`` (the shards' folder), exactly as ``score.run`` does."""
+    return stage.check_day(stage.resolve(params, validated_dir, models_dir, as_of, selection,
+                                         validate, landing_format), folder)
 
 
 def day_stats(inputs: BatchInputs) -> dict[str, Any]:
@@ -62,12 +65,12 @@ def scoring_lock(out_root: str | Path) -> contextlib.AbstractContextManager[None
     return stage.scoring_lock(out_root, "metarec nightly scoring")
 
 
-def shard_dir(inputs: BatchInputs, out_root: str | Path) -> Path:
-    """A fresh hidden folder beside the batch for the shards' partial files."""
+def shard_dir(as_of: str, out_root: str | Path) -> Path:
+    """A fresh hidden folder beside the batch for the landing verdict and the shards' partial
+    files (``as_of``: the night, YYYY-MM-DD)."""
     root = Path(out_root)
     root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{inputs.params.as_of}.shards-{uuid.uuid4().hex[:8]}-",
-                                 dir=root))
+    return Path(tempfile.mkdtemp(prefix=f".{as_of}.shards-{uuid.uuid4().hex[:8]}-", dir=root))
 
 
 def write_shard(inputs: BatchInputs, lo: int, hi: int, folder: str | Path) -> str:

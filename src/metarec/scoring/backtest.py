@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -37,20 +38,13 @@ import pandas as pd
 import torch
 
 from metarec import algorithms
-from metarec.config import BacktestParams, ScoreParams
+from metarec.config import BacktestParams, ScoreParams, TableSource, ValidateParams
 from metarec.errors import ParamsError
 from metarec.eval.bootstrap import paired_bootstrap
 from metarec.io import read_json, read_parquet
 from metarec.scoring import retrain
-from metarec.scoring.batch import recommend, resolve
-from metarec.scoring.world import (
-    DAY,
-    World,
-    day_end,
-    landing_files,
-    parse_as_of,
-    read_landing,
-)
+from metarec.scoring.batch import check_day, landing_check, recommend, resolve
+from metarec.scoring.world import DAY, World, day_end, landing_files, parse_as_of
 
 METHODS = ("model", "static", "baseline", "popularity")
 METRICS = ("hit_rate", "recall", "ndcg")
@@ -118,6 +112,22 @@ class Plan:
     baseline: str | None
     threshold: float
     training: retrain.Training | None = None   # what retraining needs
+    validate: ValidateParams = ValidateParams()   # the rules landing rows go through
+    landing_format: TableSource = TableSource()
+
+    def resolve(self, day: str, model: str | None = None) -> Any:
+        """The batch inputs of ``day`` (:func:`metarec.scoring.batch.resolve`) served by
+        ``model`` (default: the backtested one) with the checkpoints of :meth:`models_for`;
+        retrained models serve from the seed they were retrained with."""
+        models = self.models_for(day)
+        inputs = resolve(self.score, self.validated_dir, models, day, self.selection,
+                         self.validate, self.landing_format)
+        name = model or self.model
+        steps = (inputs.selection or {}).get("inner_steps", {}).get(str(inputs.seed), {})
+        inputs = dataclasses.replace(inputs, model=name, steps=steps.get(name))
+        if models != self.models_dir and self.training is not None:
+            inputs = dataclasses.replace(inputs, seed=self.training.train.seeds[0])
+        return inputs
 
     def models_for(self, day: str) -> str:
         """The checkpoints that serve ``day``: params' models, or those retrained on the log
@@ -131,43 +141,49 @@ class Plan:
 
 def plan(p: BacktestParams, score: ScoreParams, training: retrain.Training | None,
          validated_dir: str | Path, episodes_dir: str | Path, models_dir: str | Path,
-         selection: str | Path | None) -> Plan:
+         selection: str | Path | None, validate: ValidateParams | None = None,
+         landing_format: TableSource | None = None) -> Plan:
     """Check the window against training and the log; resolve the model and its peers."""
     days = nights(p)
     if p.retrain_every_days is not None and training is None:
         raise ParamsError("backtest.retrain_every_days needs the episodes, model and train "
                           "params")
     score = dataclasses.replace(score, top_k=p.k, dynamic=p.warm)
-    inputs = resolve(score, validated_dir, models_dir, days[0], selection)
+    fmt = landing_format or TableSource()
+    inputs = resolve(score, validated_dir, models_dir, days[0], selection, validate, fmt)
     log = read_parquet(inputs.tables["interactions"])
-    stamps = [log["timestamp"]] + [read_landing(f)["timestamp"]
-                                   for f in landing_files(score.landing_dir, dt.date.max)]
+    stamps = [log["timestamp"]]
+    landing = landing_files(score.landing_dir, dt.date.max)
+    if landing:      # the landing rows that pass validation extend the log
+        stamps.append(landing_check(inputs, landing).kept.column("timestamp").to_pandas())
     # retrained models see nothing after their retrain point: only the log's end can bind
     trained_end = 0 if p.retrain_every_days is not None else trained_until(episodes_dir)
     check_window(days, p, trained_end, max(int(s.max()) + 1 for s in stamps if len(s)))
     vocab = read_json(Path(episodes_dir) / "vocab.json")
     return Plan(p, score, str(validated_dir), str(models_dir),
                 str(selection) if selection is not None else None, days, inputs.model,
-                peers(inputs.selection, inputs.model), float(vocab["rating"]["relevant"]), training)
+                peers(inputs.selection, inputs.model), float(vocab["rating"]["relevant"]),
+                training, inputs.validate, fmt)
 
 
 def judge_night(pl: Plan, day: str) -> pd.DataFrame:
     """Per (user, method) metrics of one night: night, user_id, kind, method, hit_rate,
     recall, ndcg, relevant (the user's relevant future items). Users without a relevant
     future item are left out (counted by :func:`summarise` through ``scored``)."""
-    inputs = resolve(pl.score, pl.validated_dir, pl.models_for(day), day, pl.selection)
-    inputs = dataclasses.replace(inputs, model=pl.model)
-    tables = {"model": recommend(inputs)[0].to_pandas()}
-    if pl.params.warm:
-        tables["static"] = recommend(inputs, warm_support="first")[0].to_pandas()
-    if pl.baseline is not None:
-        tables["baseline"] = recommend(dataclasses.replace(
-            inputs, model=pl.baseline, selection=None, selection_path=None))[0].to_pandas()
-    end = inputs.end
-    horizon = end + pl.params.horizon_days * DAY
-    later = landing_files(pl.score.landing_dir,
-                          parse_as_of(day) + dt.timedelta(pl.params.horizon_days))
-    with World(inputs.tables["interactions"], later, horizon,
+    with tempfile.TemporaryDirectory(prefix="metarec-backtest-") as tmp:
+        inputs = check_day(pl.resolve(day), tmp)
+        tables = {"model": recommend(inputs)[0].to_pandas()}
+        if pl.params.warm:
+            tables["static"] = recommend(inputs, warm_support="first")[0].to_pandas()
+        if pl.baseline is not None:
+            base = dataclasses.replace(pl.resolve(day, pl.baseline), checked=inputs.checked)
+            tables["baseline"] = recommend(base)[0].to_pandas()
+        end = inputs.end
+        horizon = end + pl.params.horizon_days * DAY
+        later = landing_files(pl.score.landing_dir,
+                              parse_as_of(day) + dt.timedelta(pl.params.horizon_days))
+        rows = landing_check(inputs, later).kept if later else None
+    with World(inputs.tables["interactions"], rows, horizon,
                pl.score.engine_memory_mb) as judged:
         world = judged.frame()
     past = world[world["timestamp"].to_numpy() < end]

@@ -10,8 +10,16 @@ not interacted with (:mod:`metarec.scoring.engine`) and publishes ``<out_root>/<
   the user's support item that contributed most to the item's score, null if none), kind (string:
   cold | dynamic). Ids only, never user features. Rows are ordered by user_id, then rank.
 - ``manifest.json``: as-of date, effective score params and their hash, git commit, metarec
-  version, model and input file sha256s, row and user counts, the Parquet's sha256. Nothing
-  depends on the wall clock, so a rerun gives byte-identical files (same machine and threads).
+  version, model and input file sha256s, row and user counts, the Parquet's sha256, and the
+  verdict on the landing files read (``landing``: rows in, kept and quarantined per file, every
+  rule with its Great Expectations twin). Nothing depends on the wall clock, so a rerun gives
+  byte-identical files (same machine and threads).
+- ``quarantine.parquet``: the landing rows set aside, with file, row and reason (always
+  written; empty when nothing was set aside).
+
+The landing files are read and validated once per batch (:func:`check_day`, the validate
+stage's rules under ``validate.policy``); a night whose own file has rows, every one of them
+quarantined, is a failed night (:class:`NightRejected`), not an empty batch.
 
 The batch is written into a hidden temporary folder beside the target and renamed into place
 only when complete. The sharded nightly flow (:mod:`metarec.orchestration.sharding`) scores
@@ -38,8 +46,9 @@ import pyarrow.parquet as pq
 import torch
 
 import metarec
-from metarec.config import ScoreParams, params_hash, to_dict
+from metarec.config import ScoreParams, TableSource, ValidateParams, params_hash, to_dict
 from metarec.data.encoding import FeatureTable, encode_entity
+from metarec.data.landing import CANONICAL, QUARANTINE, LandingCheck, check_landing
 from metarec.data.tasks import EpisodeData
 from metarec.errors import DataError, MetarecError
 from metarec.io import (
@@ -59,7 +68,8 @@ from metarec.scoring.engine import Ragged, recommend_chunk, task_batch
 from metarec.scoring.world import World, day_end, landing_files, parse_as_of, runs
 
 log = logging.getLogger("metarec.score")
-RECS, MANIFEST = "recommendations.parquet", "manifest.json"
+RECS, MANIFEST, QUARANTINED = "recommendations.parquet", "manifest.json", "quarantine.parquet"
+LANDING_ROWS, LANDING_VERDICT = "landing.parquet", "landing.json"   # in :attr:`Inputs.checked`
 TABLES = ("interactions", "users", "items")
 USER_ID = "user_id"
 SCHEMA = pa.schema([("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()),
@@ -73,10 +83,15 @@ class Inputs:
 
     params: ScoreParams            # as_of filled in
     validated_dir: str
-    models_dir: str
+    models_dir: str                # the trained models, one folder per seed (seed<S>/)
     model: str                     # the algorithm scored with (``auto`` resolved)
-    selection: dict[str, Any] | None = None   # evaluate's record, when ``auto`` chose
+    selection: dict[str, Any] | None = None   # evaluate's record (what it chose)
     selection_path: str | None = None
+    seed: int = 0                  # the seed whose fit serves (``score.seed``, ``auto`` resolved)
+    steps: dict[str, int] | None = None   # test-time inner steps evaluate chose (rate, rank)
+    validate: ValidateParams = ValidateParams()   # the rules every landing row goes through
+    landing_format: TableSource = CANONICAL       # how landing files are read
+    checked: str | None = None     # folder of the landing verdict (:func:`check_day`)
 
     @property
     def tables(self) -> dict[str, Path]:
@@ -84,7 +99,7 @@ class Inputs:
 
     @property
     def model_path(self) -> Path:
-        return Path(self.models_dir) / f"{self.model}.pt"
+        return Path(self.models_dir) / f"seed{self.seed}" / f"{self.model}.pt"
 
     @property
     def landing(self) -> list[Path]:
@@ -98,33 +113,117 @@ class Inputs:
         extra += [schema] if schema.is_file() else []
         return [*self.tables.values(), *self.landing, *extra]
 
+    def landing_verdict(self) -> dict[str, Any] | None:
+        """The landing files' validation summary (None: no landing file was read)."""
+        if self.checked is None:
+            return None
+        return read_json(Path(self.checked) / LANDING_VERDICT)
+
+    def landing_rows(self) -> pa.Table | None:
+        """The landing rows that passed validation (None: no landing file was read)."""
+        if self.checked is None:
+            return None
+        return pq.read_table(Path(self.checked) / LANDING_ROWS)
+
     @property
     def end(self) -> int:
         return day_end(parse_as_of(self.params.as_of))
 
 
 def resolve(params: ScoreParams, validated_dir: str | Path, models_dir: str | Path,
-            as_of: str | None, selection: str | Path | None = None) -> Inputs:
-    """Params with the as-of date filled in, the model resolved (``auto``: the evaluate
-    stage's choice in ``selection``) and the validated tables checked to exist. Shared by
-    ``metarec score`` and the sharded nightly flow."""
+            as_of: str | None, selection: str | Path | None = None,
+            validate: ValidateParams | None = None, landing_format: TableSource = CANONICAL
+            ) -> Inputs:
+    """What a batch is built from, checked: params with the as-of date filled in, the
+    validated tables, and what evaluation chose (``selection``, written by the evaluate
+    stage): the model (``score.model: auto``), the seed whose fit serves (``score.seed:
+    auto``) and that fit's test-time inner steps, so the batch scores users exactly as the
+    evaluation measured. Shared by ``metarec score``, the nightly flow and the backtest."""
     day = parse_as_of(as_of or params.as_of)
     params = dataclasses.replace(params, as_of=day.isoformat())
     for name in TABLES:
         path = Path(validated_dir) / f"{name}.parquet"
         if not path.is_file():
             raise DataError("missing; run `dvc repro validate` (or `dvc pull`)", file=str(path))
-    if params.model != "auto":
-        return Inputs(params, str(validated_dir), str(models_dir), params.model)
-    if selection is None or not Path(selection).is_file():
-        raise DataError("score.model is auto but the evaluation's choice is missing; run "
-                        "`dvc repro evaluate` (or set score.model to a trained model)",
-                        file=str(selection))
-    chosen = read_json(selection)
-    if not chosen.get("model"):
-        raise DataError("names no model", file=str(selection))
-    return Inputs(params, str(validated_dir), str(models_dir), chosen["model"], chosen,
-                  str(selection))
+    chosen = read_json(selection) if selection is not None and Path(selection).is_file() \
+        else None
+    if params.model == "auto":
+        if chosen is None:
+            raise DataError("score.model is auto but the evaluation's choice is missing; run "
+                            "`dvc repro evaluate` (or set score.model to a trained model)",
+                            file=str(selection))
+        if not chosen.get("model"):
+            raise DataError("names no model", file=str(selection))
+    model = chosen["model"] if params.model == "auto" else params.model   # type: ignore[index]
+    seed = served_seed(params, chosen, model, Path(models_dir))
+    steps = ((chosen or {}).get("inner_steps", {}).get(str(seed), {}).get(model))
+    return Inputs(params, str(validated_dir), str(models_dir), model, chosen,
+                  str(selection) if chosen is not None else None, seed,
+                  dict(steps) if steps is not None else None,
+                  validate or ValidateParams(), landing_format)
+
+
+def served_seed(params: ScoreParams, chosen: dict[str, Any] | None, model: str,
+                models_dir: Path) -> int:
+    """``score.seed``, or for ``auto`` the seed evaluate chose for ``model`` (its fit with the
+    best validation score; without a choice, the first seed trained)."""
+    if params.seed != "auto":
+        return int(params.seed)
+    by_model = (chosen or {}).get("seeds", {})
+    if model in by_model:
+        return int(by_model[model])
+    seeds = sorted(int(p.name.removeprefix("seed")) for p in models_dir.glob("seed*")
+                   if p.name.removeprefix("seed").isdigit())
+    if not seeds:
+        raise DataError("no trained models (expected seed<S>/ folders); run `dvc repro train`",
+                        file=str(models_dir))
+    return seeds[0]
+
+
+def landing_check(inputs: Inputs, files: list[Path]) -> LandingCheck:
+    """:func:`check_landing` of ``files`` against the inputs' validated tables: the label
+    scale of their schema (the checkpoint's, for hand-assembled inputs without one) and the
+    catalogue of their item table."""
+    schema = Path(inputs.validated_dir) / "schema.json"
+    rating = (read_json(schema) if schema.is_file()
+              else read_checkpoint(inputs.model_path)["vocab"]).get("rating", {})
+    items = pq.read_table(inputs.tables["items"], columns=["item_id"]).column("item_id")
+    return check_landing(files, inputs.landing_format, rating, items.combine_chunks(),
+                         inputs.validate)
+
+
+class NightRejected(DataError):
+    """The night's own landing file has rows and validation set every one of them aside."""
+
+    def __init__(self, message: str, *, file: str, verdict: dict[str, Any]) -> None:
+        super().__init__(message, file=file)
+        self.verdict = verdict
+
+
+def check_day(inputs: Inputs, folder: str | Path) -> Inputs:
+    """Read and validate every landing file the batch reads (:func:`check_landing`), write
+    the rows kept, the verdict and the rows set aside into ``folder``, and return the inputs
+    that point at them. A night whose own file had rows and kept none raises
+    :class:`NightRejected`. Without landing files there is nothing to check."""
+    files = inputs.landing
+    if not files:
+        return dataclasses.replace(inputs, checked=None)
+    check = landing_check(inputs, files)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(check.kept, folder / LANDING_ROWS)
+    pq.write_table(check.quarantine, folder / QUARANTINED)
+    write_json(check.summary, folder / LANDING_VERDICT)
+    night = check.night(files[-1].name) if files[-1].stem == inputs.params.as_of else None
+    if night is not None and night["rows_in"] and not night["rows_kept"]:
+        reasons = check.quarantine.to_pandas()
+        reasons = reasons[reasons["file"] == files[-1].name]["reason"].value_counts()
+        raise NightRejected(
+            f"every one of the night's {night['rows_in']} rows was quarantined ("
+            + "; ".join(f"{n} x {r}" for r, n in reasons.head(3).items())
+            + "); no batch was written for this night: fix the file and score it again",
+            file=str(files[-1]), verdict=check.summary)
+    return dataclasses.replace(inputs, checked=str(folder))
 
 
 def scoring_lock(out_root: str | Path, what: str = "metarec score"
@@ -136,10 +235,13 @@ def scoring_lock(out_root: str | Path, what: str = "metarec score"
 
 def build_batch(params: ScoreParams, validated_dir: str | Path, models_dir: str | Path,
                 out_root: str | Path, as_of: str | None = None,
-                selection: str | Path | None = None) -> Path:
+                selection: str | Path | None = None, validate: ValidateParams | None = None,
+                landing_format: TableSource = CANONICAL) -> Path:
     """Score the users of ``as_of`` (default ``params.as_of``); returns the batch folder."""
-    inputs = resolve(params, validated_dir, models_dir, as_of, selection)
-    with scoring_lock(out_root):
+    inputs = resolve(params, validated_dir, models_dir, as_of, selection, validate,
+                     landing_format)
+    with scoring_lock(out_root), tempfile.TemporaryDirectory(prefix="metarec-day-") as day:
+        inputs = check_day(inputs, day)
         parts, stats = recommend_stream(inputs)
         target = publish_batch(inputs, parts, stats, out_root)
     log.info("score: %d users with %s -> %s", stats["users"], inputs.model, target)
@@ -168,7 +270,8 @@ def publish_batch(inputs: Inputs, parts: Iterable[pa.Table], stats: dict[str, An
     manifest = {
         "as_of": params.as_of, "params": to_dict(params), "params_hash": params_hash(params),
         "validated_dir": _rel(inputs.validated_dir), "models_dir": _rel(inputs.models_dir),
-        "model": _rel(model_path), "model_name": inputs.model,
+        "model": _rel(model_path), "model_name": inputs.model, "seed": inputs.seed,
+        "inner_steps": inputs.steps,
         "selection": inputs.selection, "selection_path":
             _rel(inputs.selection_path) if inputs.selection_path else None,
         "model_sha256": sha256_file(model_path) if model_path.is_file() else None,
@@ -178,9 +281,16 @@ def publish_batch(inputs: Inputs, parts: Iterable[pa.Table], stats: dict[str, An
         "dvc_md5": {_rel(p): md5_file(p) for p in read},
         "git_commit": _git_commit(), "metarec_version": metarec.__version__,
         "torch_version": torch.__version__, **stats,
+        # how landing rows were read and checked (verify-batch rebuilds with the same) and
+        # the verdict: rows in = kept + quarantined, per file and rule
+        "landing_params": {"validate": to_dict(inputs.validate),
+                           "format": to_dict(inputs.landing_format)},
+        "landing": inputs.landing_verdict(),
     }
     target = Path(out_root) / params.as_of
-    publish(target, parts, manifest)
+    quarantine = (pq.read_table(Path(inputs.checked) / QUARANTINED)
+                  if inputs.checked is not None else QUARANTINE.empty_table())
+    publish(target, parts, manifest, quarantine)
     _sweep(target)
     return target
 
@@ -222,7 +332,9 @@ def recommend_stream(inputs: Inputs, chunks: range | None = None, warm_support: 
     tmp = tempfile.TemporaryDirectory(prefix="metarec-score-")
     folder = Path(tmp.name)
     try:
-        with World(tables["interactions"], inputs.landing, inputs.end,
+        if inputs.landing and inputs.checked is None:
+            raise RuntimeError("landing files are read only after check_day validated them")
+        with World(tables["interactions"], inputs.landing_rows(), inputs.end,
                    params.engine_memory_mb) as world:
             counts = world.choose(params.max_interactions, params.active_days,
                                   params.dynamic)
@@ -247,6 +359,8 @@ def recommend_stream(inputs: Inputs, chunks: range | None = None, warm_support: 
         return iter(()), stats
     data = EpisodeData(tasks=pd.DataFrame(), users=users, items=items, vocab=vocab)
     predictor = from_checkpoint(blob, data, model_path)
+    if inputs.steps is not None:          # the test-time inner steps evaluation chose
+        predictor.set_steps(rate=inputs.steps["rate"], rank=inputs.steps["rank"])
     first = params.max_interactions if warm_support == "first" else None
 
     def rows() -> Iterator[pa.Table]:
@@ -400,16 +514,21 @@ def _sweep(target: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def publish(target: Path, parts: Iterable[pa.Table], manifest: dict[str, Any]) -> None:
+def publish(target: Path, parts: Iterable[pa.Table], manifest: dict[str, Any],
+            quarantine: pa.Table | None = None) -> None:
     """Stream the rows into a temporary folder beside ``target``, then rename it into place.
 
     The folders are exchanged in one atomic syscall (:func:`metarec.io.swap_dir`), so a crash
     or SIGKILL at any instant leaves either no batch or the previous complete one (plus a
     hidden temporary folder at worst, removed by the next run), never a half-written one.
+    ``quarantine``: the landing rows set aside (written empty when None).
     """
     with atomic_dir(target) as tmp:
         rows = write_parquet_stream(parts, tmp / RECS, SCHEMA)
-        manifest = {**manifest, "rows": rows, "parquet_sha256": sha256_file(tmp / RECS)}
+        write_parquet_stream([quarantine if quarantine is not None
+                              else QUARANTINE.empty_table()], tmp / QUARANTINED, QUARANTINE)
+        manifest = {**manifest, "rows": rows, "parquet_sha256": sha256_file(tmp / RECS),
+                    "quarantine_sha256": sha256_file(tmp / QUARANTINED)}
         write_json(manifest, tmp / MANIFEST)
 
 

@@ -74,16 +74,17 @@ def _key(params: Training, validated_dir: Path, served: tuple[str, ...], at: str
 
 def models_at(params: Training, validated_dir: str | Path, served: tuple[str, ...], at: str,
               cache: str | Path | None = None) -> Path:
-    """The checkpoints folder (``seed<S>``) of models trained on the log before the end of
-    night ``at``; trained on first use, then read from the cache."""
+    """The models folder (one ``seed<S>`` inside: the first of ``train.seeds``) of models
+    trained on the log before the end of night ``at``; trained on first use, then read from
+    the cache."""
     from metarec.stages import episodes, train  # stages import scoring: import late
 
     validated_dir = Path(validated_dir)
     root = Path(cache) if cache is not None else Path(tempfile.gettempdir()) / "metarec-retrain"
     folder = root / _key(params, validated_dir, served, at)[:20]
     seed = params.train.seeds[0]
-    out = folder / "models" / f"seed{seed}"
-    if out.is_dir():
+    out = folder / "models"
+    if (out / f"seed{seed}").is_dir():
         return out
     end = day_end(parse_as_of(at))
     with tempfile.TemporaryDirectory(prefix="metarec-retrain-") as tmp:

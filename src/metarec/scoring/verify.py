@@ -14,9 +14,10 @@ from typing import Any
 import torch
 import yaml
 
-from metarec.config import ScoreParams, params_hash, parse_params
+from metarec.config import ScoreParams, TableSource, ValidateParams, params_hash, parse_params
 from metarec.errors import MetarecError, ParamsError
 from metarec.io import read_json, sha256_file
+from metarec.schema import build
 from metarec.scoring.batch import MANIFEST, RECS, TABLES, _git_commit, build_batch
 from metarec.scoring.world import landing_files, parse_as_of
 
@@ -39,6 +40,9 @@ def verify(batch_dir: str | Path) -> dict[str, Any]:
     manifest = read_json(batch_dir / MANIFEST)
     try:
         params = parse_params({"score": manifest["params"]}).score
+        landing = manifest.get("landing_params") or {}
+        validate = build(ValidateParams, landing.get("validate") or {}, "validate")
+        landing_format = build(TableSource, landing.get("format") or {}, "format")
     except (KeyError, ParamsError) as exc:
         raise VerifyError(f"{batch_dir / MANIFEST}: unreadable params: {exc}") from exc
     if params_hash(params) != manifest.get("params_hash"):
@@ -58,7 +62,8 @@ def verify(batch_dir: str | Path) -> dict[str, Any]:
                 restored(manifest, changed))))
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="metarec-verify-"))
         rebuilt = build_batch(params, manifest["validated_dir"], manifest["models_dir"], tmp,
-                              manifest["as_of"], manifest.get("selection_path"))
+                              manifest["as_of"], manifest.get("selection_path"), validate,
+                              landing_format)
         same = (rebuilt / RECS).read_bytes() == (batch_dir / RECS).read_bytes()
         new_sha = sha256_file(rebuilt / RECS)
         again = read_json(rebuilt / MANIFEST)

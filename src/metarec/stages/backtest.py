@@ -15,10 +15,13 @@ import pandas as pd
 from metarec.config import (
     BacktestParams,
     EpisodesParams,
+    LandingSource,
     ModelParams,
     ScoreParams,
     TrainParams,
+    ValidateParams,
 )
+from metarec.data.landing import landing_format
 from metarec.io import write_json, write_parquet, write_text
 from metarec.progress import progress
 from metarec.scoring import backtest as bt
@@ -27,14 +30,16 @@ from metarec.scoring.retrain import Training
 PLOT, TABLE, ROWS = "ndcg_per_night.png", "backtest.md", "users.parquet"
 
 
-def plan(params: BacktestParams, score: ScoreParams, episodes: EpisodesParams,
-         model: ModelParams, train: TrainParams, validated_dir: str | Path,
-         episodes_dir: str | Path, models_dir: str | Path,
-         selection: str | Path | None) -> bt.Plan:
+def plan(params: BacktestParams, score: ScoreParams, validate: ValidateParams,
+         ingest: LandingSource, episodes: EpisodesParams, model: ModelParams,
+         train: TrainParams, validated_dir: str | Path, episodes_dir: str | Path,
+         models_dir: str | Path, selection: str | Path | None) -> bt.Plan:
     """The checked window and the models it compares (episodes, model and train shape the
-    models retrained inside the window, with ``backtest.retrain_every_days``)."""
+    models retrained inside the window, with ``backtest.retrain_every_days``; validate and
+    ingest say how landing files are checked and read)."""
     return bt.plan(params, score, Training(episodes, model, train), validated_dir,
-                   episodes_dir, models_dir, selection)
+                   episodes_dir, models_dir, selection, validate,
+                   landing_format(ingest.source, ingest.table))
 
 
 def night(pl: bt.Plan, day: str) -> pd.DataFrame:
@@ -55,13 +60,14 @@ def finish(pl: bt.Plan, rows: list[pd.DataFrame], metrics_out: str | Path,
     return summary
 
 
-def run(params: BacktestParams, score: ScoreParams, episodes: EpisodesParams,
-        model: ModelParams, train: TrainParams, validated_dir: str | Path,
-        episodes_dir: str | Path, models_dir: str | Path, selection: str | Path | None,
-        metrics_out: str | Path, report_dir: str | Path) -> dict[str, Any]:
+def run(params: BacktestParams, score: ScoreParams, validate: ValidateParams,
+        ingest: LandingSource, episodes: EpisodesParams, model: ModelParams,
+        train: TrainParams, validated_dir: str | Path, episodes_dir: str | Path,
+        models_dir: str | Path, selection: str | Path | None, metrics_out: str | Path,
+        report_dir: str | Path) -> dict[str, Any]:
     """Every night of the window in turn, then the summary (see :mod:`metarec.scoring.backtest`)."""
-    pl = plan(params, score, episodes, model, train, validated_dir, episodes_dir, models_dir,
-              selection)
+    pl = plan(params, score, validate, ingest, episodes, model, train, validated_dir,
+              episodes_dir, models_dir, selection)
     rows = []
     with progress("backtest", len(pl.nights)) as tick:
         for day in pl.nights:

@@ -325,7 +325,7 @@ def run(params: EvaluateParams, episodes_dir: str | Path, models_dir: str | Path
     rows = [row for part in seed_rows.values() for row in part]
     _check_evaluated(rows, catalogue_metric(params), data)
     baselines = choose.majority_baselines(choices)
-    serving = choose.serving_choice(val_scores, params)
+    serving = choose.serving_choice(val_scores, params, steps)
     result = {"dataset": data.vocab.get("dataset"), "protocol": data.vocab.get("protocol"),
               "metrics": metric_names(params), "catalogue_metric": catalogue_metric(params),
               "relevance_threshold": data.relevance_threshold,
