@@ -85,6 +85,7 @@ class SyntheticSource(Section):
     platforms: int = bounded(0, 0)
     platform_shift: float = bounded(0.5, 0.0)
     platform_share: float = bounded(0.5, 0.0, 1.0)
+    label: Literal["explicit", "count"] = "explicit"
     seed: int = 0
 
 

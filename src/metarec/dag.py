@@ -143,24 +143,23 @@ def _fields(tp: type) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(tp) if "internal" not in f.metadata]
 
 
-def params_deps(stage: str, algorithm_sections: list[str] | None = None) -> list[str]:
+def params_deps(stage: str, raw: dict[str, Any] | None = None) -> list[str]:
     """The params keys ``stage`` reads, as dvc.yaml lists them (``section.key``): every key
     of its sections but the output-neutral ones, and for ``train`` each algorithm's own
-    section (``algorithm_sections``: those params.yaml holds; default: every registered one
-    that has knobs)."""
+    section. With ``raw`` (params.yaml as parsed), only the keys it holds: DVC refuses a
+    listed key that params.yaml lacks, and a key left to its default is no DVC param until
+    params.yaml names it (then the stage's check asks for ``metarec dag --write``)."""
+    from metarec import algorithms
+
     out = []
     for name, tp, keys in _sections(stage):
-        for f in _fields(tp):
-            if "neutral" in f.metadata or (keys is not None and f.name not in keys):
-                continue
-            out.append(f"{name}.{f.name}")
+        own = [f.name for f in _fields(tp)
+               if "neutral" not in f.metadata and (keys is None or f.name in keys)]
         if tp is config.TrainParams:
-            if algorithm_sections is None:
-                from metarec import algorithms
-
-                algorithm_sections = [n for n, sec in algorithms.param_sections().items()
-                                      if sec is not None]
-            out += [f"{name}.{a}" for a in sorted(algorithm_sections)]
+            own += sorted(n for n, sec in algorithms.param_sections().items()
+                          if sec is not None)
+        given = None if raw is None else (raw.get(name) or {})
+        out += [f"{name}.{k}" for k in own if given is None or k in given]
     return out
 
 
@@ -245,9 +244,7 @@ def _load_params(params_yaml: Path) -> tuple[config.Params, dict[str, Any]]:
 def derive(stage: str, params_yaml: Path) -> dict[str, Any]:
     """What ``stage``'s entry in dvc.yaml must list: code, params keys, data named by params."""
     params, raw = _load_params(params_yaml)
-    present = [k for k, v in (raw.get("train") or {}).items() if isinstance(v, dict)
-               and k != "objective"]
-    return {"code": code_deps(stage), "params": params_deps(stage, present),
+    return {"code": code_deps(stage), "params": params_deps(stage, raw),
             "data": data_deps(stage, params)}
 
 
