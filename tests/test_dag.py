@@ -64,7 +64,7 @@ def test_the_files_params_name_become_data_dependencies(tmp_path: Path) -> None:
     params["score"]["landing_dir"] = "landing"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
-    problems = [p for p in dag.check(tmp_path / "dvc.yaml") if "data" in p]
+    problems = [p for p in dag.check(tmp_path / "dvc.yaml") if "data dependency" in p]
     assert problems == [
         "ingest: missing data dependency mine/items.csv (params: ingest.table.items)",
         "ingest: missing data dependency mine/log.csv (params: ingest.table.interactions)",

@@ -12,8 +12,8 @@ import pytest
 from test_episodes import write_validated
 
 from metarec.config import EpisodesParams, EvaluateParams, TrainParams
-from metarec.eval.readme import results_markdown
 from metarec.eval.scoring import catalogue_metric
+from metarec.readme import results_markdown
 from metarec.stages import episodes, evaluate, train
 
 # one worker runs the module: its trained fixtures are built once, not once per worker

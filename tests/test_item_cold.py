@@ -8,7 +8,7 @@ from dataclasses import replace
 import lightning as L
 import pytest
 import torch
-from meta_fixtures import episode_data
+from meta_fixtures import episode_data, fit_algorithm
 
 from metarec import algorithms
 from metarec.config import EvaluateParams, ModelParams, ObjectiveParams, TrainParams
@@ -16,7 +16,6 @@ from metarec.data.tasks import TaskBatch
 from metarec.eval.scoring import eligible_items, score_batch
 from metarec.meta.features import FeatureStore
 from metarec.models.base import Predictor
-from metarec.train.fit import fit_algorithm
 
 ID_TABLES = ("item_id.weight", "item_bias.weight", "item_rank_bias.weight",
              "item_context.weight")
@@ -119,10 +118,10 @@ def _trained(data, tmp_path, p: float, run: int = 0) -> dict[str, torch.Tensor]:
     fit = fit_algorithm("fomaml", data, MODEL, replace(TRAIN, item_id_dropout=p),
                         tmp_path / f"run{run}-{p}")
     assert fit.best_step > 0, "training kept its start: nothing to compare"
-    cat = fit.algorithm._catalogue
+    cat = fit.learner._catalogue
     assert cat is not None and cat["id"].tolist() == data.items.id_code.tolist(), \
         "the catalogue must be the whole store again after each dropped step"
-    return {k: v.detach().clone() for k, v in fit.algorithm.model.state_dict().items()}
+    return {k: v.detach().clone() for k, v in fit.learner.model.state_dict().items()}
 
 
 @pytest.fixture(scope="module")

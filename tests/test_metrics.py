@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchmetrics.functional.retrieval import retrieval_normalized_dcg, retrieval_recall
 
-from metarec.eval.metrics import (
+from metarec.metrics import (
     CatalogueMetrics,
     catalogue_metrics,
     catalogue_targets,
@@ -187,7 +187,7 @@ def test_means_average_evaluated_tasks_only_and_count_the_skipped() -> None:
 def test_means_without_an_evaluated_task_are_nan_under_the_same_names() -> None:
     """A group where no task has a relevant item reports NaN for every metric, under the
     names the evaluated case uses (the report and the JSON read them by name)."""
-    from metarec.eval.metrics import CatalogueMetrics
+    from metarec.metrics import CatalogueMetrics
 
     two = torch.tensor([0.5, 1.0])
     some = CatalogueMetrics(recall=two, ndcg=two, hit_rate=two,
@@ -203,7 +203,7 @@ def test_means_without_an_evaluated_task_are_nan_under_the_same_names() -> None:
 
 def test_the_catalogue_cut_off_is_20_unless_given() -> None:
     """Default k = 20: a relevant item ranked 21st of 25 is not a hit, ranked 20th it is."""
-    from metarec.eval.metrics import catalogue_metrics
+    from metarec.metrics import catalogue_metrics
 
     scores = torch.arange(25, 0, -1, dtype=torch.float32)[None, :]     # item j ranks j + 1
     cands = torch.ones(1, 25, dtype=torch.bool)

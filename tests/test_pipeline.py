@@ -107,7 +107,7 @@ def test_choices_come_from_validation_and_curves_are_written(pipeline: dict) -> 
 
 
 def test_readme_results_are_generated_from_the_evaluation(pipeline: dict, tmp_path) -> None:
-    from metarec.eval.readme import END, START, results_markdown, update_readme
+    from metarec.readme import END, START, results_markdown, update_readme
 
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{START}\nold numbers\n{END}\noutro\n")

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from meta_fixtures import fit_algorithm
 
 from metarec import algorithms
 from metarec.config import (
@@ -29,7 +30,6 @@ from metarec.meta.features import FeatureStore
 from metarec.params import load_params
 from metarec.stages import episodes, evaluate, ingest, validate
 from metarec.train.data import EpisodeDataModule
-from metarec.train.fit import fit_algorithm
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -243,7 +243,7 @@ def test_meta_training_sees_marked_platform_tasks_and_moves_the_trust(project, t
     assert len(dm._epoch_tasks()) > len(dm.cross_tasks)
     fit = fit_algorithm("maml", data, MODEL, TRAIN, tmp_path, draw="random")
     assert fit.best_step > 0
-    assert float(fit.algorithm.cross_trust.detach()) != 0.0, "no meta-gradient reached the trust"
+    assert float(fit.learner.cross_trust.detach()) != 0.0, "no meta-gradient reached the trust"
 
 
 def test_a_checkpoint_from_before_the_trust_loads_with_weight_one(project):
@@ -255,9 +255,9 @@ def test_a_checkpoint_from_before_the_trust_loads_with_weight_one(project):
     state = algo.state()
     old = {**state, "state_dict": {k: v for k, v in state["state_dict"].items()
                                    if k != "cross_trust"}}
-    loaded = algorithms.get("maml").load(old, data).algorithm
+    loaded = algorithms.get("maml").load(old, data).learner
     assert float(loaded.cross_trust.detach()) == 0.0          # 2 sigmoid(0) = 1
-    kept = algorithms.get("maml").load(state, data).algorithm
+    kept = algorithms.get("maml").load(state, data).learner
     assert float(kept.cross_trust.detach()) == -1.0
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in old["state_dict"].items())
 

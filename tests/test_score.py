@@ -34,6 +34,7 @@ from meta_fixtures import build_algorithm, network_for, save_algorithm
 from typer.testing import CliRunner
 
 from metarec.algorithms.finetune import FinetuneParams
+from metarec.checkpoint import load_model
 from metarec.cli import app
 from metarec.config import (
     IngestParams,
@@ -48,7 +49,6 @@ from metarec.data.landing import CANONICAL, check_landing
 from metarec.data.tasks import EpisodeData, to_batch
 from metarec.errors import DataError, ParamsError
 from metarec.io import write_parquet
-from metarec.meta.checkpoint import load_model
 from metarec.meta.features import FeatureStore
 from metarec.scoring import batch as scoring_batch
 from metarec.scoring import engine, heap
@@ -144,7 +144,7 @@ def _episode_data(vocab: dict, users_df: pd.DataFrame, items_df: pd.DataFrame) -
 def world(tmp_path_factory) -> dict[str, Path]:
     """validated/, landing/ and models/seed0/maml.pt (trained 4 outer steps) in a temp
     folder."""
-    from metarec.train.fit import fit_algorithm
+    from meta_fixtures import fit_algorithm
 
     root = tmp_path_factory.mktemp("world")
     users, items = _tables()
@@ -165,9 +165,9 @@ def world(tmp_path_factory) -> dict[str, Path]:
     data = _episode_data(vocab, users, items)
     torch.manual_seed(0)
     fit = fit_algorithm("maml", data, MODEL, TRAIN, root / "logs")
-    save_algorithm(fit.algorithm, fit.algorithm.network_kwargs, data,
+    save_algorithm(fit.learner, fit.learner.network_kwargs, data,
                    root / "models/seed0/maml.pt",
-                   {"model": to_dict(MODEL), "train": to_dict(TRAIN)})
+                   {"model": to_dict(MODEL), "train": to_dict(TRAIN)}, name=fit.name)
     return {"root": root, "validated": root / "validated", "models": root / "models",
             "landing": landing, "data": data}  # type: ignore[dict-item]
 
@@ -390,7 +390,7 @@ def test_catalogue_scores_match_the_predictor(world, tmp_path, interaction):
     state = predictor.adapt(tasks)
     key = predictor.rank(state)
     items = torch.arange(len(data.items)).expand(len(tasks), -1)
-    rating = predictor.algorithm.model.to_rating(key)
+    rating = predictor.learner.model.to_rating(key)
     torch.testing.assert_close(rating, predictor.rate(state, items), rtol=0, atol=1e-5)
 
 
@@ -702,7 +702,7 @@ def test_ridge_scores_match_its_predict(world, tmp_path):
     state = predictor.adapt(tasks)
     key = predictor.rank(state)
     items = torch.arange(len(data.items)).expand(len(tasks), -1)
-    model = predictor.algorithm.model
+    model = predictor.learner.model
     torch.testing.assert_close(key.clamp(model.rating_min, model.rating_max),
                                predictor.rate(state, items), rtol=0, atol=1e-5)
 
@@ -722,7 +722,7 @@ def test_item_side_adaptation_ranks_in_item_blocks(world, tmp_path, monkeypatch)
     state = predictor.adapt(tasks)
     key = predictor.rank(state)
     items = torch.arange(len(data.items)).expand(len(tasks), -1)
-    torch.testing.assert_close(predictor.algorithm.model.to_rating(key),
+    torch.testing.assert_close(predictor.learner.model.to_rating(key),
                                predictor.rate(state, items), rtol=0, atol=1e-5)
 
 

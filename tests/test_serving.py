@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import torch
 
+from metarec.backtest import plan as bt_plan
+from metarec.checkpoint import load_model
 from metarec.data.tasks import TaskBatch, load_episodes
-from metarec.meta.checkpoint import load_model
-from metarec.scoring import backtest as bt
 from metarec.scoring.world import day_end
 from metarec.stages import score
 
@@ -23,7 +23,7 @@ from metarec.stages import score
 @pytest.fixture(scope="module")
 def served(synthetic_project: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     root, params = synthetic_project["root"], synthetic_project["params"]
-    night = dt.datetime.fromtimestamp(bt.trained_until(root / "episodes"), dt.UTC).date()
+    night = dt.datetime.fromtimestamp(bt_plan.trained_until(root / "episodes"), dt.UTC).date()
     p = dataclasses.replace(params.score, model="maml", top_k=10)
     batch = score.run(p, params.validate, params.ingest, root / "validated", root / "models",
                       tmp_path_factory.mktemp("served"), night.isoformat(),

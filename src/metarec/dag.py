@@ -27,6 +27,7 @@ import dataclasses
 import inspect
 import json
 import re
+import shlex
 import typing
 from functools import cache
 from pathlib import Path
@@ -36,7 +37,7 @@ import yaml
 
 import metarec
 from metarec import config
-from metarec.errors import ParamsError
+from metarec.errors import DataError, ParamsError
 from metarec.schema import Keys
 
 PACKAGE_DIR = Path(metarec.__file__).resolve().parent
@@ -369,8 +370,15 @@ def write(dvc_yaml: Path, params_yaml: Path | None = None) -> None:
 
 def sync(dvc_yaml: Path, params_yaml: Path | None = None) -> list[str]:
     """Bring ``dvc.yaml``'s derived lists up to date with the code and params (what ``make
-    run`` and the flows do before any stage runs); returns what changed (empty: nothing)."""
+    run`` and the flows do before any stage runs); returns what changed (empty: nothing). A
+    data file params name that does not exist is a :class:`DataError` naming the key."""
     params_yaml = params_yaml or dvc_yaml.with_name("params.yaml")
+    params, _ = _load_params(params_yaml)
+    for stage in STAGES:
+        for path, key in data_deps(stage, params).items():
+            if not (dvc_yaml.parent / path).exists():
+                raise DataError(f"{key} names a file or folder that does not exist; fix the "
+                                "path in params.yaml", file=path)
     header, stages, marked = _read(dvc_yaml)
     changed = [problem for stage in STAGES if stage in stages
                for problem in _compare(stage, stages[stage], marked.get(stage, set()),
@@ -378,6 +386,21 @@ def sync(dvc_yaml: Path, params_yaml: Path | None = None) -> list[str]:
     if changed:
         dvc_yaml.write_text(render(header, stages, params_yaml, marked), encoding="utf-8")
     return changed
+
+
+def stage_options(root: Path, stage: str) -> dict[str, str]:
+    """``--option value`` pairs of ``stage``'s command in ``root/dvc.yaml``."""
+    spec = yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    if stage not in spec:
+        raise ParamsError(f"{root / 'dvc.yaml'}: no stage {stage!r}")
+    words = shlex.split(str(spec[stage]["cmd"]))
+    return {w.lstrip("-"): words[i + 1] for i, w in enumerate(words[:-1])
+            if w.startswith("--") and not words[i + 1].startswith("--")}
+
+
+def until(stage: str) -> tuple[str, ...]:
+    """The pipeline's stages up to ``stage``, in order (what a flow runs to reach it)."""
+    return STAGES[:STAGES.index(stage) + 1]
 
 
 def stages_importing(path: Path) -> list[str]:

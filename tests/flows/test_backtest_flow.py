@@ -10,9 +10,9 @@ from uuid import UUID
 
 from prefect.client.schemas.objects import StateType
 
+from metarec.backtest.plan import trained_until
 from metarec.orchestration import load_flow
 from metarec.params import load_params
-from metarec.scoring.backtest import trained_until
 from metarec.stages import backtest as stage
 
 from .flow_helpers import artifacts, subflow_runs, task_runs, write_params

@@ -21,7 +21,7 @@ from landing_corpus import CASES, Case, clock
 
 from metarec.orchestration import load_flow
 
-from .flow_helpers import AS_OF, artifacts, write_params
+from .flow_helpers import AS_OF, artifacts, subflow_runs, write_params
 
 FIRST = dt.date.fromisoformat(AS_OF) + dt.timedelta(days=30)   # after test_nightly's nights
 
@@ -48,7 +48,9 @@ def test_each_bad_landing_day_through_the_nightly_flow(copy: Path, case: Case) -
                                   "max_interactions": 20}})
     state = load_flow("nightly", copy)(as_of=night.isoformat(), project_dir=str(copy),
                                        return_state=True)
-    found = artifacts(state.state_details.flow_run_id)
+    run_id = state.state_details.flow_run_id
+    found = {k: a for r in [run_id, *(f.id for f in subflow_runs(run_id))]
+             for k, a in artifacts(r).items()}
     batch = copy / "data/recommendations" / night.isoformat()
     if case.error or case.rejected or case.empty:
         assert state.is_failed(), case.name

@@ -20,12 +20,6 @@ from metarec.data.views import base_name
 from metarec.eval.scoring import catalogue_metric, nanmean, score_batch
 
 
-def inner_loop(model: Any) -> Any:
-    """The adaptive algorithm behind ``model`` whose inner steps can be tuned, or None."""
-    algo = getattr(model, "algorithm", None)
-    return algo if algo is not None and algo.adapts else None
-
-
 def is_baseline(name: str) -> bool:
     """Statistical baselines and the network without meta-learning (pretrain / finetune);
     a variant (``maml~notext``) is what its algorithm is."""
@@ -41,8 +35,7 @@ def choose_inner_steps(models: dict[str, Any], val: TaskBatch, grid: tuple[int, 
     ck = catalogue_metric(params)
     chosen = {}
     for name, model in models.items():
-        algo = inner_loop(model)
-        if algo is None:
+        if not model.adapts:          # declared: an inner loop whose steps can be set
             continue
         mse, ndcg = {}, {}
         states = model.adapt_grid(val, grid)        # one inner loop for the whole grid

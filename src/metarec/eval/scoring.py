@@ -14,7 +14,7 @@ import torch
 
 from metarec.config import EvaluateParams
 from metarec.data.tasks import TaskBatch
-from metarec.eval.metrics import (
+from metarec.metrics import (
     catalogue_metrics,
     catalogue_targets,
     per_task_mae,

@@ -20,7 +20,7 @@ import torch
 from metarec.config import bounded
 from metarec.data.tasks import EpisodeData, TaskBatch, validation_tasks
 from metarec.errors import DataError
-from metarec.eval.metrics import catalogue_metrics, catalogue_targets, mae
+from metarec.metrics import catalogue_metrics, catalogue_targets, mae
 from metarec.models.base import Algorithm, Predictor
 
 log = logging.getLogger("metarec.train")

@@ -46,6 +46,7 @@ import pyarrow.parquet as pq
 import torch
 
 import metarec
+from metarec.checkpoint import from_checkpoint, read_checkpoint
 from metarec.config import ScoreParams, TableSource, ValidateParams, params_hash, to_dict
 from metarec.data.encoding import FeatureTable, encode_entity
 from metarec.data.landing import CANONICAL, QUARANTINE, LandingCheck, check_landing
@@ -62,7 +63,6 @@ from metarec.io import (
     write_json,
     write_parquet_stream,
 )
-from metarec.meta.checkpoint import from_checkpoint, read_checkpoint
 from metarec.progress import progress
 from metarec.scoring.engine import Ragged, recommend_chunk, task_batch
 from metarec.scoring.world import World, day_end, landing_files, parse_as_of, runs

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from metarec.checkpoint import load_model
 from metarec.config import EvaluateParams
 from metarec.data import views
 from metarec.data.tasks import (
@@ -49,7 +50,6 @@ from metarec.eval.scoring import (
     score_batch,
 )
 from metarec.io import write_json
-from metarec.meta.checkpoint import load_model
 from metarec.progress import progress
 from metarec.workers import Workers
 
@@ -117,8 +117,7 @@ def steps_curve(models: dict[str, Any], data: EpisodeData, k: int, n_items: int,
     batch = to_batch(data.select("test", "user_cold", k))
     rows = []
     for name, model in models.items():
-        algo = choose.inner_loop(model)
-        if algo is None or len(batch) == 0:
+        if not model.adapts or len(batch) == 0:
             continue
         states = model.adapt_grid(batch, range(0, 11))     # one inner loop of 10 steps
         for steps in range(0, 11):

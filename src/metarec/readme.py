@@ -78,7 +78,7 @@ def results_markdown(result: dict[str, Any], scenario: str = "user_cold") -> str
 
 def backtest_markdown(backtest: dict[str, Any], drift: dict[str, Any] | None) -> str:
     """The backtest of the project's data set, then each run of the drift benchmark."""
-    from metarec.scoring.backtest import markdown
+    from metarec.backtest.report import markdown
 
     lines = [f"**This project's data** (`metrics/backtest.json`, threshold "
              f"{backtest['relevance_threshold']:g}):", "", markdown(backtest)]
