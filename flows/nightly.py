@@ -31,7 +31,12 @@ from metarec.orchestration.project import ProjectPaths
 from metarec.orchestration.runners import RunnerKind, make_task_runner
 from metarec.orchestration.sharding import scoring_lock
 from metarec.orchestration.stages import run_stage, sync_pipeline, with_retries
-from metarec.orchestration.tasks import merge_shards, plan_shards, publish_batch, score_shard
+from metarec.orchestration.tasks import (
+    merge_shards,
+    plan_shards,
+    publish_batch_artifacts,
+    score_shard,
+)
 from metarec.params import load_params
 
 
@@ -98,7 +103,7 @@ def nightly(as_of: str | None = None, project_dir: str = ".",
     batch = score_shards.with_options(task_runner=runner)(
         str(paths.root), day, sections, shards or p.shards)
     tracked = track_batch(str(paths.root), batch, params)
-    row = publish_batch(batch, str(paths.validated), time.perf_counter() - start)
+    row = publish_batch_artifacts(batch, str(paths.validated), time.perf_counter() - start)
     return {**row, "dvc": tracked}
 
 

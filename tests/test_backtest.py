@@ -22,7 +22,8 @@ from metarec.backtest import plan as bt_plan
 from metarec.backtest import report as bt_report
 from metarec.config import BacktestParams, Params
 from metarec.errors import ParamsError
-from metarec.scoring.batch import recommend, resolve
+from metarec.scoring.inputs import resolve
+from metarec.scoring.stream import recommend
 from metarec.scoring.world import DAY, day_end, parse_as_of
 from metarec.stages import backtest as stage
 
@@ -209,7 +210,7 @@ def test_a_window_on_the_training_period_is_refused(run: dict) -> None:
 
 def test_warm_support_first_takes_the_earliest_rows(tmp_path) -> None:
     from metarec.io import write_parquet
-    from metarec.scoring.batch import _user_rows
+    from metarec.scoring.stream import _user_rows
     from metarec.scoring.world import World, runs
 
     log = pd.DataFrame({"user_id": ["w"] * 5 + ["c"] * 2,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from metarec import dag
+from metarec import dag, pipeline
 from metarec.errors import ParamsError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +20,7 @@ BIN = Path(sys.executable).parent
 
 
 def test_dvc_yaml_matches_the_code() -> None:
-    assert dag.check(ROOT / "dvc.yaml") == []
+    assert pipeline.check(ROOT / "dvc.yaml") == []
 
 
 def test_check_names_what_is_missing_or_extra(tmp_path: Path) -> None:
@@ -34,13 +34,13 @@ def test_check_names_what_is_missing_or_extra(tmp_path: Path) -> None:
     broken = tmp_path / "dvc.yaml"
     broken.write_text(text, encoding="utf-8")
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
-    problems = dag.check(broken)
+    problems = pipeline.check(broken)
     assert "validate: missing code dependency src/metarec/data/validation.py" in problems
     assert "ingest: extra code dependency src/metarec/cli.py" in problems
     assert "evaluate: extra params dependency score.top_k" in problems
     assert len(problems) == 3, problems
-    dag.write(broken)                                    # --write mends every derived list
-    assert dag.check(broken) == []
+    pipeline.write(broken)                                    # --write mends every derived list
+    assert pipeline.check(broken) == []
 
 
 def test_params_are_listed_per_key_without_the_output_neutral_knobs() -> None:
@@ -64,27 +64,27 @@ def test_the_files_params_name_become_data_dependencies(tmp_path: Path) -> None:
     params["score"]["landing_dir"] = "landing"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
-    problems = [p for p in dag.check(tmp_path / "dvc.yaml") if "data dependency" in p]
+    problems = [p for p in pipeline.check(tmp_path / "dvc.yaml") if "data dependency" in p]
     assert problems == [
         "ingest: missing data dependency mine/items.csv (params: ingest.table.items)",
         "ingest: missing data dependency mine/log.csv (params: ingest.table.interactions)",
         "score: missing data dependency landing (params: score.landing_dir)",
         "backtest: missing data dependency landing (params: score.landing_dir)"]
     with pytest.raises(ParamsError, match=r"mine/log.csv.*metarec dag --write"):
-        dag.check_stage("ingest", tmp_path / "params.yaml")
-    dag.check_stage("train", tmp_path / "params.yaml")        # reads none of them
-    dag.write(tmp_path / "dvc.yaml")
+        pipeline.check_stage("ingest", tmp_path / "params.yaml")
+    pipeline.check_stage("train", tmp_path / "params.yaml")        # reads none of them
+    pipeline.write(tmp_path / "dvc.yaml")
     spec = yaml.safe_load((tmp_path / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
     assert spec["ingest"]["deps"][-2:] == ["mine/log.csv", "mine/items.csv"]
     assert "landing" in spec["score"]["deps"] and "landing" not in spec["train"]["deps"]
     assert "# from params: ingest.table.interactions" in (tmp_path / "dvc.yaml").read_text()
-    assert dag.check(tmp_path / "dvc.yaml") == []
-    dag.check_stage("ingest", tmp_path / "params.yaml")
+    assert pipeline.check(tmp_path / "dvc.yaml") == []
+    pipeline.check_stage("ingest", tmp_path / "params.yaml")
     params["ingest"]["source"] = "movielens-100k"     # back: the marked deps go again
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
-    dag.write(tmp_path / "dvc.yaml")
+    pipeline.write(tmp_path / "dvc.yaml")
     assert "mine/log.csv" not in (tmp_path / "dvc.yaml").read_text()
-    assert dag.check(tmp_path / "dvc.yaml") == []
+    assert pipeline.check(tmp_path / "dvc.yaml") == []
 
 
 def test_closure_follows_function_level_imports_and_discovery() -> None:
@@ -95,6 +95,13 @@ def test_closure_follows_function_level_imports_and_discovery() -> None:
     # the episodes stage calls its protocols; ingest never touches models or algorithms
     assert "src/metarec/data/protocols/melu.py" in dag.code_deps("episodes")
     assert not [p for p in dag.code_deps("ingest") if "/algorithms/" in p or "/models/" in p]
+
+
+def _stages_importing(path: Path) -> list[str]:
+    """The stages whose code closure holds ``path`` (what DVC must rerun when it changes)."""
+    path = path.resolve()
+    return [s for s in dag.STAGES
+            if path in {p.resolve() for p in dag.closure(f"metarec.stages.{s}")}]
 
 
 def _placeholders(repo: Path) -> None:
@@ -140,7 +147,7 @@ def test_editing_each_module_dirties_exactly_the_stages_that_import_it(tmp_path:
             dirty = sorted(key.rpartition(":")[2] for key in dvc.status())
         finally:
             path.write_bytes(original)
-        expected = sorted(dag.stages_importing(ROOT / path.relative_to(repo)))
+        expected = sorted(_stages_importing(ROOT / path.relative_to(repo)))
         if dirty != expected:
             wrong[str(path.relative_to(repo))] = (dirty, expected)
     assert wrong == {}
@@ -165,7 +172,7 @@ def test_dvc_sees_the_users_data_and_ignores_neutral_knobs(tmp_path: Path) -> No
     (repo / "mine").mkdir()
     log = repo / "mine" / "log.csv"
     log.write_text("user_id,item_id,rating,timestamp\nu1,i1,4,1700000000\n")
-    dag.write(repo / "dvc.yaml")
+    pipeline.write(repo / "dvc.yaml")
     _placeholders(repo)
     log.write_text("user_id,item_id,rating,timestamp\nu1,i1,4,1700000000\n")
     subprocess.run([str(BIN / "dvc"), "init", "--no-scm", "-q"], cwd=repo, check=True)

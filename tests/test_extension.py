@@ -123,8 +123,8 @@ def test_a_new_algorithm_is_one_module_and_its_params_section(tmp_path: Path) ->
                     in stale.stderr + stale.stdout)
     assert "metarec dag --write" in stale.stderr + stale.stdout
     assert "train.anil_toy" in stale.stderr + stale.stdout      # its params, per key
-    _run([sys.executable, "-c", "from pathlib import Path; from metarec import dag; "
-          "dag.sync(Path('dvc.yaml'))"], repo)                  # what make run and flows do
+    _run([sys.executable, "-c", "from pathlib import Path; from metarec import pipeline; "
+          "pipeline.sync(Path('dvc.yaml'))"], repo)             # what make run and flows do
     assert "src/metarec/algorithms/anil_toy.py" in (repo / "dvc.yaml").read_text()
     _run([metarec, "dag"], repo)
 

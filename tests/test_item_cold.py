@@ -64,8 +64,8 @@ def test_item_cold_scenarios_rank_only_the_items_training_never_saw():
     # warm favourites first, then the two new items, the relevant new one (5) above row 4
     model = FixedScores([9.0, 8.0, 7.0, 6.0, 1.0, 2.0])
     batch = one_task(support=[0], query=[4, 5], ratings=[1.0, 5.0])
-    whole = score_batch(model, batch, 6, ev, threshold=4.0, explicit=True)
-    new = score_batch(model, batch, 6, ev, threshold=4.0, explicit=True,
+    whole = score_batch(model, batch, ev, threshold=4.0, explicit=True)
+    new = score_batch(model, batch, ev, threshold=4.0, explicit=True,
                       eligible=eligible_items("item_cold", ev, codes))
     assert whole["ndcg@2"].item() == 0.0 and whole["hit@2"].item() == 0.0
     assert new["ndcg@2"].item() == pytest.approx(1.0)
@@ -79,7 +79,7 @@ def test_a_relevant_item_outside_the_eligible_items_is_not_counted():
     model = FixedScores([5.0, 1.0, 2.0])
     batch = one_task(support=[2], query=[0, 1], ratings=[5.0, 5.0])
     eligible = torch.tensor([False, True, True])
-    vals = score_batch(model, batch, 3, ev, 4.0, True, eligible)
+    vals = score_batch(model, batch, ev, 4.0, True, eligible)
     # one relevant candidate (row 1), the only one left once the support (row 2) is out
     assert vals["recall@1"].item() == pytest.approx(1.0)
     assert vals["ndcg@1"].item() == pytest.approx(1.0)

@@ -50,8 +50,10 @@ from metarec.data.tasks import EpisodeData, to_batch
 from metarec.errors import DataError, ParamsError
 from metarec.io import write_parquet
 from metarec.meta.features import FeatureStore
-from metarec.scoring import batch as scoring_batch
 from metarec.scoring import engine, heap
+from metarec.scoring import inputs as scoring_inputs
+from metarec.scoring import publish as scoring_publish
+from metarec.scoring import stream as scoring_stream
 from metarec.scoring.engine import top_k
 from metarec.scoring.verify import VerifyError
 from metarec.scoring.world import World, day_end, parse_as_of, users_to_score
@@ -657,14 +659,14 @@ def test_crash_leaves_no_partial_batch(world, tmp_path, monkeypatch):
         Path(path).write_bytes(b"PAR1 half")
         raise OSError("disk full")
 
-    monkeypatch.setattr(scoring_batch, "write_parquet_stream", broken)
+    monkeypatch.setattr(scoring_publish, "write_parquet_stream", broken)
     with pytest.raises(OSError, match="disk full"):
         _run(world, out)
     assert list(out.iterdir()) == []  # no batch, no temporary folder
     monkeypatch.undo()
     first = _run(world, out)
     before = (first / "recommendations.parquet").read_bytes()
-    monkeypatch.setattr(scoring_batch, "write_json", lambda *a, **k: (_ for _ in ()).throw(
+    monkeypatch.setattr(scoring_publish, "write_json", lambda *a, **k: (_ for _ in ()).throw(
         OSError("crash before the manifest")))
     with pytest.raises(OSError, match="crash before"):
         _run(world, out, top_k=3)
@@ -728,12 +730,12 @@ def test_item_side_adaptation_ranks_in_item_blocks(world, tmp_path, monkeypatch)
 
 def test_chunk_ranges_concatenate_to_the_whole_table(world, tmp_path):
     params = _params(world, dynamic=True, chunk_users=2, model="maml")
-    inputs = scoring_batch.resolve(params, world["validated"], world["models"], AS_OF)
+    inputs = scoring_inputs.resolve(params, world["validated"], world["models"], AS_OF)
     with pytest.raises(RuntimeError, match="only after check_day validated them"):
-        scoring_batch.recommend(inputs)        # a landing row is never read unchecked
-    inputs = scoring_batch.check_day(inputs, tmp_path)
-    whole, stats = scoring_batch.recommend(inputs)
-    parts = [scoring_batch.recommend(inputs, range(lo, hi))[0] for lo, hi in [(0, 1), (1, 3)]]
+        scoring_stream.recommend(inputs)        # a landing row is never read unchecked
+    inputs = scoring_inputs.check_day(inputs, tmp_path)
+    whole, stats = scoring_stream.recommend(inputs)
+    parts = [scoring_stream.recommend(inputs, range(lo, hi))[0] for lo, hi in [(0, 1), (1, 3)]]
     import pyarrow as pa
 
     assert pa.concat_tables(parts).combine_chunks().equals(whole.combine_chunks())

@@ -51,9 +51,9 @@ def reported(stage: str | None = None, params: Path | None = None) -> Iterator[N
     ``stage`` first checks that dvc.yaml (beside ``params``) tracks what it will read."""
     try:
         if stage is not None and params is not None:
-            from metarec import dag
+            from metarec import pipeline
 
-            dag.check_stage(stage, params)
+            pipeline.check_stage(stage, params)
         yield
     except MetarecError as exc:
         _fail(exc)
@@ -62,10 +62,10 @@ def reported(stage: str | None = None, params: Path | None = None) -> Iterator[N
 def _from_dvc(stage: str, **given: Path | None) -> dict[str, Path]:
     """Each path option not given on the command line, read from ``stage``'s command in
     ./dvc.yaml: the one place the pipeline's paths are written (``inp`` is ``--in``)."""
-    from metarec import dag
+    from metarec import pipeline
 
     here = Path("dvc.yaml")
-    opts = dag.stage_options(Path("."), stage) if here.is_file() else {}
+    opts = pipeline.stage_options(Path("."), stage) if here.is_file() else {}
     out = {}
     for name, value in given.items():
         flag = "in" if name == "inp" else name
@@ -77,9 +77,10 @@ def _from_dvc(stage: str, **given: Path | None) -> dict[str, Path]:
     return out
 
 
-def _dvc(help_text: str) -> Any:
+def _dvc(help_text: str, flag: str | None = None) -> Any:
     """A path option whose default is the dvc.yaml stage's own (see :func:`_from_dvc`)."""
-    return typer.Option(None, help=f"{help_text} (default: from dvc.yaml)")
+    names = (flag,) if flag else ()
+    return typer.Option(None, *names, help=f"{help_text} (default: from dvc.yaml)")
 
 
 @app.command()
@@ -97,8 +98,7 @@ def ingest(
 
 @app.command()
 def validate(
-    inp: Path | None = typer.Option(None, "--in", help="canonical tables (default: from "
-                                                        "dvc.yaml)"),
+    inp: Path | None = _dvc("canonical tables", "--in"),
     out: Path | None = _dvc("folder for the validated tables"),
     quarantine: Path | None = _dvc("folder for rejected rows"),
     report: Path | None = _dvc("summary JSON + Markdown"),
@@ -109,14 +109,12 @@ def validate(
 
     with reported("validate", params):
         p = _from_dvc("validate", inp=inp, out=out, quarantine=quarantine, report=report)
-        stage.run(load_params(params).validate, p["inp"], p["out"], p["quarantine"],
-                  p["report"])
+        stage.run(load_params(params).validate, *p.values())
 
 
 @app.command()
 def episodes(
-    inp: Path | None = typer.Option(None, "--in", help="validated tables (default: from "
-                                                        "dvc.yaml)"),
+    inp: Path | None = _dvc("validated tables", "--in"),
     out: Path | None = _dvc("folder for tasks and vocabularies"),
     metrics: Path | None = _dvc("data metrics (DVC)"),
     report: Path | None = _dvc("validation summary (for the quarantine count)"),
@@ -126,8 +124,8 @@ def episodes(
     from metarec.stages import episodes as stage
 
     with reported("episodes", params):
-        p = _from_dvc("episodes", inp=inp, out=out, metrics=metrics, report=report)
-        stage.run(load_params(params).episodes, p["inp"], p["out"], p["metrics"], p["report"])
+        paths = _from_dvc("episodes", inp=inp, out=out, metrics=metrics, report=report)
+        stage.run(load_params(params).episodes, *paths.values())
 
 
 # -- later stages register below this line (train, evaluate, score, ...) --
@@ -213,10 +211,9 @@ def evaluate(
 
 
 # options shared by the scoring commands (score, backfill): dvc.yaml's score stage
-VALIDATED = typer.Option(None, "--in", help="validated tables (default: from dvc.yaml)")
+VALIDATED = _dvc("validated tables", "--in")
 MODELS = _dvc("trained models (seed<S>/<model>.pt)")
-BATCHES = typer.Option(None, "--out", help="root of the dated batches (default: from "
-                                           "dvc.yaml)")
+BATCHES = _dvc("root of the dated batches", "--out")
 SELECTION = _dvc("evaluate's choices: the model, seed and inner steps served")
 
 
@@ -346,11 +343,11 @@ def dag(
     dvc_yaml: Path = typer.Option(Path("dvc.yaml"), "--dvc-yaml", help="pipeline file"),
 ) -> None:
     """Check (or --write) dvc.yaml's code and params dependencies against the code."""
-    from metarec import dag as pipeline_dag
+    from metarec import pipeline
 
     if write:
-        pipeline_dag.write(dvc_yaml)
-    problems = pipeline_dag.check(dvc_yaml)
+        pipeline.write(dvc_yaml)
+    problems = pipeline.check(dvc_yaml)
     for line in problems:
         console.print(f"[red]{line}[/]")
     if problems:

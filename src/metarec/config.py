@@ -199,7 +199,8 @@ class TrainParams(Section):
     algorithms: tuple[str, ...] = ("maml", "fomaml", "reptile", "metasgd", "metadropout",
                                    "ridge")
     baselines: tuple[str, ...] = ("global_mean", "item_mean", "user_mean", "item_user_bias",
-                                  "biased_mf", "pretrain", "finetune")
+                                  "biased_mf", "most_popular", "itemknn", "ease", "pretrain",
+                                  "finetune")
     inner_steps: int = bounded(5, 0)
     inner_lr: float = bounded(0.05, 0.0)
     meta_batch: int = bounded(32, 1)
@@ -221,7 +222,7 @@ class TrainParams(Section):
     devices: int = bounded(1, 1)
     num_nodes: int = bounded(1, 1)
     seeds: tuple[int, ...] = bounded((0, 1, 2), nonempty=True)
-    workers: int = bounded(1, 1, neutral=SAME_BYTES)
+    workers: int = bounded(2, 1, neutral=SAME_BYTES)
     threads: int = bounded(1, 1)
     text_ablation: bool = False
     seed: int = field(default=0, metadata={"internal": "set per run from train.seeds"})
@@ -247,7 +248,7 @@ class EvaluateParams(Section):
     catalogue_k: int = bounded(20, 1)
     query_ndcg_ks: tuple[int, ...] = bounded((1, 3, 5), 1, nonempty=True)
     item_cold_catalogue: Literal["new", "all"] = "new"
-    workers: int = bounded(1, 1, neutral=SAME_BYTES)
+    workers: int = bounded(2, 1, neutral=SAME_BYTES)
     threads: int = bounded(1, 1)
 
 
@@ -278,7 +279,7 @@ class BacktestParams(Section):
 
     from_date: str | None = None
     to_date: str | None = None
-    every_days: int = bounded(7, 1)
+    every_days: int = bounded(1, 1)
     horizon_days: int = bounded(7, 1)
     k: int = bounded(20, 1)
     popularity_days: int = bounded(30, 1)

@@ -11,7 +11,8 @@ import pandas as pd
 
 from metarec.backtest.plan import Plan
 from metarec.config import BacktestParams
-from metarec.scoring.batch import check_day, landing_check, recommend
+from metarec.scoring.inputs import check_day, landing_check
+from metarec.scoring.stream import recommend
 from metarec.scoring.world import DAY, World, landing_files, parse_as_of
 
 METRICS = ("hit_rate", "recall", "ndcg")

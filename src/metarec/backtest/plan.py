@@ -11,8 +11,9 @@ from metarec import algorithms
 from metarec.backtest import retrain
 from metarec.config import BacktestParams, ScoreParams, TableSource, ValidateParams
 from metarec.errors import ParamsError
+from metarec.eval.choices import best_on_validation
 from metarec.io import read_json, read_parquet
-from metarec.scoring.batch import landing_check, resolve
+from metarec.scoring.inputs import landing_check, resolve
 from metarec.scoring.world import DAY, day_end, landing_files, parse_as_of
 
 
@@ -58,9 +59,7 @@ def peers(selection: dict[str, Any] | None, model: str) -> str | None:
     """The non-meta model with the highest validation nDCG other than ``model``."""
     scores = (selection or {}).get(f"val_{(selection or {}).get('metric', '')}", {})
     baselines = set(algorithms.names("baseline")) - {model}
-    ranked = sorted(((v, n) for n, v in scores.items() if n in baselines and v == v),
-                    reverse=True)
-    return ranked[0][1] if ranked else None
+    return best_on_validation({n: v for n, v in scores.items() if n in baselines})
 
 
 @dataclasses.dataclass(frozen=True)

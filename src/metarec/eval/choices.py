@@ -27,8 +27,8 @@ def is_baseline(name: str) -> bool:
 
 
 def choose_inner_steps(models: dict[str, Any], val: TaskBatch, grid: tuple[int, ...],
-                       n_items: int, params: EvaluateParams, threshold: float,
-                       explicit: bool = True) -> dict[str, dict[str, Any]]:
+                       params: EvaluateParams, threshold: float, explicit: bool = True
+                       ) -> dict[str, dict[str, Any]]:
     """Test-time inner steps of each adaptive model, chosen on validation tasks (grid
     search): for its ratings by the lowest MSE, for its ranking by the highest catalogue
     nDCG. Sets them on the models; returns the record."""
@@ -40,7 +40,7 @@ def choose_inner_steps(models: dict[str, Any], val: TaskBatch, grid: tuple[int, 
         mse, ndcg = {}, {}
         states = model.adapt_grid(val, grid)        # one inner loop for the whole grid
         for steps in grid:
-            vals = score_batch(model, val, n_items, params, threshold, explicit,
+            vals = score_batch(model, val, params, threshold, explicit,
                                state=states[steps])
             if model.predicts_ratings and explicit:   # pooled MSE over ratings, from per-task RMSE
                 n = val.query_mask.sum(1).double()
@@ -55,8 +55,8 @@ def choose_inner_steps(models: dict[str, Any], val: TaskBatch, grid: tuple[int, 
     return chosen
 
 
-def validation_scores(models: dict[str, Any], val: TaskBatch, n_items: int,
-                      params: EvaluateParams, threshold: float, explicit: bool = True,
+def validation_scores(models: dict[str, Any], val: TaskBatch, params: EvaluateParams,
+                      threshold: float, explicit: bool = True,
                       adapt: Callable[[Any, TaskBatch], Any] | None = None
                       ) -> dict[str, dict[str, float]]:
     """{model: {"mae": ..., catalogue metric: ...}} pooled over every validation task;
@@ -65,7 +65,7 @@ def validation_scores(models: dict[str, Any], val: TaskBatch, n_items: int,
     out = {}
     for name, model in models.items():
         state = adapt(model, val) if adapt is not None else None
-        vals = score_batch(model, val, n_items, params, threshold, explicit, state=state)
+        vals = score_batch(model, val, params, threshold, explicit, state=state)
         out[name] = {"mae": nanmean(vals["mae"]), ck: nanmean(vals[ck])}
     return out
 
@@ -81,9 +81,20 @@ def best_baselines(val_scores: dict[str, dict[str, float]], params: EvaluatePara
     base = {n: v for n, v in val_scores.items() if is_baseline(n)}
     mae = {n: v["mae"] for n, v in base.items() if not math.isnan(v["mae"])}
     ndcg = {n: v[ck] for n, v in base.items()}
-    accuracy = min(mae, key=lambda n: (mae[n], n)) if mae else None   # None: implicit labels
-    return {"accuracy": {"name": accuracy, "val_mae": mae},
-            "ranking": {"name": max(ndcg, key=lambda n: (ndcg[n], n)), f"val_{ck}": ndcg}}
+    return {"accuracy": {"name": best_on_validation(mae, lower=True),   # None: implicit labels
+                         "val_mae": mae},
+            "ranking": {"name": best_on_validation(ndcg), f"val_{ck}": ndcg}}
+
+
+def best_on_validation(scores: dict[str, float], lower: bool = False) -> str | None:
+    """The name with the best finite validation score: the highest (a ranking metric) or,
+    with ``lower``, the lowest (an error); ties go to the name that sorts last, or first with
+    ``lower``. None when no score is finite. Every "best on validation" is this one rule."""
+    finite = {n: v for n, v in scores.items() if not math.isnan(v)}
+    if not finite:
+        return None
+    pick = min if lower else max
+    return pick(finite, key=lambda n: (finite[n], n))
 
 
 def majority_baselines(choices: dict[str, Any]) -> dict[str, str]:

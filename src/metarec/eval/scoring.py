@@ -14,13 +14,7 @@ import torch
 
 from metarec.config import EvaluateParams
 from metarec.data.tasks import TaskBatch
-from metarec.metrics import (
-    catalogue_metrics,
-    catalogue_targets,
-    per_task_mae,
-    per_task_rmse,
-    query_ndcg,
-)
+from metarec.metrics import batch_catalogue_metrics, per_task_mae, per_task_rmse, query_ndcg
 from metarec.models.base import Predictor
 
 ACCURACY = ("mae", "rmse")
@@ -49,7 +43,7 @@ def family(metric: str) -> str:
     return "accuracy" if metric in ACCURACY else "ranking"
 
 
-def score_batch(model: Predictor, batch: TaskBatch, n_items: int, params: EvaluateParams,
+def score_batch(model: Predictor, batch: TaskBatch, params: EvaluateParams,
                 threshold: float, explicit: bool = True, eligible: torch.Tensor | None = None,
                 state: Any = None) -> dict[str, torch.Tensor]:
     """Per-task metric values (T,) for one model on one batch of tasks.
@@ -77,13 +71,8 @@ def score_batch(model: Predictor, batch: TaskBatch, n_items: int, params: Evalua
     query_scores = full.gather(1, batch.query_items)                          # (T, Q)
     for k in params.query_ndcg_ks:
         out[f"ndcg@{k}"] = query_ndcg(query_scores, batch.query_ratings, batch.query_mask, k)
-    cands, rel = catalogue_targets(batch.support_items, batch.support_mask, batch.query_items,
-                                   batch.query_ratings, batch.query_mask, n_items,
-                                   threshold)
-    if eligible is not None:
-        cands, rel = cands & eligible, rel & eligible
     ck = params.catalogue_k
-    cat = catalogue_metrics(full, cands, rel, ck)
+    cat = batch_catalogue_metrics(full, batch, threshold, ck, eligible)
     out.update({f"recall@{ck}": cat.recall, f"ndcg@{ck}": cat.ndcg, f"hit@{ck}": cat.hit_rate})
     return out
 

@@ -13,7 +13,7 @@ from metarec.data.tasks import TaskBatch
 from metarec.meta.features import FeatureStore
 from metarec.meta.learner import Learner, Params
 from metarec.meta.losses import masked_mse
-from metarec.metrics import catalogue_metrics, catalogue_targets
+from metarec.metrics import batch_catalogue_metrics
 from metarec.models.base import Predictor
 from metarec.models.network import Feats, PreferenceNet
 
@@ -185,11 +185,8 @@ def validation_sums(learner: Learner, store: FeatureStore, batch: TaskBatch,
             table = learner.item_table(store.items(torch.arange(store.n_items,
                                                                   device=store.device)))
             scores = rank_catalogue(learner, fast, user, table)          # (T, N)
-            b = batch.to("cpu")
-            cands, rel = catalogue_targets(b.support_items, b.support_mask, b.query_items,
-                                           b.query_ratings, b.query_mask, scores.shape[1],
-                                           learner.relevance)
-            ndcg = catalogue_metrics(scores.cpu(), cands, rel, k)
+            ndcg = batch_catalogue_metrics(scores.cpu(), batch.to("cpu"), learner.relevance,
+                                           k)
             ok = ndcg.evaluated
             return float((1.0 - ndcg.ndcg[ok]).sum()), int(ok.sum())
         pred = learner.predict(fast, query)                              # (T, Q)

@@ -15,8 +15,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from metarec.backtest import plan as bt_plan
-from metarec.dag import stage_options
 from metarec.params import load_params
+from metarec.pipeline import stage_options
 from metarec.stages import backtest as stage
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from metarec.dag import stage_options
+from metarec.pipeline import stage_options
 
 
 @dataclass(frozen=True)

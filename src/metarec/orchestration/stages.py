@@ -102,9 +102,9 @@ def sync_pipeline(project_dir: str) -> list[str]:
     """dvc.yaml's derived dependencies brought up to date with the code and params.yaml
     (your own data files, params per key) before any stage runs, so DVC sees what the
     stages will read; each change is logged."""
-    from metarec import dag
+    from metarec import pipeline
 
-    changed = dag.sync(Path(project_dir) / "dvc.yaml")
+    changed = pipeline.sync(Path(project_dir) / "dvc.yaml")
     for line in changed:
         get_run_logger().info("dvc.yaml updated: %s", line)
     return changed

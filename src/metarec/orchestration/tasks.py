@@ -24,10 +24,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from metarec.config import ScoreParams, TableSource, ValidateParams
-from metarec.io import read_json
+from metarec.io import plain, read_json
 from metarec.orchestration import sharding
 from metarec.orchestration.sharding import BatchInputs
-from metarec.scoring.batch import NightRejected
+from metarec.scoring.inputs import NightRejected
 
 
 @task(name="plan-shards", cache_policy=NO_CACHE)
@@ -80,15 +80,6 @@ def merge_shards(inputs: BatchInputs, stats: dict[str, Any], shard_paths: list[s
 # artifacts (keys: lowercase letters, digits, dashes; cells: plain Python values)
 
 
-def _plain(value: Any) -> Any:
-    """numpy scalars and other non-JSON cells as plain Python values."""
-    if hasattr(value, "item"):
-        return value.item()
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
-
-
 @task(name="publish-validation", cache_policy=NO_CACHE)
 def publish_validation(summary_path: str) -> None:
     """Table artifact: one row per expectation of reports/validation/summary.json."""
@@ -101,7 +92,7 @@ def publish_validation(summary_path: str) -> None:
                        f"{c['rows_quarantined']:,} quarantined"
                        for t, c in summary["tables"].items())
     create_table_artifact(
-        table=[{k: _plain(v) for k, v in r.items()} for r in rows], key="validation-summary",
+        table=[{k: plain(v) for k, v in r.items()} for r in rows], key="validation-summary",
         description=f"{summary['dataset']} (policy {summary['policy']}, passed: "
                     f"{summary['passed']}). {counts}. Source: {summary_path}")
 
@@ -118,7 +109,7 @@ def publish_evaluation(report_path: str, eval_json: str) -> None:
     result = read_json(eval_json)
     rows = headline_table(result.get("headline", []))
     if rows:
-        create_table_artifact(table=[{k: _plain(v) for k, v in r.items()} for r in rows],
+        create_table_artifact(table=[{k: plain(v) for k, v in r.items()} for r in rows],
                               key="evaluation-headline",
                               description="test catalogue metric: the best meta-learner on "
                                           "validation minus the best baseline, relative, CI")
@@ -187,7 +178,7 @@ def examples(batch_dir: str | Path, validated_dir: str | Path, users: int = 3,
 
 
 @task(name="publish-batch", cache_policy=NO_CACHE)
-def publish_batch(batch_dir: str, validated_dir: str, seconds: float) -> dict[str, Any]:
+def publish_batch_artifacts(batch_dir: str, validated_dir: str, seconds: float) -> dict[str, Any]:
     """Table artifact with the batch's counts and a Markdown artifact with examples."""
     manifest = read_json(Path(batch_dir) / "manifest.json")
     landing = manifest.get("landing") or {}
@@ -199,7 +190,7 @@ def publish_batch(batch_dir: str, validated_dir: str, seconds: float) -> dict[st
            "landing_rows_kept": landing.get("rows_kept", 0),
            "landing_rows_quarantined": landing.get("rows_quarantined", 0),
            "seconds": round(seconds, 2), "batch": str(Path(batch_dir).resolve())}
-    row = {k: _plain(v) for k, v in row.items()}
+    row = {k: plain(v) for k, v in row.items()}
     create_table_artifact(table=[row], key="nightly-batch",
                           description=f"nightly batch {manifest['as_of']}: parquet sha256 "
                                       f"{manifest['parquet_sha256']}")

@@ -15,10 +15,12 @@ import torch
 import yaml
 
 from metarec.config import ScoreParams, TableSource, ValidateParams, params_hash, parse_params
+from metarec.data.validation import TABLES
 from metarec.errors import MetarecError, ParamsError
 from metarec.io import read_json, sha256_file
 from metarec.schema import build
-from metarec.scoring.batch import MANIFEST, RECS, TABLES, _git_commit, build_batch
+from metarec.scoring.batch import build_batch
+from metarec.scoring.publish import MANIFEST, RECS, git_commit
 from metarec.scoring.world import landing_files, parse_as_of
 
 
@@ -75,7 +77,7 @@ def verify(batch_dir: str | Path) -> dict[str, Any]:
         else:
             why = (f"the rebuild gives different bytes (sha256 {new_sha}): code or environment "
                    f"changed (batch written at commit {manifest.get('git_commit')}, now "
-                   f"{_git_commit()}; torch {manifest.get('torch_version')}, now "
+                   f"{git_commit()}; torch {manifest.get('torch_version')}, now "
                    f"{torch.__version__})")
         raise VerifyError(f"{batch_dir}: not reproducible: {why}")
     differ = sorted(k for k in set(manifest) | set(again)

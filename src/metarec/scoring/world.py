@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 from metarec.errors import DataError, ParamsError
 from metarec.io import arrow_frame
@@ -102,7 +103,8 @@ class World:
         self._tmp = tempfile.TemporaryDirectory(prefix="metarec-world-")
         self.con = duckdb.connect(config={
             "memory_limit": f"{int(memory_mb)}MB", "temp_directory": self._tmp.name,
-            "threads": int(threads or max(torch_threads(), 1)),
+            # as many threads as torch uses: the one knob a run sets
+            "threads": int(threads or max(torch.get_num_threads(), 1)),
             "preserve_insertion_order": False})
         if isinstance(log, pd.DataFrame):
             self.con.register("log_file", _canonical(log).append_column(
@@ -226,13 +228,6 @@ class World:
             self._execute(f"COPY ({query}) TO '{target}' "
                           "(FORMAT parquet, ROW_GROUP_SIZE 131072)")
         return out / "users.parquet", out / "rows.parquet"
-
-
-def torch_threads() -> int:
-    """The engine's threads: as many as torch uses (the one knob a run sets)."""
-    import torch
-
-    return torch.get_num_threads()
 
 
 def _canonical(frame: pd.DataFrame) -> pa.Table:
