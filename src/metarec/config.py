@@ -248,6 +248,7 @@ class EvaluateParams(Section):
     catalogue_k: int = bounded(20, 1)
     query_ndcg_ks: tuple[int, ...] = bounded((1, 3, 5), 1, nonempty=True)
     item_cold_catalogue: Literal["new", "all"] = "new"
+    exclude_history: bool = True
     workers: int = bounded(2, 1, neutral=SAME_BYTES)
     threads: int = bounded(1, 1)
 

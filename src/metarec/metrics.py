@@ -239,16 +239,21 @@ class Tasks(Protocol):
 
 
 def batch_catalogue_metrics(scores: torch.Tensor, batch: Tasks, threshold: float, k: int,
-                            eligible: torch.Tensor | None = None) -> CatalogueMetrics:
+                            eligible: torch.Tensor | None = None,
+                            seen: torch.Tensor | None = None) -> CatalogueMetrics:
     """The catalogue metrics of ranking scores (T, N) for a batch of tasks: every item not in
     a task's support is a candidate, its query items rated >= ``threshold`` are relevant;
-    ``eligible`` ((N,) bool) narrows both (an item-cold scenario's new items). The one rule
-    behind every validation choice and every test metric."""
+    ``eligible`` ((N,) bool) narrows both (an item-cold scenario's new items); ``seen``
+    ((T, N) bool) are items each user interacted with before the task's query period besides
+    its support, never candidates (what the nightly batch never recommends either). The one
+    rule behind every validation choice and every test metric."""
     cands, rel = catalogue_targets(batch.support_items, batch.support_mask, batch.query_items,
                                    batch.query_ratings, batch.query_mask, scores.shape[1],
                                    threshold)
     if eligible is not None:
         cands, rel = cands & eligible, rel & eligible
+    if seen is not None:
+        cands, rel = cands & ~seen, rel & ~seen
     return catalogue_metrics(scores, cands, rel, k)
 
 

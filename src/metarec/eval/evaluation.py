@@ -32,7 +32,13 @@ from metarec.data import views
 from metarec.data.tasks import EpisodeData, TaskBatch, load_episodes, to_batch, validation_tasks
 from metarec.errors import DataError
 from metarec.eval import choices as choose
-from metarec.eval.compare import PerUser, compare, compare_variants, compare_views
+from metarec.eval.compare import (
+    PerUser,
+    compare,
+    compare_variants,
+    compare_views,
+    compare_zero_step,
+)
 from metarec.eval.ensembles import ENSEMBLE_SEED, Ensemble, build_ensembles
 from metarec.eval.groups import TestGroup, cross_pairs, groups_of, nearest_k
 from metarec.eval.headline import headline
@@ -42,6 +48,7 @@ from metarec.eval.scoring import (
     metric_names,
     nanmean,
     score_batch,
+    seen_items,
 )
 from metarec.io import plain
 from metarec.progress import progress
@@ -104,17 +111,25 @@ class AdaptCache:
 
 def _score_group(models: dict[str, Any], seed: int, data: EpisodeData, group: TestGroup,
                  batch: TaskBatch, params: EvaluateParams, adapt: AdaptCache,
-                 rows: list[dict[str, Any]], per_user: PerUser) -> None:
-    """Every model on one group of test tasks: result rows + per-user values."""
+                 rows: list[dict[str, Any]], per_user: PerUser, zero: PerUser) -> None:
+    """Every model on one group of test tasks: result rows + per-user values; for a model
+    with an inner loop, also its per-user values at 0 test-time steps (``zero``: what the
+    inner loop adds is measured against the same model without it)."""
     scenario, k = group.label, group.k_label
     eligible = eligible_items(scenario, params, data.items.id_code)
+    seen = seen_items(data, batch, params)
     for name, model in models.items():
         vals = score_batch(model, batch, params, data.relevance_threshold,
-                           data.explicit, eligible, state=adapt(model, batch))
+                           data.explicit, eligible, state=adapt(model, batch), seen=seen)
         per_user.setdefault((name, scenario, k), []).append(vals)
         rows.append({"model": name, "scenario": scenario, "k": k, "seed": seed,
                      "users": len(batch),
                      **{m: plain(nanmean(v), 6) for m, v in vals.items()}})
+        if model.adapts:
+            still = model.adapt_grid(batch, [0])[0]
+            zero.setdefault((name, scenario, k), []).append(score_batch(
+                model, batch, params, data.relevance_threshold, data.explicit, eligible,
+                state=still, seen=seen))
 
 
 @dataclass
@@ -157,11 +172,11 @@ def choose_job(inputs: Inputs, params: EvaluateParams, seed: int, name: str
 def group_job(inputs: Inputs, params: EvaluateParams, group: TestGroup,
               steps: dict[int, dict[str, tuple[int, int]]],
               ensembles: dict[str, list[tuple[int, str]]]
-              ) -> tuple[dict[int, list[dict[str, Any]]], PerUser]:
+              ) -> tuple[dict[int, list[dict[str, Any]]], PerUser, PerUser]:
     """Every model of every seed, then every seed-ensemble (``ensembles``: its members' seed
     and name), on one (scenario, K) group of test tasks, each model adapted once; ``steps``:
-    the inner steps chosen on validation. Returns the result rows by seed and the per-user
-    values."""
+    the inner steps chosen on validation. Returns the result rows by seed, the per-user
+    values, and those of each adaptive model at 0 steps."""
     data, models = inputs.data, inputs.models()
     for seed, chosen in steps.items():
         for name, (rate, rank) in chosen.items():
@@ -172,10 +187,11 @@ def group_job(inputs: Inputs, params: EvaluateParams, group: TestGroup,
     batch = group.batch(data)
     rows: dict[int, list[dict[str, Any]]] = {}
     per_user: PerUser = {}
+    zero: PerUser = {}
     for seed, group_models in [*models.items(), (ENSEMBLE_SEED, ens)]:
         _score_group(group_models, seed, data, group, batch, params, adapt,
-                     rows.setdefault(seed, []), per_user)
-    return rows, per_user
+                     rows.setdefault(seed, []), per_user, zero)
+    return rows, per_user, zero
 
 
 def curve_job(inputs: Inputs, params: EvaluateParams, k: int) -> list[dict[str, Any]]:
@@ -257,10 +273,12 @@ def evaluate(params: EvaluateParams, episodes_dir: str | Path, models_dir: str |
     seed_rows: dict[int, list[dict[str, Any]]] = {seed: [] for seed in [*all_models,
                                                                          ENSEMBLE_SEED]}
     per_user: PerUser = {}
-    for by_seed, group_values in scored:
+    zero: PerUser = {}
+    for by_seed, group_values, group_zero in scored:
         for seed, part in by_seed.items():
             seed_rows[seed].extend(part)
         per_user.update(group_values)
+        zero.update(group_zero)
     rows = [row for part in seed_rows.values() for row in part]
     _check_evaluated(rows, catalogue_metric(params), data)
     baselines = choose.majority_baselines(choices)
@@ -275,6 +293,8 @@ def evaluate(params: EvaluateParams, episodes_dir: str | Path, models_dir: str |
                                                  catalogue_metric(params), params),
               "choices": choices, "best_baseline": baselines, "serving": serving,
               "steps_curve": curves, "seconds": round(time.perf_counter() - start, 1)}
+    result["zero_step"] = compare_zero_step(per_user, zero, ["mae", catalogue_metric(params)],
+                                            params)
     text = compare_views(per_user, catalogue_metric(params), params)
     if text:                 # train.text_ablation: each meta-learner with and without text
         result["text"] = text
