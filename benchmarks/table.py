@@ -302,7 +302,46 @@ def text_table(results: Path = RESULTS) -> str:
     return "\n".join(lines)
 
 
+def public_checks_table(results: Path = RESULTS) -> str:
+    """benchmarks/public_checks.py: per check, user-cold catalogue nDCG@20 per K of the best
+    meta-learner and the baselines, and the meta-learner's paired differences."""
+    path = results / "public_checks.json"
+    if not path.exists():
+        return "_No public check has run yet: `python benchmarks/public_checks.py`._"
+    checks = json.loads(path.read_text(encoding="utf-8"))["checks"]
+    lines: list[str] = []
+    for name, c in sorted(checks.items()):
+        ks = sorted({k for per in c["means"].values() for k in per},
+                    key=lambda k: (0, int(k)) if k.isdigit() else (1, 0))
+        meta = c["best_meta"]
+        shown = [meta, *(m for m in ("encoder", "pretrain", "finetune", "ease", "itemknn",
+                                     "biased_mf", "most_popular", "popular_now")
+                         if m in c["means"] and m != meta)]
+        goal = c["goal"]["meta_matches_ease"]
+        lines += [f"**{name}** ({c['dataset']}, protocol {c['protocol']}, {c['users']:,} "
+                  f"users, {c['items']:,} items, seeds {c['seeds']}, {c['seconds']:.0f} s): "
+                  f"{c['scenario']} {c['metric']}; best meta-learner on validation "
+                  f"**{meta}**, best baseline on validation {c['best_baseline']}, served "
+                  f"{c['served']}; matches EASE: "
+                  + ("–" if goal is None else _met(goal)), "",
+                  "| model | " + " | ".join(f"K={k}" for k in ks) + " |",
+                  "|---|" + "---|" * len(ks)]
+        for m in shown:
+            lines.append(f"| {m} | " + " | ".join(
+                f"{c['means'][m][k]:.3f}" if k in c["means"][m] else "" for k in ks) + " |")
+        rows = [*(("− " + r["reference"], r) for r in c["references"]),
+                *(("− itself at 0 steps", r) for r in c["zero_step"])]
+        for label, _ in dict(rows).items():
+            by = {str(r["k"]): r for lab, r in rows if lab == label}
+            lines.append(f"| {meta} {label} | " + " | ".join(
+                _ci(by[k]) if k in by else "" for k in ks) + " |")
+        lines.append("")
+    lines.append("Differences: paired bootstrap over users, 95% CI (bold: excludes 0).")
+    return "\n".join(lines)
+
+
 SECTIONS = [(BEGIN, END, table),
+            ("<!-- public-checks:begin -->", "<!-- public-checks:end -->", public_checks_table),
             ("<!-- text:begin -->", "<!-- text:end -->", text_table),
             ("<!-- platforms:begin -->", "<!-- platforms:end -->", platforms_table),
             ("<!-- item-cold:begin -->", "<!-- item-cold:end -->", item_cold_table)]

@@ -85,7 +85,7 @@ def test_algorithm_sections_parse_into_their_own_classes() -> None:
     ({"train": {"reptile": {"mode": "sgd"}}}, r"train.reptile.mode: 'sgd' is not one of"),
     ({"train": {"ease": {"lam": [10, -1]}}}, r"train.ease.lam: must be at least"),
     ({"train": {"algorithms": ["mamll"]}},
-     r"train.algorithms: unknown 'mamll' \(valid: fomaml, maml, metadropout, metasgd"),
+     r"train.algorithms: unknown 'mamll' \(valid: encoder, fomaml, maml, metadropout"),
     ({"train": {"baselines": ["maml"]}}, r"train.baselines: unknown 'maml' \(valid: "),
     ({"train": {"baselines": ["finetune"]}}, r"finetune is fitted on top of pretrain"),
     ({"episodes": {"split_fractions": [0.5, 0.2, 0.2]}}, r"split_fractions: must sum to 1"),

@@ -232,8 +232,8 @@ def test_catalogue_targets_drop_the_support_and_keep_rated_query_items(
 def test_an_unknown_draw_mode_is_refused_with_the_valid_ones() -> None:
     hist = pd.DataFrame({"user_idx": [0, 0], "item_idx": [0, 1], "rating": [3, 4],
                          "timestamp": [0, 1]})
-    with pytest.raises(ValueError, match=r"draw must be one of \('temporal', 'random'\), "
-                                         r"got 'shuffle'"):
+    with pytest.raises(ValueError, match=r"draw must be one of \('temporal', 'random', "
+                                         r"'history'\), got 'shuffle'"):
         draw_tasks(hist, (1,), 1, "shuffle", np.random.default_rng(0))
 
 

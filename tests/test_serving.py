@@ -15,6 +15,7 @@ import torch
 
 from metarec.backtest import plan as bt_plan
 from metarec.checkpoint import load_model
+from metarec.data.recency import recency
 from metarec.data.tasks import TaskBatch, load_episodes
 from metarec.scoring.world import day_end
 from metarec.stages import score
@@ -50,7 +51,13 @@ def test_batch_scores_equal_evaluates_predictor_on_the_same_support(served: dict
     model.set_steps(rate=steps["rate"], rank=steps["rank"])         # what evaluate set
     recs = pd.read_parquet(batch / "recommendations.parquet")
     log = pd.read_parquet(root / "validated/interactions.parquet")
-    log = log[log["timestamp"] < day_end(served["night"])]
+    end = day_end(served["night"])
+    log = log[log["timestamp"] < end]
+    window = model.recency_window()
+    assert window is not None            # the default network reads what is popular now
+    # what was popular that night, counted here from the log as training counts it
+    model.use_recency(recency(data.items.index_of(log["item_id"].astype("string")),
+                              log["timestamp"].to_numpy(), model.n_items, *window, at=end))
     cold = recs[recs["kind"] == "cold"]["user_id"].drop_duplicates().head(5)
     assert len(cold) >= 3
     checked = 0
@@ -67,7 +74,7 @@ def test_batch_scores_equal_evaluates_predictor_on_the_same_support(served: dict
                         support_mask=torch.ones(1, len(items), dtype=torch.bool),
                         query_items=torch.zeros(1, 1, dtype=torch.long),
                         query_ratings=torch.zeros(1, 1), query_mask=torch.zeros(
-                            1, 1, dtype=torch.bool))
+                            1, 1, dtype=torch.bool), now=torch.tensor([end]))
         scores = model.rank(model.adapt(one))[0]                     # (N,)
         picks = recs[recs["user_id"] == user]
         rows = data.items.index_of(picks["item_id"].astype("string"))

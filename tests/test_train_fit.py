@@ -13,6 +13,7 @@ from metarec import algorithms, fitting
 from metarec.algorithms.finetune import FineTune, FinetuneParams
 from metarec.checkpoint import CheckpointError, load_model, save_model
 from metarec.config import ModelParams, ObjectiveParams, TrainParams, to_dict
+from metarec.data.draws import HISTORY
 from metarec.data.tasks import to_batch
 from metarec.errors import MetarecError
 from metarec.meta.features import FeatureStore
@@ -63,6 +64,8 @@ def data():
 def fitted(data, tmp_path_factory) -> dict[str, FitResult]:
     logs = tmp_path_factory.mktemp("logs")
     out = {name: fit_algorithm(name, data, MODEL, TRAIN, logs) for name in EPISODIC}
+    # the same network without episodes (whole histories, as pretrain is fitted)
+    out["pretrain"] = fit_algorithm("pretrain", data, MODEL, TRAIN, logs, draw=HISTORY)
     tuned = tune_finetune(out["pretrain"], data)
     m = tuned.fit_metrics
     out["finetune"] = FitResult("finetune", tuned.learner, m["initial_val_loss"],
@@ -119,7 +122,7 @@ def test_the_cross_platform_trust_has_its_own_outer_learning_rate(data, optimize
     assert same.param_groups[1]["params"][0] is trust
 
 
-@pytest.mark.parametrize("name", [*EPISODIC, "finetune"])
+@pytest.mark.parametrize("name", [*EPISODIC, "pretrain", "finetune"])
 def test_training_lowers_validation_loss(fitted, name):
     fit = fitted[name]
     assert fit.best_val_loss < 0.9 * fit.initial_val_loss, fit.metrics()

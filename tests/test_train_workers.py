@@ -70,7 +70,7 @@ def test_two_workers_write_the_same_bytes_as_one_process(project: dict[str, Any]
     one, two = root / "models1", root / "models2"
     files = sorted(f.relative_to(one) for f in one.rglob("*") if f.is_file())
     assert files == sorted(f.relative_to(two) for f in two.rglob("*") if f.is_file())
-    assert any(f.suffix == ".csv" for f in files) and (one / "draws").is_dir()
+    assert any(f.suffix == ".csv" for f in files) and (one / "probes").is_dir()
     for f in files:
         if f.suffix == ".pt":
             a, b = read_checkpoint(one / f), read_checkpoint(two / f)
@@ -81,7 +81,12 @@ def test_two_workers_write_the_same_bytes_as_one_process(project: dict[str, Any]
     metrics = [json.loads((root / f"train{w}.json").read_text()) for w in (1, 2)]
     assert [m.pop("workers") for m in metrics] == [1, 2]
     assert _without_seconds(metrics[0]) == _without_seconds(metrics[1])
-    assert runs[2]["draw_choice"]["probe"] == "pretrain"
+    # the first meta-learner probes the draws, and its probe at train.inner_lr is reused by
+    # the learning-rate search (one fit less)
+    choice = runs[2]["draw_choice"]
+    assert choice["probe"] == "maml" and choice["inner_lr"]["probe"] == "maml"
+    probes = sorted(f.name for f in (one / "probes").iterdir())
+    assert len(probes) == len(tp.draws) + len(tp.search.inner_lr) - 1, probes
 
 
 def test_a_fit_that_reads_no_seed_is_the_same_for_every_seed(project: dict[str, Any]) -> None:
@@ -165,3 +170,33 @@ def test_ddp_trains_in_the_processes_torchrun_started() -> None:
 
     with pytest.raises(ParamsError, match="train.workers to 1"):
         distributed.check(TrainParams(strategy="ddp", workers=2), [])
+
+
+def test_the_choices_before_the_fits_never_read_a_test_task(project: dict[str, Any]) -> None:
+    """The bounded search (draw probes, inner learning rate) and every fit read validation
+    and meta-train tasks only: test tasks rewritten (ratings flipped, items rotated) leave
+    every choice and every checkpoint's weights unchanged."""
+    import shutil
+
+    import pandas as pd
+
+    root, p = project["root"], project["params"]
+    planted = root / "episodes_planted"
+    shutil.copytree(root / "episodes", planted)
+    frame = pd.read_parquet(planted / "episodes.parquet")
+    test = frame["split"] == "test"
+    items = frame.loc[test, "item_id"].to_numpy()
+    frame.loc[test, "rating"] = (6 - frame.loc[test, "rating"]).astype("float32")
+    frame.loc[test, "item_id"] = pd.array(list(items[1:]) + list(items[:1]), dtype="string")
+    frame.to_parquet(planted / "episodes.parquet", index=False)
+    assert test.any()
+    tp = replace(p.train, algorithms=("encoder", "maml"), baselines=("most_popular",),
+                 seeds=(0,), search=replace(p.train.search, inner_lr=(0.05, 0.3)))
+    a, b = (train.run(p.model, tp, root / name, root / f"models_{name}",
+                      root / f"train_{name}.json") for name in ("episodes", "episodes_planted"))
+    assert a["draw_choice"]["inner_lr"]["val_loss"]           # the search ran
+    assert _without_seconds(a["draw_choice"]) == _without_seconds(b["draw_choice"])
+    for name in ("encoder", "maml", "most_popular"):
+        wa = read_checkpoint(root / "models_episodes" / "seed0" / f"{name}.pt")["state"]
+        wb = read_checkpoint(root / "models_episodes_planted" / "seed0" / f"{name}.pt")["state"]
+        assert _equal(_without_seconds(wa), _without_seconds(wb)), name

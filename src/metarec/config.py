@@ -174,6 +174,8 @@ class ModelParams(Section):
     adapt: Literal["vector", "decision", "all", "head", "user"] = "vector"
     fold_in: bool = True
     warm_start: Literal["none", "svd"] = "svd"
+    recent_days: int = bounded(28, 0)
+    recent_step_days: int = bounded(7, 1)
 
 
 @dataclass(frozen=True)
@@ -190,17 +192,26 @@ class ObjectiveParams(Section):
 
 
 @dataclass(frozen=True)
+class SearchParams(Section):
+    """A bounded choice on validation tasks of the knobs that do not transfer between data
+    sets, made by probes before the fits (:mod:`metarec.fitting`)."""
+
+    inner_lr: tuple[float, ...] = bounded((0.05, 0.2), 0.0)
+    budget_s: float = bounded(300.0, 0.0)
+
+
+@dataclass(frozen=True)
 class TrainParams(Section):
     """What every algorithm's training shares; each algorithm's own knobs are in
     ``sections[<name>]`` (params.yaml ``train.<name>:``), parsed by that algorithm's dataclass."""
 
     SECTIONS: ClassVar[bool] = True
 
-    algorithms: tuple[str, ...] = ("maml", "fomaml", "reptile", "metasgd", "metadropout",
-                                   "ridge")
+    algorithms: tuple[str, ...] = ("encoder", "maml", "fomaml", "reptile", "metasgd",
+                                   "metadropout", "ridge")
     baselines: tuple[str, ...] = ("global_mean", "item_mean", "user_mean", "item_user_bias",
-                                  "biased_mf", "most_popular", "itemknn", "ease", "pretrain",
-                                  "finetune")
+                                  "biased_mf", "most_popular", "popular_now", "itemknn", "ease",
+                                  "pretrain", "finetune")
     inner_steps: int = bounded(5, 0)
     inner_lr: float = bounded(0.05, 0.0)
     meta_batch: int = bounded(32, 1)
@@ -217,6 +228,7 @@ class TrainParams(Section):
     draws: tuple[Literal["temporal", "random"], ...] = bounded(("temporal", "random"),
                                                                nonempty=True)
     objective: ObjectiveParams = field(default_factory=ObjectiveParams)
+    search: SearchParams = field(default_factory=SearchParams)
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     strategy: Literal["auto", "ddp"] = "auto"
     devices: int = bounded(1, 1)
@@ -249,6 +261,8 @@ class EvaluateParams(Section):
     query_ndcg_ks: tuple[int, ...] = bounded((1, 3, 5), 1, nonempty=True)
     item_cold_catalogue: Literal["new", "all"] = "new"
     exclude_history: bool = True
+    references: tuple[str, ...] = ("pretrain", "finetune", "ease", "most_popular",
+                                   "popular_now")
     workers: int = bounded(2, 1, neutral=SAME_BYTES)
     threads: int = bounded(1, 1)
 

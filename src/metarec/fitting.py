@@ -1,12 +1,14 @@
-"""Fitting every algorithm for every seed: jobs, their order, the draw probe, checkpoints.
+"""Fitting every algorithm for every seed: jobs, their order, the probes, checkpoints.
 
 The fits are independent jobs (:func:`plan_jobs`) spread over worker processes
 (:mod:`metarec.workers`): each algorithm is grouped with what it requires, a group that reads
 no seed (``capabilities.seeded`` False: most statistical baselines) is fitted once and saved
 for every seed, and the costliest jobs go first, so that the workers end together. The models
-are the same bytes for any number of workers. How meta-train tasks are drawn is chosen by
-:func:`choose_draw` (the probes of each draw mode fitted side by side; the chosen one is the
-first seed's fit). The train stage wires this to its files; the backtest's retraining
+are the same bytes for any number of workers. What must be chosen on validation before the
+fits (``train.search``: a bounded choice, the same rule on every data set) is chosen by probes
+fitted side by side for the first seed: how meta-train tasks are drawn (:func:`choose_draw`)
+and the inner loops' learning rate (:func:`choose_inner_lr`); the chosen probe is that
+algorithm's first-seed fit. The train stage wires this to its files; the backtest's retraining
 (:mod:`metarec.backtest.retrain`) calls it on a shorter log.
 """
 
@@ -114,12 +116,22 @@ def fit_all(pool: Workers, model: ModelParams, train: TrainParams, out_dir: Path
     """Every algorithm of ``train`` for every seed (and every meta-learner on each view of
     ``ablate``) into ``out_dir/seed<S>/``; returns (per-seed fit records, draw, its choice)."""
     names = algorithms.fit_order([*train.baselines, *train.algorithms])
+    start = time.perf_counter()
     draw, draw_choice, probes = choose_draw(names, pool, model, train, out_dir, writer)
-    reuse = probes.get(draw)                 # the draw probe's run is this very fit
+    # a chosen probe's run is that algorithm's first-seed fit: the draw probe's, unless the
+    # learning-rate search probed the same algorithm (then its chosen rate's run is)
+    reused = {probes[draw].name: probes[draw]} if draw in probes else {}
+    known = {train.inner_lr: probes[draw]} if draw in probes else {}
+    lr, lr_choice, lr_probes = choose_inner_lr(names, pool, model, train, out_dir, draw,
+                                               writer, time.perf_counter() - start, known)
+    train = replace(train, inner_lr=lr)
+    if lr in lr_probes:
+        reused[lr_probes[lr].name] = lr_probes[lr]
+    if lr_choice:
+        draw_choice = {**draw_choice, "inner_lr": lr_choice}
     jobs = plan_jobs(names, train.seeds, train.algorithms, ablate)
-    prefit = [{reuse.name: reuse} if reuse is not None and reuse.name in job.names
-              and job.seeds[0] == train.seeds[0] and job.view is None else {}
-              for job in jobs]
+    prefit = [{name: fit for name, fit in reused.items() if name in job.names}
+              if job.seeds[0] == train.seeds[0] and job.view is None else {} for job in jobs]
     done = pool.map(fit_job, [(job, model, train, out_dir, draw, writer, pre)
                               for job, pre in zip(jobs, prefit, strict=True)])
     records: dict[int, dict[str, Any]] = {}
@@ -193,15 +205,50 @@ def choose_draw(names: list[str], pool: Workers, model: ModelParams, train: Trai
     return chosen, record, fits
 
 
+def choose_inner_lr(names: list[str], pool: Workers, model: ModelParams, train: TrainParams,
+                    out_dir: Path, draw: str | None, writer: bool, spent: float,
+                    known: dict[float, Predictor] | None = None
+                    ) -> tuple[float, dict[str, Any], dict[float, Predictor]]:
+    """The inner learning rate of every gradient inner loop, chosen on validation tasks
+    (``train.search``): the first meta-learner with tunable inner steps fitted for the first
+    seed with each rate of ``train.search.inner_lr``, side by side; the lowest validation
+    loss wins. ``train.inner_lr`` when the grid holds fewer than two rates, when no algorithm
+    has an inner loop, or when the draw probes already spent ``train.search.budget_s``
+    seconds (``spent``; said in the record). ``known``: probes already fitted (the draw
+    probe at ``train.inner_lr``), used when they are this probe's algorithm. Returns (rate,
+    record, probe predictors)."""
+    grid = train.search.inner_lr
+    probe = next((n for n in names if algorithms.get(n).capabilities.tunable_steps
+                  and algorithms.get(n).capabilities.uses_draws), None)
+    if len(grid) < 2 or probe is None:
+        return train.inner_lr, {}, {}
+    if spent > train.search.budget_s:
+        return train.inner_lr, {"skipped": f"the draw probes took {spent:.0f} s of the "
+                                f"{train.search.budget_s:g} s budget (train.search.budget_s)"}, {}
+    fits = {lr: fit for lr, fit in (known or {}).items() if lr in grid and fit.name == probe}
+    todo = [lr for lr in grid if lr not in fits]
+    fits.update(zip(todo, pool.map(probe_job, [(probe, model, replace(train, inner_lr=lr),
+                                                out_dir, draw, writer) for lr in todo]),
+                    strict=True))
+    losses = {lr: float(fits[lr].tuning["best_val_loss"]) for lr in grid}
+    chosen = min(losses, key=lambda lr: (losses[lr], grid.index(lr)))
+    if writer:
+        console.print(f"[bold]train[/] inner learning rate: {chosen:g} ({losses})")
+    record = {"probe": probe, "val_loss": {f"{lr:g}": v for lr, v in losses.items()},
+              "chosen": chosen}
+    return chosen, record, fits
+
+
 def probe_job(data: EpisodeData, probe: str, model: ModelParams, train: TrainParams,
-              out_dir: Path, mode: str, writer: bool) -> Predictor:
+              out_dir: Path, mode: str | None, writer: bool) -> Predictor:
     """``probe`` fitted for the first seed on tasks drawn ``mode`` (logs under
-    ``<out_dir>/draws/<mode>``). Runs in a worker process or in this one."""
+    ``<out_dir>/probes/<mode>-<inner lr>``). Runs in a worker process or in this one."""
     run_params = replace(train, seed=train.seeds[0])
     if writer:
-        console.print(f"[bold]train[/] choosing the task draw: {probe} with {mode} draws")
+        console.print(f"[bold]train[/] probing: {probe} with {mode} draws, inner lr "
+                      f"{train.inner_lr:g}")
     ctx = FitContext(data=data, model=model, train=run_params,
-                     log_dir=out_dir / "draws" / mode, draw=mode)
+                     log_dir=out_dir / "probes" / f"{mode}-{train.inner_lr:g}", draw=mode)
     return algorithms.get(probe).fit(ctx)
 
 

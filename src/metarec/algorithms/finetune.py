@@ -15,7 +15,7 @@ from torch import nn
 from metarec.algorithms import register
 from metarec.config import bounded
 from metarec.data.tasks import validation_tasks
-from metarec.meta.features import FeatureStore
+from metarec.meta.features import feature_store
 from metarec.meta.gradient import GradientLearner
 from metarec.meta.predictor import AdaptivePredictor, validation_loss
 from metarec.models.base import Capabilities, FitContext
@@ -54,7 +54,7 @@ class FineTune(LearnerAlgorithm):
         start = time.perf_counter()
         pretrained: AdaptivePredictor = ctx.fitted["pretrain"]   # type: ignore[assignment]
         data, p = ctx.data, cls.params_of(ctx.train)
-        store = FeatureStore(data.users, data.items)
+        store = feature_store(data, pretrained.learner.model)
         val = validation_tasks(data)
         net = pretrained.learner.model
         grid: dict[str, float] = {}

@@ -118,6 +118,9 @@ class TaskBatch:
     # (T, S) bool: the support item comes from another platform (platform_cold + cross);
     # None = every support item is the task's own
     support_cross: torch.Tensor | None = None
+    # (T,) long: the task's moment in seconds since the epoch (its first query interaction;
+    # the night, when scoring): what is popular *now* is read at it (metarec.data.recency)
+    now: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.task_id.shape[0])
@@ -181,6 +184,8 @@ def cat_batches(a: TaskBatch, b: TaskBatch) -> TaskBatch:
             parts[name] = torch.cat([pad(getattr(a, name), width), pad(getattr(b, name), width)])
     if a.support_cross is not None or b.support_cross is not None:
         parts["support_cross"] = torch.cat([pad(cross(a), s), pad(cross(b), s)])
+    if a.now is not None and b.now is not None:
+        parts["now"] = torch.cat([a.now, b.now])
     return TaskBatch(**parts)
 
 
@@ -202,6 +207,18 @@ def pad_rows(rows: np.ndarray, n_rows: int, items: np.ndarray, ratings: np.ndarr
     out_ratings[rows, col] = ratings
     mask[rows, col] = True
     return torch.from_numpy(out_items), torch.from_numpy(out_ratings), torch.from_numpy(mask)
+
+
+def moments(pos: np.ndarray, timestamps: np.ndarray, is_query: np.ndarray, n_tasks: int
+            ) -> torch.Tensor:
+    """(T,) each task's moment: its first query interaction's time (the last support one's
+    when it has no query). ``pos`` is each row's task position."""
+    big = np.iinfo(np.int64).max
+    first_query = np.full(n_tasks, big, dtype=np.int64)
+    np.minimum.at(first_query, pos[is_query], timestamps[is_query])
+    last_support = np.full(n_tasks, 0, dtype=np.int64)
+    np.maximum.at(last_support, pos[~is_query], timestamps[~is_query])
+    return torch.from_numpy(np.where(first_query < big, first_query, last_support))
 
 
 def _pad(frame: pd.DataFrame, pos: np.ndarray, n_tasks: int) -> tuple[torch.Tensor, ...]:
@@ -242,4 +259,5 @@ def to_batch(tasks: pd.DataFrame, cross: bool = False) -> TaskBatch:
         user_idx=torch.from_numpy(first),
         support_items=s_items, support_ratings=s_rat, support_mask=s_mask,
         query_items=q_items, query_ratings=q_rat, query_mask=q_mask, support_cross=mark,
+        now=moments(pos, t["timestamp"].to_numpy(np.int64), ~is_sup, n),
     )

@@ -110,3 +110,25 @@ def compare_zero_step(per_user: PerUser, zero: PerUser, metrics: list[str],
             if row is not None:
                 out.append({"model": name, "scenario": scenario, "k": k, **row})
     return out
+
+
+def compare_references(per_user: PerUser, models: list[str], references: list[str],
+                       metric: str, params: EvaluateParams) -> list[dict[str, Any]]:
+    """Each of ``models`` (the meta-learners) minus each of ``references`` (the same network
+    trained without meta-learning, a strong closed-form peer) on every scenario and K where
+    both were scored: seed-averaged per-user ``metric``, paired bootstrap over users. The
+    comparisons a meta-learner is judged by, whatever baseline validation happens to pick."""
+    out = []
+    for name, scenario, k in sorted(per_user, key=lambda key: (key[0], key[1],
+                                                                k_order(key[2]))):
+        if name not in models:
+            continue
+        for ref in references:
+            if (ref, scenario, k) not in per_user:
+                continue
+            row = _with_without(per_user[(ref, scenario, k)], per_user[(name, scenario, k)],
+                                metric, params)
+            if row is not None:
+                out.append({"model": name, "reference": ref, "scenario": scenario, "k": k,
+                            **row})
+    return out

@@ -35,6 +35,7 @@ from metarec.eval import choices as choose
 from metarec.eval.compare import (
     PerUser,
     compare,
+    compare_references,
     compare_variants,
     compare_views,
     compare_zero_step,
@@ -295,6 +296,10 @@ def evaluate(params: EvaluateParams, episodes_dir: str | Path, models_dir: str |
               "steps_curve": curves, "seconds": round(time.perf_counter() - start, 1)}
     result["zero_step"] = compare_zero_step(per_user, zero, ["mae", catalogue_metric(params)],
                                             params)
+    trained = {name for models in all_models.values() for name in models}
+    result["references"] = compare_references(per_user, meta, list(params.references),
+                                              catalogue_metric(params), params)
+    result["references_untrained"] = [r for r in params.references if r not in trained]
     text = compare_views(per_user, catalogue_metric(params), params)
     if text:                 # train.text_ablation: each meta-learner with and without text
         result["text"] = text

@@ -79,6 +79,18 @@ class CatalogueRanking:
 
         return vmap(one)(task_params, self.prepare_user(user))           # (T, d + 2)
 
+    def recent_block(self, task_params: Params, user: Feats, table: Feats, c0: int, c1: int
+                     ) -> Tensor | None:
+        """(T, c1 - c0) the popular-now term of catalogue columns c0..c1 for each task, under
+        its own weight (adapted or shared): what :meth:`catalogue_queries`' products leave
+        out. None when the ranking has no such term."""
+        if (not self.model.recency or self.rank_output != "rank" or "recent" not in table
+                or "period" not in user):
+            return None
+        t = int(user["period"].shape[0])
+        w = task_params.get("recent_weight", self.model.recent_weight.expand(t, 1))  # (T, 1)
+        return w * table["recent"][c0:c1][:, user["period"]].T               # (T, B)
+
     def candidates(self, t: int, generator: torch.Generator | None = None
                    ) -> tuple[Feats, Tensor, Tensor | None]:
         """What a ranking loss ranks positives against: (item table (C, ·), catalogue rows

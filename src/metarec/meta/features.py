@@ -12,8 +12,9 @@ import torch
 from torch import Tensor
 
 from metarec.data.encoding import FeatureTable
-from metarec.data.tasks import TaskBatch
-from metarec.models.network import Feats
+from metarec.data.recency import Recency, recency, window_steps
+from metarec.data.tasks import EpisodeData, TaskBatch
+from metarec.models.network import Feats, PreferenceNet
 
 
 @dataclass
@@ -52,10 +53,23 @@ class FeatureStore:
     """Encoded user and item features on one device and dtype, gathered by index."""
 
     def __init__(self, users: FeatureTable, items: FeatureTable,
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32, recency: Recency | None = None) -> None:
         self.dtype = dtype
         self._users = self._tensors(users, dtype)
         self._items = self._tensors(items, dtype)
+        self.recency: Recency | None = None
+        if recency is not None:
+            self.set_recency(recency)
+
+    def set_recency(self, recency: Recency | None) -> None:
+        """What is popular when (:mod:`metarec.data.recency`; rows = this store's items):
+        each item then carries ``recent`` (every step's value) and each task's user its
+        ``period`` (the step of its moment). None: neither."""
+        if recency is not None and recency.values.shape[0] != self.n_items:
+            raise ValueError(f"recency has {recency.values.shape[0]} items, the store "
+                             f"{self.n_items}")
+        self.recency = None if recency is None else Recency(
+            recency.first, recency.step_s, recency.values.to(self.device, self.dtype))
 
     @staticmethod
     def _tensors(table: FeatureTable, dtype: torch.dtype) -> Feats:
@@ -66,6 +80,8 @@ class FeatureStore:
         """Move every table to ``device`` in place (returns self)."""
         self._users = {k: v.to(device) for k, v in self._users.items()}
         self._items = {k: v.to(device) for k, v in self._items.items()}
+        if self.recency is not None:
+            self.recency = self.recency.to(device)
         return self
 
     def without_ids(self, drop: Tensor) -> FeatureStore:
@@ -73,7 +89,7 @@ class FeatureStore:
         new item has: item-id dropout (DropoutNet) teaches the network to place an item from
         its features. The tables are shared, only the id column is new."""
         view = object.__new__(FeatureStore)
-        view.dtype, view._users = self.dtype, self._users
+        view.dtype, view._users, view.recency = self.dtype, self._users, self.recency
         ids = self._items["id"]
         view._items = {**self._items, "id": torch.where(drop.to(ids.device), 0, ids)}
         return view
@@ -91,8 +107,12 @@ class FeatureStore:
         return {k: v[idx] for k, v in self._users.items() if k != "id"}
 
     def items(self, idx: Tensor) -> Feats:
-        """Feature dict of items ``idx`` (any shape), id code included (new items -> 0)."""
-        return {k: v[idx] for k, v in self._items.items()}
+        """Feature dict of items ``idx`` (any shape), id code included (new items -> 0), and
+        with a recency every step's popular-now value (``recent``: (*idx.shape, P))."""
+        out = {k: v[idx] for k, v in self._items.items()}
+        if self.recency is not None:
+            out["recent"] = self.recency.values[idx]
+        return out
 
     def user_context(self, batch: TaskBatch) -> Feats:
         """Each task's user: its features and its support items (ids as the network's item-id
@@ -103,8 +123,14 @@ class FeatureStore:
         mask = batch.support_mask.to(dev)
         cross = (batch.support_cross.to(dev) if batch.support_cross is not None
                  else torch.zeros_like(mask))
-        return {**self.users(batch.user_idx.to(dev)), "pool_ids": ids, "pool_mask": mask,
-                "pool_cross": cross}
+        out = {**self.users(batch.user_idx.to(dev)), "pool_ids": ids, "pool_mask": mask,
+               "pool_cross": cross}
+        if self.recency is not None:
+            if batch.now is None:
+                raise ValueError("this store reads what is popular now, but the tasks carry "
+                                 "no moment (TaskBatch.now)")
+            out["period"] = self.recency.periods(batch.now.to(dev))
+        return out
 
     def _side(self, user: Feats, items: Tensor, ratings: Tensor, mask: Tensor,
               cross: Tensor | None = None) -> TaskSet:
@@ -126,3 +152,16 @@ class FeatureStore:
         """Items (T, C) to score for each task's ``user`` context: no ratings, all valid."""
         zeros = torch.zeros(items.shape, dtype=self.dtype)
         return self._side(user, items, zeros, torch.ones(items.shape, dtype=torch.bool))
+
+
+def feature_store(data: EpisodeData, network: PreferenceNet) -> FeatureStore:
+    """The store of ``data``'s users and items for ``network``: with what was popular when in
+    the meta-train history, if the network reads it (:mod:`metarec.data.recency`)."""
+    store = FeatureStore(data.users, data.items)
+    if network.recency and data.history is not None:
+        h = data.history
+        store.set_recency(recency(h["item_idx"].to_numpy(), h["timestamp"].to_numpy(),
+                                  store.n_items, window_steps(network.recent_days,
+                                                              network.recent_step_days),
+                                  network.recent_step_days))
+    return store

@@ -137,11 +137,12 @@ class Learner(CatalogueRanking, nn.Module):
         (then per task)."""
         if "u" in user:
             return user
+        moment = {"period": user["period"]} if "period" in user else {}
         out = {k: v for k, v in user.items()
                if k not in ("pool_ids", "pool_mask", "pool_cross")}
         if "x" not in out and not PreferenceNet.embeds_users(self.adapt_names):
-            out = {"x": self.model.embed_users(out), **({"pool": out["pool"]}
-                                                        if "pool" in out else {})}
+            out = {"x": self.model.embed_users(out), **moment,
+                   **({"pool": out["pool"]} if "pool" in out else {})}
         if self.fold_in and "pool" not in out and "pool_ids" in user:
             weights = self.support_weights(user["pool_mask"], user.get("pool_cross"))
             if PreferenceNet.pools(self.adapt_names):
@@ -149,7 +150,7 @@ class Learner(CatalogueRanking, nn.Module):
             else:
                 out["pool"] = self.model.pool_support(user["pool_ids"], weights)
         if "x" in out and not PreferenceNet.projects_users(self.adapt_names):
-            out = {"u": self.model.user_vector(out)}                     # (T, d), once
+            out = {"u": self.model.user_vector(out), **moment}           # (T, d), once
         return out
 
     def positives(self, ts: TaskSet) -> Tensor:

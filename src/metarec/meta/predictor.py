@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from metarec.data.recency import Recency, window_steps
 from metarec.data.tasks import TaskBatch
 from metarec.meta.features import FeatureStore
 from metarec.meta.learner import Learner, Params
@@ -45,6 +46,16 @@ class AdaptivePredictor(Predictor):
         self._item_table: dict[str, Tensor] | None = None
         self.steps = {"rate": learner.inner_steps, "rank": learner.inner_steps}
         learner.use_catalogue(store)
+
+    def recency_window(self) -> tuple[int, int] | None:
+        net = self.learner.model
+        return ((window_steps(net.recent_days, net.recent_step_days), net.recent_step_days)
+                if net.recency else None)
+
+    def use_recency(self, recency: Recency) -> None:
+        if self.learner.model.recency:
+            self.store.set_recency(recency)
+            self._item_table = None                 # the table carries the recency
 
     def set_steps(self, rate: int | None = None, rank: int | None = None) -> None:
         """Test-time inner steps of the rating and of the ranking (None: unchanged)."""
@@ -149,9 +160,11 @@ def catalogue_blocks(learner: Learner, fast: Params, user: Feats,
         for c0 in range(0, n, step):
             block = keys[c0:c0 + step].T
             if buf is not None and block.shape[1] == buf.shape[1]:
-                yield c0, torch.mm(queries, block, out=buf)                # (T, B)
+                scores = torch.mm(queries, block, out=buf)                 # (T, B)
             else:
-                yield c0, queries @ block
+                scores = queries @ block
+            recent = learner.recent_block(fast, user, table, c0, c0 + step)
+            yield c0, scores if recent is None else scores.add_(recent.float())
         return
     for c0 in range(0, n, step):
         block = {k: v[c0:c0 + step] for k, v in table.items()}

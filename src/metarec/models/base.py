@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 import torch
 
 from metarec.config import ModelParams, TrainParams
+from metarec.data.recency import Recency
 from metarec.data.tasks import EpisodeData, TaskBatch
 
 
@@ -111,6 +112,15 @@ class Predictor:
         step = max(1, cells // max(full.shape[0], 1))
         for c0 in range(0, full.shape[1], step):
             yield c0, full[:, c0:c0 + step]
+
+    def recency_window(self) -> tuple[int, int] | None:
+        """(steps, days per step) of the popular-now input the model reads
+        (:mod:`metarec.data.recency`); None: it reads none."""
+        return None
+
+    def use_recency(self, recency: Recency) -> None:
+        """Score the next batches with ``recency`` (rows: the catalogue) as what is popular:
+        the nightly batch's, counted from its own log. A model without the input ignores it."""
 
     def explain(self, batch: TaskBatch, items: torch.Tensor) -> torch.Tensor | None:
         """For each recommended item row (T, k), the support position (T, k) that contributed

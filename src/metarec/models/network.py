@@ -65,6 +65,8 @@ class PreferenceNet(nn.Module):
         hidden: Sequence[int] = (64, 64),
         interaction: Literal["mlp", "dot"] = "dot",
         item_id_embedding: bool = True,
+        recent_days: int = 0,
+        recent_step_days: int = 7,
     ) -> None:
         super().__init__()
         if interaction not in ("mlp", "dot"):
@@ -121,6 +123,12 @@ class PreferenceNet(nn.Module):
         nn.init.zeros_(self.pool_proj.bias)
         self.user_bias = nn.Parameter(torch.zeros(1))
         self.global_bias = nn.Parameter(torch.zeros(1))
+        # how much what is popular now counts in the ranking (metarec.data.recency); adapted
+        # per user with the user vector: some follow the trend, some do not
+        self.recent_days, self.recent_step_days = int(recent_days), int(recent_step_days)
+        self.recency = self.recent_days > 0
+        if self.recency:
+            self.recent_weight = nn.Parameter(torch.zeros(1))
 
     # ---------------------------------------------------------------------------------------
     # parameter groups
@@ -132,11 +140,13 @@ class PreferenceNet(nn.Module):
         names = [n for n, _ in self.named_parameters()]
         if group == "all":
             return names
+        recent = ["recent_weight"] if self.recency else []
         if group == "vector":
-            return ["user_proj.bias", "user_bias"]
+            return ["user_proj.bias", "user_bias", *recent]
         heads = ("out.", "rank_out.")
         prefixes = {"head": heads, "decision": ("decision.", *heads),
-                    "user": ("user_proj.", "user_bias", "decision.", *heads)}[group]
+                    "user": ("user_proj.", "user_bias", "recent_weight", "decision.",
+                             *heads)}[group]
         return [n for n in names if n.startswith(prefixes)]
 
     @staticmethod
@@ -196,14 +206,15 @@ class PreferenceNet(nn.Module):
         """{"x": (..., item_width) embeddings, "bias": rating bias, "rbias": ranking bias}."""
         x = self._fields(items, self.item_cat, self.item_multi, self.item_num, self.item_id)
         return {"x": x, "bias": self.item_bias(items["id"]).squeeze(-1),
-                "rbias": self.item_rank_bias(items["id"]).squeeze(-1)}
+                "rbias": self.item_rank_bias(items["id"]).squeeze(-1), **_recent(items)}
 
     def item_vectors(self, items: Feats) -> Feats:
         """{"v": (..., C, d) projected item vectors, "bias", "rbias": (..., C)}."""
         if "v" in items:
             return items
         emb = items if "x" in items else self.embed_items(items)
-        return {"v": self.item_proj(emb["x"]), "bias": emb["bias"], "rbias": emb["rbias"]}
+        return {"v": self.item_proj(emb["x"]), "bias": emb["bias"], "rbias": emb["rbias"],
+                **_recent(emb)}
 
     def pool_support(self, ids: Tensor, mask: Tensor) -> Tensor:
         """(T, d) mean context vector of each task's support items (ids (T, S), mask (T, S));
@@ -251,6 +262,18 @@ class PreferenceNet(nn.Module):
         return torch.cat([table["v"], bias.unsqueeze(-1), torch.ones_like(bias).unsqueeze(-1)],
                          dim=-1)
 
+    def recent_scores(self, user: Feats, items: Feats) -> Tensor | float:
+        """(..., C) the ranking score's popular-now term, ``w * recency(item, user's
+        moment)``: items carry ``recent`` (..., C, P) (every step's recency), the user its
+        ``period`` (...,) (the step of its moment). 0 for a network without it or inputs
+        without them."""
+        if not self.recency or "recent" not in items or "period" not in user:
+            return 0.0
+        values, period = items["recent"], user["period"]                 # (..., C, P), (...,)
+        index = period.reshape(*period.shape, *([1] * (values.dim() - period.dim())))
+        picked = values.gather(-1, index.expand(*values.shape[:-1], 1)).squeeze(-1)
+        return self.recent_weight * picked                                # (..., C)
+
     def to_rating(self, raw: Tensor) -> Tensor:
         """The rating scale from the rating head's pre-sigmoid score."""
         return self.rating_min + (self.rating_max - self.rating_min) * torch.sigmoid(raw)
@@ -283,9 +306,14 @@ class PreferenceNet(nn.Module):
                     h = perturb(h)
             raw = head(h).squeeze(-1)                                     # (..., C)
         if output == "rank":
-            return raw + it["rbias"]
+            return raw + it["rbias"] + self.recent_scores(user, it)
         raw = raw + it["bias"] + self.user_bias + self.global_bias        # (..., C)
         return raw if output == "logit" else self.to_rating(raw)
+
+
+def _recent(items: Feats) -> Feats:
+    """The popular-now values an item dict carries, passed along as it is projected."""
+    return {"recent": items["recent"]} if "recent" in items else {}
 
 
 def network_kwargs(items: Any, users: Any, rating_range: tuple[float, float],
@@ -303,7 +331,9 @@ def network_kwargs(items: Any, users: Any, rating_range: tuple[float, float],
             "embedding_dim": params.embedding_dim,
             "hidden": list(params.hidden),
             "interaction": params.interaction,
-            "item_id_embedding": params.item_id_embedding}
+            "item_id_embedding": params.item_id_embedding,
+            "recent_days": params.recent_days,
+            "recent_step_days": params.recent_step_days}
 
 
 def build_network(kwargs: dict[str, Any]) -> PreferenceNet:

@@ -41,13 +41,16 @@ class Ragged:
         return pad_rows(rows, b - a, self.items[flat], self.ratings[flat])
 
 
-def task_batch(user_idx: Tensor, items: Tensor, ratings: Tensor, mask: Tensor) -> TaskBatch:
-    """A TaskBatch whose support is each user's interactions and whose query is empty."""
+def task_batch(user_idx: Tensor, items: Tensor, ratings: Tensor, mask: Tensor,
+               now: int = 0) -> TaskBatch:
+    """A TaskBatch whose support is each user's interactions and whose query is empty, every
+    task's moment ``now`` (the night's end: what is popular is read there)."""
     t = user_idx.shape[0]
     empty = torch.zeros((t, 1), dtype=torch.long)
     return TaskBatch(task_id=torch.arange(t), user_idx=user_idx, support_items=items,
                      support_ratings=ratings, support_mask=mask, query_items=empty,
-                     query_ratings=empty.float(), query_mask=empty.bool())
+                     query_ratings=empty.float(), query_mask=empty.bool(),
+                     now=torch.full((t,), int(now), dtype=torch.long))
 
 
 def recommend_chunk(predictor: Predictor, batch: TaskBatch, chunk_no: int,

@@ -24,6 +24,7 @@ import torch
 
 from metarec.checkpoint import from_checkpoint, read_checkpoint
 from metarec.data.encoding import FeatureTable, encode_entity
+from metarec.data.recency import Recency, recency_at, window_bounds
 from metarec.data.tasks import EpisodeData
 from metarec.errors import DataError, MetarecError
 from metarec.io import arrow_frame, read_json, read_parquet
@@ -92,16 +93,19 @@ def recommend_stream(inputs: Inputs, chunks: range | None = None, warm_support: 
             catalogue = pa.table({"item_id": item_ids, "idx": pa.array(np.arange(len(items)))})
             users_file, rows_file = world.export(folder, tables["users"], catalogue,
                                                  bounds[0], bounds[-1])
+            users = _encode_users(users_file, vocab["users"])   # this run's users, in order
+            data = EpisodeData(tasks=pd.DataFrame(), users=users, items=items, vocab=vocab)
+            predictor = from_checkpoint(blob, data, model_path)
+            window = predictor.recency_window()
+            if window is not None:        # what is popular tonight, counted by the engine
+                predictor.use_recency(_recency(world, items, inputs.end, *window))
         # the engine is closed: its memory is free before the scoring starts
-        users = _encode_users(users_file, vocab["users"])   # this run's users, in pos order
     except BaseException:
         tmp.cleanup()
         raise
     if not todo:
         tmp.cleanup()
         return iter(()), stats
-    data = EpisodeData(tasks=pd.DataFrame(), users=users, items=items, vocab=vocab)
-    predictor = from_checkpoint(blob, data, model_path)
     if inputs.steps is not None:          # the test-time inner steps evaluation chose
         predictor.set_steps(rate=inputs.steps["rate"], rank=inputs.steps["rank"])
     first = params.max_interactions if warm_support == "first" else None
@@ -118,7 +122,7 @@ def recommend_stream(inputs: Inputs, chunks: range | None = None, warm_support: 
                         done["pos"].to_numpy() - a, done["item"].to_numpy().astype(np.int64),
                         done["rating"].to_numpy(), kinds, params.dynamic_last, first)
                     batch = task_batch(torch.arange(a - lo, b - lo),
-                                       *support.padded(0, b - a))
+                                       *support.padded(0, b - a), now=inputs.end)
                     lengths = np.diff(history.starts)
                     seen_rows = torch.from_numpy(np.repeat(np.arange(b - a), lengths))
                     got = recommend_chunk(predictor, batch, chunk_no, seen_rows,
@@ -129,6 +133,16 @@ def recommend_stream(inputs: Inputs, chunks: range | None = None, warm_support: 
             tmp.cleanup()
 
     return rows(), stats
+
+
+def _recency(world: World, items: FeatureTable, end: int, steps: int, step_days: int
+             ) -> Recency:
+    """What is popular at ``end`` (:mod:`metarec.data.recency`): each catalogue row's
+    interactions in the window before it, counted by the log's engine."""
+    per_item = world.item_counts(*window_bounds(end, steps, step_days))
+    counts = np.zeros(len(items), dtype=np.int64)
+    counts[items.index_of(pd.Series(per_item.index))] = per_item.to_numpy()
+    return recency_at(counts, end, step_days)
 
 
 def _chunk_table(idx: torch.Tensor, valid: torch.Tensor, score: torch.Tensor,

@@ -159,6 +159,15 @@ class World:
         return arrow_frame(self._all("SELECT user_id, item_id, rating, timestamp FROM world "
                                      "ORDER BY src, row"))
 
+    def item_counts(self, lo: int, hi: int) -> pd.Series:
+        """Interactions per item id with a timestamp in [lo, hi) (items without any left
+        out): what is popular now (:mod:`metarec.data.recency`)."""
+        table = self._all(f"SELECT item_id, count(*)::BIGINT AS n FROM world WHERE timestamp "
+                          f">= {int(lo)} AND timestamp < {int(hi)} GROUP BY item_id")
+        ids = table["item_id"].combine_chunks().cast(pa.string())
+        return pd.Series(table["n"].to_numpy(), index=pd.Index(
+            pd.arrays.ArrowStringArray(ids), dtype="string"), dtype=np.int64)
+
     def item_ids(self) -> pd.Index:
         """The distinct item ids of the world, sorted."""
         ids = self._all("SELECT DISTINCT item_id FROM world ORDER BY item_id")["item_id"]

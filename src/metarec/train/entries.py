@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from metarec.config import ModelParams, TrainParams, to_dict
 from metarec.data.tasks import EpisodeData
-from metarec.meta.features import FeatureStore
+from metarec.meta.features import feature_store
 from metarec.meta.gradient import GradientLearner
 from metarec.meta.learner import Learner
 from metarec.meta.predictor import AdaptivePredictor
@@ -82,7 +82,7 @@ class LearnerAlgorithm(Algorithm):
     @classmethod
     def predictor(cls, learner: Learner, data: EpisodeData,
                   fit_metrics: dict[str, Any]) -> AdaptivePredictor:
-        return AdaptivePredictor(cls.name, learner, FeatureStore(data.users, data.items),
+        return AdaptivePredictor(cls.name, learner, feature_store(data, learner.model),
                                  fit_metrics=fit_metrics,
                                  adapts=cls.capabilities.tunable_steps)
 

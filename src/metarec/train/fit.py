@@ -24,7 +24,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from metarec.config import TrainParams
 from metarec.data.tasks import EpisodeData
-from metarec.meta.features import FeatureStore
+from metarec.meta.features import feature_store
 from metarec.meta.learner import Learner
 from metarec.meta.predictor import validation_loss
 from metarec.progress import progress
@@ -90,7 +90,7 @@ def fit_meta(entry: Any, build: Callable[[], Learner], outer_lr: float, *,
         logging.getLogger(logger_name).setLevel(logging.WARNING)
     L.seed_everything(train.seed, workers=True, verbose=False)
     learner = build()
-    store = FeatureStore(data.users, data.items)
+    store = feature_store(data, learner.model)
     learner.use_catalogue(store)
     dm = EpisodeDataModule(data, train.meta_batch, seed=train.seed, draw=draw)
     dm.setup("fit")
