@@ -55,6 +55,20 @@ class TableSource:
 
 
 @dataclass(frozen=True)
+class SyntheticText:
+    """Item descriptions in several languages, users' taste planted on their topics
+    (:mod:`metarec.data.sources.multilingual`); no languages = no descriptions."""
+
+    languages: tuple[str, ...] = ()
+    topics: int = bounded(8, 2)
+    topic_languages: int = bounded(2, 1)
+    topic_weight: float = bounded(0.7, 0.0, 1.0)
+    new_items: float = bounded(0.2, 0.0, 1.0)
+    new_after: float = bounded(0.85, 0.0, 1.0)
+    unseen_share: float = bounded(0.5, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
 class SyntheticSource:
     """Seeded generator with planted latent structure (for tests and benchmarks)."""
 
@@ -73,6 +87,7 @@ class SyntheticSource:
     platforms: int = bounded(0, 0)
     platform_shift: float = bounded(0.5, 0.0)
     platform_share: float = bounded(0.5, 0.0, 1.0)
+    text: SyntheticText = field(default_factory=SyntheticText)
     seed: int = 0
 
 

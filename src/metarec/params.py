@@ -16,6 +16,7 @@ import yaml
 
 from metarec import algorithms
 from metarec.config import Params, parse_params
+from metarec.data.sources import multilingual
 from metarec.data.text import USE_DIM, USE_MULTILINGUAL
 from metarec.errors import ParamsError
 
@@ -62,6 +63,8 @@ def check(params: Params) -> None:
             if needed not in chosen:
                 raise ParamsError(f"train: {name} is fitted on top of {needed}; add {needed} "
                                   "to train.baselines or remove " + name)
+    if params.ingest.source == "synthetic":
+        multilingual.check(params.ingest.synthetic)
     e = params.episodes
     if t.text_ablation and e.text_encoder == "none":
         raise ParamsError("train.text_ablation: there is no text to leave out; name an encoder "
