@@ -319,9 +319,10 @@ def multilingual_table(results: Path = RESULTS) -> str:
         lines += [f"**{name}** (`{d['params']}`, {d['dataset']}, seeds "
                   f"{', '.join(map(str, d['seeds']))}, item-id dropout "
                   f"{d['item_id_dropout']:g}, text_dim {d['text_dim']}): {metric} of the new "
-                  f"items (`item_cold_catalogue: {d['item_cold_catalogue']}`), first encoder "
-                  f"→ second, paired difference with its {conf}% CI (bold: excludes 0).", "",
-                  "| model | scenario | second → first | " + " | ".join(f"K={k}" for k in ks)
+                  f"items (`item_cold_catalogue: {d['item_cold_catalogue']}`) with encoder a "
+                  f"→ with encoder b, and b − a with its {conf}% paired CI (bold: excludes "
+                  "0).", "",
+                  "| model | scenario | a → b | " + " | ".join(f"K={k}" for k in ks)
                   + " |", "|---|---|---|" + "---|" * len(ks)]
         by = {(x["model"], x["scenario"], x["comparison"], x["k"]): x for x in rows}
         keys = sorted({(x["model"], x["scenario"], x["comparison"]) for x in rows},
@@ -361,7 +362,15 @@ def multilingual_table(results: Path = RESULTS) -> str:
                 lines.append(f"| {enc} | {model} | " + " | ".join(cells) + " |")
             x = cl[0]
             lines += ["", f"New items with both groups of users: {x['items_seen']} seen, "
-                      f"{x['items_unseen']} unseen (K={x['k']}).", ""]
+                      f"{x['items_unseen']} unseen (K={x['k']})."]
+            if d.get("text_alone"):
+                lines[-1] += (" Topic read from the text alone (share of new items nearest "
+                              "the centre of their own topic's training items), seen / "
+                              "unseen: " + "; ".join(f"{enc} {v['seen']:.2f} / "
+                                                     f"{v['unseen']:.2f}"
+                                                     for enc, v in d["text_alone"].items())
+                              + ".")
+            lines.append("")
     if r.get("goals"):
         lines.append("Goals (multilingual catalogue): " + "; ".join(
             f"{goal}: {_met(ok)}" for goal, ok in r["goals"].items()) + ".")

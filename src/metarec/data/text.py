@@ -18,9 +18,10 @@ Three encoders, named by ``episodes.text_encoder``:
   loaded when the optional package and the model are there (``pip install
   sentence-transformers``).
 
-All return unit-variance rows (L2-normalised, times sqrt(dim)) so that text columns sit on
-the scale of the standardised numeric features they are appended to. Empty or missing text
-is the zero vector (no information), never an error.
+All return unit-variance rows (L2-normalised, times sqrt(dim); a projection keeps that scale
+on average over the training items) so that text columns sit on the scale of the
+standardised numeric features they are appended to. Empty or missing text is the zero
+vector (no information), never an error.
 """
 
 from __future__ import annotations
@@ -190,8 +191,8 @@ def fit_projection(vectors: np.ndarray, dim: int, what: str = "text") -> dict[st
         raise ValueError(f"text dim {dim} exceeds the encoder's {vectors.shape[1]} numbers")
     mean = rows.mean(axis=0)
     centred = rows - mean
-    values, vecs = np.linalg.eigh(centred.T @ centred / len(rows))    # ascending
-    basis = vecs[:, ::-1][:, :dim]                                      # (d, dim)
+    _, directions = np.linalg.eigh(centred.T @ centred / len(rows))    # ascending
+    basis = directions[:, ::-1][:, :dim]                                # (d, dim)
     top = np.argmax(np.abs(basis), axis=0)
     basis = basis * np.sign(basis[top, np.arange(dim)])
     spread = float(np.mean(np.sum((centred @ basis) ** 2, axis=1)))
