@@ -40,6 +40,7 @@ PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup
 ## coverage (modules below 100%, lowest first)
 test: venv
 	$(BIN)/ruff check src tests flows benchmarks
+	$(BIN)/lint-imports --no-cache
 	$(PYTEST) --cov --cov-report=term
 
 ## test-fast: the fast layer (no Prefect server, no end-to-end runs), for the edit loop
@@ -55,6 +56,7 @@ mutation: venv
 
 lint: venv
 	$(BIN)/ruff check src tests flows benchmarks
+	$(BIN)/lint-imports --no-cache
 
 bench: venv
 	$(BIN)/python benchmarks/data_pipeline.py

@@ -46,7 +46,7 @@ def one(drift: float, base: dict) -> dict:
         # the window: from the day training ended to the last night whose horizon fits
         import pandas as pd
 
-        from metarec.scoring.backtest import trained_until
+        from metarec.backtest.plan import trained_until
 
         end_train = trained_until(cwd / "data/episodes")
         last = int(pd.read_parquet(cwd / "data/validated/interactions.parquet",

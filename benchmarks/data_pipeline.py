@@ -29,8 +29,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from metarec import dag
+
 RESULTS = Path(__file__).parent / "results"
-STAGES = ("ingest", "validate", "episodes")
+STAGES = dag.until("episodes")
 BASE = 10_000_000
 
 

@@ -95,15 +95,16 @@ def make_batch(rng: np.random.Generator, k: int = K, t: int = T) -> TaskBatch:
 
 
 def step_batched(model: PreferenceNet, adapt: str, store: FeatureStore, batch: TaskBatch) -> None:
-    algo = algorithms.get("maml")(model, adapt=adapt, inner_lr=LR, inner_steps=STEPS)
+    algo = algorithms.get("maml").build(model, {"adapt": adapt, "inner_lr": LR,
+                                                "inner_steps": STEPS})
     objective, _ = algo.outer_loss(store.support(batch), store.query(batch))
     objective.backward()
 
 
 def adapted(model: PreferenceNet, adapt: str) -> list[str]:
     """What MAML adapts for ``adapt``: the group less the head no loss reads (as batched)."""
-    return algorithms.get("maml")(model, adapt=adapt, inner_lr=LR,
-                                  inner_steps=STEPS).adapt_names
+    return algorithms.get("maml").build(model, {"adapt": adapt, "inner_lr": LR,
+                                                "inner_steps": STEPS}).adapt_names
 
 
 def step_loop(model: PreferenceNet, adapt: str, store: FeatureStore, batch: TaskBatch) -> None:
@@ -172,7 +173,7 @@ def outer_step_seconds(users, items, rng, repeats: int,
     for name in [*algorithms.names("meta"), "pretrain"]:
         cls = algorithms.get(name)
         torch.manual_seed(0)
-        algo = cls(make_model(users, items, mp), **cls.config_from(mp, tp)).to(device)
+        algo = cls.build(make_model(users, items, mp), cls.config_from(mp, tp)).to(device)
         algo.use_catalogue(store)      # the default objective ranks against the catalogue
         opt = torch.optim.Adam(algo.parameters(), lr=tp.outer_lr)
         times = []
@@ -229,7 +230,8 @@ def profile_batched(users: FeatureTable, items: FeatureTable, mp: ModelParams,
     for size in PROFILE_SIZES:
         torch.manual_seed(0)
         model = make_model(users, items, mp).to(device)
-        algo = algorithms.get("maml")(model, adapt=mp.adapt, inner_lr=LR, inner_steps=STEPS)
+        algo = algorithms.get("maml").build(model, {"adapt": mp.adapt, "inner_lr": LR,
+                                                    "inner_steps": STEPS})
         batches = [make_batch(rng, t=size).to(device) for _ in range(repeats + 1)]
         phases: dict[str, list[float]] = {"features": [], "adapt_and_query_loss": [],
                                           "backward": []}

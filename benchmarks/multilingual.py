@@ -46,9 +46,10 @@ from metarec.data.tasks import load_episodes
 from metarec.data.text import USE_MULTILINGUAL
 from metarec.data.views import NOTEXT, SEP
 from metarec.eval.compare import compare_views
+from metarec.eval.evaluation import Inputs, group_job
+from metarec.eval.groups import TestGroup, groups_of
 from metarec.eval.scoring import eligible_items
 from metarec.params import parse
-from metarec.stages.evaluate import Inputs, group_batch, group_job, test_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = {"multilingual": ROOT / "benchmarks" / "params" / "multilingual.yaml",
@@ -124,9 +125,9 @@ def cross_lingual_check(runs: dict[str, Path], params: Any, truth: pd.DataFrame
         new = np.flatnonzero(eligible_items("item_cold", params.evaluate,
                                             data.items.id_code).numpy())
         unseen = unseen_of.loc[np.asarray(data.items.ids, dtype=object)[new]].to_numpy()
-        ks = sorted({k for s, k in test_groups(data) if s == "item_cold" and k != "all"})
+        ks = sorted({g.k for g in groups_of(data) if g.label == "item_cold" and g.k is not None})
         for k in ks:
-            batch = group_batch(data, "item_cold", k)
+            batch = TestGroup("item_cold", k).batch(data)
             liked, codes = _liked(data, batch, truth)
             per_model: dict[str, list[np.ndarray]] = {}
             for seed, models in inputs.models().items():
@@ -162,9 +163,9 @@ def per_user(cwd: Path, params: Any) -> dict:
                          for name, r in c["inner_steps"].items()}
              for seed, c in ev["choices"].items() if seed.isdigit()}
     values: dict = {}
-    for scenario, k in test_groups(inputs.data):
-        if scenario in SCENARIOS:
-            values.update(group_job(inputs, params.evaluate, scenario, k, steps, {})[1])
+    for group in groups_of(inputs.data):
+        if group.label in SCENARIOS:
+            values.update(group_job(inputs, params.evaluate, group, steps, {})[1])
     return values
 
 

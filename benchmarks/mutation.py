@@ -33,7 +33,7 @@ KILLED = {"killed", "timeout", "segfault"}   # a mutant that makes the tests fai
 
 
 def module_of(key: str) -> str:
-    """``metarec.eval.metrics.x_mae__mutmut_3`` -> ``metarec.eval.metrics``."""
+    """``metarec.metrics.x_mae__mutmut_3`` -> ``metarec.metrics``."""
     parts = key.split(".")
     for i, part in enumerate(parts):
         if part.startswith(("x_", "xǁ")):

@@ -29,17 +29,19 @@ from pathlib import Path
 
 import torch
 
+from metarec import dag
+
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "benchmarks" / "params" / "platforms.yaml"
 RESULT = ROOT / "benchmarks" / "results" / "platforms.json"
 METAREC = str(Path(sys.executable).parent / "metarec")
-STAGES = ("ingest", "validate", "episodes", "train", "evaluate")
+STAGES = dag.until("evaluate")
 
 
 def learned_trust(models: Path) -> dict[str, float]:
     """Each network model's learned weight of a support item from another platform
     (``2 sigmoid(cross_trust)``; 1 = as much as one from the task's own platform)."""
-    from metarec.meta.checkpoint import read_checkpoint
+    from metarec.checkpoint import read_checkpoint
 
     out = {}
     for path in sorted(models.glob("seed*/*.pt")):

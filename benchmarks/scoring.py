@@ -50,11 +50,11 @@ import torch
 from data_pipeline import vm_hwm_mb
 
 from metarec import algorithms
+from metarec.checkpoint import load_model, save_model
 from metarec.config import ModelParams, ObjectiveParams, ScoreParams, TrainParams, to_dict
 from metarec.data.encoding import encode_entity, fit_entity_vocab
 from metarec.data.tasks import EpisodeData
 from metarec.io import write_parquet
-from metarec.meta.checkpoint import load_model, save_model
 from metarec.meta.features import FeatureStore
 from metarec.meta.predictor import AdaptivePredictor
 from metarec.models.network import PreferenceNet, build_network, network_kwargs
@@ -163,8 +163,8 @@ def throughput(root: Path, n_users: int, chunk: int, n_items: int, device: str =
     and explanations), the ranking GEMM's own rate, and ``faiss``'s exact
     inner-product search on the same adapted user vectors and item vectors (on the CPU:
     faiss-cpu is a CPU peer, so a GPU run reports it for reference only)."""
+    from metarec.checkpoint import read_checkpoint
     from metarec.io import read_parquet
-    from metarec.meta.checkpoint import read_checkpoint
     from metarec.meta.predictor import catalogue_blocks
     from metarec.scoring.engine import CELLS
 
@@ -176,7 +176,7 @@ def throughput(root: Path, n_users: int, chunk: int, n_items: int, device: str =
     data = EpisodeData(tasks=pd.DataFrame(), users=users, items=items, vocab=vocab)
     predictor = load_model(root / "models" / "maml.pt", data)
     predictor.store.to(device)           # in place: the algorithm's catalogue sees it too
-    predictor.algorithm.to(device)
+    predictor.learner.to(device)
     rng = np.random.default_rng(1)
     sup = torch.from_numpy(_supports(rng, n_users, n_items))               # (U, K)
     ratings = torch.from_numpy(rng.integers(1, 6, (n_users, K)).astype(np.float32))
@@ -216,7 +216,7 @@ def throughput(root: Path, n_users: int, chunk: int, n_items: int, device: str =
 
     # the same work in parts: adaptation, catalogue scores alone (the ranking GEMM), and the
     # query vectors the dot model ranks with (score = query . [v, rbias, 1])
-    algo, table = predictor.algorithm, predictor._table()
+    algo, table = predictor.learner, predictor._table()
     keys = PreferenceNet.item_keys(table, algo.rank_output)                  # (N, d + 2)
     adapt_runs, gemm_runs = [], []
     for _ in range(REPS):                  # each part's best of REPS, like the whole

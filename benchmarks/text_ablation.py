@@ -38,10 +38,11 @@ import torch
 from metarec.data.tasks import load_episodes, to_batch
 from metarec.eval import choices as choose
 from metarec.eval.bootstrap import paired_bootstrap
+from metarec.eval.evaluation import load_models
+from metarec.eval.groups import groups_of
 from metarec.eval.scoring import catalogue_metric, eligible_items, nanmean, score_batch
 from metarec.params import load_params
 from metarec.stages import episodes, ingest, train, validate
-from metarec.stages.evaluate import load_models, test_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = Path(__file__).parent / "results" / "text_ablation.json"
@@ -59,24 +60,25 @@ def per_user_scores(episodes_dir: Path, models_dir: Path, params: Any
     inner steps chosen on validation; the test tasks (for the identity check); and each
     model's validation catalogue metric (what a choice of encoder may look at)."""
     data = load_episodes(episodes_dir)
-    n_items, ev = len(data.items), params.evaluate
+    ev = params.evaluate
     metric = catalogue_metric(ev)
     models = load_models(models_dir, data)[params.train.seeds[0]]
     val = to_batch(data.select("val"))
-    choose.choose_inner_steps(models, val, ev.inner_steps_grid, n_items, ev,
+    choose.choose_inner_steps(models, val, ev.inner_steps_grid, ev,
                               data.relevance_threshold, data.explicit)
-    val_scores = {name: round(nanmean(score_batch(m, val, n_items, ev, data.relevance_threshold,
+    val_scores = {name: round(nanmean(score_batch(m, val, ev, data.relevance_threshold,
                                                   data.explicit)[metric]), 6)
                   for name, m in models.items()}
     out: dict = {}
-    for scenario, k in test_groups(data):
+    for group in groups_of(data):
+        scenario, k = group.label, group.k_label
         if scenario not in SCENARIOS:
             continue
-        batch = to_batch(data.select("test", scenario, None if k == "all" else k))
+        batch = group.batch(data)
         eligible = eligible_items(scenario, ev, data.items.id_code)
         out[(scenario, k)] = {}
         for name, m in models.items():
-            vals = score_batch(m, batch, n_items, ev, data.relevance_threshold, data.explicit,
+            vals = score_batch(m, batch, ev, data.relevance_threshold, data.explicit,
                                eligible)
             out[(scenario, k)][name] = {key: vals[key] for key in metrics_of(ev) if key in vals}
     test = data.select("test")[["task_id", "user_id", "item_id", "role", "scenario"]]

@@ -22,11 +22,12 @@ import pandas as pd
 from prefect import flow, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from metarec.backtest import judge as bt_judge
+from metarec.backtest import report as bt_report
 from metarec.orchestration.backtest import night_task, plan_of
 from metarec.orchestration.local import use_local_server
 from metarec.orchestration.runners import RunnerKind, make_task_runner
 from metarec.params import load_params
-from metarec.scoring import backtest as bt
 from metarec.stages import backtest as stage
 
 
@@ -59,11 +60,11 @@ def backtest(project_dir: str = ".", task_runner: RunnerKind | None = None,
         rows = [backtest_night(str(root), day) for day in pl.nights]
     summary = stage.finish(pl, rows, root / opts["metrics"], root / opts["report"])
     table = [{"users": f"{kind} ({block['users']})", "method": summary["methods"][m],
-              **{x: block[m][x] for x in bt.METRICS}}
-             for kind, block in summary["overall"].items() for m in bt.METHODS if m in block]
+              **{x: block[m][x] for x in bt_judge.METRICS}}
+             for kind, block in summary["overall"].items() for m in bt_report.METHODS if m in block]
     create_table_artifact(key="backtest", table=table,
                           description=f"backtest {pl.nights[0]} .. {pl.nights[-1]}")
-    create_markdown_artifact(key="backtest-comparisons", markdown=bt.markdown(summary),
+    create_markdown_artifact(key="backtest-comparisons", markdown=bt_report.markdown(summary),
                              description="paired-bootstrap comparisons over users")
     return summary
 

@@ -23,26 +23,34 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from metarec.config import parse_params, to_dict
+from metarec.data.landing import landing_format
+from metarec.errors import DataError
 from metarec.orchestration import nightly as plan
 from metarec.orchestration.local import serve_project, use_local_server
 from metarec.orchestration.project import ProjectPaths
 from metarec.orchestration.runners import RunnerKind, make_task_runner
 from metarec.orchestration.sharding import scoring_lock
-from metarec.orchestration.stages import run_stage, with_retries
-from metarec.orchestration.tasks import merge_shards, plan_shards, publish_batch, score_shard
+from metarec.orchestration.stages import run_stage, sync_pipeline, with_retries
+from metarec.orchestration.tasks import (
+    merge_shards,
+    plan_shards,
+    publish_batch_artifacts,
+    score_shard,
+)
 from metarec.params import load_params
 
 
 @flow(name="metarec-score-shards")
-def score_shards(project_dir: str, as_of: str, score: dict[str, Any], shards: int) -> str:
-    """Plan chunk ranges, score each shard as a mapped task, merge into the dated batch."""
+def score_shards(project_dir: str, as_of: str, params: dict[str, Any], shards: int) -> str:
+    """Plan chunk ranges (the landing files validated), score each shard as a mapped task,
+    merge into the dated batch. ``params``: the score, validate and ingest sections."""
     paths = ProjectPaths.of(project_dir)
-    params = parse_params({"score": score}).score
+    p = parse_params(params)
     out_root = str(paths.batches)
     with scoring_lock(out_root):
         inputs, stats, ranges, folder = plan_shards(
-            params, str(paths.validated), str(paths.models), out_root, as_of, shards,
-            str(paths.selection))
+            p.score, str(paths.validated), str(paths.models), out_root, as_of, shards,
+            str(paths.selection), p.validate, landing_format(p.ingest.source, p.ingest.table))
         futures = score_shard.map(inputs, [lo for lo, _ in ranges], [hi for _, hi in ranges],
                                   folder)
         return merge_shards(inputs, stats, futures.result(), folder, out_root)
@@ -57,6 +65,12 @@ def check_landing(params: Any, day: str) -> None:
         create_markdown_artifact(key="missing-landing-day", markdown=f"# {day}: no data\n\n"
                                  f"{exc}\n\nNo batch was written for this night.",
                                  description=f"nightly {day}: landing data missing")
+        raise
+    except DataError as exc:
+        create_markdown_artifact(key="unreadable-landing-day", markdown=f"# {day}: the "
+                                 f"landing file cannot be read\n\n{exc}\n\nNo batch was "
+                                 "written for this night.",
+                                 description=f"nightly {day}: landing file unreadable")
         raise
 
 
@@ -79,15 +93,17 @@ def nightly(as_of: str | None = None, project_dir: str = ".",
     day = as_of or plan.next_night(params, paths.batches)
     check_landing(params, day)
     stage = with_retries(run_stage, p)
+    sync_pipeline(str(paths.root))
     stage("ingest", str(paths.root))
     stage("validate", str(paths.root))
     start = time.perf_counter()
     runner = make_task_runner(task_runner or p.task_runner, dask_address or p.dask_address,
                               p.dask_workers)
+    sections = {k: to_dict(getattr(params, k)) for k in ("score", "validate", "ingest")}
     batch = score_shards.with_options(task_runner=runner)(
-        str(paths.root), day, to_dict(params.score), shards or p.shards)
+        str(paths.root), day, sections, shards or p.shards)
     tracked = track_batch(str(paths.root), batch, params)
-    row = publish_batch(batch, str(paths.validated), time.perf_counter() - start)
+    row = publish_batch_artifacts(batch, str(paths.validated), time.perf_counter() - start)
     return {**row, "dvc": tracked}
 
 

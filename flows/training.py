@@ -16,13 +16,12 @@ from pathlib import Path
 
 from prefect import flow
 
+from metarec import dag
 from metarec.orchestration.local import use_local_server
 from metarec.orchestration.project import ProjectPaths
-from metarec.orchestration.stages import run_stage, with_retries
+from metarec.orchestration.stages import run_stage, sync_pipeline, with_retries
 from metarec.orchestration.tasks import publish_evaluation, publish_validation
 from metarec.params import load_params
-
-STAGES = ("ingest", "validate", "episodes", "train", "evaluate")
 
 
 @flow(name="metarec-training")
@@ -30,7 +29,8 @@ def training(project_dir: str = ".") -> dict[str, str]:
     """Run the DVC pipeline stage by stage; publish validation and evaluation artifacts."""
     paths = ProjectPaths.of(project_dir)
     stage = with_retries(run_stage, load_params(paths.root / "params.yaml").prefect)
-    for name in STAGES:
+    sync_pipeline(str(paths.root))
+    for name in dag.until("evaluate"):
         stage(name, str(paths.root))
     publish_validation(str(paths.validation_summary))
     publish_evaluation(str(paths.report), str(paths.eval_metrics))

@@ -47,7 +47,8 @@ def build_project(root: Path, params: Params, *, evaluate: bool = True) -> dict:
     out = {"root": root, "data": data, "params": params}
     if evaluate:
         out["eval"] = evaluate_stage.run(params.evaluate, root / "episodes", root / "models",
-                                         root / "eval.json", root / "eval")
+                                         root / "eval.json", root / "eval",
+                                         root / "selection.json")
     return out
 
 

@@ -42,7 +42,7 @@ def main(spec_path: str) -> None:
 
     def fit_and_digest(name: str, *args: Any, **kwargs: Any) -> Any:
         result = fit(name, *args, **kwargs)
-        digests[name] = _digest(result.algorithm.state_dict())
+        digests[name] = _digest(result.learner.state_dict())
         return result
 
     def save_and_record(path: Any, *args: Any, **kwargs: Any) -> Any:

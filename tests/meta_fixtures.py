@@ -13,14 +13,15 @@ import pandas as pd
 import torch
 
 from metarec import algorithms
-from metarec.config import ModelParams
+from metarec.checkpoint import save_model
+from metarec.config import ModelParams, TrainParams
 from metarec.data.encoding import FeatureTable
 from metarec.data.tasks import EpisodeData, TaskBatch, to_batch
-from metarec.meta.checkpoint import save_model
 from metarec.meta.features import FeatureStore
-from metarec.meta.gradient import MetaAlgorithm
+from metarec.meta.learner import Learner
 from metarec.meta.predictor import AdaptivePredictor
 from metarec.models.network import PreferenceNet, build_network, network_kwargs
+from metarec.train.fit import FitResult
 
 
 def feature_tables(n_users: int, n_items: int, rng: np.random.Generator
@@ -106,9 +107,21 @@ def tiny_model(data: EpisodeData, interaction: str) -> PreferenceNet:
     ).double()
 
 
-def build_algorithm(name: str, model: PreferenceNet, config: dict) -> MetaAlgorithm:
-    """Registered gradient learner ``name`` around ``model`` (``config`` as in checkpoints)."""
-    return algorithms.get(name)(model, **config)
+def build_algorithm(name: str, model: PreferenceNet, config: dict) -> Learner:
+    """The learner of registered algorithm ``name`` around ``model`` (``config`` as in
+    checkpoints); it remembers its algorithm's name (``learner.name``)."""
+    entry = algorithms.get(name)
+    if not entry.capabilities.tunable_steps:    # no inner loop: no step size or count
+        config = {k: v for k, v in config.items() if k not in ("inner_lr", "inner_steps")}
+    learner = entry.build(model, config)
+    learner.name = name
+    return learner
+
+
+def fit_algorithm(name: str, data: EpisodeData, model: ModelParams, train: TrainParams,
+                  log_dir: Path, draw: str | None = None) -> FitResult:
+    """Meta-train the registered episodic algorithm ``name`` from the params."""
+    return algorithms.get(name).meta_train(data, model, train, log_dir, draw)
 
 
 def network_for(data: EpisodeData, model: ModelParams) -> tuple[dict, PreferenceNet]:
@@ -116,10 +129,11 @@ def network_for(data: EpisodeData, model: ModelParams) -> tuple[dict, Preference
     return kw, build_network(kw)
 
 
-def save_algorithm(algo: MetaAlgorithm, kwargs: dict, data: EpisodeData, path: Path,
-                   params: dict | None = None) -> Path:
-    """Checkpoint ``algo`` as the train stage would."""
-    algo.network_kwargs = kwargs
+def save_algorithm(learner: Learner, kwargs: dict, data: EpisodeData, path: Path,
+                   params: dict | None = None, name: str | None = None) -> Path:
+    """Checkpoint ``learner`` (of algorithm ``name``, default ``learner.name``) as the train
+    stage would."""
+    learner.network_kwargs = kwargs
     store = FeatureStore(data.users, data.items)
-    return save_model(path, AdaptivePredictor(algo.name, algo, store), params or {},
-                      data.vocab)
+    return save_model(path, AdaptivePredictor(name or learner.name, learner, store),
+                      params or {}, data.vocab)

@@ -17,10 +17,13 @@ import pyarrow as pa
 import pytest
 import torch
 
+from metarec.backtest import judge as bt_judge
+from metarec.backtest import plan as bt_plan
+from metarec.backtest import report as bt_report
 from metarec.config import BacktestParams, Params
 from metarec.errors import ParamsError
-from metarec.scoring import backtest as bt
-from metarec.scoring.batch import recommend, resolve
+from metarec.scoring.inputs import resolve
+from metarec.scoring.stream import recommend
 from metarec.scoring.world import DAY, day_end, parse_as_of
 from metarec.stages import backtest as stage
 
@@ -33,7 +36,7 @@ def test_judge_is_exact_on_a_hand_built_list() -> None:
                          "item_id": ["x", "y", "z", "x", "y", "x"]})
     relevant = pd.DataFrame({"user_id": ["a", "a", "b", "b", "b"],
                              "item_id": ["x", "z", "q", "r", "y"]})
-    out = bt._judge(recs, relevant, k=2).set_index("user_id")
+    out = bt_judge._judge(recs, relevant, k=2).set_index("user_id")
     assert list(out.index) == ["a", "b"]                  # c has nothing relevant: left out
     # a: x at rank 1 is a hit, z at rank 3 is past k=2
     assert out.loc["a", "hit_rate"] == 1.0 and out.loc["a", "recall"] == 0.5
@@ -51,7 +54,7 @@ def test_recent_popularity_skips_old_rows_and_the_users_own_items() -> None:
         "item_id": ["p", "p", "q", "q", "r", "s", "old"],
         "timestamp": [end - DAY] * 6 + [end - 40 * DAY]})   # "old" is outside 30 days
     users = pd.DataFrame({"user_id": ["u", "z"], "kind": ["cold", "cold"]})
-    recs = bt._popularity(past, users, end, BacktestParams(k=3, popularity_days=30))
+    recs = bt_judge._popularity(past, users, end, BacktestParams(k=3, popularity_days=30))
     got = recs.groupby("user_id")["item_id"].agg(list).to_dict()
     # counts: p 2, q 2, r 1, s 1 -> order p, q, r, s (ties by id); u has p and old
     assert got == {"u": ["q", "r", "s"], "z": ["p", "q", "r"]}
@@ -62,32 +65,32 @@ def test_recent_popularity_skips_old_rows_and_the_users_own_items() -> None:
 def test_nights_and_window_rules() -> None:
     p = BacktestParams(from_date="2024-03-01", to_date="2024-03-10", every_days=3,
                        horizon_days=7)
-    assert bt.nights(p) == ["2024-03-01", "2024-03-04", "2024-03-07", "2024-03-10"]
-    days = bt.nights(p)
+    assert bt_plan.nights(p) == ["2024-03-01", "2024-03-04", "2024-03-07", "2024-03-10"]
+    days = bt_plan.nights(p)
     trained = day_end(parse_as_of("2024-03-01"))            # training ended at midnight
     log_end = day_end(parse_as_of("2024-03-17"))
-    bt.check_window(days, p, trained, log_end)              # fits exactly
+    bt_plan.check_window(days, p, trained, log_end)              # fits exactly
     overlap = "overlaps the training period.*up to 2024-03-02.*on 2024-03-02"
     with pytest.raises(ParamsError, match=overlap):
-        bt.check_window(days, p, trained + 1, log_end)
+        bt_plan.check_window(days, p, trained + 1, log_end)
     with pytest.raises(ParamsError, match="runs past the end of the log"):
-        bt.check_window(days, p, trained, log_end - 1)
+        bt_plan.check_window(days, p, trained, log_end - 1)
     with pytest.raises(ParamsError, match="before backtest.from_date"):
-        bt.nights(dataclasses.replace(p, to_date="2024-02-01"))
+        bt_plan.nights(dataclasses.replace(p, to_date="2024-02-01"))
     with pytest.raises(ParamsError, match="set both"):
-        bt.nights(dataclasses.replace(p, from_date=None))
+        bt_plan.nights(dataclasses.replace(p, from_date=None))
 
 
 def sections(p: Params) -> tuple:
     """The params sections the backtest stage takes, in its order."""
-    return p.backtest, p.score, p.episodes, p.model, p.train
+    return p.backtest, p.score, p.validate, p.ingest, p.episodes, p.model, p.train
 
 
 @pytest.fixture(scope="module")
 def run(synthetic_project: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = synthetic_project["root"]
     params = synthetic_project["params"]
-    first = dt.datetime.fromtimestamp(bt.trained_until(root / "episodes") - 1, dt.UTC).date()
+    first = dt.datetime.fromtimestamp(bt_plan.trained_until(root / "episodes") - 1, dt.UTC).date()
     p = dataclasses.replace(params.backtest, from_date=first.isoformat(),
                             to_date=(first + dt.timedelta(days=21)).isoformat(),
                             every_days=7, bootstrap_samples=100)
@@ -95,7 +98,7 @@ def run(synthetic_project: dict, tmp_path_factory: pytest.TempPathFactory) -> di
     out = tmp_path_factory.mktemp("backtest")
     full = dataclasses.replace(params, backtest=p, score=score)
     summary = stage.run(*sections(full), root / "validated", root / "episodes",
-                        root / "models/seed0", None, out / "backtest.json", out / "report")
+                        root / "models", None, out / "backtest.json", out / "report")
     return {"summary": summary, "out": out, "root": root, "params": p, "score": score,
             "full": full}
 
@@ -105,7 +108,7 @@ def test_backtest_writes_its_outputs(run: dict) -> None:
     assert json.loads((out / "backtest.json").read_text()) == summary
     assert (out / "report" / stage.PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert summary["window"]["nights"] == 4
-    assert {r["night"] for r in summary["per_night"]} <= set(bt.nights(run["params"]))
+    assert {r["night"] for r in summary["per_night"]} <= set(bt_plan.nights(run["params"]))
     assert set(summary["overall"]) == {"cold", "warm"}
     for kind, block in summary["overall"].items():
         assert block["users"] > 0
@@ -118,9 +121,9 @@ def test_backtest_writes_its_outputs(run: dict) -> None:
 
 def test_adapted_once_changes_warm_users_only(run: dict) -> None:
     # a cold user's support is the same either way: adapted once == re-adapted, exactly
-    night = bt.nights(run["params"])[0]
+    night = bt_plan.nights(run["params"])[0]
     score = dataclasses.replace(run["score"], dynamic=True, top_k=run["params"].k)
-    inputs = resolve(score, run["root"] / "validated", run["root"] / "models/seed0", night)
+    inputs = resolve(score, run["root"] / "validated", run["root"] / "models", night)
     latest = recommend(inputs)[0].to_pandas()
     first = recommend(inputs, warm_support="first")[0].to_pandas()
     cold = latest["kind"] == "cold"
@@ -157,9 +160,9 @@ def test_a_planted_future_interaction_changes_no_recommendation(
         run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every method's lists of a night are the same with or without a rating dated one hour
     after the night ends (it may only change what the lists are judged against)."""
-    root, night = run["root"], bt.nights(run["params"])[1]
+    root, night = run["root"], bt_plan.nights(run["params"])[1]
     lists: list[pd.DataFrame] = []
-    judge = bt._judge
+    judge = bt_judge._judge
 
     def spy(recs: pd.DataFrame, relevant: pd.DataFrame, k: int) -> pd.DataFrame:
         lists.append(recs.reset_index(drop=True))
@@ -167,10 +170,10 @@ def test_a_planted_future_interaction_changes_no_recommendation(
 
     def judged(folder: Path) -> pd.DataFrame:
         pl = stage.plan(*sections(run["full"]), folder, root / "episodes",
-                     root / "models/seed0", None)
-        return bt.judge_night(dataclasses.replace(pl, baseline="itemknn"), night)
+                     root / "models", None)
+        return bt_judge.judge_night(dataclasses.replace(pl, baseline="itemknn"), night)
 
-    monkeypatch.setattr(bt, "_judge", spy)
+    monkeypatch.setattr(bt_judge, "_judge", spy)
     clean = judged(root / "validated")
     assert len(lists) == 4                           # model, adapted once, baseline, popularity
     user = clean.loc[clean["kind"] == "cold", "user_id"].iloc[0]   # a scored cold user
@@ -196,18 +199,18 @@ def test_a_planted_future_interaction_changes_no_recommendation(
 
 def test_a_window_on_the_training_period_is_refused(run: dict) -> None:
     root = run["root"]
-    early = dt.datetime.fromtimestamp(bt.trained_until(root / "episodes") - 5 * DAY,
+    early = dt.datetime.fromtimestamp(bt_plan.trained_until(root / "episodes") - 5 * DAY,
                                       dt.UTC).date()
     p = dataclasses.replace(run["params"], from_date=early.isoformat())
     with pytest.raises(ParamsError, match="overlaps the training period"):
         stage.plan(*sections(dataclasses.replace(run["full"], backtest=p)), root / "validated",
                    root / "episodes",
-                   root / "models/seed0", None)
+                   root / "models", None)
 
 
 def test_warm_support_first_takes_the_earliest_rows(tmp_path) -> None:
     from metarec.io import write_parquet
-    from metarec.scoring.batch import _user_rows
+    from metarec.scoring.stream import _user_rows
     from metarec.scoring.world import World, runs
 
     log = pd.DataFrame({"user_id": ["w"] * 5 + ["c"] * 2,
@@ -216,7 +219,7 @@ def test_warm_support_first_takes_the_earliest_rows(tmp_path) -> None:
                         "timestamp": [50, 10, 40, 20, 30, 5, 6]})
     items = pa.table({"item_id": [f"i{n}" for n in range(5)], "idx": list(range(5))})
     users = write_parquet(pd.DataFrame({"user_id": ["c"]}), tmp_path / "users.parquet")
-    with World(log, [], end=100) as world:
+    with World(log, None, end=100) as world:
         kinds = world.select(max_interactions=2, active_days=1, dynamic=True).kinds
         _, done = world.export(tmp_path, users, items, 0, 2)
     rows = next(runs(done, [0, 2]))
@@ -238,17 +241,18 @@ def test_backfill_gives_each_nights_score_bytes(synthetic_project: dict, tmp_pat
 
     root = synthetic_project["root"]
     p = dataclasses.replace(synthetic_project["params"].score, model="maml")
-    first = dt.datetime.fromtimestamp(bt.trained_until(root / "episodes"), dt.UTC).date()
+    first = dt.datetime.fromtimestamp(bt_plan.trained_until(root / "episodes"), dt.UTC).date()
     days = [(first + dt.timedelta(days=i)).isoformat() for i in range(3)]
-    batches = score.backfill(p, root / "validated", root / "models/seed0", tmp_path / "fill",
+    v, ing = synthetic_project["params"].validate, synthetic_project["params"].ingest
+    batches = score.backfill(p, v, ing, root / "validated", root / "models", tmp_path / "fill",
                              days[0], days[-1])
     assert [b.name for b in batches] == days
     for day in days:
-        one = score.run(p, root / "validated", root / "models/seed0", tmp_path / "one", day)
+        one = score.run(p, v, ing, root / "validated", root / "models", tmp_path / "one", day)
         for name in ("recommendations.parquet", "manifest.json"):
             assert (one / name).read_bytes() == (tmp_path / "fill" / day / name).read_bytes()
     with pytest.raises(ParamsError, match="before --from"):
-        score.backfill(p, root / "validated", root / "models/seed0", tmp_path / "x",
+        score.backfill(p, v, ing, root / "validated", root / "models", tmp_path / "x",
                        days[-1], days[0])
 
 
@@ -256,7 +260,7 @@ def test_readme_backtest_block_is_generated_from_the_metrics(run: dict, tmp_path
     from typer.testing import CliRunner
 
     from metarec.cli import app
-    from metarec.eval.readme import BACKTEST, START
+    from metarec.readme import BACKTEST, START
 
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{START}\nkept\n<!-- results:end -->\n{BACKTEST[0]}\nstale numbers\n"
@@ -270,7 +274,7 @@ def test_readme_backtest_block_is_generated_from_the_metrics(run: dict, tmp_path
     assert res.exit_code == 0, res.output
     text = readme.read_text()
     assert "stale numbers" not in text and "kept" in text and text.endswith("outro\n")
-    assert text.count(bt.markdown(run["summary"])) == 2      # the project's, then drift 4
+    assert text.count(bt_report.markdown(run["summary"])) == 2      # the project's, then drift 4
     assert "**Synthetic, drift 4** (`p.yaml`, 1 s)" in text
     bad = CliRunner().invoke(app, ["readme-results", "--section", "nope", "--readme",
                                    str(readme)])
@@ -281,17 +285,17 @@ def test_retrained_models_see_nothing_after_their_retrain_point(run: dict,
                                                                 tmp_path: Path) -> None:
     """With retrain_every_days a window may start inside the training period; the models of
     a retrain point are the same whether or not the log holds a rating dated after it."""
-    from metarec.scoring import retrain
+    from metarec.backtest import retrain
 
     root = run["root"]
-    early = dt.datetime.fromtimestamp(bt.trained_until(root / "episodes") - 5 * DAY,
+    early = dt.datetime.fromtimestamp(bt_plan.trained_until(root / "episodes") - 5 * DAY,
                                       dt.UTC).date()
     p = dataclasses.replace(run["params"], from_date=early.isoformat(),
                             to_date=(early + dt.timedelta(days=9)).isoformat(), every_days=3,
                             retrain_every_days=7, bootstrap_samples=20)
     full = dataclasses.replace(run["full"], backtest=p)
     pl = stage.plan(*sections(full), root / "validated", root / "episodes",
-                    root / "models/seed0", None)
+                    root / "models", None)
     days = pl.nights                                      # early, +3, +6, +9
     week = str(early + dt.timedelta(days=7))
     assert [retrain.point(days[0], d, 7) for d in days] == [days[0]] * 3 + [week]
@@ -315,7 +319,7 @@ def test_retrained_models_see_nothing_after_their_retrain_point(run: dict,
     training = retrain.Training(full.episodes, full.model, full.train)
     clean = retrain.models_at(training, root / "validated", ("maml",), days[0], tmp_path / "c")
     dirty = retrain.models_at(training, planted, ("maml",), days[0], tmp_path / "d")
-    a, b = (torch.load(m / "maml.pt", weights_only=False) for m in (clean, dirty))
+    a, b = (torch.load(m / "seed0/maml.pt", weights_only=False) for m in (clean, dirty))
     assert a["vocab_sha256"] == b["vocab_sha256"]   # (the digest covers fit seconds too)
     for name, value in a["state"]["state_dict"].items():
         assert torch.equal(value, b["state"]["state_dict"][name]), name

@@ -14,10 +14,10 @@ from metarec.algorithms.biased_mf import BiasedMF, BiasedMFParams
 from metarec.algorithms.item_mean import ItemMean, ItemMeanParams
 from metarec.algorithms.item_user_bias import ItemUserBias
 from metarec.algorithms.user_mean import UserMean
+from metarec.checkpoint import load_model, save_model
 from metarec.config import ModelParams, TrainParams
 from metarec.data.encoding import encode_entity
 from metarec.data.tasks import EpisodeData, TaskBatch, to_batch
-from metarec.meta.checkpoint import load_model, save_model
 from metarec.models.base import FitContext
 from metarec.models.linalg import fit_als, ridge_solve
 from metarec.models.statistical import ShrinkageParams, rows_to_codes, training_ratings

@@ -124,3 +124,36 @@ def test_params_hash_follows_the_values() -> None:
     a, b = parse_params({}), parse_params({"score": {"top_k": 7}})
     assert params_hash(a.score) == params_hash(parse_params({}).score)
     assert params_hash(a.score) != params_hash(b.score)
+
+
+def test_params_yaml_holds_every_key_at_its_default_value() -> None:
+    """The shipped params.yaml names every key (with its comment) at the value the dataclass
+    defaults to, so a key left out of a user's params.yaml means what the shipped one says."""
+    import dataclasses
+
+    import yaml
+
+    from metarec import algorithms
+    from metarec.config import Params, to_dict
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    defaults = to_dict(Params(train=dataclasses.replace(
+        Params().train, sections={n: sec() for n, sec in algorithms.param_sections().items()
+                                  if sec is not None})))
+    defaults["train"].pop("seed")                       # internal: set per run from seeds
+
+    def walk(want: dict, got: dict, prefix: str) -> list[str]:
+        out = []
+        for key, value in want.items():
+            if key not in got:
+                out.append(f"{prefix}{key}: missing from params.yaml")
+            elif isinstance(value, dict) and value and isinstance(got[key], dict):
+                out += walk(value, got[key], f"{prefix}{key}.")
+            elif (list(got[key]) if isinstance(got[key], tuple) else got[key]) != value \
+                    and not (isinstance(value, float) and got[key] == value):
+                out.append(f"{prefix}{key}: params.yaml {got[key]!r} != default {value!r}")
+        return out
+
+    # the dates of this project's data (the MovieLens timeline), not behaviour: no default
+    dates = {"score.as_of", "backtest.from_date", "backtest.to_date"}
+    assert [p for p in walk(defaults, raw, "") if p.split(":")[0] not in dates] == []

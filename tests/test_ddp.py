@@ -18,7 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from meta_fixtures import episode_data
+from meta_fixtures import episode_data, fit_algorithm
 
 from metarec.algorithms.finetune import FinetuneParams
 from metarec.algorithms.reptile import ReptileParams
@@ -27,7 +27,6 @@ from metarec.config import ModelParams, TrainParams, to_dict
 from metarec.errors import ParamsError
 from metarec.stages import train as train_stage
 from metarec.train.data import EpisodeDataModule
-from metarec.train.fit import fit_algorithm
 
 pytestmark = pytest.mark.slow  # two torch.distributed processes (~30 s): not in make test-fast
 

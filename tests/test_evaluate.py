@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from test_episodes import write_validated
 
 from metarec.config import EpisodesParams, EvaluateParams, TrainParams
-from metarec.eval.readme import results_markdown
 from metarec.eval.scoring import catalogue_metric
+from metarec.readme import results_markdown
 from metarec.stages import episodes, evaluate, train
 
 # one worker runs the module: its trained fixtures are built once, not once per worker
@@ -42,7 +43,8 @@ def test_metric_names_follow_the_cut_offs(knobs: dict) -> None:
     report = (out / "report" / "report.md").read_text()
     assert "ndcg@10" in report and "ndcg@20" not in report
     assert "80% CI" in report and "95% CI" not in report
-    assert (out / "report" / "ndcg_at_10_vs_k.png").exists()
+    assert sorted(p.name for p in (out / "report" / "plots").iterdir()) == [
+        "mae_vs_k.png", "mae_vs_steps.png", "ndcg_at_10_vs_k.png", "ndcg_at_10_vs_steps.png"]
     readme = results_markdown(json.loads((out / "eval.json").read_text()))
     assert "**ndcg@10**" in readme and "80% CI" in readme and "ndcg@20" not in readme
 
@@ -123,3 +125,46 @@ def synthetic_model():
     from metarec.config import ModelParams
 
     return ModelParams()
+
+
+def test_warm_candidates_never_hold_an_item_the_user_had_before_the_query(synthetic_project
+                                                                          ) -> None:
+    """evaluate.exclude_history: a warm task's seen items are exactly its user's history,
+    all of it dated before the task's query; the cold-start scenarios have none."""
+    from metarec.data.tasks import load_episodes
+    from metarec.eval.groups import TestGroup
+    from metarec.eval.scoring import seen_items
+
+    root, params = synthetic_project["root"], synthetic_project["params"].evaluate
+    data = load_episodes(root / "episodes")
+    batch = TestGroup("warm", 3).batch(data)
+    seen = seen_items(data, batch, params)
+    assert seen is not None and seen.any(1).all()
+    tasks = data.select("test", "warm", 3)
+    for t, task in enumerate(batch.task_id.tolist()):
+        rows = tasks[tasks["task_id"] == task]
+        user = int(rows["user_idx"].iloc[0])
+        mine = data.history[data.history["user_idx"] == user]
+        assert set(torch.nonzero(seen[t]).flatten().tolist()) == set(mine["item_idx"])
+        query = rows[rows["role"] == "query"]
+        assert mine["timestamp"].max() < query["timestamp"].min()
+    assert seen_items(data, TestGroup("user_cold", 3).batch(data), params) is None
+    off = replace(params, exclude_history=False)
+    assert seen_items(data, batch, off) is None
+
+
+def test_a_seen_item_is_no_candidate_and_no_relevant_item() -> None:
+    """Ranked first but seen before: it is left out, so the relevant item ranked second
+    scores as if first."""
+    from metarec.data.tasks import TaskBatch
+    from metarec.metrics import batch_catalogue_metrics
+
+    batch = TaskBatch(task_id=torch.tensor([0]), user_idx=torch.tensor([0]),
+                      support_items=torch.tensor([[4]]), support_ratings=torch.tensor([[5.0]]),
+                      support_mask=torch.tensor([[True]]), query_items=torch.tensor([[1]]),
+                      query_ratings=torch.tensor([[5.0]]), query_mask=torch.tensor([[True]]))
+    scores = torch.tensor([[9.0, 8.0, 1.0, 0.5, 10.0]])     # item 0 seen, item 1 relevant
+    seen = torch.tensor([[True, False, False, False, False]])
+    plain = batch_catalogue_metrics(scores, batch, 4.0, 2)
+    hidden = batch_catalogue_metrics(scores, batch, 4.0, 2, seen=seen)
+    assert float(hidden.ndcg[0]) == 1.0 and float(plain.ndcg[0]) < 1.0

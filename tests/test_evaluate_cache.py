@@ -9,8 +9,9 @@ import torch
 from metarec.data.tasks import load_episodes
 from metarec.eval import choices as choose
 from metarec.eval.ensembles import build_ensembles
+from metarec.eval.evaluation import AdaptCache, load_models
+from metarec.eval.groups import TestGroup
 from metarec.eval.scoring import score_batch
-from metarec.stages import evaluate
 
 pytestmark = pytest.mark.xdist_group("test_evaluate")   # the session project's worker
 
@@ -19,10 +20,10 @@ def test_ensembles_score_cached_member_states_as_if_adapted_afresh(synthetic_pro
                                                                    ) -> None:
     root, params = synthetic_project["root"], synthetic_project["params"].evaluate
     data = load_episodes(root / "episodes")
-    models = evaluate.load_models(root / "models", data)
+    models = load_models(root / "models", data)
     meta = [n for n in models[0] if not choose.is_baseline(n)]
-    batch = evaluate.group_batch(data, "user_cold", 3)
-    cache = evaluate.AdaptCache()
+    batch = TestGroup("user_cold", 3).batch(data)
+    cache = AdaptCache()
     for seed_models in models.values():          # what the per-seed pass leaves behind
         for model in seed_models.values():
             assert cache(model, batch) is cache(model, batch)
@@ -31,7 +32,7 @@ def test_ensembles_score_cached_member_states_as_if_adapted_afresh(synthetic_pro
     fresh, _ = build_ensembles(models, meta, 2, lambda ens: 0.0)
     assert set(ensembles) == set(fresh) and "meta-ens" in ensembles
     for name in ensembles:
-        a, b = (score_batch(e[name], batch, len(data.items), params, data.relevance_threshold,
+        a, b = (score_batch(e[name], batch, params, data.relevance_threshold,
                             data.explicit) for e in (ensembles, fresh))
         assert all(torch.equal(a[m].nan_to_num(-1), b[m].nan_to_num(-1)) for m in a), name
     assert len(cache._states) == cached          # no member adapted again

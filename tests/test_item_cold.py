@@ -8,7 +8,7 @@ from dataclasses import replace
 import lightning as L
 import pytest
 import torch
-from meta_fixtures import episode_data
+from meta_fixtures import episode_data, fit_algorithm
 
 from metarec import algorithms
 from metarec.config import EvaluateParams, ModelParams, ObjectiveParams, TrainParams
@@ -16,7 +16,6 @@ from metarec.data.tasks import TaskBatch
 from metarec.eval.scoring import eligible_items, score_batch
 from metarec.meta.features import FeatureStore
 from metarec.models.base import Predictor
-from metarec.train.fit import fit_algorithm
 
 ID_TABLES = ("item_id.weight", "item_bias.weight", "item_rank_bias.weight",
              "item_context.weight")
@@ -65,8 +64,8 @@ def test_item_cold_scenarios_rank_only_the_items_training_never_saw():
     # warm favourites first, then the two new items, the relevant new one (5) above row 4
     model = FixedScores([9.0, 8.0, 7.0, 6.0, 1.0, 2.0])
     batch = one_task(support=[0], query=[4, 5], ratings=[1.0, 5.0])
-    whole = score_batch(model, batch, 6, ev, threshold=4.0, explicit=True)
-    new = score_batch(model, batch, 6, ev, threshold=4.0, explicit=True,
+    whole = score_batch(model, batch, ev, threshold=4.0, explicit=True)
+    new = score_batch(model, batch, ev, threshold=4.0, explicit=True,
                       eligible=eligible_items("item_cold", ev, codes))
     assert whole["ndcg@2"].item() == 0.0 and whole["hit@2"].item() == 0.0
     assert new["ndcg@2"].item() == pytest.approx(1.0)
@@ -80,7 +79,7 @@ def test_a_relevant_item_outside_the_eligible_items_is_not_counted():
     model = FixedScores([5.0, 1.0, 2.0])
     batch = one_task(support=[2], query=[0, 1], ratings=[5.0, 5.0])
     eligible = torch.tensor([False, True, True])
-    vals = score_batch(model, batch, 3, ev, 4.0, True, eligible)
+    vals = score_batch(model, batch, ev, 4.0, True, eligible)
     # one relevant candidate (row 1), the only one left once the support (row 2) is out
     assert vals["recall@1"].item() == pytest.approx(1.0)
     assert vals["ndcg@1"].item() == pytest.approx(1.0)
@@ -119,10 +118,10 @@ def _trained(data, tmp_path, p: float, run: int = 0) -> dict[str, torch.Tensor]:
     fit = fit_algorithm("fomaml", data, MODEL, replace(TRAIN, item_id_dropout=p),
                         tmp_path / f"run{run}-{p}")
     assert fit.best_step > 0, "training kept its start: nothing to compare"
-    cat = fit.algorithm._catalogue
+    cat = fit.learner._catalogue
     assert cat is not None and cat["id"].tolist() == data.items.id_code.tolist(), \
         "the catalogue must be the whole store again after each dropped step"
-    return {k: v.detach().clone() for k, v in fit.algorithm.model.state_dict().items()}
+    return {k: v.detach().clone() for k, v in fit.learner.model.state_dict().items()}
 
 
 @pytest.fixture(scope="module")

@@ -99,7 +99,7 @@ def test_choices_come_from_validation_and_curves_are_written(pipeline: dict) -> 
     assert {r["steps"] for r in result["steps_curve"]} == set(range(11))
     for name in ("mae_vs_k.png", "ndcg_at_20_vs_k.png", "mae_vs_steps.png",
                  "ndcg_at_20_vs_steps.png"):
-        assert (tmp / "eval" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (tmp / "eval" / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (tmp / "eval" / "report.md").read_text()
     assert "paired bootstrap" in report
     assert f"**{result['best_baseline']['accuracy']}** for MAE/RMSE" in report
@@ -107,7 +107,7 @@ def test_choices_come_from_validation_and_curves_are_written(pipeline: dict) -> 
 
 
 def test_readme_results_are_generated_from_the_evaluation(pipeline: dict, tmp_path) -> None:
-    from metarec.eval.readme import END, START, results_markdown, update_readme
+    from metarec.readme import END, START, results_markdown, update_readme
 
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{START}\nold numbers\n{END}\noutro\n")
@@ -119,3 +119,18 @@ def test_readme_results_are_generated_from_the_evaluation(pipeline: dict, tmp_pa
     both = [r["mae"] for r in pipeline["eval"]["results"] if r["model"] == "maml"
             and r["scenario"] == "user_cold" and r["k"] == 3]
     assert row and f"{sum(both) / 2:.3f}" in text
+
+
+def test_the_selection_records_what_the_batch_must_serve(pipeline: dict) -> None:
+    """metrics/selection.json: the served model, each model's best seed on validation and
+    every adaptive model's chosen test-time steps per seed (what score applies)."""
+    result = pipeline["eval"]
+    selection = json.loads((pipeline["tmp"] / "selection.json").read_text())
+    assert selection == result["serving"]
+    for seed in ("0", "1"):
+        for name, rec in result["choices"][seed]["inner_steps"].items():
+            assert selection["inner_steps"][seed][name] == {"rate": rec["steps"],
+                                                            "rank": rec["rank_steps"]}
+    assert set(selection["seeds"]) == {*pipeline["params"].train.baselines,
+                                       *pipeline["params"].train.algorithms}
+    assert set(selection["seeds"].values()) <= {0, 1}

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from meta_fixtures import fit_algorithm
 
 from metarec import algorithms
 from metarec.config import (
@@ -25,11 +26,11 @@ from metarec.config import (
 from metarec.data.protocols.platforms import platform_tasks
 from metarec.data.tasks import TaskBatch, cat_batches, load_episodes, to_batch
 from metarec.eval.compare import compare_variants
+from metarec.eval.groups import TestGroup, cross_pairs, groups_of
 from metarec.meta.features import FeatureStore
 from metarec.params import load_params
-from metarec.stages import episodes, evaluate, ingest, validate
+from metarec.stages import episodes, ingest, validate
 from metarec.train.data import EpisodeDataModule
-from metarec.train.fit import fit_algorithm
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,16 +128,16 @@ def test_cross_history_never_leaks_the_query_and_comes_from_other_platforms(proj
 
 def test_evaluation_scores_each_platform_cold_task_with_and_without_its_history(project):
     data = load_episodes(project / "episodes")
-    groups = evaluate.test_groups(data)
-    names = {s for s, _ in groups}
+    groups = groups_of(data)
+    names = {g.label for g in groups}
     assert {"platform_cold", "platform_cold+cross", "platform_cold@p0",
             "platform_cold+cross@p2"} <= names
-    assert ("platform_cold", 3) in groups and ("platform_cold+cross", 3) in groups
-    assert evaluate.cross_pairs(groups) == [("platform_cold", "platform_cold+cross"),
+    assert {TestGroup("platform_cold", 3), TestGroup("platform_cold", 3, True)} <= set(groups)
+    assert cross_pairs(groups) == [("platform_cold", "platform_cold+cross"),
                                    *[(f"platform_cold@p{i}", f"platform_cold+cross@p{i}")
                                      for i in range(3)]]
-    plain = evaluate.group_batch(data, "platform_cold", 3)
-    cross = evaluate.group_batch(data, "platform_cold+cross", 3)
+    plain = TestGroup("platform_cold", 3).batch(data)
+    cross = TestGroup("platform_cold", 3, cross=True).batch(data)
     assert torch.equal(plain.task_id, cross.task_id)
     assert torch.equal(plain.query_items, cross.query_items)       # the same query
     tasks = data.select("test", "platform_cold", 3)
@@ -147,8 +148,8 @@ def test_evaluation_scores_each_platform_cold_task_with_and_without_its_history(
     assert extra.sum() > 0
     # to_batch never makes a cross row a query item
     assert torch.equal(to_batch(tasks).query_items, plain.query_items)
-    p0 = evaluate.group_batch(data, "platform_cold@p0", "all")
-    assert 0 < len(p0) < len(evaluate.group_batch(data, "platform_cold", 1)) * 2
+    p0 = TestGroup("platform_cold", None, platform="p0").batch(data)
+    assert 0 < len(p0) < len(TestGroup("platform_cold", 1).batch(data)) * 2
 
 
 def test_the_cross_platform_comparison_is_each_model_with_minus_without():
@@ -243,7 +244,7 @@ def test_meta_training_sees_marked_platform_tasks_and_moves_the_trust(project, t
     assert len(dm._epoch_tasks()) > len(dm.cross_tasks)
     fit = fit_algorithm("maml", data, MODEL, TRAIN, tmp_path, draw="random")
     assert fit.best_step > 0
-    assert float(fit.algorithm.cross_trust.detach()) != 0.0, "no meta-gradient reached the trust"
+    assert float(fit.learner.cross_trust.detach()) != 0.0, "no meta-gradient reached the trust"
 
 
 def test_a_checkpoint_from_before_the_trust_loads_with_weight_one(project):
@@ -255,9 +256,9 @@ def test_a_checkpoint_from_before_the_trust_loads_with_weight_one(project):
     state = algo.state()
     old = {**state, "state_dict": {k: v for k, v in state["state_dict"].items()
                                    if k != "cross_trust"}}
-    loaded = algorithms.get("maml").load(old, data).algorithm
+    loaded = algorithms.get("maml").load(old, data).learner
     assert float(loaded.cross_trust.detach()) == 0.0          # 2 sigmoid(0) = 1
-    kept = algorithms.get("maml").load(state, data).algorithm
+    kept = algorithms.get("maml").load(state, data).learner
     assert float(kept.cross_trust.detach()) == -1.0
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in old["state_dict"].items())
 

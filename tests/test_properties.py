@@ -21,7 +21,7 @@ from metarec.config import EpisodesParams
 from metarec.data.draws import draw_tasks
 from metarec.data.encoding import encode_entity, fit_entity_vocab
 from metarec.data.protocols.temporal import temporal
-from metarec.eval.metrics import catalogue_metrics, catalogue_targets
+from metarec.metrics import catalogue_metrics, catalogue_targets
 
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])

@@ -34,16 +34,26 @@ from meta_fixtures import build_algorithm, network_for, save_algorithm
 from typer.testing import CliRunner
 
 from metarec.algorithms.finetune import FinetuneParams
+from metarec.checkpoint import load_model
 from metarec.cli import app
-from metarec.config import ModelParams, ScoreParams, TrainParams, to_dict
+from metarec.config import (
+    IngestParams,
+    ModelParams,
+    ScoreParams,
+    TrainParams,
+    ValidateParams,
+    to_dict,
+)
 from metarec.data.encoding import encode_entity, fit_entity_vocab
+from metarec.data.landing import CANONICAL, check_landing
 from metarec.data.tasks import EpisodeData, to_batch
 from metarec.errors import DataError, ParamsError
 from metarec.io import write_parquet
-from metarec.meta.checkpoint import load_model
 from metarec.meta.features import FeatureStore
-from metarec.scoring import batch as scoring_batch
 from metarec.scoring import engine, heap
+from metarec.scoring import inputs as scoring_inputs
+from metarec.scoring import publish as scoring_publish
+from metarec.scoring import stream as scoring_stream
 from metarec.scoring.engine import top_k
 from metarec.scoring.verify import VerifyError
 from metarec.scoring.world import World, day_end, parse_as_of, users_to_score
@@ -134,8 +144,9 @@ def _episode_data(vocab: dict, users_df: pd.DataFrame, items_df: pd.DataFrame) -
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict[str, Path]:
-    """validated/, landing/ and models/maml.pt (trained 4 outer steps) in a temp folder."""
-    from metarec.train.fit import fit_algorithm
+    """validated/, landing/ and models/seed0/maml.pt (trained 4 outer steps) in a temp
+    folder."""
+    from meta_fixtures import fit_algorithm
 
     root = tmp_path_factory.mktemp("world")
     users, items = _tables()
@@ -156,8 +167,9 @@ def world(tmp_path_factory) -> dict[str, Path]:
     data = _episode_data(vocab, users, items)
     torch.manual_seed(0)
     fit = fit_algorithm("maml", data, MODEL, TRAIN, root / "logs")
-    save_algorithm(fit.algorithm, fit.algorithm.network_kwargs, data, root / "models/maml.pt",
-                   {"model": to_dict(MODEL), "train": to_dict(TRAIN)})
+    save_algorithm(fit.learner, fit.learner.network_kwargs, data,
+                   root / "models/seed0/maml.pt",
+                   {"model": to_dict(MODEL), "train": to_dict(TRAIN)}, name=fit.name)
     return {"root": root, "validated": root / "validated", "models": root / "models",
             "landing": landing, "data": data}  # type: ignore[dict-item]
 
@@ -167,14 +179,23 @@ def _params(world: dict, **kw) -> ScoreParams:
 
 
 def _run(world: dict, out: Path, **kw) -> Path:
-    return stage.run(_params(world, **kw), world["validated"], world["models"], out, AS_OF)
+    return stage.run(_params(world, **kw), ValidateParams(), IngestParams(), world["validated"],
+                     world["models"], out, AS_OF)
+
+
+def _landing(files: list[Path]) -> pa.Table | None:
+    """The rows of landing ``files`` that pass validation, as the world reads them."""
+    if not files:
+        return None
+    return check_landing(files, CANONICAL, {"min": 1.0, "max": 5.0},
+                         pa.array([f"i{i:02d}" for i in range(N_ITEMS)]), ValidateParams()).kept
 
 
 # --- selection ---------------------------------------------------------------------------
 
 
 def _selection(as_of: str, dynamic: bool, landing: list[Path] = ()) -> dict[str, str]:
-    with World(_log(), list(landing), day_end(parse_as_of(as_of))) as world:
+    with World(_log(), _landing(list(landing)), day_end(parse_as_of(as_of))) as world:
         sel = users_to_score(world, max_interactions=3, active_days=3, dynamic=dynamic)
     return dict(zip(sel.user_ids.tolist(), sel.kinds.tolist(), strict=True))
 
@@ -203,8 +224,8 @@ def test_the_world_read_from_its_file_is_the_world_read_from_a_table(world):
 
     files = landing_files(world["landing"], parse_as_of(AS_OF))
     end = day_end(parse_as_of(AS_OF))
-    with World(world["validated"] / "interactions.parquet", files, end) as scanned, \
-            World(_log(), files, end) as table:
+    with World(world["validated"] / "interactions.parquet", _landing(files), end) as scanned, \
+            World(_log(), _landing(files), end) as table:
         got, ref = scanned.frame(), table.frame()
         pick = users_to_score(scanned, 3, 3, dynamic=True)
         assert scanned.count() == len(got) == 17 + 6 * 16 - 3 + 1  # 3 after the day, 1 landed
@@ -231,7 +252,7 @@ def test_a_world_streams_each_run_of_users_in_time_order_across_batches(tmp_path
     users = tmp_path / "users.parquet"
     write_parquet(pd.DataFrame({"user_id": ["c", "a"], "age": [30.0, 40.0]}), users)
     items = pa.table({"item_id": ["i0", "i1", "i2"], "idx": pa.array([0, 1, 2], pa.int64())})
-    with World(log, [], end=100) as w:
+    with World(log, None, end=100) as w:
         assert w.choose(2, 1, dynamic=True) == {"users": 3, "cold_users": 1,
                                                 "dynamic_users": 2}
         who, done = w.export(tmp_path, users, items, 0, 3)
@@ -253,7 +274,7 @@ def test_a_user_twice_in_the_feature_table_is_an_error(tmp_path):
     write_parquet(pd.DataFrame({"user_id": ["a", "b", "a"], "age": [1.0, 2.0, 3.0]}), users)
     items = pa.table({"item_id": ["i0"], "idx": pa.array([0], pa.int64())})
     log = pd.DataFrame({"user_id": ["a"], "item_id": ["i0"], "rating": [1.0], "timestamp": [1]})
-    with World(log, [], end=100) as w, pytest.raises(DataError, match="duplicate id 'a'"):
+    with World(log, None, end=100) as w, pytest.raises(DataError, match="duplicate id 'a'"):
         w.choose(2, 1, dynamic=False)
         w.export(tmp_path, users, items, 0, 1)
 
@@ -262,29 +283,33 @@ def test_an_engine_out_of_memory_names_the_param_to_raise():
     """What cannot spill (here one list of 5M strings) fails with the knob and a value to try,
     not with DuckDB's bare message."""
     log = pd.DataFrame({"user_id": ["a"], "item_id": ["i0"], "rating": [1.0], "timestamp": [1]})
-    with World(log, [], end=100, memory_mb=16) as w, pytest.raises(
+    with World(log, None, end=100, memory_mb=16) as w, pytest.raises(
             ParamsError, match=r"out of its 16 MB \(score.engine_memory_mb\).*to 32"):
         w._all("SELECT list(i::VARCHAR || 'padding-padding') FROM range(5000000) t(i)")
 
 
 def test_bad_landing_file_names_file_row_and_column(world, tmp_path):
+    """Under policy fail the first bad landing row stops the batch, naming file, row and
+    column; a file that cannot be read at all fails under either policy."""
     landing = tmp_path / "landing"
     landing.mkdir()
     bad = landing / "2024-03-10.csv"
-    bad.write_text("user_id,item_id,rating,timestamp\nh,i01,4,1710000000\nh,i02,x,1710000001\n")
+    night = _ts("2024-03-10T08:00:00")
+    bad.write_text(f"user_id,item_id,rating,timestamp\nh,i01,4,{night}\nh,i02,x,{night + 1}\n")
     with pytest.raises(DataError) as err:
-        _run({**world, "landing": landing}, tmp_path / "out")
+        stage.run(_params({**world, "landing": landing}), ValidateParams(policy="fail"),
+                  IngestParams(), world["validated"], world["models"], tmp_path / "out", AS_OF)
     msg = str(err.value)
-    assert str(bad) in msg and "row 2" in msg and "'rating'" in msg
-    bad.write_text("user_id,item,rating,timestamp\nh,i01,4,1710000000\n")
-    with pytest.raises(DataError, match="missing column.*item_id"):
+    assert str(bad) in msg and "row 2" in msg and "'rating'" in msg and "NaN" in msg
+    bad.write_text(f"user_id,item,rating,timestamp\nh,i01,4,{night}\n")
+    with pytest.raises(DataError, match="column 'item_id': required column missing"):
         _run({**world, "landing": landing}, tmp_path / "out")
     bad.unlink()
     binary = landing / "2024-03-10.parquet"  # ids stored as bytes, not text
     pq.write_table(pa.table({"user_id": pa.array([b"h", b"h"], pa.binary()),
                              "item_id": ["i01", "i02"], "rating": [4.0, 3.0],
-                             "timestamp": [1710000000, 1710000001]}), binary)
-    with pytest.raises(DataError, match=r"row 1, column 'user_id'.*non-string id"):
+                             "timestamp": [night, night + 1]}), binary)
+    with pytest.raises(DataError, match=r"column 'user_id'.*bytes"):
         _run({**world, "landing": landing}, tmp_path / "out")
     assert not (tmp_path / "out" / AS_OF).exists()
 
@@ -367,7 +392,7 @@ def test_catalogue_scores_match_the_predictor(world, tmp_path, interaction):
     state = predictor.adapt(tasks)
     key = predictor.rank(state)
     items = torch.arange(len(data.items)).expand(len(tasks), -1)
-    rating = predictor.algorithm.model.to_rating(key)
+    rating = predictor.learner.model.to_rating(key)
     torch.testing.assert_close(rating, predictor.rate(state, items), rtol=0, atol=1e-5)
 
 
@@ -610,12 +635,12 @@ def test_verify_batch_catches_an_edited_manifest(world, tmp_path):
 
 def test_verify_batch_names_changed_inputs(world, tmp_path):
     out = _run(world, tmp_path / "recs")
-    (world["models"] / "maml.pt").rename(tmp_path / "kept.pt")
+    (world["models"] / "seed0/maml.pt").rename(tmp_path / "kept.pt")
     try:
         with pytest.raises(VerifyError, match=r"maml\.pt: missing(.|\n)*dvc pull"):
             stage.verify(out)
     finally:
-        (tmp_path / "kept.pt").rename(world["models"] / "maml.pt")
+        (tmp_path / "kept.pt").rename(world["models"] / "seed0/maml.pt")
     extra = world["landing"] / "2024-03-09.csv"
     extra.write_text("user_id,item_id,rating,timestamp\nz,i01,4,1709980000\n")
     try:
@@ -634,14 +659,14 @@ def test_crash_leaves_no_partial_batch(world, tmp_path, monkeypatch):
         Path(path).write_bytes(b"PAR1 half")
         raise OSError("disk full")
 
-    monkeypatch.setattr(scoring_batch, "write_parquet_stream", broken)
+    monkeypatch.setattr(scoring_publish, "write_parquet_stream", broken)
     with pytest.raises(OSError, match="disk full"):
         _run(world, out)
     assert list(out.iterdir()) == []  # no batch, no temporary folder
     monkeypatch.undo()
     first = _run(world, out)
     before = (first / "recommendations.parquet").read_bytes()
-    monkeypatch.setattr(scoring_batch, "write_json", lambda *a, **k: (_ for _ in ()).throw(
+    monkeypatch.setattr(scoring_publish, "write_json", lambda *a, **k: (_ for _ in ()).throw(
         OSError("crash before the manifest")))
     with pytest.raises(OSError, match="crash before"):
         _run(world, out, top_k=3)
@@ -661,7 +686,7 @@ def test_cli_score_writes_the_batch_and_fails_cleanly(world, tmp_path):
     assert sorted(recs["user_id"].unique()) == ["a", "b", "e", "g", "h"]
     assert (recs.groupby("user_id").size() == 4).all()
     missing = CliRunner().invoke(app, [*args[:5], "--models", str(tmp_path), *args[7:]])
-    assert missing.exit_code == 2 and "metarec train" in missing.output
+    assert missing.exit_code == 2 and "dvc repro train" in missing.output
     bad_date = CliRunner().invoke(app, ["score", "--as-of", "10/03/2024", "--params",
                                         str(params)])
     assert bad_date.exit_code == 2 and "YYYY-MM-DD" in bad_date.output
@@ -679,7 +704,7 @@ def test_ridge_scores_match_its_predict(world, tmp_path):
     state = predictor.adapt(tasks)
     key = predictor.rank(state)
     items = torch.arange(len(data.items)).expand(len(tasks), -1)
-    model = predictor.algorithm.model
+    model = predictor.learner.model
     torch.testing.assert_close(key.clamp(model.rating_min, model.rating_max),
                                predictor.rate(state, items), rtol=0, atol=1e-5)
 
@@ -699,15 +724,18 @@ def test_item_side_adaptation_ranks_in_item_blocks(world, tmp_path, monkeypatch)
     state = predictor.adapt(tasks)
     key = predictor.rank(state)
     items = torch.arange(len(data.items)).expand(len(tasks), -1)
-    torch.testing.assert_close(predictor.algorithm.model.to_rating(key),
+    torch.testing.assert_close(predictor.learner.model.to_rating(key),
                                predictor.rate(state, items), rtol=0, atol=1e-5)
 
 
-def test_chunk_ranges_concatenate_to_the_whole_table(world):
+def test_chunk_ranges_concatenate_to_the_whole_table(world, tmp_path):
     params = _params(world, dynamic=True, chunk_users=2, model="maml")
-    inputs = scoring_batch.resolve(params, world["validated"], world["models"], AS_OF)
-    whole, stats = scoring_batch.recommend(inputs)
-    parts = [scoring_batch.recommend(inputs, range(lo, hi))[0] for lo, hi in [(0, 1), (1, 3)]]
+    inputs = scoring_inputs.resolve(params, world["validated"], world["models"], AS_OF)
+    with pytest.raises(RuntimeError, match="only after check_day validated them"):
+        scoring_stream.recommend(inputs)        # a landing row is never read unchecked
+    inputs = scoring_inputs.check_day(inputs, tmp_path)
+    whole, stats = scoring_stream.recommend(inputs)
+    parts = [scoring_stream.recommend(inputs, range(lo, hi))[0] for lo, hi in [(0, 1), (1, 3)]]
     import pyarrow as pa
 
     assert pa.concat_tables(parts).combine_chunks().equals(whole.combine_chunks())

@@ -267,6 +267,19 @@ def test_the_episodes_stage_writes_the_vectors_and_later_stages_read_them(tmp_pa
     cols = [data.items.num_names.index(f"title#{j}") for j in range(8)]
     np.testing.assert_array_equal(data.items.numeric[:, cols].numpy(),
                                   encode_text(titles, "hashed", 8))
+    # the nightly scoring reads the stage's cache (score.text_cache): the same vectors, and
+    # the validated item table's titles are all there, so the encoder never runs
+    from metarec.scoring.stream import _encode, _text_cache
+
+    validated = pd.read_parquet(tmp_path / "validated" / "items.parquet")
+    vocab = data.vocab["items"]
+    cache = _text_cache(vocab, str(tmp_path / "keep"))
+    assert cache is not None and _text_cache(vocab, str(tmp_path / "none")) is None
+    scored = _encode(validated, "item_id", pd.Index([]), vocab, cache)
+    assert calls == []
+    np.testing.assert_array_equal(scored.numeric.numpy(),
+                                  _encode(validated, "item_id", pd.Index([]), vocab).numeric)
+    assert calls == [len(validated)]              # without the cache: every title encoded
 
 
 def _described_project(tmp_path, titles: dict[str, str], encoder: str = USE_MULTILINGUAL

@@ -13,11 +13,11 @@ import pytest
 import torch
 from conftest import small_params
 
-from metarec import algorithms
+from metarec import algorithms, fitting
+from metarec.checkpoint import read_checkpoint
 from metarec.config import TrainParams
 from metarec.data.tasks import load_episodes
 from metarec.errors import ParamsError
-from metarec.meta.checkpoint import read_checkpoint
 from metarec.models.base import FitContext
 from metarec.stages import episodes, ingest, train, validate
 from metarec.workers import Workers
@@ -89,7 +89,7 @@ def test_a_fit_that_reads_no_seed_is_the_same_for_every_seed(project: dict[str, 
     are equal; a seeded one (biased_mf, its ALS start) is not."""
     data = load_episodes(project["root"] / "episodes")
     train_params = project["params"].train
-    free = [n for n in algorithms.names() if not algorithms.get(n).seeded]
+    free = [n for n in algorithms.names() if not algorithms.get(n).capabilities.seeded]
     assert {"ease", "itemknn", "most_popular", "item_mean"} <= set(free)
 
     def fit(name: str, seed: int) -> dict[str, Any]:
@@ -107,11 +107,9 @@ def test_a_fit_that_reads_no_seed_is_the_same_for_every_seed(project: dict[str, 
 
 
 def test_jobs_keep_requirements_together_and_put_the_longest_first() -> None:
-    names = train.fit_order(TrainParams(
-        algorithms=("fomaml", "maml", "ridge"),
-        baselines=("global_mean", "item_mean", "item_user_bias", "biased_mf", "pretrain",
-                   "finetune")))
-    jobs = train.plan_jobs(names, (0, 1))
+    names = algorithms.fit_order(["global_mean", "item_mean", "item_user_bias", "biased_mf",
+                                  "pretrain", "finetune", "fomaml", "maml", "ridge"])
+    jobs = fitting.plan_jobs(names, (0, 1))
     assert [(j.seeds, j.names) for j in jobs] == [
         ((0,), ("maml",)), ((1,), ("maml",)),                       # second order first
         ((0,), ("pretrain", "finetune")), ((0,), ("fomaml",)), ((0,), ("ridge",)),

@@ -31,9 +31,9 @@ def repo(synthetic_project: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     src = synthetic_project["root"]
     repo = tmp_path / "repo"
     shutil.copytree(src / "validated", repo / "data/validated")
-    (repo / "models").mkdir(parents=True)
+    (repo / "models/seed0").mkdir(parents=True)
     for name in ("maml.pt", "reptile.pt"):
-        shutil.copy(src / "models/seed0" / name, repo / "models" / name)
+        shutil.copy(src / "models/seed0" / name, repo / "models/seed0" / name)
     _sh("git", "init", "-q", cwd=repo)
     _sh("git", "config", "user.email", "t@t", cwd=repo)
     _sh("git", "config", "user.name", "t", cwd=repo)
@@ -47,15 +47,17 @@ def repo(synthetic_project: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 def _batch(synthetic_project: dict) -> Path:
     p = dataclasses.replace(synthetic_project["params"].score, model="maml")
-    return score.run(p, "data/validated", "models", "data/recommendations", "1998-11-01")
+    params = synthetic_project["params"]
+    return score.run(p, params.validate, params.ingest, "data/validated", "models",
+                     "data/recommendations", "1998-11-01")
 
 
 def _retrain(repo: Path) -> str:
     """Replace the model's bytes (another checkpoint) and record the new version in DVC."""
-    old = sha256_file(repo / "models/maml.pt")
-    shutil.copy(repo / "models/reptile.pt", repo / "models/maml.pt")
+    old = sha256_file(repo / "models/seed0/maml.pt")
+    shutil.copy(repo / "models/seed0/reptile.pt", repo / "models/seed0/maml.pt")
     _sh(str(BIN / "dvc"), "add", "-q", "models", cwd=repo)
-    assert sha256_file(repo / "models/maml.pt") != old
+    assert sha256_file(repo / "models/seed0/maml.pt") != old
     return old
 
 
@@ -63,16 +65,17 @@ def test_verify_restores_retrained_inputs_from_the_cache(repo: Path, synthetic_p
                                                          ) -> None:
     batch = _batch(synthetic_project)
     manifest = read_json(batch / "manifest.json")
-    assert set(manifest["dvc_md5"]) >= {"models/maml.pt", "data/validated/interactions.parquet"}
+    assert set(manifest["dvc_md5"]) >= {"models/seed0/maml.pt",
+                                        "data/validated/interactions.parquet"}
     now = _retrain(repo)
-    assert now != sha256_file(repo / "models/maml.pt")
+    assert now != sha256_file(repo / "models/seed0/maml.pt")
     score.verify(batch)                               # restored from .dvc/cache by md5
-    assert sha256_file(repo / "models/maml.pt") != manifest["model_sha256"]   # tree untouched
+    assert sha256_file(repo / "models/seed0/maml.pt") != manifest["model_sha256"]   # tree untouched
     assert not list(repo.glob(".metarec-verify-*"))   # the temporary folder is gone
     # the old version gone from the cache and no remote: named, with its address
-    md5 = manifest["dvc_md5"]["models/maml.pt"]
+    md5 = manifest["dvc_md5"]["models/seed0/maml.pt"]
     (repo / ".dvc/cache/files/md5" / md5[:2] / md5[2:]).unlink()
-    with pytest.raises(VerifyError, match=rf"models/maml\.pt \(md5 {md5}\)"):
+    with pytest.raises(VerifyError, match=rf"models/seed0/maml\.pt \(md5 {md5}\)"):
         score.verify(batch)
 
 

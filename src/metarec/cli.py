@@ -12,11 +12,12 @@ import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 
-from metarec.errors import MetarecError
+from metarec.errors import MetarecError, ParamsError
 from metarec.params import load_params
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -45,55 +46,86 @@ def _fail(exc: Exception) -> None:
 
 
 @contextlib.contextmanager
-def reported() -> Iterator[None]:
-    """A metarec error becomes one red line and exit code 2 (never a traceback)."""
+def reported(stage: str | None = None, params: Path | None = None) -> Iterator[None]:
+    """A metarec error becomes one red line and exit code 2 (never a traceback). A pipeline
+    ``stage`` first checks that dvc.yaml (beside ``params``) tracks what it will read."""
     try:
+        if stage is not None and params is not None:
+            from metarec import pipeline
+
+            pipeline.check_stage(stage, params)
         yield
     except MetarecError as exc:
         _fail(exc)
 
 
+def _from_dvc(stage: str, **given: Path | None) -> dict[str, Path]:
+    """Each path option not given on the command line, read from ``stage``'s command in
+    ./dvc.yaml: the one place the pipeline's paths are written (``inp`` is ``--in``)."""
+    from metarec import pipeline
+
+    here = Path("dvc.yaml")
+    opts = pipeline.stage_options(Path("."), stage) if here.is_file() else {}
+    out = {}
+    for name, value in given.items():
+        flag = "in" if name == "inp" else name
+        if value is None:
+            if flag not in opts:
+                raise ParamsError(f"metarec {stage}: give --{flag} (no dvc.yaml here names it)")
+            value = Path(opts[flag])
+        out[name] = value
+    return out
+
+
+def _dvc(help_text: str, flag: str | None = None) -> Any:
+    """A path option whose default is the dvc.yaml stage's own (see :func:`_from_dvc`)."""
+    names = (flag,) if flag else ()
+    return typer.Option(None, *names, help=f"{help_text} (default: from dvc.yaml)")
+
+
 @app.command()
 def ingest(
-    out: Path = typer.Option(Path("data/canonical"), help="folder for the canonical tables"),
+    out: Path | None = _dvc("folder for the canonical tables"),
     params: Path = PARAMS,
 ) -> None:
     """Fetch or read the data source named in params.yaml; write canonical Parquet tables."""
     from metarec.stages import ingest as stage
 
-    with reported():
-        stage.run(load_params(params).ingest, out)
+    with reported("ingest", params):
+        paths = _from_dvc("ingest", out=out)
+        stage.run(load_params(params).ingest, paths["out"])
 
 
 @app.command()
 def validate(
-    inp: Path = typer.Option(Path("data/canonical"), "--in", help="canonical tables"),
-    out: Path = typer.Option(Path("data/validated"), help="folder for the validated tables"),
-    quarantine: Path = typer.Option(Path("data/quarantine"), help="folder for rejected rows"),
-    report: Path = typer.Option(Path("reports/validation"), help="summary JSON + Markdown"),
+    inp: Path | None = _dvc("canonical tables", "--in"),
+    out: Path | None = _dvc("folder for the validated tables"),
+    quarantine: Path | None = _dvc("folder for rejected rows"),
+    report: Path | None = _dvc("summary JSON + Markdown"),
     params: Path = PARAMS,
 ) -> None:
     """Check the canonical tables with Great Expectations; quarantine or fail on bad rows."""
     from metarec.stages import validate as stage
 
-    with reported():
-        stage.run(load_params(params).validate, inp, out, quarantine, report)
+    with reported("validate", params):
+        p = _from_dvc("validate", inp=inp, out=out, quarantine=quarantine, report=report)
+        stage.run(load_params(params).validate, *p.values())
 
 
 @app.command()
 def episodes(
-    inp: Path = typer.Option(Path("data/validated"), "--in", help="validated tables"),
-    out: Path = typer.Option(Path("data/episodes"), help="folder for tasks and vocabularies"),
-    metrics: Path = typer.Option(Path("metrics/data.json"), help="data metrics (DVC)"),
-    report: Path = typer.Option(Path("reports/validation/summary.json"),
-                                help="validation summary (for the quarantine count)"),
+    inp: Path | None = _dvc("validated tables", "--in"),
+    out: Path | None = _dvc("folder for tasks and vocabularies"),
+    metrics: Path | None = _dvc("data metrics (DVC)"),
+    report: Path | None = _dvc("validation summary (for the quarantine count)"),
     params: Path = PARAMS,
 ) -> None:
     """Split users in time and build one support/query task per user and K."""
     from metarec.stages import episodes as stage
 
-    with reported():
-        stage.run(load_params(params).episodes, inp, out, metrics, report)
+    with reported("episodes", params):
+        paths = _from_dvc("episodes", inp=inp, out=out, metrics=metrics, report=report)
+        stage.run(load_params(params).episodes, *paths.values())
 
 
 # -- later stages register below this line (train, evaluate, score, ...) --
@@ -145,59 +177,64 @@ def ui_check(
 
 @app.command()
 def train(
-    episodes: Path = typer.Option(Path("data/episodes"), help="episodes folder"),
-    out: Path = typer.Option(Path("models"), help="folder for checkpoints and training logs"),
-    metrics: Path = typer.Option(Path("metrics/train.json"), help="training metrics (DVC)"),
+    episodes: Path | None = _dvc("episodes folder"),
+    out: Path | None = _dvc("folder for checkpoints and training logs"),
+    metrics: Path | None = _dvc("training metrics (DVC)"),
     params: Path = PARAMS,
 ) -> None:
     """Meta-train every algorithm in params.yaml (+ pretrain/finetune); write checkpoints."""
     from metarec.stages import train as stage
 
-    with reported():
+    with reported("train", params):
+        p = _from_dvc("train", episodes=episodes, out=out, metrics=metrics)
         loaded = load_params(params)
-        stage.run(loaded.model, loaded.train, episodes, out, metrics)
+        stage.run(loaded.model, loaded.train, p["episodes"], p["out"], p["metrics"])
 
 
 @app.command()
 def evaluate(
-    episodes: Path = typer.Option(Path("data/episodes"), help="episodes folder"),
-    models: Path = typer.Option(Path("models"), help="trained models (seed<S>/ folders)"),
-    metrics: Path = typer.Option(Path("metrics/eval.json"), help="evaluation metrics (DVC)"),
-    report: Path = typer.Option(Path("reports/eval"), help="Markdown report and PNG curves"),
-    selection: Path = typer.Option(Path("metrics/selection.json"),
-                                   help="the model score.model: auto serves (DVC)"),
+    episodes: Path | None = _dvc("episodes folder"),
+    models: Path | None = _dvc("trained models (seed<S>/ folders)"),
+    metrics: Path | None = _dvc("evaluation metrics (DVC)"),
+    report: Path | None = _dvc("Markdown report and PNG curves"),
+    selection: Path | None = _dvc("what the nightly batch serves (DVC)"),
     params: Path = PARAMS,
 ) -> None:
     """Score every model on the test tasks: 4 scenarios x K x seeds, with bootstrap CIs."""
     from metarec.stages import evaluate as stage
 
-    with reported():
-        stage.run(load_params(params).evaluate, episodes, models, metrics, report, selection)
+    with reported("evaluate", params):
+        p = _from_dvc("evaluate", episodes=episodes, models=models, metrics=metrics,
+                      report=report, selection=selection)
+        stage.run(load_params(params).evaluate, p["episodes"], p["models"], p["metrics"],
+                  p["report"], p["selection"])
 
 
-# options shared by the scoring commands (score, backfill)
-VALIDATED = typer.Option(Path("data/validated"), "--in", help="validated tables")
-MODELS = typer.Option(Path("models/seed0"), help="folder of checkpoints (<model>.pt)")
-BATCHES = typer.Option(Path("data/recommendations"), help="root of the dated batches")
-SELECTION = typer.Option(Path("metrics/selection.json"),
-                         help="evaluate's choice, read when score.model is auto")
+# options shared by the scoring commands (score, backfill): dvc.yaml's score stage
+VALIDATED = _dvc("validated tables", "--in")
+MODELS = _dvc("trained models (seed<S>/<model>.pt)")
+BATCHES = _dvc("root of the dated batches", "--out")
+SELECTION = _dvc("evaluate's choices: the model, seed and inner steps served")
 
 
 @app.command()
 def score(
     as_of: str | None = typer.Option(None, "--as-of",
                                      help="YYYY-MM-DD (UTC); default params.yaml score.as_of"),
-    inp: Path = VALIDATED,
-    models: Path = MODELS,
-    out: Path = BATCHES,
-    selection: Path = SELECTION,
+    inp: Path | None = VALIDATED,
+    models: Path | None = MODELS,
+    out: Path | None = BATCHES,
+    selection: Path | None = SELECTION,
     params: Path = PARAMS,
 ) -> None:
     """Adapt to the day's cold-start users and write their top-K batch (atomically)."""
     from metarec.stages import score as stage
 
-    with reported():
-        batch = stage.run(load_params(params).score, inp, models, out, as_of, selection)
+    with reported("score", params):
+        d = _from_dvc("score", inp=inp, models=models, out=out, selection=selection)
+        p = load_params(params)
+        batch = stage.run(p.score, p.validate, p.ingest, d["inp"], d["models"], d["out"],
+                          as_of, d["selection"])
     typer.echo(str(batch))
 
 
@@ -205,42 +242,45 @@ def score(
 def backfill(
     first: str = typer.Option(..., "--from", help="first night YYYY-MM-DD (UTC)"),
     last: str = typer.Option(..., "--to", help="last night YYYY-MM-DD (UTC), inclusive"),
-    inp: Path = VALIDATED,
-    models: Path = MODELS,
-    out: Path = BATCHES,
-    selection: Path = SELECTION,
+    inp: Path | None = VALIDATED,
+    models: Path | None = MODELS,
+    out: Path | None = BATCHES,
+    selection: Path | None = SELECTION,
     params: Path = PARAMS,
 ) -> None:
     """Write the batch of every night from --from to --to (the bytes `score` gives each)."""
     from metarec.stages import score as stage
 
     with reported():
-        batches = stage.backfill(load_params(params).score, inp, models, out, first, last,
-                                 selection)
+        d = _from_dvc("score", inp=inp, models=models, out=out, selection=selection)
+        p = load_params(params)
+        batches = stage.backfill(p.score, p.validate, p.ingest, d["inp"], d["models"],
+                                 d["out"], first, last, d["selection"])
     for batch in batches:
         typer.echo(str(batch))
 
 
 @app.command()
 def backtest(
-    inp: Path = typer.Option(Path("data/validated"), "--in", help="validated tables"),
-    episodes: Path = typer.Option(Path("data/episodes"), help="episodes (training cut-off)"),
-    models: Path = typer.Option(Path("models/seed0"),
-                                help="folder of checkpoints (<model>.pt)"),
-    selection: Path = typer.Option(Path("metrics/selection.json"),
-                                   help="evaluate's choice and validation scores"),
-    metrics: Path = typer.Option(Path("metrics/backtest.json"), help="summary JSON"),
-    report: Path = typer.Option(Path("reports/backtest"), help="plot, table, per-user rows"),
+    inp: Path | None = VALIDATED,
+    episodes: Path | None = _dvc("episodes (training cut-off)"),
+    models: Path | None = MODELS,
+    selection: Path | None = SELECTION,
+    metrics: Path | None = _dvc("summary JSON"),
+    report: Path | None = _dvc("plot, table, per-user rows"),
     params: Path = PARAMS,
 ) -> None:
     """Replay the nights of params' backtest window; judge each batch on the next days."""
-    from metarec.scoring.backtest import markdown
+    from metarec.backtest.report import markdown
     from metarec.stages import backtest as stage
 
-    with reported():
+    with reported("backtest", params):
+        d = _from_dvc("backtest", inp=inp, episodes=episodes, models=models,
+                      selection=selection, metrics=metrics, report=report)
         p = load_params(params)
-        summary = stage.run(p.backtest, p.score, p.episodes, p.model, p.train, inp, episodes,
-                            models, selection, metrics, report)
+        summary = stage.run(p.backtest, p.score, p.validate, p.ingest, p.episodes, p.model,
+                            p.train, d["inp"], d["episodes"], d["models"], d["selection"],
+                            d["metrics"], d["report"])
     typer.echo(markdown(summary))
 
 
@@ -261,14 +301,15 @@ def verify_batch(
 def show_user(
     user: str = typer.Argument(..., help="a user id"),
     as_of: str = typer.Option(..., "--as-of", help="the batch date YYYY-MM-DD"),
-    inp: Path = typer.Option(Path("data/validated"), "--in", help="validated tables"),
-    batches: Path = typer.Option(Path("data/recommendations"), help="root of the batches"),
+    inp: Path | None = VALIDATED,
+    batches: Path | None = BATCHES,
 ) -> None:
     """Print a user's history and that night's recommendations, with titles and reasons."""
     from metarec.scoring.show import show_user as lines_for
 
     with reported():
-        for line in lines_for(user, as_of, inp, batches):
+        d = _from_dvc("score", inp=inp, out=batches)
+        for line in lines_for(user, as_of, d["inp"], d["out"]):
             typer.echo(line)
 
 
@@ -283,8 +324,8 @@ def readme_results(
 ) -> None:
     """Regenerate a results section of the README from metrics files (never typed by hand)."""
     from metarec.errors import ParamsError
-    from metarec.eval.readme import BACKTEST, backtest_markdown, results_markdown, update_readme
     from metarec.io import read_json
+    from metarec.readme import BACKTEST, backtest_markdown, results_markdown, update_readme
 
     with reported():
         if section == "results":
@@ -302,11 +343,11 @@ def dag(
     dvc_yaml: Path = typer.Option(Path("dvc.yaml"), "--dvc-yaml", help="pipeline file"),
 ) -> None:
     """Check (or --write) dvc.yaml's code and params dependencies against the code."""
-    from metarec import dag as pipeline_dag
+    from metarec import pipeline
 
     if write:
-        pipeline_dag.write(dvc_yaml)
-    problems = pipeline_dag.check(dvc_yaml)
+        pipeline.write(dvc_yaml)
+    problems = pipeline.check(dvc_yaml)
     for line in problems:
         console.print(f"[red]{line}[/]")
     if problems:

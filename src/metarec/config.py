@@ -15,15 +15,27 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from metarec.schema import bounded, build, params_hash, to_dict
+from metarec.schema import Keys, bounded, build, params_hash, to_dict
 
 __all__ = ["bounded", "params_hash", "parse_params", "to_dict"]
 
 # Interactions are read, checked and written this many rows at a time (ingest, validate,
 # episodes): memory follows the batch, not the log; outputs are the same bytes for any size.
 BATCH_ROWS = 2**22
+SAME_BYTES = "the outputs are the same bytes for any value"   # a ``neutral`` knob's reason
+
+
+class Section:
+    """A params section. ``inputs`` names the files and folders it points its stage at (the
+    user's own data): DVC dependencies of that stage, derived by :mod:`metarec.dag`. Fields
+    with ``neutral`` in their metadata change how a stage runs, never what it writes, and are
+    no DVC params (changing them reruns nothing)."""
+
+    def inputs(self) -> dict[str, str]:
+        """{params key: path} of the data this section names."""
+        return {}
 
 
 # --------------------------------------------------------------------------------------------
@@ -31,7 +43,7 @@ BATCH_ROWS = 2**22
 
 
 @dataclass(frozen=True)
-class TableSource:
+class TableSource(Section):
     """The user's own interaction log (Parquet or CSV) and optional feature tables."""
 
     interactions: str | None = None
@@ -55,7 +67,7 @@ class TableSource:
 
 
 @dataclass(frozen=True)
-class SyntheticText:
+class SyntheticText(Section):
     """Item descriptions in several languages, users' taste planted on their topics
     (:mod:`metarec.data.sources.multilingual`); no languages = no descriptions."""
 
@@ -69,7 +81,7 @@ class SyntheticText:
 
 
 @dataclass(frozen=True)
-class SyntheticSource:
+class SyntheticSource(Section):
     """Seeded generator with planted latent structure (for tests and benchmarks)."""
 
     users: int = bounded(2000, 1)
@@ -87,20 +99,32 @@ class SyntheticSource:
     platforms: int = bounded(0, 0)
     platform_shift: float = bounded(0.5, 0.0)
     platform_share: float = bounded(0.5, 0.0, 1.0)
+    label: Literal["explicit", "count"] = "explicit"
     text: SyntheticText = field(default_factory=SyntheticText)
     seed: int = 0
 
 
 @dataclass(frozen=True)
-class IngestParams:
+class IngestParams(Section):
     source: Literal["movielens-100k", "movielens-1m", "movielens-latest", "table",
                     "synthetic"] = "movielens-100k"
     path: str | None = None
-    cache_dir: str = ".cache/metarec"
-    allow_download: bool = True
+    cache_dir: str = field(default=".cache/metarec", metadata={"neutral": SAME_BYTES})
+    allow_download: bool = field(default=True, metadata={"neutral": SAME_BYTES})
     table: TableSource = field(default_factory=TableSource)
     synthetic: SyntheticSource = field(default_factory=SyntheticSource)
-    batch_rows: int = bounded(BATCH_ROWS, 1)
+    batch_rows: int = bounded(BATCH_ROWS, 1, neutral=SAME_BYTES)
+
+    def inputs(self) -> dict[str, str]:
+        """The user's log and feature tables (table source), or a local MovieLens copy."""
+        if self.source == "table":
+            return {f"ingest.table.{k}": v for k in ("interactions", "users", "items")
+                    if (v := getattr(self.table, k)) is not None}
+        return {"ingest.path": self.path} if self.path is not None else {}
+
+
+# what the nightly batch reads of ``ingest``: how landing files are read (the log's format)
+LandingSource = Annotated[IngestParams, Keys("source", "table")]
 
 
 # --------------------------------------------------------------------------------------------
@@ -108,14 +132,14 @@ class IngestParams:
 
 
 @dataclass(frozen=True)
-class ValidateParams:
+class ValidateParams(Section):
     """Row policy and plausibility bounds of the validate stage (dates naive = UTC)."""
 
     policy: Literal["fail", "quarantine"] = "quarantine"
     min_timestamp: str = "1990-01-01"
     max_timestamp: str | None = None
     examples: int = bounded(5, 0)
-    batch_rows: int = bounded(BATCH_ROWS, 1)
+    batch_rows: int = bounded(BATCH_ROWS, 1, neutral=SAME_BYTES)
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,7 +147,7 @@ class ValidateParams:
 
 
 @dataclass(frozen=True)
-class EpisodesParams:
+class EpisodesParams(Section):
     protocol: Literal["temporal", "melu", "predefined"] = "temporal"
     split_fractions: tuple[float, float, float] = bounded((0.7, 0.1, 0.2), 0.0, 1.0)
     support_sizes: tuple[int, ...] = bounded((1, 3, 5, 10, 20), 1, nonempty=True)
@@ -140,9 +164,16 @@ class EpisodesParams:
     text_encoder: str = "none"
     text_dim: int = bounded(32, 1)
     cross_max: int = bounded(20, 0)
-    text_cache: str | None = ".cache/metarec/text"
-    batch_rows: int = bounded(BATCH_ROWS, 1)
+    text_cache: str | None = field(default=".cache/metarec/text",
+                                   metadata={"neutral": SAME_BYTES})
+    batch_rows: int = bounded(BATCH_ROWS, 1, neutral=SAME_BYTES)
     seed: int = 0
+
+    def inputs(self) -> dict[str, str]:
+        """The file assigning users to splits (predefined protocol)."""
+        if self.protocol == "predefined" and self.predefined_path is not None:
+            return {"episodes.predefined_path": self.predefined_path}
+        return {}
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,7 +181,7 @@ class EpisodesParams:
 
 
 @dataclass(frozen=True)
-class ModelParams:
+class ModelParams(Section):
     interaction: Literal["mlp", "dot"] = "dot"
     embedding_dim: int = bounded(32, 1)
     hidden: tuple[int, ...] = bounded((64, 64), 1)
@@ -161,7 +192,7 @@ class ModelParams:
 
 
 @dataclass(frozen=True)
-class ObjectiveParams:
+class ObjectiveParams(Section):
     """What the gradient meta-learners (and pretrain) minimise, inner and outer loop."""
 
     ranking_weight: float = bounded(1.0, 0.0)
@@ -174,7 +205,7 @@ class ObjectiveParams:
 
 
 @dataclass(frozen=True)
-class TrainParams:
+class TrainParams(Section):
     """What every algorithm's training shares; each algorithm's own knobs are in
     ``sections[<name>]`` (params.yaml ``train.<name>:``), parsed by that algorithm's dataclass."""
 
@@ -183,7 +214,8 @@ class TrainParams:
     algorithms: tuple[str, ...] = ("maml", "fomaml", "reptile", "metasgd", "metadropout",
                                    "ridge")
     baselines: tuple[str, ...] = ("global_mean", "item_mean", "user_mean", "item_user_bias",
-                                  "biased_mf", "pretrain", "finetune")
+                                  "biased_mf", "most_popular", "itemknn", "ease", "pretrain",
+                                  "finetune")
     inner_steps: int = bounded(5, 0)
     inner_lr: float = bounded(0.05, 0.0)
     meta_batch: int = bounded(32, 1)
@@ -205,7 +237,7 @@ class TrainParams:
     devices: int = bounded(1, 1)
     num_nodes: int = bounded(1, 1)
     seeds: tuple[int, ...] = bounded((0, 1, 2), nonempty=True)
-    workers: int = bounded(1, 1)
+    workers: int = bounded(2, 1, neutral=SAME_BYTES)
     threads: int = bounded(1, 1)
     text_ablation: bool = False
     seed: int = field(default=0, metadata={"internal": "set per run from train.seeds"})
@@ -222,7 +254,7 @@ class TrainParams:
 
 
 @dataclass(frozen=True)
-class EvaluateParams:
+class EvaluateParams(Section):
     inner_steps_grid: tuple[int, ...] = bounded((1, 3, 5, 10, 20), 0, nonempty=True)
     curve_k: int = bounded(5, 1)
     ensemble_size: int = bounded(2, 0)
@@ -231,15 +263,17 @@ class EvaluateParams:
     catalogue_k: int = bounded(20, 1)
     query_ndcg_ks: tuple[int, ...] = bounded((1, 3, 5), 1, nonempty=True)
     item_cold_catalogue: Literal["new", "all"] = "new"
-    workers: int = bounded(1, 1)
+    exclude_history: bool = True
+    workers: int = bounded(2, 1, neutral=SAME_BYTES)
     threads: int = bounded(1, 1)
 
 
 @dataclass(frozen=True)
-class ScoreParams:
+class ScoreParams(Section):
     """Nightly batch: which checkpoint scores which users, and how many items each gets."""
 
     model: str = "auto"
+    seed: int | Literal["auto"] = "auto"
     as_of: str | None = None
     top_k: int = bounded(20, 1)
     max_interactions: int = bounded(20, 1)
@@ -248,16 +282,22 @@ class ScoreParams:
     landing_dir: str | None = None
     dynamic: bool = False
     dynamic_last: int = bounded(20, 1)
-    engine_memory_mb: int = bounded(256, 16)
+    engine_memory_mb: int = bounded(256, 16, neutral=SAME_BYTES)
+    text_cache: str | None = field(default=".cache/metarec/text",
+                                   metadata={"neutral": SAME_BYTES})
+
+    def inputs(self) -> dict[str, str]:
+        """The folder of daily landing files the batches read."""
+        return {"score.landing_dir": self.landing_dir} if self.landing_dir is not None else {}
 
 
 @dataclass(frozen=True)
-class BacktestParams:
+class BacktestParams(Section):
     """Replayed nights judged against what each scored user did in the following days."""
 
     from_date: str | None = None
     to_date: str | None = None
-    every_days: int = bounded(7, 1)
+    every_days: int = bounded(1, 1)
     horizon_days: int = bounded(7, 1)
     k: int = bounded(20, 1)
     popularity_days: int = bounded(30, 1)
@@ -273,7 +313,7 @@ class BacktestParams:
 
 
 @dataclass(frozen=True)
-class PrefectParams:
+class PrefectParams(Section):
     """Where the local Prefect server lives, how tasks retry, how the nightly batch shards."""
 
     host: str = "127.0.0.1"

@@ -1,14 +1,22 @@
-"""The pipeline's code and params dependencies, derived from the code itself.
+"""The pipeline's dependencies, derived from the code and the params themselves.
 
-A stage's code dependencies are the transitive closure of the ``metarec`` modules its entry
-point (``metarec.stages.<stage>``) imports, at module level or inside functions (read from the
-source with :mod:`ast`, nothing is executed). A package that discovers its modules at run time
-(``pkgutil.iter_modules(__path__)``, the algorithm registry) depends on every module in it.
-A stage's params are the sections its ``run`` takes (by their annotated types); every key of
-those sections must be read somewhere in its code closure.
+(:mod:`metarec.pipeline` holds them against ``dvc.yaml``.)
 
-``metarec dag --check`` compares both with ``dvc.yaml`` and names what is missing or extra;
-``metarec dag --write`` rewrites the code dependencies of every stage in ``dvc.yaml`` in place.
+For every stage of ``dvc.yaml``:
+
+- **code**: the transitive closure of the ``metarec`` modules its entry point
+  (``metarec.stages.<stage>``) imports, at module level or inside functions (read from the
+  source with :mod:`ast`, nothing is executed). A package that discovers its modules at run
+  time (``pkgutil.iter_modules(__path__)``, the algorithm registry) depends on every module;
+- **params, per key**: every key of the sections its ``run`` takes (by their annotated types;
+  ``Annotated[Section, Keys(...)]`` narrows a section to the keys named), less the keys marked
+  output-neutral (``neutral`` in the field's metadata: a knob that changes how fast, never
+  what is written, such as ``train.workers``), so such a knob reruns nothing;
+- **data named by params**: the files and folders a section names as inputs (its
+  ``inputs()``: the user's own log and feature tables, a local MovieLens copy, a predefined
+  split, the landing folder), listed after the stage's fixed inputs with a ``# from params``
+  mark, so that an in-place edit of the user's data reruns exactly what reads it.
+
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import yaml
 
 import metarec
 from metarec import config
+from metarec.schema import Keys
 
 PACKAGE_DIR = Path(metarec.__file__).resolve().parent
 SRC = PACKAGE_DIR.parent
@@ -108,32 +117,65 @@ def code_deps(stage: str) -> list[str]:
     return [str(p.resolve().relative_to(root)) for p in closure(f"metarec.stages.{stage}")]
 
 
-def _sections(stage: str) -> list[tuple[str, type]]:
-    """(params.yaml section, dataclass) for each section the stage's ``run`` takes."""
+def _sections(stage: str) -> list[tuple[str, type, tuple[str, ...] | None]]:
+    """(params.yaml section, dataclass, the keys read or None for all) for each section the
+    stage's ``run`` takes."""
     import importlib
 
     run = importlib.import_module(f"metarec.stages.{stage}").run
-    hints = typing.get_type_hints(run)
+    hints = typing.get_type_hints(run, include_extras=True)
     names = {tp: name for name, tp in typing.get_type_hints(config.Params).items()}
     out = []
     for param in inspect.signature(run).parameters:
-        tp = hints.get(param)
+        tp, keys = hints.get(param), None
+        if typing.get_origin(tp) is typing.Annotated:
+            tp, *extra = typing.get_args(tp)
+            keys = next((e.names for e in extra if isinstance(e, Keys)), None)
         if tp in names:
-            out.append((names[tp], tp))
+            out.append((names[tp], tp, keys))
     return out
 
 
-def params_deps(stage: str) -> list[str]:
-    """The params sections ``stage`` reads, as dvc.yaml lists them."""
-    return [name for name, _ in _sections(stage)]
+def _fields(tp: type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(tp) if "internal" not in f.metadata]
+
+
+def params_deps(stage: str, raw: dict[str, Any] | None = None) -> list[str]:
+    """The params keys ``stage`` reads, as dvc.yaml lists them (``section.key``): every key
+    of its sections but the output-neutral ones, and for ``train`` each algorithm's own
+    section. With ``raw`` (params.yaml as parsed), only the keys it holds: DVC refuses a
+    listed key that params.yaml lacks, and a key left to its default is no DVC param until
+    params.yaml names it (then the stage's check asks for ``metarec dag --write``)."""
+    from metarec import algorithms
+
+    out = []
+    for name, tp, keys in _sections(stage):
+        own = [f.name for f in _fields(tp)
+               if "neutral" not in f.metadata and (keys is None or f.name in keys)]
+        if tp is config.TrainParams:
+            own += sorted(n for n, sec in algorithms.param_sections().items()
+                          if sec is not None)
+        given = None if raw is None else (raw.get(name) or {})
+        out += [f"{name}.{k}" for k in own if given is None or k in given]
+    return out
+
+
+def data_deps(stage: str, params: config.Params) -> dict[str, str]:
+    """{path: params key} of the files and folders the stage's sections name as inputs (a
+    section the stage reads only a few keys of, such as the landing format from ``ingest``,
+    adds none)."""
+    out: dict[str, str] = {}
+    for name, _, keys in _sections(stage):
+        if keys is None:
+            for key, path in getattr(params, name).inputs().items():
+                out.setdefault(path, key)
+    return out
 
 
 def _keys(tp: type, prefix: str, sections: dict[str, type | None]) -> list[tuple[str, str]]:
     """(dotted key, attribute name) of every leaf key of section type ``tp``."""
     out = []
-    for f in dataclasses.fields(tp):
-        if "internal" in f.metadata:
-            continue
+    for f in _fields(tp):
         hint = typing.get_type_hints(tp)[f.name]
         if dataclasses.is_dataclass(hint):
             out += _keys(hint, f"{prefix}.{f.name}", {})
@@ -151,74 +193,34 @@ def unread_keys(stage: str) -> list[str]:
 
     text = "\n".join(p.read_text(encoding="utf-8") for p in closure(f"metarec.stages.{stage}"))
     dead = []
-    for name, tp in _sections(stage):
+    for name, tp, keys in _sections(stage):
         extra = algorithms.param_sections() if tp is config.TrainParams else {}
         for key, attr in _keys(tp, name, extra):
+            if keys is not None and key.split(".")[1] not in keys:
+                continue
             if not re.search(rf"\.{attr}\b", text):
                 dead.append(key)
     return dead
 
 
-def declared(dvc_yaml: Path) -> dict[str, dict[str, list[str]]]:
-    """{stage: {"code": [...], "params": [...]}} as ``dvc.yaml`` declares them."""
-    spec = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8"))["stages"]
-    out = {}
-    for stage, body in spec.items():
-        deps = [d for d in body.get("deps", []) if str(d).startswith("src/")]
-        params = [p if isinstance(p, str) else next(iter(p)) for p in body.get("params", [])]
-        out[stage] = {"code": deps, "params": params}
-    return out
+# ---------------------------------------------------------------------------------------------
+# dvc.yaml
 
 
-def check(dvc_yaml: Path) -> list[str]:
-    """Problems: code or params dependencies missing from or extra in ``dvc.yaml``."""
-    have = declared(dvc_yaml)
-    problems = []
-    for stage in STAGES:
-        if stage not in have:
-            problems.append(f"{stage}: stage missing from {dvc_yaml}")
-            continue
-        for kind, want in (("code", code_deps(stage)),
-                           ("params", params_deps(stage))):
-            got = have[stage][kind]
-            for item in sorted(set(want) - set(got)):
-                problems.append(f"{stage}: missing {kind} dependency {item}")
-            for item in sorted(set(got) - set(want)):
-                problems.append(f"{stage}: extra {kind} dependency {item}")
-        problems += [f"{stage}: params key {k} is read by none of its code"
-                     for k in unread_keys(stage)]
-    return problems
+def load_params_file(params_yaml: Path) -> tuple[config.Params, dict[str, Any]]:
+    from metarec.params import parse
+
+    raw = yaml.safe_load(params_yaml.read_text(encoding="utf-8")) or {}
+    return parse(raw), raw
 
 
-def write(dvc_yaml: Path) -> None:
-    """Rewrite each stage's ``src/`` dependencies in ``dvc.yaml`` (other lines untouched)."""
-    lines = dvc_yaml.read_text(encoding="utf-8").splitlines(keepends=True)
-    out: list[str] = []
-    stage: str | None = None
-    in_deps = False
-    for line in lines:
-        m = re.match(r"^  ([A-Za-z_][\w-]*):\s*$", line)
-        if m:
-            stage, in_deps = m.group(1), False
-        if re.match(r"^    deps:\s*$", line):
-            in_deps = True
-            out.append(line)
-            if stage in STAGES:
-                out += [f"      - {d}\n" for d in code_deps(stage)]
-            continue
-        if in_deps and re.match(r"^      - src/", line):
-            continue
-        if in_deps and not re.match(r"^      - ", line):
-            in_deps = False
-        out.append(line)
-    dvc_yaml.write_text("".join(out), encoding="utf-8")
+def derive(stage: str, params_yaml: Path) -> dict[str, Any]:
+    """What ``stage``'s entry in dvc.yaml must list: code, params keys, data named by params."""
+    params, raw = load_params_file(params_yaml)
+    return {"code": code_deps(stage), "params": params_deps(stage, raw),
+            "data": data_deps(stage, params)}
 
 
-def stages_importing(path: Path) -> list[str]:
-    """The stages whose code closure holds ``path``."""
-    path = path.resolve()
-    return [s for s in STAGES if path in {p.resolve() for p in closure(f"metarec.stages.{s}")}]
-
-
-def describe() -> dict[str, Any]:
-    return {s: {"code": code_deps(s), "params": params_deps(s)} for s in STAGES}
+def until(stage: str) -> tuple[str, ...]:
+    """The pipeline's stages up to ``stage``, in order (what a flow runs to reach it)."""
+    return STAGES[:STAGES.index(stage) + 1]

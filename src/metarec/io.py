@@ -201,6 +201,22 @@ def arrow_frame(table: pa.Table) -> pd.DataFrame:
     return table.to_pandas(types_mapper=mapper)
 
 
+def plain(value: Any, digits: int | None = None) -> Any:
+    """A value as plain JSON data: numpy scalars as Python numbers, a NaN as None (a metric a
+    model or the labels do not have), tuples as lists, floats rounded to ``digits``."""
+    if hasattr(value, "item") and not isinstance(value, (list, tuple, dict)):
+        value = value.item()
+    if isinstance(value, (list, tuple)):
+        return [plain(v, digits) for v in value]
+    if isinstance(value, float):
+        if value != value:
+            return None
+        return round(value, digits) if digits is not None else value
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    return str(value)
+
+
 def write_json(obj: Any, path: str | Path) -> Path:
     """Write JSON atomically with sorted keys, so reruns give identical bytes."""
     with atomic_path(path) as tmp:

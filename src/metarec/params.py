@@ -58,11 +58,7 @@ def check(params: Params) -> None:
         if len(set(names)) != len(names):
             raise ParamsError(f"train.{key}: lists an algorithm twice: {list(names)}")
     chosen = set(t.algorithms) | set(t.baselines)
-    for name in sorted(chosen):
-        for needed in algorithms.get(name).requires:
-            if needed not in chosen:
-                raise ParamsError(f"train: {name} is fitted on top of {needed}; add {needed} "
-                                  "to train.baselines or remove " + name)
+    algorithms.fit_order(sorted(chosen))     # every requirement is fitted too
     if params.ingest.source == "synthetic":
         multilingual.check(params.ingest.synthetic)
     e = params.episodes

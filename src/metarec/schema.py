@@ -20,6 +20,18 @@ from typing import Any, Literal
 from metarec.errors import ParamsError
 
 
+@dataclasses.dataclass(frozen=True)
+class Keys:
+    """``Annotated[Section, Keys("a", "b")]`` on a stage's ``run``: it reads only these keys
+    of the section (their values may be whole sub-sections); :mod:`metarec.dag` lists just
+    those as the stage's DVC params."""
+
+    names: tuple[str, ...]
+
+    def __init__(self, *names: str) -> None:
+        object.__setattr__(self, "names", tuple(names))
+
+
 def bounded(default: Any, lo: float | None = None, hi: float | None = None, *,
             nonempty: bool = False, **meta: Any) -> Any:
     """A dataclass field whose value (or every element of a list value) must lie in

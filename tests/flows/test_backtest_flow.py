@@ -10,9 +10,9 @@ from uuid import UUID
 
 from prefect.client.schemas.objects import StateType
 
+from metarec.backtest.plan import trained_until
 from metarec.orchestration import load_flow
 from metarec.params import load_params
-from metarec.scoring.backtest import trained_until
 from metarec.stages import backtest as stage
 
 from .flow_helpers import artifacts, subflow_runs, task_runs, write_params
@@ -51,9 +51,9 @@ def test_backtest_flow_runs_a_subflow_per_night(trained: UUID, project: Path,
 
     # the DVC stage's code path writes the same metrics
     p = load_params(project / "params.yaml")
-    again = stage.run(p.backtest, p.score, p.episodes, p.model, p.train,
+    again = stage.run(p.backtest, p.score, p.validate, p.ingest, p.episodes, p.model, p.train,
                       project / "data/validated",
-                      project / "data/episodes", project / "models/seed0",
+                      project / "data/episodes", project / "models",
                       project / "metrics/selection.json", tmp_path / "backtest.json",
                       tmp_path / "report")
     assert (tmp_path / "backtest.json").read_bytes() == \
@@ -65,8 +65,8 @@ def test_backtest_nights_on_a_dask_cluster_give_the_same_bytes(trained: UUID, pr
                                                               tmp_path: Path) -> None:
     days = _weekly_window(project)
     p = load_params(project / "params.yaml")
-    stage.run(p.backtest, p.score, p.episodes, p.model, p.train, project / "data/validated",
-              project / "data/episodes", project / "models/seed0",
+    stage.run(p.backtest, p.score, p.validate, p.ingest, p.episodes, p.model, p.train,
+              project / "data/validated", project / "data/episodes", project / "models",
               project / "metrics/selection.json", tmp_path / "backtest.json",
               tmp_path / "report")
     state = load_flow("backtest", project)(project_dir=str(project), task_runner="dask",

@@ -26,8 +26,9 @@ FILES = ("recommendations.parquet", "manifest.json")
 def single(trained: UUID, project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same day scored by the score stage in one process (the reference bytes)."""
     out = tmp_path_factory.mktemp("single")
-    return score.run(load_params(project / "params.yaml").score,
-                     str(project / "data/validated"), str(project / "models/seed0"), out, AS_OF,
+    p = load_params(project / "params.yaml")
+    return score.run(p.score, p.validate, p.ingest,
+                     str(project / "data/validated"), str(project / "models"), out, AS_OF,
                      str(project / "metrics/selection.json"))
 
 

@@ -12,12 +12,13 @@ from uuid import UUID
 import pytest
 from prefect.client.schemas.objects import StateType
 
+from metarec import dag
 from metarec.orchestration import load_flow
 from metarec.orchestration import stages as stages_mod
 
 from .flow_helpers import artifacts, flow_run, task_runs, write_params
 
-STAGES = ("ingest", "validate", "episodes", "train", "evaluate")
+STAGES = dag.until("evaluate")
 
 
 def test_training_completes_with_its_artifacts(trained: UUID, project: Path) -> None:
@@ -72,13 +73,22 @@ def test_a_metarec_error_fails_the_flow_without_retries(trained: UUID, project: 
                                        "predefined_path": str(tmp_path / "no-such-split.csv")}})
     state = load_flow("training", broken)(project_dir=str(broken), return_state=True)
     assert state.is_failed()
+    assert "episodes.predefined_path names a file or folder that does not exist" in \
+        state.message
     run_id = state.state_details.flow_run_id
     assert flow_run(run_id).state_type == StateType.FAILED
-    runs = task_runs(run_id)
-    assert runs["episodes"].state_type == StateType.FAILED
-    assert runs["episodes"].run_count == 1  # exit 2 = metarec error: permanent, not retried
-    assert "train" not in runs and runs["validate"].state_type == StateType.COMPLETED
+    runs = task_runs(run_id)           # the pipeline's sync fails before any stage runs
+    assert runs["sync-pipeline"].state_type == StateType.FAILED
+    assert runs["sync-pipeline"].run_count == 1 and "ingest" not in runs
     assert "evaluation-report" not in artifacts(run_id)
+    # a metarec error inside a stage (exit 2) is permanent: one attempt, no retries
+    (tmp_path / "no-such-split.csv").write_text("user_id,split\n")
+    state = load_flow("training", broken)(project_dir=str(broken), return_state=True)
+    assert state.is_failed()
+    runs = task_runs(state.state_details.flow_run_id)
+    assert runs["episodes"].state_type == StateType.FAILED
+    assert runs["episodes"].run_count == 1
+    assert "train" not in runs and runs["validate"].state_type == StateType.COMPLETED
 
 
 def test_bad_params_fail_the_flow_before_any_stage_runs(trained: UUID, project: Path,

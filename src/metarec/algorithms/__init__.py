@@ -56,3 +56,32 @@ def names(kind: str | None = None) -> list[str]:
 def param_sections() -> dict[str, type | None]:
     """name -> the dataclass of its ``train.<name>`` params section (None: it has none)."""
     return {n: cls.Params for n, cls in discover().items()}
+
+
+def requirements(name: str) -> list[str]:
+    """Every algorithm ``name`` is fitted on top of, directly or through another (no order)."""
+    out: list[str] = []
+    todo = list(get(name).requires)
+    while todo:
+        needed = todo.pop()
+        if needed not in out:
+            out.append(needed)
+            todo.extend(get(needed).requires)
+    return out
+
+
+def fit_order(names: list[str]) -> list[str]:
+    """``names`` ordered so that each comes after everything it requires among them (the
+    given order otherwise); a requirement missing from ``names`` is a :class:`ParamsError`
+    naming it."""
+    for name in names:
+        for needed in requirements(name):
+            if needed not in names:
+                raise ParamsError(f"train: {name} is fitted on top of {needed}; add {needed} "
+                                  "to train.baselines or remove " + name)
+    todo, done = list(names), []
+    while todo:
+        ready = next(n for n in todo if all(r in done for r in get(n).requires))
+        todo.remove(ready)
+        done.append(ready)
+    return done

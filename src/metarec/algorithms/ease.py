@@ -17,7 +17,7 @@ from metarec.algorithms import register
 from metarec.config import bounded
 from metarec.data.tasks import TaskBatch
 from metarec.errors import ParamsError
-from metarec.models.base import FitContext
+from metarec.models.base import Capabilities, FitContext
 from metarec.models.statistical import (
     RankingBaseline,
     interaction_matrix,
@@ -39,7 +39,7 @@ class EaseParams:
 @register
 class Ease(RankingBaseline):
     name = "ease"
-    seeded = False      # no random draw: one fit serves every seed
+    capabilities = Capabilities(seeded=False)   # no random draw: one fit serves all seeds
     Params = EaseParams
 
     def __init__(self, weights: torch.Tensor, lam: float = 0.0, window: int = 0) -> None:

@@ -16,9 +16,10 @@ from metarec.algorithms import register
 from metarec.config import bounded
 from metarec.data.tasks import validation_tasks
 from metarec.meta.features import FeatureStore
-from metarec.meta.gradient import MetaAlgorithm
+from metarec.meta.gradient import GradientLearner
 from metarec.meta.predictor import AdaptivePredictor, validation_loss
-from metarec.models.base import FitContext
+from metarec.models.base import Capabilities, FitContext
+from metarec.train.entries import LearnerAlgorithm
 
 log = logging.getLogger(__name__)
 
@@ -29,18 +30,24 @@ class FinetuneParams:
     lrs: tuple[float, ...] = bounded((0.01, 0.05, 0.2), 0.0, nonempty=True)  # learning rates
 
 
+class FineTuneLearner(GradientLearner):
+    """Plain first-order SGD on the support from the pretrained weights: nothing of it is
+    meta-trained (no outer parameters)."""
+
+    first_order = True
+
+    def outer_parameters(self) -> Iterator[nn.Parameter]:
+        return iter(())
+
+
 @register
-class FineTune(MetaAlgorithm):
+class FineTune(LearnerAlgorithm):
     name = "finetune"
     kind = "baseline"
     Params = FinetuneParams
     requires = ("pretrain",)
-    uses_draws = False
-    first_order = True
-    second_order = False
-
-    def outer_parameters(self) -> Iterator[nn.Parameter]:
-        return iter(())
+    learner = FineTuneLearner
+    capabilities = Capabilities(tunable_steps=True, gradient=True, unused_parameters=True)
 
     @classmethod
     def fit(cls, ctx: FitContext) -> AdaptivePredictor:
@@ -49,25 +56,24 @@ class FineTune(MetaAlgorithm):
         data, p = ctx.data, cls.params_of(ctx.train)
         store = FeatureStore(data.users, data.items)
         val = validation_tasks(data)
-        net = pretrained.algorithm.model
+        net = pretrained.learner.model
         grid: dict[str, float] = {}
         best: tuple[float, int, float] | None = None
-        common = {k: v for k, v in pretrained.algorithm.config().items()
-                  if k not in ("adapt", "inner_lr", "inner_steps")}
+        common = {k: v for k, v in pretrained.learner.config().items() if k != "adapt"}
         for steps in p.steps:
             for lr in p.lrs:
-                algo = cls(net, ctx.model.adapt, lr, steps, **common)
-                algo.use_catalogue(store)
-                algo.log_q = pretrained.algorithm.log_q
-                loss = validation_loss(algo, store, val, k=ctx.train.val_ndcg_k)
+                learner = FineTuneLearner(net, ctx.model.adapt, lr, steps, **common)
+                learner.use_catalogue(store)
+                learner.log_q = pretrained.learner.log_q
+                loss = validation_loss(learner, store, val, k=ctx.train.val_ndcg_k)
                 grid[f"steps={steps},lr={lr:g}"] = loss
                 if best is None or loss < best[0]:
                     best = (loss, steps, lr)
         assert best is not None
         loss, steps, lr = best
-        algo = cls(net, ctx.model.adapt, lr, steps, **common)
-        algo.log_q = pretrained.algorithm.log_q
-        algo.network_kwargs = pretrained.algorithm.network_kwargs
+        learner = FineTuneLearner(net, ctx.model.adapt, lr, steps, **common)
+        learner.log_q = pretrained.learner.log_q
+        learner.network_kwargs = pretrained.learner.network_kwargs
         log.info("finetune: chose %d steps, lr %g (val loss %.4f)", steps, lr, loss)
         fit = pretrained.fit_metrics
         metrics: dict[str, Any] = {
@@ -75,4 +81,4 @@ class FineTune(MetaAlgorithm):
             "best_step": fit.get("best_step"), "steps": fit.get("steps"),
             "seconds": round(time.perf_counter() - start, 2),
             "chosen_steps": steps, "chosen_lr": lr, "grid": grid}
-        return AdaptivePredictor(cls.name, algo, store, fit_metrics=metrics)
+        return cls.predictor(learner, data, metrics)

@@ -4,11 +4,16 @@ makes it cheap and trainable data-parallel (DDP)."""
 from __future__ import annotations
 
 from metarec.algorithms import register
-from metarec.meta.gradient import MetaAlgorithm
+from metarec.meta.gradient import GradientLearner
+from metarec.train.entries import FIRST_ORDER, LearnerAlgorithm
+
+
+class FirstOrderLearner(GradientLearner):
+    first_order = True
 
 
 @register
-class FOMAML(MetaAlgorithm):
+class FOMAML(LearnerAlgorithm):
     name = "fomaml"
-    first_order = True
-    second_order = False
+    learner = FirstOrderLearner
+    capabilities = FIRST_ORDER

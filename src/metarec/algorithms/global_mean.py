@@ -6,14 +6,14 @@ import torch
 
 from metarec.algorithms import register
 from metarec.data.tasks import TaskBatch
-from metarec.models.base import FitContext
+from metarec.models.base import Capabilities, FitContext
 from metarec.models.statistical import Baseline, training_ratings
 
 
 @register
 class GlobalMean(Baseline):
     name = "global_mean"
-    seeded = False      # no random draw: one fit serves every seed
+    capabilities = Capabilities(seeded=False)   # no random draw: one fit serves all seeds
 
     @classmethod
     def fit(cls, ctx: FitContext) -> GlobalMean:

@@ -13,7 +13,7 @@ import torch
 from metarec.algorithms import register
 from metarec.config import bounded
 from metarec.data.tasks import TaskBatch
-from metarec.models.base import FitContext
+from metarec.models.base import Capabilities, FitContext
 from metarec.models.statistical import (
     Baseline,
     rows_to_codes,
@@ -31,7 +31,7 @@ class ItemMeanParams:
 @register
 class ItemMean(Baseline):
     name = "item_mean"
-    seeded = False      # no random draw: one fit serves every seed
+    capabilities = Capabilities(seeded=False)   # no random draw: one fit serves all seeds
     Params = ItemMeanParams
 
     def __init__(self, mu: float, rating_range: tuple[float, float], item_resid: torch.Tensor,

@@ -12,14 +12,14 @@ import torch
 
 from metarec.algorithms import register
 from metarec.data.tasks import TaskBatch
-from metarec.models.base import FitContext
+from metarec.models.base import Capabilities, FitContext
 from metarec.models.statistical import Baseline, ShrinkageParams, support_bias, tune_mae
 
 
 @register
 class ItemUserBias(Baseline):
     name = "item_user_bias"
-    seeded = False      # no random draw: one fit serves every seed
+    capabilities = Capabilities(seeded=False)   # no random draw: one fit serves all seeds
     Params = ShrinkageParams   # the user-shrinkage grid (beta_u)
     requires = ("item_mean",)
 

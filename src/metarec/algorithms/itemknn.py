@@ -14,7 +14,7 @@ import torch
 from metarec.algorithms import register
 from metarec.config import bounded
 from metarec.data.tasks import TaskBatch
-from metarec.models.base import FitContext
+from metarec.models.base import Capabilities, FitContext
 from metarec.models.statistical import (
     RankingBaseline,
     interaction_matrix,
@@ -56,7 +56,7 @@ def top_neighbours(x: torch.Tensor, k: int, block: int) -> tuple[torch.Tensor, t
 @register
 class ItemKNN(RankingBaseline):
     name = "itemknn"
-    seeded = False      # no random draw: one fit serves every seed
+    capabilities = Capabilities(seeded=False)   # no random draw: one fit serves all seeds
     Params = ItemKNNParams
 
     def __init__(self, neighbours: torch.Tensor, similarity: torch.Tensor, k: int = 0,

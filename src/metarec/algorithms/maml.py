@@ -4,9 +4,9 @@ through every inner step of every task (batched, :mod:`metarec.meta.gradient`)."
 from __future__ import annotations
 
 from metarec.algorithms import register
-from metarec.meta.gradient import MetaAlgorithm
+from metarec.train.entries import LearnerAlgorithm
 
 
 @register
-class MAML(MetaAlgorithm):
+class MAML(LearnerAlgorithm):
     name = "maml"

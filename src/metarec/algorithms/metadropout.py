@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metarec.algorithms import register
-from metarec.meta.gradient import MetaAlgorithm
+from metarec.meta.gradient import GradientLearner
 from metarec.models.network import PreferenceNet
+from metarec.train.entries import LearnerAlgorithm
 
 
 class MetaDropoutNoise(nn.Module):
@@ -34,11 +35,16 @@ class MetaDropoutNoise(nn.Module):
         return apply
 
 
-@register
-class MetaDropout(MetaAlgorithm):
-    name = "metadropout"
+class MetaDropoutLearner(GradientLearner):
+    """A gradient learner that perturbs the hidden features while it adapts."""
 
     def __init__(self, model: PreferenceNet, adapt: str, inner_lr: float, inner_steps: int,
                  **common: Any) -> None:
         super().__init__(model, adapt, inner_lr, inner_steps, **common)
         self.noise = MetaDropoutNoise(model.hidden_width).to(model.global_bias.dtype)
+
+
+@register
+class MetaDropout(LearnerAlgorithm):
+    name = "metadropout"
+    learner = MetaDropoutLearner

@@ -9,17 +9,17 @@ import torch
 from torch import Tensor, nn
 
 from metarec.algorithms import register
-from metarec.meta.gradient import MetaAlgorithm
+from metarec.meta.gradient import GradientLearner
 from metarec.models.network import PreferenceNet
+from metarec.train.entries import LearnerAlgorithm
 
 
 def _key(name: str) -> str:
     return name.replace(".", "__")
 
 
-@register
-class MetaSGD(MetaAlgorithm):
-    name = "metasgd"
+class MetaSGDLearner(GradientLearner):
+    """A gradient learner whose step size is a learned tensor per adapted parameter."""
 
     def __init__(self, model: PreferenceNet, adapt: str, inner_lr: float, inner_steps: int,
                  **common: Any) -> None:
@@ -30,3 +30,9 @@ class MetaSGD(MetaAlgorithm):
 
     def learning_rates(self) -> dict[str, Tensor | float]:
         return {n: self.lrs[_key(n)] for n in self.adapt_names}
+
+
+@register
+class MetaSGD(LearnerAlgorithm):
+    name = "metasgd"
+    learner = MetaSGDLearner

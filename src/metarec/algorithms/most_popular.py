@@ -16,7 +16,7 @@ import torch
 from metarec.algorithms import register
 from metarec.config import bounded
 from metarec.data.tasks import TaskBatch
-from metarec.models.base import FitContext
+from metarec.models.base import Capabilities, FitContext
 from metarec.models.statistical import RankingBaseline, interaction_matrix, tune_product
 
 
@@ -29,7 +29,7 @@ class MostPopularParams:
 @register
 class MostPopular(RankingBaseline):
     name = "most_popular"
-    seeded = False      # no random draw: one fit serves every seed
+    capabilities = Capabilities(seeded=False)   # no random draw: one fit serves all seeds
     Params = MostPopularParams
 
     def __init__(self, counts: torch.Tensor, window: int = 0,

@@ -19,8 +19,9 @@ from metarec.algorithms import register
 from metarec.config import ModelParams, TrainParams, bounded
 from metarec.data.tasks import EpisodeData
 from metarec.meta.features import TaskSet
-from metarec.meta.gradient import MetaAlgorithm, Params
+from metarec.meta.gradient import GradientLearner, Params
 from metarec.models.network import PreferenceNet
+from metarec.train.entries import FIRST_ORDER, LearnerAlgorithm
 
 
 @dataclass(frozen=True)
@@ -29,12 +30,11 @@ class ReptileParams:
     mode: Literal["interpolate", "adam"] = "adam"       # how theta moves toward mean W
 
 
-@register
-class Reptile(MetaAlgorithm):
-    name = "reptile"
-    Params = ReptileParams
+class ReptileLearner(GradientLearner):
+    """First-order inner loop; the adapted parameters move toward the tasks' mean adapted
+    weights (by the outer optimiser or by interpolation)."""
+
     first_order = True
-    second_order = False
 
     def __init__(self, model: PreferenceNet, adapt: str, inner_lr: float, inner_steps: int,
                  epsilon: float = 1.0, mode: str = "adam", **common: Any) -> None:
@@ -43,20 +43,6 @@ class Reptile(MetaAlgorithm):
             raise ValueError(f"reptile mode must be adam or interpolate, got {mode!r}")
         self.epsilon, self.mode = float(epsilon), mode
         self._pending: Params | None = None
-
-    @classmethod
-    def config_from(cls, model: ModelParams, train: TrainParams,
-                    data: EpisodeData | None = None) -> dict[str, Any]:
-        p = cls.params_of(train)
-        return {**super().config_from(model, train, data), "epsilon": p.epsilon,
-                "mode": p.mode}
-
-    @classmethod
-    def ddp_refusal(cls, train: TrainParams) -> str | None:
-        if cls.params_of(train).mode == "interpolate":
-            return ("train.reptile.mode interpolate updates the weights outside backward, "
-                    "where DDP cannot average the update across processes; use mode: adam")
-        return None
 
     def outer_loss(self, support: TaskSet, query: TaskSet) -> tuple[Tensor, Tensor]:
         theta = self.meta_params()
@@ -84,3 +70,25 @@ class Reptile(MetaAlgorithm):
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "epsilon": self.epsilon, "mode": self.mode}
+
+
+@register
+class Reptile(LearnerAlgorithm):
+    name = "reptile"
+    Params = ReptileParams
+    learner = ReptileLearner
+    capabilities = FIRST_ORDER
+
+    @classmethod
+    def config_from(cls, model: ModelParams, train: TrainParams,
+                    data: EpisodeData | None = None) -> dict[str, Any]:
+        p = cls.params_of(train)
+        return {**super().config_from(model, train, data), "epsilon": p.epsilon,
+                "mode": p.mode}
+
+    @classmethod
+    def ddp_refusal(cls, train: TrainParams) -> str | None:
+        if cls.params_of(train).mode == "interpolate":
+            return ("train.reptile.mode interpolate updates the weights outside backward, "
+                    "where DDP cannot average the update across processes; use mode: adam")
+        return None

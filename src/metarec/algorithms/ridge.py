@@ -10,8 +10,8 @@ diag(lam)^-1)``::
 solved with one batched solve (:func:`metarec.models.linalg.ridge_solve`, differentiable, so
 the query loss trains ``lam``, the prior and the item side end-to-end). An empty support gives
 ``w = w0``: the prediction from features alone. Ratings are ``global_bias + b_i + phi_i . w``,
-clamped to the rating range; the ranking score is the unclamped value. ``inner_steps`` and
-``inner_lr`` are kept for the common interface and do nothing: the solve is exact.
+clamped to the rating range; the ranking score is the unclamped value. The solve is exact:
+there are no inner steps to tune.
 
 Meta-training starts at biased MF (``mf_init``): ALS item factors and biases on the meta-train
 ratings, so step 0 predicts what :mod:`metarec.algorithms.biased_mf` with that ``lam`` does.
@@ -32,10 +32,13 @@ from metarec.algorithms import register
 from metarec.config import ModelParams, TrainParams, bounded
 from metarec.data.tasks import EpisodeData
 from metarec.meta.features import TaskSet
-from metarec.meta.gradient import MetaAlgorithm, Params, masked_mse, task_mean
+from metarec.meta.learner import Learner, Params
+from metarec.meta.losses import masked_mse, task_mean
+from metarec.models.base import Capabilities
 from metarec.models.linalg import fit_als, ridge_solve
 from metarec.models.network import Feats, PreferenceNet
 from metarec.models.statistical import training_ratings
+from metarec.train.entries import LearnerAlgorithm
 
 QUERY_LOSSES = ("mse", "mae", "huber")
 
@@ -52,18 +55,13 @@ class RidgeParams:
     mf_iters: int = bounded(15, 1)                     # ALS iterations of that fit
 
 
-@register
-class RidgeMeta(MetaAlgorithm):
-    name = "ridge"
-    Params = RidgeParams
-    second_order = False  # one backward through a closed-form solve: no inner gradients
-    ddp_unused_parameters = True   # the closed-form head bypasses the network's output layer
+class RidgeLearner(Learner):
+    """The closed-form inner loop: each task's user weights are a ridge fit to its support."""
 
-    def __init__(self, model: PreferenceNet, adapt: str, inner_lr: float, inner_steps: int,
-                 lam: float = 1.0, query_loss: str = "mse", train_item_ids: bool = True,
+    def __init__(self, model: PreferenceNet, adapt: str = "all", lam: float = 1.0,
+                 query_loss: str = "mse", train_item_ids: bool = True,
                  item_features: bool = True, **common: Any) -> None:
-        super().__init__(model, adapt, inner_lr, inner_steps,
-                         **{**common, "objective": None, "fold_in": False})
+        super().__init__(model, adapt, **{**common, "objective": None, "fold_in": False})
         if not item_features and model.item_id is None:
             raise ValueError("ridge item_features=False needs the item-id embedding")
         self.train_item_ids = bool(train_item_ids)
@@ -78,28 +76,6 @@ class RidgeMeta(MetaAlgorithm):
         dim = model.user_proj.out_features + 1
         dtype = model.global_bias.dtype
         self.log_lam = nn.Parameter(torch.full((dim,), math.log(lam), dtype=dtype))
-
-    # --- the registry contract -------------------------------------------------------------
-
-    @classmethod
-    def config_from(cls, model: ModelParams, train: TrainParams,
-                    data: EpisodeData | None = None) -> dict[str, Any]:
-        p = cls.params_of(train)
-        return {**super().config_from(model, train, data), "lam": p.lam,
-                "query_loss": p.query_loss, "train_item_ids": p.train_item_ids,
-                "item_features": p.item_features}
-
-    @classmethod
-    def outer_lr(cls, train: TrainParams) -> float:
-        return cls.params_of(train).outer_lr
-
-    @classmethod
-    def create(cls, data: EpisodeData, model: ModelParams, train: TrainParams) -> RidgeMeta:
-        algo = super().create(data, model, train)
-        p = cls.params_of(train)
-        if p.mf_init:
-            algo.init_from_mf(data, p.mf_reg, p.mf_iters, train.seed)
-        return algo  # type: ignore[return-value]
 
     def init_from_mf(self, data: EpisodeData, reg: float, iters: int, seed: int) -> None:
         """Item-id embedding = ALS factors, item bias = ALS biases, ``item_proj`` reads only
@@ -126,8 +102,6 @@ class RidgeMeta(MetaAlgorithm):
             net.user_proj.bias.zero_()
             net.user_bias.zero_()
             net.global_bias.fill_(mu)
-
-    # --- the learner -----------------------------------------------------------------------
 
     def meta_params(self) -> Params:
         return {"log_lam": self.log_lam}
@@ -218,3 +192,33 @@ class RidgeMeta(MetaAlgorithm):
         return {**base, "lam": float(self.log_lam.detach().exp().mean()),
                 "query_loss": self.query_loss, "train_item_ids": self.train_item_ids,
                 "item_features": self.item_features}
+
+
+@register
+class Ridge(LearnerAlgorithm):
+    name = "ridge"
+    Params = RidgeParams
+    learner = RidgeLearner
+    # one backward through a closed-form solve (no inner gradients, no steps to tune); the
+    # closed-form head bypasses the network's output layer
+    capabilities = Capabilities(gradient=True, uses_draws=True, unused_parameters=True)
+
+    @classmethod
+    def config_from(cls, model: ModelParams, train: TrainParams,
+                    data: EpisodeData | None = None) -> dict[str, Any]:
+        p = cls.params_of(train)
+        return {**super().config_from(model, train, data), "lam": p.lam,
+                "query_loss": p.query_loss, "train_item_ids": p.train_item_ids,
+                "item_features": p.item_features}
+
+    @classmethod
+    def outer_lr(cls, train: TrainParams) -> float:
+        return cls.params_of(train).outer_lr
+
+    @classmethod
+    def create(cls, data: EpisodeData, model: ModelParams, train: TrainParams) -> Learner:
+        learner = super().create(data, model, train)
+        p = cls.params_of(train)
+        if p.mf_init:
+            learner.init_from_mf(data, p.mf_reg, p.mf_iters, train.seed)  # type: ignore
+        return learner

@@ -8,7 +8,7 @@ import torch
 
 from metarec.algorithms import register
 from metarec.data.tasks import TaskBatch
-from metarec.models.base import FitContext
+from metarec.models.base import Capabilities, FitContext
 from metarec.models.statistical import (
     Baseline,
     ShrinkageParams,
@@ -21,7 +21,7 @@ from metarec.models.statistical import (
 @register
 class UserMean(Baseline):
     name = "user_mean"
-    seeded = False      # no random draw: one fit serves every seed
+    capabilities = Capabilities(seeded=False)   # no random draw: one fit serves all seeds
     Params = ShrinkageParams   # the user-shrinkage grid (beta_u)
 
     def __init__(self, mu: float, rating_range: tuple[float, float], shrinkage: float) -> None:

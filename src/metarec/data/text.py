@@ -231,6 +231,13 @@ def encoder_key(encoder: str, dim: int, seed: int) -> str:
     return f"{safe}-s{seed}"
 
 
+def cache_file(folder: str | Path, spec: dict[str, Any]) -> Path:
+    """The file of the cache folder ``folder`` (``episodes.text_cache``) that keeps the
+    vectors of the encoder configuration ``spec`` (a vocabulary's text feature: encoder, dim,
+    seed)."""
+    return Path(folder) / f"{encoder_key(spec['encoder'], spec['dim'], spec['seed'])}.parquet"
+
+
 class TextCache:
     """Vectors of one encoder keyed by their text's content key, in one Parquet file
     (``key`` uint64, ``vector`` float32 list), kept sorted by key so that the same texts

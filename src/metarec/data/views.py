@@ -3,7 +3,7 @@ sees, so that one evaluation can put a model beside itself without that input.
 
 A variant is named by its algorithm, ``~`` and the view (``maml~notext``). The train stage
 fits the variants that ``train.text_ablation`` asks for on the view; the checkpoint records
-the view, and :func:`metarec.meta.checkpoint.from_checkpoint` applies it again, so that the
+the view, and :func:`metarec.checkpoint.from_checkpoint` applies it again, so that the
 variant reads the same features wherever it is loaded (evaluation, nightly scoring).
 """
 

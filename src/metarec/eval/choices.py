@@ -20,12 +20,6 @@ from metarec.data.views import base_name
 from metarec.eval.scoring import catalogue_metric, nanmean, score_batch
 
 
-def inner_loop(model: Any) -> Any:
-    """The adaptive algorithm behind ``model`` whose inner steps can be tuned, or None."""
-    algo = getattr(model, "algorithm", None)
-    return algo if algo is not None and algo.adapts else None
-
-
 def is_baseline(name: str) -> bool:
     """Statistical baselines and the network without meta-learning (pretrain / finetune);
     a variant (``maml~notext``) is what its algorithm is."""
@@ -33,21 +27,20 @@ def is_baseline(name: str) -> bool:
 
 
 def choose_inner_steps(models: dict[str, Any], val: TaskBatch, grid: tuple[int, ...],
-                       n_items: int, params: EvaluateParams, threshold: float,
-                       explicit: bool = True) -> dict[str, dict[str, Any]]:
+                       params: EvaluateParams, threshold: float, explicit: bool = True
+                       ) -> dict[str, dict[str, Any]]:
     """Test-time inner steps of each adaptive model, chosen on validation tasks (grid
     search): for its ratings by the lowest MSE, for its ranking by the highest catalogue
     nDCG. Sets them on the models; returns the record."""
     ck = catalogue_metric(params)
     chosen = {}
     for name, model in models.items():
-        algo = inner_loop(model)
-        if algo is None:
+        if not model.adapts:          # declared: an inner loop whose steps can be set
             continue
         mse, ndcg = {}, {}
         states = model.adapt_grid(val, grid)        # one inner loop for the whole grid
         for steps in grid:
-            vals = score_batch(model, val, n_items, params, threshold, explicit,
+            vals = score_batch(model, val, params, threshold, explicit,
                                state=states[steps])
             if model.predicts_ratings and explicit:   # pooled MSE over ratings, from per-task RMSE
                 n = val.query_mask.sum(1).double()
@@ -62,8 +55,8 @@ def choose_inner_steps(models: dict[str, Any], val: TaskBatch, grid: tuple[int, 
     return chosen
 
 
-def validation_scores(models: dict[str, Any], val: TaskBatch, n_items: int,
-                      params: EvaluateParams, threshold: float, explicit: bool = True,
+def validation_scores(models: dict[str, Any], val: TaskBatch, params: EvaluateParams,
+                      threshold: float, explicit: bool = True,
                       adapt: Callable[[Any, TaskBatch], Any] | None = None
                       ) -> dict[str, dict[str, float]]:
     """{model: {"mae": ..., catalogue metric: ...}} pooled over every validation task;
@@ -72,7 +65,7 @@ def validation_scores(models: dict[str, Any], val: TaskBatch, n_items: int,
     out = {}
     for name, model in models.items():
         state = adapt(model, val) if adapt is not None else None
-        vals = score_batch(model, val, n_items, params, threshold, explicit, state=state)
+        vals = score_batch(model, val, params, threshold, explicit, state=state)
         out[name] = {"mae": nanmean(vals["mae"]), ck: nanmean(vals[ck])}
     return out
 
@@ -88,9 +81,20 @@ def best_baselines(val_scores: dict[str, dict[str, float]], params: EvaluatePara
     base = {n: v for n, v in val_scores.items() if is_baseline(n)}
     mae = {n: v["mae"] for n, v in base.items() if not math.isnan(v["mae"])}
     ndcg = {n: v[ck] for n, v in base.items()}
-    accuracy = min(mae, key=lambda n: (mae[n], n)) if mae else None   # None: implicit labels
-    return {"accuracy": {"name": accuracy, "val_mae": mae},
-            "ranking": {"name": max(ndcg, key=lambda n: (ndcg[n], n)), f"val_{ck}": ndcg}}
+    return {"accuracy": {"name": best_on_validation(mae, lower=True),   # None: implicit labels
+                         "val_mae": mae},
+            "ranking": {"name": best_on_validation(ndcg), f"val_{ck}": ndcg}}
+
+
+def best_on_validation(scores: dict[str, float], lower: bool = False) -> str | None:
+    """The name with the best finite validation score: the highest (a ranking metric) or,
+    with ``lower``, the lowest (an error); ties go to the name that sorts last, or first with
+    ``lower``. None when no score is finite. Every "best on validation" is this one rule."""
+    finite = {n: v for n, v in scores.items() if not math.isnan(v)}
+    if not finite:
+        return None
+    pick = min if lower else max
+    return pick(finite, key=lambda n: (finite[n], n))
 
 
 def majority_baselines(choices: dict[str, Any]) -> dict[str, str]:
@@ -103,10 +107,15 @@ def majority_baselines(choices: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def serving_choice(per_seed: dict[str, dict[str, dict[str, float]]], params: EvaluateParams
+def serving_choice(per_seed: dict[str, dict[str, dict[str, float]]], params: EvaluateParams,
+                   steps: dict[str, dict[str, tuple[int, int]]] | None = None
                    ) -> dict[str, Any]:
-    """What ``score.model: auto`` scores with: the model (trained in every seed) with the
-    highest validation catalogue nDCG averaged over seeds; ties broken by name."""
+    """What the nightly batch serves (``metrics/selection.json``), all chosen on validation:
+    ``model`` (``score.model: auto``): the model trained in every seed with the highest
+    validation catalogue nDCG averaged over seeds (ties by name); ``seeds``: for every model,
+    the seed whose fit scored highest (``score.seed: auto``; ties: the first seed);
+    ``inner_steps``: per seed and adaptive model, the test-time inner steps evaluation chose
+    (``steps``: {seed: {model: (rate, rank)}}), so that scoring adapts as evaluation did."""
     ck = catalogue_metric(params)
     seeds = list(per_seed.values())
     names = sorted(set.intersection(*(set(s) for s in seeds))) if seeds else []
@@ -120,5 +129,12 @@ def serving_choice(per_seed: dict[str, dict[str, dict[str, float]]], params: Eva
     why = (f"highest validation catalogue {ck} ({mean[best]:.4f}, mean over {len(seeds)} "
            f"seeds) of {len(ranked)} models"
            + (f"; runner-up {runner} ({mean[runner]:.4f})" if runner else ""))
+    order = sorted(per_seed, key=int)
+    best_seed = {n: max(order, key=lambda s: (per_seed[s][n][ck], -int(s))) for n in names}
     return {"model": best, "kind": kind, "metric": ck, "why": why,
-            f"val_{ck}": {n: round(mean[n], 6) for n in ranked}}
+            f"val_{ck}": {n: round(mean[n], 6) for n in ranked},
+            "seeds": {n: int(best_seed[n]) for n in names},
+            "inner_steps": {str(seed): {n: {"rate": int(r), "rank": int(k)}
+                                        for n, (r, k) in sorted(chosen.items())}
+                            for seed, chosen in sorted((steps or {}).items(),
+                                                       key=lambda kv: int(kv[0]))}}

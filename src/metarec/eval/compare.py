@@ -46,13 +46,12 @@ def compare(per_user: PerUser, baselines: dict[str, str], params: EvaluateParams
     return out
 
 
-def _with_without(per_user: PerUser, without: tuple[str, str, Any],
-                  with_: tuple[str, str, Any], metric: str, params: EvaluateParams
-                  ) -> dict[str, Any] | None:
-    """The means, paired difference (with - without) and its CI of two per-user keys on the
-    same users, seed-averaged; None when fewer than two users have both."""
-    a = torch.stack([s[metric] for s in per_user[without]]).mean(0)
-    b = torch.stack([s[metric] for s in per_user[with_]]).mean(0)
+def _with_without(without: list[dict[str, torch.Tensor]], with_: list[dict[str, torch.Tensor]],
+                  metric: str, params: EvaluateParams) -> dict[str, Any] | None:
+    """The means, paired difference (with - without) and its CI of two runs on the same users
+    (per seed, per-user values), seed-averaged; None when fewer than two users have both."""
+    a = torch.stack([s[metric] for s in without]).mean(0)
+    b = torch.stack([s[metric] for s in with_]).mean(0)
     ok = torch.isfinite(a) & torch.isfinite(b)
     if ok.sum() < 2:
         return None
@@ -74,7 +73,7 @@ def compare_variants(per_user: PerUser, pairs: list[tuple[str, str]], metric: st
         for a, b in pairs:
             if scenario != a or (name, b, k) not in per_user:
                 continue
-            row = _with_without(per_user, (name, a, k), (name, b, k), metric, params)
+            row = _with_without(per_user[(name, a, k)], per_user[(name, b, k)], metric, params)
             if row is not None:
                 out.append({"model": name, "without": a, "with": b, "k": k, **row})
     return out
@@ -91,8 +90,23 @@ def compare_views(per_user: PerUser, metric: str, params: EvaluateParams
         base, _, view = name.partition(SEP)
         if not view or (base, scenario, k) not in per_user:
             continue
-        row = _with_without(per_user, (name, scenario, k), (base, scenario, k), metric,
-                            params)
+        row = _with_without(per_user[(name, scenario, k)], per_user[(base, scenario, k)],
+                            metric, params)
         if row is not None:
             out.append({"model": base, "view": view, "scenario": scenario, "k": k, **row})
+    return out
+
+
+def compare_zero_step(per_user: PerUser, zero: PerUser, metrics: list[str],
+                      params: EvaluateParams) -> list[dict[str, Any]]:
+    """Each adaptive model at its chosen test-time inner steps minus itself at 0 steps, on
+    every scenario and K: the same model, users and tasks, so the difference is what its
+    inner loop adds (seed-averaged per-user values, paired bootstrap over users)."""
+    out = []
+    for name, scenario, k in sorted(zero, key=lambda key: (key[0], key[1], k_order(key[2]))):
+        for metric in metrics:
+            row = _with_without(zero[(name, scenario, k)], per_user[(name, scenario, k)],
+                                metric, params)
+            if row is not None:
+                out.append({"model": name, "scenario": scenario, "k": k, **row})
     return out

@@ -16,7 +16,7 @@ import pandas as pd
 
 from metarec.eval.headline import headline_table, verdict_lines
 from metarec.eval.report import adaptation_curves, k_label, markdown_table, summarize
-from metarec.io import write_text
+from metarec.io import atomic_dir, write_text
 
 
 def _steps_plot(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
@@ -36,18 +36,24 @@ def plot_name(metric: str, against: str) -> str:
     return f"{metric.replace('@', '_at_')}_vs_{against}.png"
 
 
+PLOTS = "plots"   # the curves' folder inside the report folder (dvc.yaml: its plots)
+
+
 def _plots(result: dict[str, Any], report_dir: Path, primary: str) -> list[tuple[str, str]]:
-    """Draw the curves; (file name, caption) of each one drawn."""
+    """Draw the curves into ``<report_dir>/plots/`` (the folder replaced whole: which curves
+    exist follows the params, e.g. no MAE curve for implicit labels); (path relative to the
+    report folder, caption) of each one drawn."""
     rows, out = result["results"], []
-    for metric in (primary, "mae"):
-        if all(r.get(metric) is None for r in rows):
-            continue     # implicit labels: no MAE curve
-        adaptation_curves(rows, metric, report_dir / plot_name(metric, "k"))
-        out.append((plot_name(metric, "k"), f"{metric} against K, per scenario"))
-        if result["steps_curve"]:
-            _steps_plot(result["steps_curve"], metric, report_dir / plot_name(metric, "steps"))
-            out.append((plot_name(metric, "steps"),
-                        f"{metric} against test-time inner steps (0 = no adaptation)"))
+    with atomic_dir(report_dir / PLOTS) as folder:
+        for metric in (primary, "mae"):
+            if all(r.get(metric) is None for r in rows):
+                continue     # implicit labels: no MAE curve
+            adaptation_curves(rows, metric, folder / plot_name(metric, "k"))
+            out.append((f"{PLOTS}/{plot_name(metric, 'k')}", f"{metric} against K, per scenario"))
+            if result["steps_curve"]:
+                _steps_plot(result["steps_curve"], metric, folder / plot_name(metric, "steps"))
+                out.append((f"{PLOTS}/{plot_name(metric, 'steps')}",
+                            f"{metric} against test-time inner steps (0 = no adaptation)"))
     return out
 
 

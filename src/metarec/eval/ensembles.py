@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from metarec.data.tasks import TaskBatch
+from metarec.metrics import finite_or
 from metarec.models.base import Predictor
 
 ENSEMBLE_SEED = -1  # the "seed" of result rows that average every seed's model
@@ -59,13 +60,9 @@ def build_ensembles(all_models: dict[int, dict[str, Any]], meta: list[str], size
     out = {f"{n}-ens": Ensemble(f"{n}-ens", [models[n] for models in seeds], adapt)
            for n in names}
     scores = {name: val_score(ens) for name, ens in out.items()}
-    chosen = sorted(scores, key=lambda n: (-_finite(scores[n]), n))[:size]
+    chosen = sorted(scores, key=lambda n: (-finite_or(scores[n]), n))[:size]
     if len(chosen) > 1:
         out["meta-ens"] = Ensemble("meta-ens", [m for n in chosen for m in out[n].members],
                                    adapt)
     return out, {"val_score": {n: round(v, 6) for n, v in scores.items()},
                  "meta-ens": chosen if len(chosen) > 1 else []}
-
-
-def _finite(x: float) -> float:
-    return x if x == x else -1.0

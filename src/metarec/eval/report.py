@@ -55,7 +55,8 @@ def summarize(rows: Iterable[dict[str, Any]], metrics: Sequence[str]) -> pd.Data
     return out.reset_index()
 
 
-def _cell(mean: float, std: float, digits: int) -> str:
+def mean_std(mean: float, std: float, digits: int = 3) -> str:
+    """A table cell: mean ± std over seeds (the mean alone for one seed; – when missing)."""
     if math.isnan(mean):
         return "–"
     return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
@@ -75,7 +76,7 @@ def markdown_table(rows: Iterable[dict[str, Any]], metrics: Sequence[str], digit
     for r in s.to_dict("records"):
         cells = []
         for m in metrics:
-            text = _cell(r[f"{m}_mean"], r[f"{m}_std"], digits)
+            text = mean_std(r[f"{m}_mean"], r[f"{m}_std"], digits)
             cells.append(f"**{text}**" if r[f"{m}_mean"] == best[(r["scenario"], r["k"], m)]
                          else text)
         lines.append("| " + " | ".join([str(r["scenario"]), k_label(r["k"]), str(r["model"]),

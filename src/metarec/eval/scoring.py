@@ -10,17 +10,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import torch
 
 from metarec.config import EvaluateParams
-from metarec.data.tasks import TaskBatch
-from metarec.eval.metrics import (
-    catalogue_metrics,
-    catalogue_targets,
-    per_task_mae,
-    per_task_rmse,
-    query_ndcg,
-)
+from metarec.data.tasks import EpisodeData, TaskBatch
+from metarec.metrics import batch_catalogue_metrics, per_task_mae, per_task_rmse, query_ndcg
 from metarec.models.base import Predictor
 
 ACCURACY = ("mae", "rmse")
@@ -49,9 +45,10 @@ def family(metric: str) -> str:
     return "accuracy" if metric in ACCURACY else "ranking"
 
 
-def score_batch(model: Predictor, batch: TaskBatch, n_items: int, params: EvaluateParams,
+def score_batch(model: Predictor, batch: TaskBatch, params: EvaluateParams,
                 threshold: float, explicit: bool = True, eligible: torch.Tensor | None = None,
-                state: Any = None) -> dict[str, torch.Tensor]:
+                state: Any = None, seen: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor]:
     """Per-task metric values (T,) for one model on one batch of tasks.
 
     The model adapts once per task. Its ratings of the query items give MAE and RMSE (NaN for
@@ -60,8 +57,10 @@ def score_batch(model: Predictor, batch: TaskBatch, n_items: int, params: Evalua
     among themselves (the literature's protocol) and of the whole catalogue minus the support,
     where query items rated at or above ``threshold`` are the relevant ones. ``eligible``
     ((N,) bool, None = every item) narrows the catalogue ranked, e.g. to the new items of an
-    item-cold scenario (:func:`eligible_items`). ``state``: the model's adaptation to this
-    batch when the caller already has it (:meth:`AdaptivePredictor.adapt_grid`).
+    item-cold scenario (:func:`eligible_items`); ``seen`` ((T, N) bool) removes what each user
+    had before the query period besides its support (:func:`seen_items`). ``state``: the
+    model's adaptation to this batch when the caller already has it
+    (:meth:`AdaptivePredictor.adapt_grid`).
     """
     if state is None:
         state = model.adapt(batch)
@@ -77,13 +76,8 @@ def score_batch(model: Predictor, batch: TaskBatch, n_items: int, params: Evalua
     query_scores = full.gather(1, batch.query_items)                          # (T, Q)
     for k in params.query_ndcg_ks:
         out[f"ndcg@{k}"] = query_ndcg(query_scores, batch.query_ratings, batch.query_mask, k)
-    cands, rel = catalogue_targets(batch.support_items, batch.support_mask, batch.query_items,
-                                   batch.query_ratings, batch.query_mask, n_items,
-                                   threshold)
-    if eligible is not None:
-        cands, rel = cands & eligible, rel & eligible
     ck = params.catalogue_k
-    cat = catalogue_metrics(full, cands, rel, ck)
+    cat = batch_catalogue_metrics(full, batch, threshold, ck, eligible, seen)
     out.update({f"recall@{ck}": cat.recall, f"ndcg@{ck}": cat.ndcg, f"hit@{ck}": cat.hit_rate})
     return out
 
@@ -111,3 +105,23 @@ def nanmean(x: torch.Tensor) -> float:
     """Mean over finite values (tasks a metric skipped are NaN); NaN when there are none."""
     x = x[torch.isfinite(x)]
     return float(x.mean()) if x.numel() else math.nan
+
+
+def seen_items(data: EpisodeData, batch: TaskBatch, params: EvaluateParams
+               ) -> torch.Tensor | None:
+    """(T, N) bool: the items each task's user interacted with before its query period
+    besides its support (``evaluate.exclude_history``): a warm user's training-period history,
+    which a MovieLens user never rates again; None when off or when no user has any (the
+    cold-start scenarios: their users have no history before the support)."""
+    if not params.exclude_history or data.history is None or not len(data.history):
+        return None
+    hist = data.history[["user_idx", "item_idx"]]
+    tasks = pd.DataFrame({"task": np.arange(len(batch)),
+                          "user_idx": batch.user_idx.numpy()})
+    pairs = tasks.merge(hist, on="user_idx", how="inner")
+    if pairs.empty:
+        return None
+    seen = torch.zeros(len(batch), len(data.items), dtype=torch.bool)
+    seen[torch.from_numpy(pairs["task"].to_numpy(np.int64)),
+         torch.from_numpy(pairs["item_idx"].to_numpy(np.int64))] = True
+    return seen

@@ -19,7 +19,7 @@ Params = dict[str, Tensor]
 
 
 class CatalogueRanking:
-    """Mixed into :class:`~metarec.meta.gradient.MetaAlgorithm` (which provides ``model``,
+    """Mixed into :class:`~metarec.meta.learner.Learner` (which provides ``model``,
     ``objective``, ``adapt_names``, ``log_q``, ``prepare_user``, ``predict``, ``positives``)."""
 
     model: PreferenceNet

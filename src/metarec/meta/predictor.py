@@ -1,4 +1,4 @@
-"""A meta-learned algorithm behind the :class:`~metarec.models.base.Predictor` interface, and
+"""A learner behind the :class:`~metarec.models.base.Predictor` interface, and
 the validation scores its training keeps the best weights by."""
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ import torch
 from torch import Tensor
 
 from metarec.data.tasks import TaskBatch
-from metarec.eval.metrics import catalogue_metrics, catalogue_targets
 from metarec.meta.features import FeatureStore
-from metarec.meta.gradient import MetaAlgorithm, Params, masked_mse
+from metarec.meta.learner import Learner, Params
+from metarec.meta.losses import masked_mse
+from metarec.metrics import batch_catalogue_metrics
 from metarec.models.base import Predictor
 from metarec.models.network import Feats, PreferenceNet
 
@@ -30,18 +31,20 @@ class AdaptivePredictor(Predictor):
     with ``seed`` + the chunk number on every call makes predictions repeatable.
     """
 
-    def __init__(self, name: str, algorithm: MetaAlgorithm, store: FeatureStore,
-                 seed: int = 0, fit_metrics: dict[str, Any] | None = None) -> None:
+    def __init__(self, name: str, learner: Learner, store: FeatureStore,
+                 seed: int = 0, fit_metrics: dict[str, Any] | None = None,
+                 adapts: bool = True) -> None:
         super().__init__()
         self.name = name
-        self.algorithm = algorithm.eval()
+        self.learner = learner.eval()
         self.store = store
         self.seed = seed
+        self.adapts = adapts        # declared by the registry entry (tunable test-time steps)
         self.fit_metrics = dict(fit_metrics or {})
         self.tuning = self.fit_metrics
         self._item_table: dict[str, Tensor] | None = None
-        self.steps = {"rate": algorithm.inner_steps, "rank": algorithm.inner_steps}
-        algorithm.use_catalogue(store)
+        self.steps = {"rate": learner.inner_steps, "rank": learner.inner_steps}
+        learner.use_catalogue(store)
 
     def set_steps(self, rate: int | None = None, rank: int | None = None) -> None:
         """Test-time inner steps of the rating and of the ranking (None: unchanged)."""
@@ -50,7 +53,7 @@ class AdaptivePredictor(Predictor):
 
     @property
     def predicts_ratings(self) -> bool:  # type: ignore[override]
-        return self.algorithm.explicit
+        return self.learner.explicit
 
     @property
     def n_items(self) -> int:
@@ -75,10 +78,10 @@ class AdaptivePredictor(Predictor):
 
     def _path(self, batch: TaskBatch, steps: Sequence[int], chunk: int
               ) -> tuple[dict[int, Params], Feats]:
-        algo = self.algorithm
-        fast = algo.adapt_steps(self.store.support(batch), steps, self._generator(chunk))
+        learner = self.learner
+        fast = learner.adapt_steps(self.store.support(batch), steps, self._generator(chunk))
         with torch.no_grad():
-            user = algo.prepare_user(self.store.user_context(batch))
+            user = learner.prepare_user(self.store.user_context(batch))
         return fast, user
 
     def _tasks(self, state: State) -> int:
@@ -88,20 +91,20 @@ class AdaptivePredictor(Predictor):
         """Predicted ratings (T, C) for item rows ``items`` (T, C)."""
         fast, user = state
         with torch.no_grad():
-            return self.algorithm.predict(fast["rate"], self.store.candidates(user, items)
+            return self.learner.predict(fast["rate"], self.store.candidates(user, items)
                                           ).float()
 
     def rank(self, state: State) -> Tensor:
         """Ranking scores (T, N) of the whole catalogue (:func:`rank_catalogue`)."""
         with torch.no_grad():
-            return rank_catalogue(self.algorithm, state[0]["rank"], state[1], self._table())
+            return rank_catalogue(self.learner, state[0]["rank"], state[1], self._table())
 
     def rank_blocks(self, state: State, cells: int | None = None
                     ) -> Iterator[tuple[int, Tensor]]:
         """The same scores as :meth:`rank`, one block of catalogue columns at a time (each one
         batched product of every task's parameters with the block's item vectors)."""
         with torch.no_grad():
-            yield from catalogue_blocks(self.algorithm, state[0]["rank"], state[1],
+            yield from catalogue_blocks(self.learner, state[0]["rank"], state[1],
                                         self._table(), cells, reuse=True)
 
     def explain(self, batch: TaskBatch, items: Tensor) -> Tensor | None:
@@ -117,15 +120,15 @@ class AdaptivePredictor(Predictor):
     def _table(self) -> dict[str, Tensor]:
         if self._item_table is None:
             with torch.no_grad():
-                self._item_table = self.algorithm.item_table(
+                self._item_table = self.learner.item_table(
                     self.store.items(torch.arange(self.n_items, device=self.store.device)))
         return self._item_table
 
     def state(self) -> dict[str, Any]:
-        return {**self.algorithm.state(), "fit": self.fit_metrics}
+        return {**self.learner.state(), "fit": self.fit_metrics}
 
 
-def catalogue_blocks(algorithm: MetaAlgorithm, fast: Params, user: Feats,
+def catalogue_blocks(learner: Learner, fast: Params, user: Feats,
                      table: dict[str, Tensor], cells: int | None = None, reuse: bool = False
                      ) -> Iterator[tuple[int, Tensor]]:
     """(first column, scores (T, B)) per block of the catalogue ``table`` (item vectors
@@ -138,10 +141,10 @@ def catalogue_blocks(algorithm: MetaAlgorithm, fast: Params, user: Feats,
     t = int(next(iter(user.values())).shape[0])
     n = int(next(iter(table.values())).shape[0])
     step = max(1, (CELLS if cells is None else cells) // max(t, 1))
-    queries = algorithm.catalogue_queries(fast, user, table)
+    queries = learner.catalogue_queries(fast, user, table)
     if queries is not None:
         queries = queries.float()
-        keys = PreferenceNet.item_keys(table, algorithm.rank_output).float()  # (N, d + 2)
+        keys = PreferenceNet.item_keys(table, learner.rank_output).float()  # (N, d + 2)
         buf = torch.empty((t, min(step, n)), device=queries.device) if reuse else None
         for c0 in range(0, n, step):
             block = keys[c0:c0 + step].T
@@ -152,19 +155,19 @@ def catalogue_blocks(algorithm: MetaAlgorithm, fast: Params, user: Feats,
         return
     for c0 in range(0, n, step):
         block = {k: v[c0:c0 + step] for k, v in table.items()}
-        yield c0, algorithm.catalogue_scores(fast, user, block).float()      # (T, B)
+        yield c0, learner.catalogue_scores(fast, user, block).float()      # (T, B)
 
 
-def rank_catalogue(algorithm: MetaAlgorithm, fast: Params, user: Feats,
+def rank_catalogue(learner: Learner, fast: Params, user: Feats,
                    table: dict[str, Tensor]) -> Tensor:
     """Ranking scores (T, N) of the catalogue ``table``: :func:`catalogue_blocks` side by
     side (memory bounded by ``CELLS`` task x item pairs per block while computing)."""
     t = int(next(iter(user.values())).shape[0])
-    parts = [scores for _, scores in catalogue_blocks(algorithm, fast, user, table)]
+    parts = [scores for _, scores in catalogue_blocks(learner, fast, user, table)]
     return torch.cat(parts, dim=1) if parts else torch.zeros(t, 0)          # (T, N)
 
 
-def validation_sums(algorithm: MetaAlgorithm, store: FeatureStore, batch: TaskBatch,
+def validation_sums(learner: Learner, store: FeatureStore, batch: TaskBatch,
                     generator: torch.Generator | None = None, k: int = 20
                     ) -> tuple[float, int]:
     """(sum, count) of the validation loss after adaptation; lower is better.
@@ -174,34 +177,31 @@ def validation_sums(algorithm: MetaAlgorithm, store: FeatureStore, batch: TaskBa
     how tasks are batched (and add up across DDP processes).
     """
     support, query = store.support(batch), store.query(batch)
-    fast = algorithm.adapt(algorithm.meta_params(), support, create_graph=False,
+    fast = learner.adapt(learner.meta_params(), support, create_graph=False,
                            generator=generator)
     with torch.no_grad():
-        if algorithm.ranks:
-            user = algorithm.prepare_user(store.user_context(batch))
-            table = algorithm.item_table(store.items(torch.arange(store.n_items,
+        if learner.ranks:
+            user = learner.prepare_user(store.user_context(batch))
+            table = learner.item_table(store.items(torch.arange(store.n_items,
                                                                   device=store.device)))
-            scores = rank_catalogue(algorithm, fast, user, table)          # (T, N)
-            b = batch.to("cpu")
-            cands, rel = catalogue_targets(b.support_items, b.support_mask, b.query_items,
-                                           b.query_ratings, b.query_mask, scores.shape[1],
-                                           algorithm.relevance)
-            ndcg = catalogue_metrics(scores.cpu(), cands, rel, k)
+            scores = rank_catalogue(learner, fast, user, table)          # (T, N)
+            ndcg = batch_catalogue_metrics(scores.cpu(), batch.to("cpu"), learner.relevance,
+                                           k)
             ok = ndcg.evaluated
             return float((1.0 - ndcg.ndcg[ok]).sum()), int(ok.sum())
-        pred = algorithm.predict(fast, query)                              # (T, Q)
+        pred = learner.predict(fast, query)                              # (T, Q)
         n = query.mask.sum(-1)                                             # (T,)
         sse = (masked_mse(pred, query.ratings, query.mask) * n).sum()
     return float(sse), int(n.sum())
 
 
-def validation_loss(algorithm: MetaAlgorithm, store: FeatureStore, tasks: TaskBatch,
+def validation_loss(learner: Learner, store: FeatureStore, tasks: TaskBatch,
                     chunk: int = 512, k: int = 20) -> float:
     """:func:`validation_sums` over all ``tasks`` in chunks (the seeds validation uses)."""
     total, n = 0.0, 0
     for b, start in enumerate(range(0, len(tasks), chunk)):
         idx = torch.arange(start, min(start + chunk, len(tasks)))
         gen = torch.Generator(device=store.device).manual_seed(b)
-        s, c = validation_sums(algorithm, store, tasks.take(idx).to(store.device), gen, k)
+        s, c = validation_sums(learner, store, tasks.take(idx).to(store.device), gen, k)
         total, n = total + s, n + c
     return total / max(n, 1)

@@ -1,0 +1,2 @@
+"""The network (a plain ``nn.Module``), the predictor contracts, and what the statistical
+baselines share."""

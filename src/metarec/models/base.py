@@ -3,8 +3,9 @@
 An *algorithm* is a registered class (:func:`metarec.algorithms.register`). Class level, for
 the train stage: its ``name``, ``kind`` ("meta": a meta-learner; "baseline": anything else),
 the dataclass of its ``train.<name>`` params section (``Params``), the algorithms it is fitted
-on top of (``requires``), whether it can be trained data-parallel (:meth:`ddp_refusal`), and
-``fit(ctx) -> Predictor`` / ``load(state, data) -> Predictor``.
+on top of (``requires``), what it can do (``capabilities``, declared: the rest of the code
+reads them and never probes a class), whether it can be trained data-parallel
+(:meth:`ddp_refusal`), and ``fit(ctx) -> Predictor`` / ``load(state, data) -> Predictor``.
 
 A *predictor* is a fitted model, for evaluation and the nightly batch:
 
@@ -22,7 +23,7 @@ trained (new items share code 0, "unknown").
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,6 +32,29 @@ import torch
 
 from metarec.config import ModelParams, TrainParams
 from metarec.data.tasks import EpisodeData, TaskBatch
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an algorithm can do, declared once on its registry entry.
+
+    - ``tunable_steps``: it adapts to a task by an inner loop whose test-time steps evaluation
+      chooses on validation (and the inner-steps curve shows);
+    - ``gradient``: it is trained on episodes by the outer loop (a Lightning fit: the costly
+      fits, scheduled first);
+    - ``second_order``: its meta-gradient differentiates through inner-loop gradients, which
+      PyTorch's DistributedDataParallel does not support;
+    - ``uses_draws``: it is trained on meta-train tasks, so how they are drawn matters;
+    - ``seeded``: its fit reads the seed (False: one fit serves every seed);
+    - ``unused_parameters``: some network parameters get no gradient (DDP must look for them).
+    """
+
+    tunable_steps: bool = False
+    gradient: bool = False
+    second_order: bool = False
+    uses_draws: bool = False
+    seeded: bool = True
+    unused_parameters: bool = False
 
 
 @dataclass
@@ -42,7 +66,7 @@ class FitContext:
     train: TrainParams                       # ``train.seed`` is this run's seed
     log_dir: Path
     fitted: dict[str, Predictor] = field(default_factory=dict)   # this seed's earlier fits
-    meta_train: Callable[..., Any] | None = None   # the Lightning outer loop (train stage)
+    draw: str | None = None   # how meta-train tasks are drawn each epoch (None: fixed draws)
 
     @property
     def seed(self) -> int:
@@ -54,6 +78,7 @@ class Predictor:
 
     name: str = ""
     predicts_ratings: bool = True
+    adapts: bool = False      # an inner loop whose test-time steps can be set (set_steps)
 
     def __init__(self) -> None:
         self.tuning: dict[str, Any] = {}     # validation record of the choices made in fit
@@ -117,8 +142,7 @@ class Algorithm:
     kind: ClassVar[str] = "baseline"
     Params: ClassVar[type | None] = None
     requires: ClassVar[tuple[str, ...]] = ()
-    uses_draws: ClassVar[bool] = False    # trained on meta-train tasks (so their draw matters)
-    seeded: ClassVar[bool] = True         # the fit reads the seed (False: one fit serves all)
+    capabilities: ClassVar[Capabilities] = Capabilities()
 
     @classmethod
     def params_of(cls, train: TrainParams) -> Any:

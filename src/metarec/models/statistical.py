@@ -20,7 +20,8 @@ import torch
 from metarec.config import bounded
 from metarec.data.tasks import EpisodeData, TaskBatch, validation_tasks
 from metarec.errors import DataError
-from metarec.eval.metrics import catalogue_metrics, catalogue_targets, mae
+from metarec.io import plain
+from metarec.metrics import batch_catalogue_metrics, finite_or, mae
 from metarec.models.base import Algorithm, Predictor
 
 log = logging.getLogger("metarec.train")
@@ -151,10 +152,7 @@ def tune_mae(make: Callable[[Any], Predictor], grid: Sequence[Any], data: Episod
 def validation_ndcg(model: Predictor, batch: TaskBatch, threshold: float, k: int) -> float:
     """Mean catalogue nDCG@k over the tasks of ``batch`` that have a relevant query item."""
     scores = model.rank(model.adapt(batch))                                  # (T, N)
-    cands, rel = catalogue_targets(batch.support_items, batch.support_mask, batch.query_items,
-                                   batch.query_ratings, batch.query_mask, scores.shape[1],
-                                   threshold)
-    return catalogue_metrics(scores.float(), cands, rel, k).means()["ndcg"]
+    return batch_catalogue_metrics(scores.float(), batch, threshold, k).means()["ndcg"]
 
 
 def tune_ndcg(make: Callable[[Any], Predictor], grid: Sequence[Any], data: EpisodeData,
@@ -169,7 +167,7 @@ def tune_ndcg(make: Callable[[Any], Predictor], grid: Sequence[Any], data: Episo
         scores.append(score)
         if score > best_score:
             best, best_score = model, score
-    record: dict[str, Any] = {"grid": [_plain(v) for v in grid], f"val_ndcg@{k}": scores}
+    record: dict[str, Any] = {"grid": [plain(v) for v in grid], f"val_ndcg@{k}": scores}
     if best is None:   # every score NaN: no validation task has a relevant query item
         log.warning("no validation task has a query item rated >= %g: %s keeps the first "
                     "grid value %s", data.relevance_threshold, type(make(grid[0])).name,
@@ -185,19 +183,8 @@ def tune_product(make: Callable[..., Predictor], axes: dict[str, Sequence[Any]],
     the tuning record names the axes and the chosen value of each."""
     grid = list(itertools.product(*axes.values()))
     best, record = tune_ndcg(lambda values: make(*values), grid, data, k)
-    chosen = grid[int(max(range(len(grid)), key=lambda i: _finite(record[f"val_ndcg@{k}"][i])))]
+    chosen = grid[int(max(range(len(grid)), key=lambda i: finite_or(record[f"val_ndcg@{k}"][i])))]
     return best, {", ".join(axes): record, **dict(zip(axes, chosen, strict=True))}
-
-
-def _finite(x: float) -> float:
-    return x if x == x else -1.0
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
-        else value
 
 
 def interaction_matrix(data: EpisodeData, window: int = 0, positive: bool = False

@@ -14,18 +14,19 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from metarec.orchestration.project import stage_options
+from metarec.backtest import plan as bt_plan
 from metarec.params import load_params
-from metarec.scoring import backtest as bt
+from metarec.pipeline import stage_options
 from metarec.stages import backtest as stage
 
 
-def plan_of(root: Path) -> tuple[bt.Plan, dict[str, str]]:
+def plan_of(root: Path) -> tuple[bt_plan.Plan, dict[str, str]]:
     """The backtest plan of the project at ``root`` and its stage's paths (``dvc.yaml``)."""
     opts = stage_options(root, "backtest")
     params = load_params(root / "params.yaml")
-    return stage.plan(params.backtest, params.score, params.episodes, params.model,
-                      params.train, root / opts["in"], root / opts["episodes"],
+    return stage.plan(params.backtest, params.score, params.validate, params.ingest,
+                      params.episodes, params.model, params.train, root / opts["in"],
+                      root / opts["episodes"],
                       root / opts["models"], root / opts["selection"]), opts
 
 

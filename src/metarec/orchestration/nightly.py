@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 
 from metarec.config import Params
+from metarec.data.landing import landing_format
+from metarec.data.sources.table import read_log
 from metarec.errors import DataError
 from metarec.orchestration.stages import stage_env
 from metarec.scoring.world import landing_files, parse_as_of
@@ -50,7 +52,9 @@ def next_night(params: Params, batches: Path, today: dt.date | None = None) -> s
 
 def check_landing(params: Params, day: str) -> None:
     """Raise :class:`MissingDay` when a landing folder is configured but holds no rows for
-    ``day`` (the folder's naming rules are the scoring world's: :func:`landing_files`)."""
+    ``day`` (the folder's naming rules are the scoring world's: :func:`landing_files`; the
+    file is read like the log it extends, so an unreadable one fails here with
+    :class:`DataError`, saying what it is)."""
     folder = params.score.landing_dir
     if folder is None:
         return
@@ -59,7 +63,11 @@ def check_landing(params: Params, day: str) -> None:
         raise MissingDay(f"no landing file for {day} (expected {day}.parquet or {day}.csv)",
                          file=str(folder))
     if today[0].stat().st_size == 0:
-        raise MissingDay(f"the landing file for {day} is empty", file=str(today[0]))
+        raise MissingDay(f"the landing file for {day} is empty (0 bytes)", file=str(today[0]))
+    fmt = landing_format(params.ingest.source, params.ingest.table)
+    if read_log(today[0], fmt, allow_empty=True).empty:
+        raise MissingDay(f"the landing file for {day} holds no rows (a header only)",
+                         file=str(today[0]))
 
 
 def track_batch(root: Path, batch: Path, params: Params) -> str:

@@ -6,23 +6,10 @@ The flows take every path from the stage commands of ``dvc.yaml`` (``--in``, ``-
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from metarec.errors import ParamsError
-
-
-def stage_options(root: Path, stage: str) -> dict[str, str]:
-    """``--option value`` pairs of ``stage``'s command in ``root/dvc.yaml``."""
-    spec = yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
-    if stage not in spec:
-        raise ParamsError(f"{root / 'dvc.yaml'}: no stage {stage!r}")
-    words = shlex.split(str(spec[stage]["cmd"]))
-    return {w.lstrip("-"): words[i + 1] for i, w in enumerate(words[:-1])
-            if w.startswith("--") and not words[i + 1].startswith("--")}
+from metarec.pipeline import stage_options
 
 
 @dataclass(frozen=True)

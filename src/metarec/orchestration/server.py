@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,23 +155,6 @@ def stop(params: PrefectParams, project_dir: str | Path = ".") -> bool:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
     return True
-
-
-@contextlib.contextmanager
-def pointed_at(server: Server) -> Iterator[None]:
-    """Point Prefect clients in this process at ``server`` (env and settings), then restore."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    old = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = server.api_url
-    try:
-        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-            yield
-    finally:
-        if old is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = old
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

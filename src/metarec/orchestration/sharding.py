@@ -7,7 +7,7 @@ concatenated shards are the same rows in the same order, so the merged
 ``recommendations.parquet`` and ``manifest.json`` are byte-identical to ``metarec score``'s
 (tests/flows/test_nightly.py checks this for the thread and the Dask runner).
 
-:func:`merge` publishes through ``scoring.batch.publish_batch``, the same code ``metarec
+:func:`merge` publishes through ``scoring.publish.publish_batch``, the same code ``metarec
 score`` uses.
 """
 
@@ -24,22 +24,27 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from metarec.config import ScoreParams
+from metarec.config import ScoreParams, TableSource, ValidateParams
 from metarec.io import write_parquet_stream
-from metarec.scoring import batch as stage
+from metarec.scoring import inputs as batch_inputs
+from metarec.scoring import publish, stream
 
-BatchInputs = stage.Inputs
+BatchInputs = batch_inputs.Inputs
 
 
 def prepare(params: ScoreParams, validated_dir: str | Path, models_dir: str | Path,
-            as_of: str | None, selection: str | Path | None = None) -> BatchInputs:
-    """Resolve the as-of date and the model and check inputs exactly as ``score.run`` does."""
-    return stage.resolve(params, validated_dir, models_dir, as_of, selection)
+            as_of: str | None, selection: str | Path | None, validate: ValidateParams,
+            landing_format: TableSource, folder: str | Path) -> BatchInputs:
+    """Resolve the as-of date, the model, its seed and steps, and validate the landing files
+    into ``folder`` (the shards' folder), exactly as ``score.run`` does."""
+    inputs = batch_inputs.resolve(params, validated_dir, models_dir, as_of, selection,
+                                  validate, landing_format)
+    return batch_inputs.check_day(inputs, folder)
 
 
 def day_stats(inputs: BatchInputs) -> dict[str, Any]:
     """The day's counts (users, cold/dynamic users, catalogue items, ...) without scoring."""
-    return stage.recommend_stream(inputs, chunks=range(0))[1]
+    return stream.recommend_stream(inputs, chunks=range(0))[1]
 
 
 def chunks_of(stats: dict[str, Any], params: ScoreParams) -> int:
@@ -59,23 +64,23 @@ def split_chunks(n_chunks: int, shards: int) -> list[tuple[int, int]]:
 def scoring_lock(out_root: str | Path) -> contextlib.AbstractContextManager[None]:
     """The lock ``metarec score`` holds on ``out_root``: held by the scoring subflow for all
     its shards, so a nightly run and a ``metarec score`` never write the same batches at once."""
-    return stage.scoring_lock(out_root, "metarec nightly scoring")
+    return publish.scoring_lock(out_root, "metarec nightly scoring")
 
 
-def shard_dir(inputs: BatchInputs, out_root: str | Path) -> Path:
-    """A fresh hidden folder beside the batch for the shards' partial files."""
+def shard_dir(as_of: str, out_root: str | Path) -> Path:
+    """A fresh hidden folder beside the batch for the landing verdict and the shards' partial
+    files (``as_of``: the night, YYYY-MM-DD)."""
     root = Path(out_root)
     root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{inputs.params.as_of}.shards-{uuid.uuid4().hex[:8]}-",
-                                 dir=root))
+    return Path(tempfile.mkdtemp(prefix=f".{as_of}.shards-{uuid.uuid4().hex[:8]}-", dir=root))
 
 
 def write_shard(inputs: BatchInputs, lo: int, hi: int, folder: str | Path) -> str:
     """Score chunks lo..hi-1 into ``<folder>/shard-<lo>-<hi>.parquet`` (streamed chunk by
     chunk); returns the path."""
     path = Path(folder) / f"shard-{lo:06d}-{hi:06d}.parquet"
-    write_parquet_stream(stage.recommend_stream(inputs, chunks=range(lo, hi))[0], path,
-                         stage.SCHEMA)
+    write_parquet_stream(stream.recommend_stream(inputs, chunks=range(lo, hi))[0], path,
+                         stream.SCHEMA)
     return str(path)
 
 
@@ -91,6 +96,6 @@ def merge(inputs: BatchInputs, stats: dict[str, Any], shard_paths: list[str],
           folder: str | Path, out_root: str | Path) -> Path:
     """Stream the shards (in chunk order) into the batch and publish it as ``score.run``
     would (the same regrouping into row groups, so the same bytes)."""
-    target = stage.publish_batch(inputs, read_shards(shard_paths), stats, out_root)
+    target = publish.publish_batch(inputs, read_shards(shard_paths), stats, out_root)
     shutil.rmtree(folder, ignore_errors=True)
     return target

@@ -97,6 +97,19 @@ def run_stage(stage: str, project_dir: str) -> str:
     return stage
 
 
+@task(name="sync-pipeline", cache_policy=NO_CACHE)
+def sync_pipeline(project_dir: str) -> list[str]:
+    """dvc.yaml's derived dependencies brought up to date with the code and params.yaml
+    (your own data files, params per key) before any stage runs, so DVC sees what the
+    stages will read; each change is logged."""
+    from metarec import pipeline
+
+    changed = pipeline.sync(Path(project_dir) / "dvc.yaml")
+    for line in changed:
+        get_run_logger().info("dvc.yaml updated: %s", line)
+    return changed
+
+
 def with_retries(t: Task, params: PrefectParams) -> Task:
     """``t`` with the retry count and exponential backoff of params.yaml's prefect section."""
     return t.with_options(retries=params.retries,

@@ -7,6 +7,7 @@ Prefect's input caching (``NO_CACHE``): DVC and the batch manifest decide what i
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,24 +23,44 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from metarec.config import ScoreParams
-from metarec.io import read_json
+from metarec.config import ScoreParams, TableSource, ValidateParams
+from metarec.io import plain, read_json
 from metarec.orchestration import sharding
 from metarec.orchestration.sharding import BatchInputs
+from metarec.scoring.inputs import NightRejected
 
 
 @task(name="plan-shards", cache_policy=NO_CACHE)
 def plan_shards(params: ScoreParams, validated_dir: str, models_dir: str, out_root: str,
-                as_of: str, shards: int, selection: str | None = None
+                as_of: str, shards: int, selection: str | None, validate: ValidateParams,
+                landing_format: TableSource
                 ) -> tuple[BatchInputs, dict[str, Any], list[tuple[int, int]], str]:
-    """Inputs checked, the day's counts, chunk ranges per shard and a folder for their files."""
-    inputs = sharding.prepare(params, validated_dir, models_dir, as_of, selection)
+    """Inputs checked (the landing files validated), the day's counts, chunk ranges per
+    shard and a folder for their files. A night whose rows were all quarantined fails here,
+    with an artifact of its validation summary."""
+    folder = sharding.shard_dir(as_of, out_root)
+    try:
+        inputs = sharding.prepare(params, validated_dir, models_dir, as_of, selection,
+                                  validate, landing_format, folder)
+    except NightRejected as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        create_markdown_artifact(key="rejected-landing-day", markdown=landing_markdown(
+            as_of, exc.verdict, str(exc)), description=f"nightly {as_of}: every row quarantined")
+        raise
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    verdict = inputs.landing_verdict()
+    if verdict is not None:
+        create_markdown_artifact(key="landing-validation", markdown=landing_markdown(
+            as_of, verdict), description=f"nightly {as_of}: landing rows in = kept + "
+                                         "quarantined")
     stats = sharding.day_stats(inputs)
     ranges = sharding.split_chunks(sharding.chunks_of(stats, inputs.params), shards)
     get_run_logger().info("%s: %d users in %d chunks -> %d shards (model %s)",
                           inputs.params.as_of, stats["users"],
                           sharding.chunks_of(stats, inputs.params), len(ranges), inputs.model)
-    return inputs, stats, ranges, str(sharding.shard_dir(inputs, out_root))
+    return inputs, stats, ranges, str(folder)
 
 
 @task(name="score-shard", task_run_name="chunks-{lo}-{hi}", cache_policy=NO_CACHE)
@@ -59,15 +80,6 @@ def merge_shards(inputs: BatchInputs, stats: dict[str, Any], shard_paths: list[s
 # artifacts (keys: lowercase letters, digits, dashes; cells: plain Python values)
 
 
-def _plain(value: Any) -> Any:
-    """numpy scalars and other non-JSON cells as plain Python values."""
-    if hasattr(value, "item"):
-        return value.item()
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
-
-
 @task(name="publish-validation", cache_policy=NO_CACHE)
 def publish_validation(summary_path: str) -> None:
     """Table artifact: one row per expectation of reports/validation/summary.json."""
@@ -80,7 +92,7 @@ def publish_validation(summary_path: str) -> None:
                        f"{c['rows_quarantined']:,} quarantined"
                        for t, c in summary["tables"].items())
     create_table_artifact(
-        table=[{k: _plain(v) for k, v in r.items()} for r in rows], key="validation-summary",
+        table=[{k: plain(v) for k, v in r.items()} for r in rows], key="validation-summary",
         description=f"{summary['dataset']} (policy {summary['policy']}, passed: "
                     f"{summary['passed']}). {counts}. Source: {summary_path}")
 
@@ -90,21 +102,21 @@ def publish_evaluation(report_path: str, eval_json: str) -> None:
     """The answer first: a table artifact of the headline (best meta-learner vs best baseline
     per scenario and K, with CIs), one image artifact per curve (the PNG inlined), the full
     report as Markdown with the curves inlined, and a link to the HTML version on disk."""
-    from metarec.eval.document import png_data_uri
+    from metarec.eval.document import PLOTS, png_data_uri
     from metarec.eval.headline import headline_table
 
     path = Path(report_path).resolve()
     result = read_json(eval_json)
     rows = headline_table(result.get("headline", []))
     if rows:
-        create_table_artifact(table=[{k: _plain(v) for k, v in r.items()} for r in rows],
+        create_table_artifact(table=[{k: plain(v) for k, v in r.items()} for r in rows],
                               key="evaluation-headline",
                               description="test catalogue metric: the best meta-learner on "
                                           "validation minus the best baseline, relative, CI")
     text = path.read_text(encoding="utf-8")
-    for png in sorted(path.parent.glob("*.png")):
+    for png in sorted((path.parent / PLOTS).glob("*.png")):
         uri = png_data_uri(png)
-        text = text.replace(f"]({png.name})", f"]({uri})")
+        text = text.replace(f"]({PLOTS}/{png.name})", f"]({uri})")
         create_image_artifact(image_url=uri, key=f"curve-{png.stem.replace('_', '-')}",
                               description=f"{png.name}: {path.parent}")
     create_markdown_artifact(markdown=text, key="evaluation-report",
@@ -112,6 +124,26 @@ def publish_evaluation(report_path: str, eval_json: str) -> None:
     html = path.with_name("index.html")
     create_link_artifact(link=html.as_uri(), link_text=str(html), key="evaluation-report-link",
                          description="the evaluation report with its curves, one HTML file")
+
+
+def landing_markdown(night: str, verdict: dict[str, Any], failure: str | None = None) -> str:
+    """A night's landing validation for people: rows per file, then every rule that set
+    rows aside, with its count and first examples."""
+    lines = [f"# Landing data of {night}", ""]
+    if failure:
+        lines += [f"**Failed night:** {failure}", ""]
+    lines += [f"Policy **{verdict['policy']}**: {verdict['rows_in']:,} rows in = "
+              f"{verdict['rows_kept']:,} kept + {verdict['rows_quarantined']:,} quarantined.",
+              "", "| file | night | rows in | kept | quarantined |", "|---|---|---|---|---|"]
+    lines += [f"| {f['file']} | {f['night']} | {f['rows_in']:,} | {f['rows_kept']:,} | "
+              f"{f['rows_quarantined']:,} |" for f in verdict["files"]]
+    bad = [e for e in verdict["expectations"] if e["rows_quarantined"]]
+    if bad:
+        lines += ["", "| rule | column | rows set aside | first rows |", "|---|---|---|---|"]
+        lines += [f"| {e['reason']} | {e['column']} | {e['rows_quarantined']:,} | "
+                  + ", ".join(str(x.get("source_row", "")) for x in e["examples"]) + " |"
+                  for e in bad]
+    return "\n".join(lines) + "\n"
 
 
 def examples(batch_dir: str | Path, validated_dir: str | Path, users: int = 3,
@@ -146,14 +178,19 @@ def examples(batch_dir: str | Path, validated_dir: str | Path, users: int = 3,
 
 
 @task(name="publish-batch", cache_policy=NO_CACHE)
-def publish_batch(batch_dir: str, validated_dir: str, seconds: float) -> dict[str, Any]:
+def publish_batch_artifacts(batch_dir: str, validated_dir: str, seconds: float) -> dict[str, Any]:
     """Table artifact with the batch's counts and a Markdown artifact with examples."""
     manifest = read_json(Path(batch_dir) / "manifest.json")
+    landing = manifest.get("landing") or {}
     row = {"as_of": manifest["as_of"], "users_scored": manifest["users"],
            "cold_users": manifest["cold_users"], "dynamic_users": manifest["dynamic_users"],
            "rows": manifest["rows"], "catalogue_items": manifest["catalogue_items"],
+           "model": manifest["model_name"], "seed": manifest.get("seed"),
+           "landing_rows_in": landing.get("rows_in", 0),
+           "landing_rows_kept": landing.get("rows_kept", 0),
+           "landing_rows_quarantined": landing.get("rows_quarantined", 0),
            "seconds": round(seconds, 2), "batch": str(Path(batch_dir).resolve())}
-    row = {k: _plain(v) for k, v in row.items()}
+    row = {k: plain(v) for k, v in row.items()}
     create_table_artifact(table=[row], key="nightly-batch",
                           description=f"nightly batch {manifest['as_of']}: parquet sha256 "
                                       f"{manifest['parquet_sha256']}")

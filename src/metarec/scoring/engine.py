@@ -20,10 +20,9 @@ import torch
 from torch import Tensor
 
 from metarec.data.tasks import TaskBatch, pad_rows
+from metarec.meta.predictor import CELLS
 from metarec.models.base import Predictor
 from metarec.scoring import heap
-
-CELLS = 1 << 21  # task x item scores ranked at once (a block of the catalogue)
 
 
 @dataclass

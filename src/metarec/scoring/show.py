@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 
 from metarec.errors import DataError
 from metarec.io import read_parquet
-from metarec.scoring.batch import RECS
+from metarec.scoring.publish import RECS
 from metarec.scoring.world import day_end, parse_as_of
 
 

@@ -14,10 +14,13 @@ from typing import Any
 import torch
 import yaml
 
-from metarec.config import ScoreParams, params_hash, parse_params
+from metarec.config import ScoreParams, TableSource, ValidateParams, params_hash, parse_params
+from metarec.data.validation import TABLES
 from metarec.errors import MetarecError, ParamsError
 from metarec.io import read_json, sha256_file
-from metarec.scoring.batch import MANIFEST, RECS, TABLES, _git_commit, build_batch
+from metarec.schema import build
+from metarec.scoring.batch import build_batch
+from metarec.scoring.publish import MANIFEST, RECS, git_commit
 from metarec.scoring.world import landing_files, parse_as_of
 
 
@@ -39,6 +42,9 @@ def verify(batch_dir: str | Path) -> dict[str, Any]:
     manifest = read_json(batch_dir / MANIFEST)
     try:
         params = parse_params({"score": manifest["params"]}).score
+        landing = manifest.get("landing_params") or {}
+        validate = build(ValidateParams, landing.get("validate") or {}, "validate")
+        landing_format = build(TableSource, landing.get("format") or {}, "format")
     except (KeyError, ParamsError) as exc:
         raise VerifyError(f"{batch_dir / MANIFEST}: unreadable params: {exc}") from exc
     if params_hash(params) != manifest.get("params_hash"):
@@ -58,7 +64,8 @@ def verify(batch_dir: str | Path) -> dict[str, Any]:
                 restored(manifest, changed))))
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="metarec-verify-"))
         rebuilt = build_batch(params, manifest["validated_dir"], manifest["models_dir"], tmp,
-                              manifest["as_of"], manifest.get("selection_path"))
+                              manifest["as_of"], manifest.get("selection_path"), validate,
+                              landing_format)
         same = (rebuilt / RECS).read_bytes() == (batch_dir / RECS).read_bytes()
         new_sha = sha256_file(rebuilt / RECS)
         again = read_json(rebuilt / MANIFEST)
@@ -70,7 +77,7 @@ def verify(batch_dir: str | Path) -> dict[str, Any]:
         else:
             why = (f"the rebuild gives different bytes (sha256 {new_sha}): code or environment "
                    f"changed (batch written at commit {manifest.get('git_commit')}, now "
-                   f"{_git_commit()}; torch {manifest.get('torch_version')}, now "
+                   f"{git_commit()}; torch {manifest.get('torch_version')}, now "
                    f"{torch.__version__})")
         raise VerifyError(f"{batch_dir}: not reproducible: {why}")
     differ = sorted(k for k in set(manifest) | set(again)

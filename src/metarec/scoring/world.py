@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 from metarec.errors import DataError, ParamsError
 from metarec.io import arrow_frame
@@ -78,56 +79,11 @@ def landing_files(landing_dir: str | Path | None, day: dt.date) -> list[Path]:
     return [p for _, p in found]
 
 
-def read_landing(path: Path) -> pd.DataFrame:
-    """One daily file, checked to hold the canonical columns and types (first bad cell named)."""
-    if path.suffix == ".csv":
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
-    else:
-        raw = pd.read_parquet(path)
-    missing = [c for c in COLUMNS if c not in raw.columns]
-    if missing:
-        raise DataError(f"missing column(s) {', '.join(missing)}", file=str(path),
-                        column=missing[0])
-    extra = [c for c in raw.columns if c not in (*COLUMNS, "source_row")]
-    if extra:
-        raise DataError(f"unexpected column(s) {', '.join(map(str, extra))}", file=str(path),
-                        column=str(extra[0]))
-    out = pd.DataFrame(index=raw.index)
-    for col in ("user_id", "item_id"):
-        values = raw[col]
-        if path.suffix == ".parquet" and not (pd.api.types.is_string_dtype(values)
-                                              or values.dtype == object):
-            raise DataError(f"expected string ids, got {values.dtype}", file=str(path),
-                            column=col)
-        text = values.astype("string")
-        bad = text.isna() | (text.str.len() == 0)
-        if (path.suffix == ".parquet" and values.dtype == object
-                and pd.api.types.infer_dtype(values, skipna=True) not in ("string", "empty")):
-            # infer_dtype is one C-level pass; only a bad file pays for finding the row
-            bad |= ~values.map(lambda v: isinstance(v, str) or v is None)
-        _first_bad(bad, path, col, "empty or non-string id")
-        out[col] = text
-    rating = pd.to_numeric(raw["rating"], errors="coerce").astype("float64")
-    _first_bad(~np.isfinite(rating.to_numpy()), path, "rating", "not a number")
-    out["rating"] = rating
-    ts = pd.to_numeric(raw["timestamp"], errors="coerce").astype("float64")
-    whole = np.isfinite(ts.to_numpy()) & (np.floor(ts.to_numpy()) == ts.to_numpy())
-    _first_bad(~whole, path, "timestamp", "not an integer epoch-seconds timestamp")
-    out["timestamp"] = ts.astype("int64")
-    return out
-
-
-def _first_bad(bad: pd.Series | np.ndarray, path: Path, column: str, what: str) -> None:
-    bad = np.asarray(bad, dtype=bool)
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{what} (rows counted from 1 after the header)", file=str(path),
-                        row=row + 1, column=column)
-
-
 class World:
     """Every interaction before ``end``: the validated log, scanned where it lies, and the
-    landing files (checked by :func:`read_landing`), behind one DuckDB view. It is queried
+    landing rows that passed validation (:func:`metarec.data.landing.check_landing`: the
+    canonical columns plus ``src``, the 1-based landing file, and ``row`` in it), behind one
+    DuckDB view. It is queried
     and streamed, never loaded whole: the nightly batch of millions of users holds one
     chunk's rows at a time, and the engine aggregates and sorts out of core within
     ``memory_mb``.
@@ -138,7 +94,7 @@ class World:
     same order. Strings compare byte by byte (UTF-8), i.e. by code point, as Python sorts.
     """
 
-    def __init__(self, log: str | Path | pd.DataFrame, landing: list[Path], end: int,
+    def __init__(self, log: str | Path | pd.DataFrame, landing: pa.Table | None, end: int,
                  memory_mb: int = 256, threads: int | None = None) -> None:
         import duckdb  # imported here: only the scoring path needs it
 
@@ -147,19 +103,18 @@ class World:
         self._tmp = tempfile.TemporaryDirectory(prefix="metarec-world-")
         self.con = duckdb.connect(config={
             "memory_limit": f"{int(memory_mb)}MB", "temp_directory": self._tmp.name,
-            "threads": int(threads or max(torch_threads(), 1)),
+            # as many threads as torch uses: the one knob a run sets
+            "threads": int(threads or max(torch.get_num_threads(), 1)),
             "preserve_insertion_order": False})
         if isinstance(log, pd.DataFrame):
             self.con.register("log_file", _canonical(log).append_column(
                 "file_row_number", pa.array(np.arange(len(log), dtype=np.int64))))
         else:
             self.con.read_parquet(str(log), file_row_number=True).create_view("log_file")
-        parts = [_part("log_file", 0, "file_row_number", self.end)]
-        for i, path in enumerate(landing, start=1):
-            frame = read_landing(path)
-            self.con.register(f"landing_{i}", _canonical(frame).append_column(
-                "row", pa.array(np.arange(len(frame), dtype=np.int64))))
-            parts.append(_part(f"landing_{i}", i, "row", self.end))
+        parts = [_part("log_file", "0", "file_row_number", self.end)]
+        if landing is not None:
+            self.con.register("landing", landing)
+            parts.append(_part("landing", "src", "row", self.end))
         self.con.execute("CREATE TEMP VIEW world AS " + " UNION ALL ".join(parts))
 
     def __enter__(self) -> World:
@@ -275,13 +230,6 @@ class World:
         return out / "users.parquet", out / "rows.parquet"
 
 
-def torch_threads() -> int:
-    """The engine's threads: as many as torch uses (the one knob a run sets)."""
-    import torch
-
-    return torch.get_num_threads()
-
-
 def _canonical(frame: pd.DataFrame) -> pa.Table:
     """The canonical columns of a log as an arrow table of fixed types."""
     return pa.table({"user_id": pa.array(frame["user_id"].astype("string"), pa.string()),
@@ -290,7 +238,7 @@ def _canonical(frame: pd.DataFrame) -> pa.Table:
                      "timestamp": pa.array(frame["timestamp"].to_numpy(np.int64))})
 
 
-def _part(name: str, src: int, row: str, end: int) -> str:
+def _part(name: str, src: str, row: str, end: int) -> str:
     return (f"SELECT user_id, item_id, CAST(rating AS DOUBLE) AS rating, "
             f"CAST(timestamp AS BIGINT) AS timestamp, {src} AS src, {row} AS row "
             f"FROM {name} WHERE timestamp < {end}")

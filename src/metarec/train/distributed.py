@@ -74,14 +74,15 @@ def check(train: TrainParams, classes: Iterable[Any]) -> None:
 def strategy(train: TrainParams, cls: Any) -> str | DDPStrategy:
     """The Lightning strategy for algorithm class ``cls``: gloo on CPUs, NCCL on GPUs.
 
-    An algorithm whose loss skips some network parameters (``ddp_unused_parameters``, e.g.
-    ridge's closed-form head bypasses the output layer) makes DDP look for them every step."""
+    An algorithm whose loss skips some network parameters (``capabilities.unused_parameters``,
+    e.g. ridge's closed-form head bypasses the output layer) makes DDP look for them every
+    step."""
     if train.strategy != "ddp":
         return "auto"
     gpu = train.accelerator in ("gpu", "cuda") or (
         train.accelerator == "auto" and torch.cuda.is_available())
     return DDPStrategy(process_group_backend="nccl" if gpu else "gloo",
-                       find_unused_parameters=getattr(cls, "ddp_unused_parameters", False),
+                       find_unused_parameters=cls.capabilities.unused_parameters,
                        # buffers are not trained; and validation may run a different number
                        # of batches per process, where a per-forward broadcast would hang
                        forward_sync_buffers=False)

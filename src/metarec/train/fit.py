@@ -1,11 +1,11 @@
-"""Meta-train one algorithm on an :class:`EpisodeData` with Lightning: the outer loop driver.
+"""Meta-train one learner on an :class:`EpisodeData` with Lightning: the outer loop driver.
 
-:func:`fit_meta` is what the train stage injects into each :class:`FitContext` as
-``meta_train``: it seeds everything, builds the algorithm (so the same params and data give the
-same weights), validates before the first step, runs the Lightning outer loop and keeps the
-best validated weights. With ``train.strategy: ddp`` the fit runs data-parallel over the
-processes ``torchrun`` started (:mod:`metarec.train.distributed`); every process returns the
-same result.
+:func:`fit_meta` is what a registered episodic algorithm's ``fit`` calls
+(:mod:`metarec.train.entries`): it seeds everything, builds the learner (so the same params
+and data give the same weights), validates before the first step, runs the Lightning outer
+loop and keeps the best validated weights. With ``train.strategy: ddp`` the fit runs
+data-parallel over the processes ``torchrun`` started (:mod:`metarec.train.distributed`);
+every process returns the same result.
 """
 
 from __future__ import annotations
@@ -22,11 +22,10 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.loggers import CSVLogger
 
-from metarec import algorithms
-from metarec.config import ModelParams, TrainParams
+from metarec.config import TrainParams
 from metarec.data.tasks import EpisodeData
 from metarec.meta.features import FeatureStore
-from metarec.meta.gradient import MetaAlgorithm
+from metarec.meta.learner import Learner
 from metarec.meta.predictor import validation_loss
 from metarec.progress import progress
 from metarec.train import distributed
@@ -42,7 +41,7 @@ _QUIET = (r".*isinstance\(treespec, LeafSpec\).*", r".*number of training batche
 @dataclass
 class FitResult:
     name: str
-    algorithm: MetaAlgorithm
+    learner: Learner
     initial_val_loss: float
     best_val_loss: float
     best_step: int
@@ -78,36 +77,37 @@ class _Progress(L.Callback):
         self.bar.advance(1, **facts)
 
 
-def fit_meta(name: str, build: Callable[[], MetaAlgorithm], outer_lr: float, *,
+def fit_meta(entry: Any, build: Callable[[], Learner], outer_lr: float, *,
              data: EpisodeData, train: TrainParams, log_dir: str | Path,
              draw: str | None = None) -> FitResult:
     """Meta-train ``build()`` for ``train.max_steps`` outer steps; keep the best validated
-    weights. ``draw``: meta-train tasks drawn afresh every epoch that way (None: the fixed
-    draws of the episodes). Under DDP only global rank 0 writes the CSV logs in ``log_dir``."""
-    cls = algorithms.get(name)
-    distributed.check(train, [cls])
+    weights. ``entry``: the registered algorithm (its name, capabilities, DDP refusal).
+    ``draw``: meta-train tasks drawn afresh every epoch that way (None: the fixed draws of
+    the episodes). Under DDP only global rank 0 writes the CSV logs in ``log_dir``."""
+    name = entry.name
+    distributed.check(train, [entry])
     for logger_name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(logger_name).setLevel(logging.WARNING)
     L.seed_everything(train.seed, workers=True, verbose=False)
-    algorithm = build()
+    learner = build()
     store = FeatureStore(data.users, data.items)
-    algorithm.use_catalogue(store)
+    learner.use_catalogue(store)
     dm = EpisodeDataModule(data, train.meta_batch, seed=train.seed, draw=draw)
     dm.setup("fit")
     assert dm.val_tasks is not None
-    initial = validation_loss(algorithm, store, dm.val_tasks, k=train.val_ndcg_k)
+    initial = validation_loss(learner, store, dm.val_tasks, k=train.val_ndcg_k)
     if not math.isfinite(initial):
         raise TrainingDiverged(f"{name} (seed {train.seed}): the validation loss before "
                                f"training is {initial}; check the ratings' scale")
-    module = MetaLearner(algorithm, store, train.outer_optimizer, outer_lr,
+    module = MetaLearner(learner, store, train.outer_optimizer, outer_lr,
                          grad_clip=train.grad_clip, patience=train.patience,
                          initial_val=initial, val_k=train.val_ndcg_k, seed=train.seed,
                          item_id_dropout=train.item_id_dropout,
-                         cross_trust_lr=train.cross_trust_lr)
+                         cross_trust_lr=train.cross_trust_lr, name=name)
     logger = (_loggers(Path(log_dir), name) if distributed.global_rank(train) == 0 else False)
     trainer = L.Trainer(
         max_steps=train.max_steps, max_epochs=-1, accelerator=train.accelerator,
-        strategy=distributed.strategy(train, cls), devices=train.devices,
+        strategy=distributed.strategy(train, entry), devices=train.devices,
         num_nodes=train.num_nodes, use_distributed_sampler=False,  # the data module shards
         logger=logger, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, inference_mode=False,
@@ -124,19 +124,11 @@ def fit_meta(name: str, build: Callable[[], MetaAlgorithm], outer_lr: float, *,
         trainer.fit(module, datamodule=dm)
     seconds = time.perf_counter() - start
     if module.best_state is not None:  # the best validated weights (the start included)
-        algorithm.load_state_dict(module.best_state)
+        learner.load_state_dict(module.best_state)
     best = module.best_val
-    algorithm.cpu()
+    learner.cpu()
     store.to("cpu")
-    return FitResult(name=name, algorithm=algorithm, initial_val_loss=initial,
+    return FitResult(name=name, learner=learner, initial_val_loss=initial,
                      best_val_loss=best, best_step=module.best_step,
                      steps=int(trainer.global_step), seconds=seconds,
                      history=module.val_history)
-
-
-def fit_algorithm(name: str, data: EpisodeData, model: ModelParams, train: TrainParams,
-                  log_dir: str | Path, draw: str | None = None) -> FitResult:
-    """Meta-train the registered gradient learner ``name`` from the params (tests, tools)."""
-    cls = algorithms.get(name)
-    return fit_meta(name, lambda: cls.create(data, model, train), cls.outer_lr(train),
-                    data=data, train=train, log_dir=log_dir, draw=draw)

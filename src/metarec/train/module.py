@@ -1,6 +1,6 @@
-"""The LightningModule: the outer loop of any :class:`MetaAlgorithm`, manual optimisation.
+"""The LightningModule: the outer loop of any :class:`Learner`, manual optimisation.
 
-Training logic only: the algorithm owns adaptation and losses, the data module owns sampling.
+Training logic only: the learner owns adaptation and losses, the data module owns sampling.
 The best weights on the validation loss are kept in memory (``best_state``), starting from the
 untrained weights and their validation loss: a run that never improves keeps its start, never
 a worse model. A loss or a weight that is not finite stops training with
@@ -17,7 +17,7 @@ import torch
 from metarec.data.tasks import TaskBatch
 from metarec.errors import MetarecError
 from metarec.meta.features import FeatureStore
-from metarec.meta.gradient import MetaAlgorithm
+from metarec.meta.learner import Learner
 from metarec.meta.predictor import validation_sums
 
 
@@ -26,16 +26,17 @@ class TrainingDiverged(MetarecError):
 
 
 class MetaLearner(L.LightningModule):
-    """Outer loop: objective from the algorithm, manual backward, clipping, step."""
+    """Outer loop: objective from the learner, manual backward, clipping, step."""
 
-    def __init__(self, algorithm: MetaAlgorithm, store: FeatureStore, outer_optimizer: str,
+    def __init__(self, learner: Learner, store: FeatureStore, outer_optimizer: str,
                  outer_lr: float, grad_clip: float = 10.0, patience: int = 0,
                  initial_val: float = math.inf, val_k: int = 20, seed: int = 0,
-                 item_id_dropout: float = 0.0, cross_trust_lr: float | None = None) -> None:
+                 item_id_dropout: float = 0.0, cross_trust_lr: float | None = None,
+                 name: str = "") -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["algorithm", "store"])
+        self.save_hyperparameters(ignore=["learner", "store"])
         self.automatic_optimization = False
-        self.algorithm = algorithm
+        self.learner = learner
         self.store = store
         self.best_val = float(initial_val)
         self.best_step = 0
@@ -46,26 +47,27 @@ class MetaLearner(L.LightningModule):
         self._stale = 0
 
     def _snapshot(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self.algorithm.state_dict().items()}
+        return {k: v.detach().clone() for k, v in self.learner.state_dict().items()}
 
     def _diverged(self, what: str) -> TrainingDiverged:
         return TrainingDiverged(
-            f"{self.algorithm.name} (seed {self.hparams.seed}) diverged at outer step "
+            f"{self.hparams.name} (seed {self.hparams.seed}) diverged at outer step "
             f"{int(self.global_step)}: {what}; lower train.outer_lr (now "
             f"{self.hparams.outer_lr:g}) or train.inner_lr, or use outer_optimizer adam")
 
     def param_groups(self) -> list[dict]:
         """The outer optimiser's parameter groups: every outer parameter at ``outer_lr``, and
-        the algorithm's ``cross_trust`` (when it is one of them) in a group of its own at
-        ``cross_trust_lr`` (None: ``outer_lr``). The trust is one scalar that has to move far
+        the learner's ``trust_parameters`` (the cross-platform trust) in a group of their own
+        at ``cross_trust_lr`` (None: ``outer_lr``). The trust is one scalar that has to move far
         from its start in a few hundred outer steps, which the network's rate never lets it."""
-        trust = getattr(self.algorithm, "cross_trust", None)
-        params = list(self.algorithm.outer_parameters())
-        rest = [p for p in params if p is not trust]
+        own = self.learner.trust_parameters()
+        params = list(self.learner.outer_parameters())
+        rest = [p for p in params if not any(p is t for t in own)]
         groups: list[dict] = [{"params": rest, "lr": self.hparams.outer_lr}]
-        if len(rest) < len(params):
+        trusted = [p for p in params if any(p is t for t in own)]
+        if trusted:
             lr = self.hparams.cross_trust_lr
-            groups.append({"params": [trust],
+            groups.append({"params": trusted,
                            "lr": self.hparams.outer_lr if lr is None else lr})
         return groups
 
@@ -79,7 +81,7 @@ class MetaLearner(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self.store.to(self.device)
-        self.algorithm.use_catalogue(self.store)
+        self.learner.use_catalogue(self.store)
 
     def training_step(self, batch: TaskBatch, batch_idx: int) -> None:
         # Under DDP Lightning calls this through the DistributedDataParallel wrapper's forward,
@@ -88,19 +90,19 @@ class MetaLearner(L.LightningModule):
         opt.zero_grad()
         store = self._step_store()
         try:
-            objective, report = self.algorithm.outer_loss(store.support(batch),
+            objective, report = self.learner.outer_loss(store.support(batch),
                                                           store.query(batch))
         finally:
             if store is not self.store:
-                self.algorithm.use_catalogue(self.store)
+                self.learner.use_catalogue(self.store)
         if not torch.isfinite(objective):
             raise self._diverged(f"the outer loss is {float(objective.detach())}")
         self.manual_backward(objective)
         self.clip_gradients(opt, gradient_clip_val=self.hparams.grad_clip,
                             gradient_clip_algorithm="norm")
         opt.step()
-        self.algorithm.post_step()
-        bad = [n for n, p in self.algorithm.named_parameters() if not torch.isfinite(p).all()]
+        self.learner.post_step()
+        bad = [n for n, p in self.learner.named_parameters() if not torch.isfinite(p).all()]
         if bad:
             raise self._diverged(f"weights {', '.join(bad[:3])} are not finite")
         self.log("train_loss", report, prog_bar=True, batch_size=len(batch))
@@ -114,7 +116,7 @@ class MetaLearner(L.LightningModule):
             return self.store
         gen = torch.Generator().manual_seed(self.hparams.seed * 1_000_003 + int(self.global_step))
         store = self.store.without_ids(torch.rand(self.store.n_items, generator=gen) < p)
-        self.algorithm.use_catalogue(store)
+        self.learner.use_catalogue(store)
         return store
 
     def on_validation_epoch_start(self) -> None:
@@ -124,7 +126,7 @@ class MetaLearner(L.LightningModule):
         # Lightning may call this under no_grad; adaptation builds its own gradients.
         with torch.enable_grad():
             gen = torch.Generator(device=self.device).manual_seed(batch_idx)
-            total, n = validation_sums(self.algorithm, self.store, batch, gen,
+            total, n = validation_sums(self.learner, self.store, batch, gen,
                                        self.hparams.val_k)
         self._sum += total
         self._n += n

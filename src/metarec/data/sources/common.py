@@ -98,20 +98,56 @@ _DELIMITERS = ("::", ";", "\t", "|", ",")
 _RAGGED = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
 
 
+# Leading bytes of files that are not plain text (or not the Parquet a name promises).
+_MAGIC = ((b"\x1f\x8b", "gzip-compressed", "decompress it (gunzip)"),
+          (b"PK\x03\x04", "a zip archive", "extract the table from it (unzip)"),
+          (b"BZh", "bzip2-compressed", "decompress it (bunzip2)"),
+          (b"\x28\xb5\x2f\xfd", "zstd-compressed", "decompress it (unzstd)"),
+          (b"PAR1", "a Parquet file", "name it .parquet (or set the format to parquet)"))
+
+
+def sniff(path: Path, expected: str) -> None:
+    """Fail, saying what the file really is and how to fix it, when a file is missing, empty,
+    or not of the ``expected`` kind (``text`` or ``parquet``): a gzip file named .csv, a CSV
+    named .parquet, a Parquet file cut short (its footer missing)."""
+    if not path.exists():
+        raise DataError("file not found", file=str(path))
+    size = path.stat().st_size
+    if size == 0:
+        raise DataError("file is empty (0 bytes): write at least the header line, or remove "
+                        "the file", file=str(path))
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+        fh.seek(max(size - 4, 0))
+        tail = fh.read(4)
+    if expected == "parquet":
+        if head != b"PAR1":
+            what = next((w for magic, w, _ in _MAGIC if head.startswith(magic)), "text or "
+                        "another format")
+            raise DataError(f"not a Parquet file (it is {what}); convert it to Parquet or "
+                            "give it a .csv name if it is CSV", file=str(path))
+        if tail != b"PAR1" or size < 12:
+            raise DataError(f"a truncated Parquet file ({size} bytes, its footer is missing): "
+                            "the copy or export was cut short; copy or export it again",
+                            file=str(path))
+        return
+    for magic, what, fix in _MAGIC:
+        if head.startswith(magic):
+            raise DataError(f"not plain text: the file is {what}; {fix}", file=str(path))
+
+
 def read_delimited(path: Path, *, sep: str, names: list[str] | None, header: int | None,
-                    encoding: str) -> pd.DataFrame:
+                    encoding: str, allow_empty: bool = False) -> pd.DataFrame:
     """Read a delimited file as strings; every failure is a DataError naming file, row, column.
 
     ``header=0``: the first record names the columns; ``header=None``: ``names`` do. Records
     are read without names first, so a row with more fields than the header is an error (given
     names, pandas would silently shift such a row into the index). Rows are data records,
     1-based, header not counted; rows with too few fields are padded with nulls (validation
-    quarantines them). A UTF-8 byte-order mark is dropped.
+    quarantines them). A UTF-8 byte-order mark is dropped. ``allow_empty``: a header without
+    rows is a table of no rows (a landing day without activity), not an error.
     """
-    if not path.exists():
-        raise DataError("file not found", file=str(path))
-    if path.stat().st_size == 0:
-        raise DataError("file is empty (0 bytes)", file=str(path))
+    sniff(path, "text")
     has_header = header is not None
     codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
     try:
@@ -143,7 +179,7 @@ def read_delimited(path: Path, *, sep: str, names: list[str] | None, header: int
         if frame.shape[1] == 1:
             _check_delimiter(path, sep, found[0], None,
                              "set the delimiter in params (ingest.table.csv_delimiter)")
-        if len(frame) == 0:
+        if len(frame) == 0 and not allow_empty:
             raise DataError("has a header but no rows", file=str(path))
         return frame
     assert names is not None

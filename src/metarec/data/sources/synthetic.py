@@ -168,8 +168,10 @@ def synthesize(spec: SyntheticSource) -> RawData:
     item). Items are picked by popularity, and with ``choice`` > 0 also by the user's taste at
     that moment, so a drifting taste shows in what the user does next, not only in its
     ratings. With ``platforms`` > 0 each interaction names a platform (:class:`Platforms`)
-    whose taste shift enters both the choice and the rating. Vectorised; 10M interactions
-    take seconds."""
+    whose taste shift enters both the choice and the rating. With ``label: count`` each row
+    is a play count (implicit feedback), 1 + Poisson(exp(0.8 (score - 3.6))) of the same taste
+    score, drawn from a stream of its own (the rest of the log is unchanged). Vectorised; 10M
+    interactions take seconds."""
     rng = np.random.default_rng(spec.seed)
     n_u, n_i, f = spec.users, spec.items, spec.factors
     U = rng.normal(0, 1, (n_u, f)) / np.sqrt(f)                   # (users, f)
@@ -229,7 +231,9 @@ def synthesize(spec: SyntheticSource) -> RawData:
             "repeated pairs dropped, out-of-season rows thinned)", n, spec.interactions,
             spec.choice, spec.season)
     users, items = users.astype(np.int32), items.astype(np.int32)     # compact codes
-    rating = np.empty(n, dtype=np.int8)                               # 1..5, exact
+    counts = spec.label == "count"
+    rating = np.empty(n, dtype=np.int32 if counts else np.int8)       # 1..5 or counts, exact
+    plays = np.random.default_rng([spec.seed, 11])   # its own stream: ratings stay the same
     for a in range(0, n, _ROWS):          # (rows, f) tastes a chunk at a time (memory)
         b = min(a + _ROWS, n)
         u, i = users[a:b], items[a:b]
@@ -241,6 +245,8 @@ def synthesize(spec: SyntheticSource) -> RawData:
             taste = taste + planted.shift[plat[a:b]]
         score = 3.6 + b_u[u] + b_i[i] + 2.0 * np.einsum("nf,nf->n", taste, V[i])
         rating[a:b] = np.clip(np.rint(score + rng.normal(0, spec.noise, b - a)), 1, 5)
+        if counts:       # implicit feedback: plays grow with taste, every row a positive
+            rating[a:b] = 1 + plays.poisson(np.exp(0.8 * (score - 3.6)))
     inter = _log(users, items, rating, ts, n_u, n_i,
                  None if plat is None else (plat.astype(np.int32), planted.names))
     # features correlated with the planted factors
@@ -275,12 +281,11 @@ def synthesize(spec: SyntheticSource) -> RawData:
                        "gender": {"kind": "categorical", "vocabulary": ["F", "M"]},
                        "occupation": {"kind": "categorical"}},
         item_features=item_features,
-        rating={"kind": "explicit", "min": 1.0, "max": 5.0},
+        rating=({"kind": "count", "min": 0.0, "max": float("inf")} if counts
+                else {"kind": "explicit", "min": 1.0, "max": 5.0}),
         source_files={"interactions": "synthetic", "users": "synthetic", "items": "synthetic"},
         platforms=list(planted.names) if planted is not None else None,
     )
-
-
 
 
 def described_catalogue(spec: SyntheticSource) -> pd.DataFrame:

@@ -18,33 +18,36 @@ from metarec.data.sources.common import (
     interactions_frame,
     numeric,
     read_delimited,
+    sniff,
     split_lists,
 )
 from metarec.errors import DataError
 
 
-def _read_any(path: Path, spec: TableSource) -> pd.DataFrame:
-    """A Parquet or CSV table; ids and values as text where they are text or integers."""
+def _read_any(path: Path, spec: TableSource, allow_empty: bool = False) -> pd.DataFrame:
+    """A Parquet or CSV table; ids and values as text where they are text or integers.
+    ``allow_empty``: a header (schema) without rows is a table of no rows, not an error."""
     fmt = spec.format
     if fmt == "auto":
         fmt = "parquet" if path.suffix.lower() in (".parquet", ".pq") else "csv"
-    if not path.exists():
-        raise DataError("file not found", file=str(path))
     if fmt == "csv":
         return read_delimited(path, sep=spec.csv_delimiter, names=None, header=0,
-                               encoding=spec.encoding)
+                              encoding=spec.encoding, allow_empty=allow_empty)
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    if path.stat().st_size == 0:
-        raise DataError("file is empty (0 bytes)", file=str(path))
+    sniff(path, "parquet")
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
-        raise DataError(f"not a readable Parquet file (truncated or corrupt?): {exc}",
-                        file=str(path)) from exc
-    if table.num_rows == 0:
+        raise DataError(f"not a readable Parquet file (truncated or corrupt?): {exc}; copy or "
+                        "export it again", file=str(path)) from exc
+    if table.num_rows == 0 and not allow_empty:
         raise DataError("has a schema but no rows", file=str(path))
+    for f in table.schema:
+        if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type):
+            raise DataError(f"holds bytes ({f.type}), not text: write the column as strings",
+                            file=str(path), column=f.name)
     # integers (uint64 ids above 2^63 included) become their exact decimal text here, before
     # pandas could turn an integer column with a null into floats
     for i, f in enumerate(table.schema):
@@ -68,18 +71,24 @@ def _id_column(frame: pd.DataFrame, col: str, file: Path) -> pd.Series:
     return clean_ids(frame[col])
 
 
-def read_table(params: IngestParams) -> RawData:
-    """A log with a column mapping in params, optional user / item feature tables.
+def label_scale(spec: TableSource) -> tuple[float, float]:
+    """The range a label may take: the explicit scale, [0, 1] for binary labels, counts >= 0."""
+    if spec.label == "count":
+        return 0.0, float("inf")
+    if spec.label == "binary":
+        return 0.0, 1.0
+    return spec.rating_scale
+
+
+def read_log(path: Path, spec: TableSource, allow_empty: bool = False) -> pd.DataFrame:
+    """An interaction log under the column mapping ``spec``, as the canonical interactions
+    (:func:`interactions_frame`: ids as text, rating, epoch seconds, 1-based source_row).
 
     Single cells that do not parse (a rating 'five', a date 'yesterday') become nulls that
-    validation quarantines by row; a column none of whose values parse is an error here.
-    """
-    spec = params.table
-    if not spec.interactions:
-        raise DataError("ingest.table.interactions must name the interaction log",
-                        column="table.interactions")
-    path = Path(spec.interactions)
-    log_df = _read_any(path, spec)
+    validation quarantines by row; a column none of whose values parse, a missing mapped
+    column, an unreadable file: :class:`DataError` naming file, row and column. The ingest
+    stage reads the user's log with it, and the nightly batch each landing file."""
+    log_df = _read_any(path, spec, allow_empty)
     needed = [spec.user_col, spec.item_col, spec.timestamp_col]
     if spec.rating_col is not None:
         needed.append(spec.rating_col)
@@ -96,12 +105,6 @@ def read_table(params: IngestParams) -> RawData:
         raw_rating = log_df[spec.rating_col].astype("string")
         rating = numeric(raw_rating)
         check_parsed(raw_rating, rating, str(path), spec.rating_col, "a number")
-    if spec.label == "count":
-        lo, hi = 0.0, float("inf")
-    elif spec.label == "binary":
-        lo, hi = 0.0, 1.0
-    else:
-        lo, hi = spec.rating_scale
     ts = log_df[spec.timestamp_col]
     if pd.api.types.is_datetime64_any_dtype(ts):
         ts = (pd.to_datetime(ts, utc=True) - pd.Timestamp(0, tz="UTC")) // pd.Timedelta("1s")
@@ -114,9 +117,22 @@ def read_table(params: IngestParams) -> RawData:
                       "; set ingest.table.timestamp_unit (s | ms | us | ns | iso)")
     platform = (None if spec.platform_col is None
                 else _id_column(log_df, spec.platform_col, path))
-    interactions = interactions_frame(_id_column(log_df, spec.user_col, path),
-                                      _id_column(log_df, spec.item_col, path), rating, ts,
-                                      platform=platform)
+    return interactions_frame(_id_column(log_df, spec.user_col, path),
+                              _id_column(log_df, spec.item_col, path), rating, ts,
+                              platform=platform)
+
+
+def read_table(params: IngestParams) -> RawData:
+    """A log with a column mapping in params (:func:`read_log`), optional user / item feature
+    tables."""
+    spec = params.table
+    if not spec.interactions:
+        raise DataError("ingest.table.interactions must name the interaction log",
+                        column="table.interactions")
+    path = Path(spec.interactions)
+    interactions = read_log(path, spec)
+    platform = interactions["platform"] if "platform" in interactions.columns else None
+    lo, hi = label_scale(spec)
     platforms = None
     if platform is not None:   # declared in params, or every value the log uses
         platforms = (list(spec.platforms) if spec.platforms

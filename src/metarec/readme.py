@@ -7,23 +7,16 @@ of ML-100K and the drift benchmark's JSON).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from metarec.errors import DataError
-from metarec.eval.report import K_ALL, k_label
+from metarec.eval.report import K_ALL, k_label, mean_std
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 BACKTEST = ("<!-- backtest:start -->", "<!-- backtest:end -->")
-
-
-def _cell(mean: float, std: float) -> str:
-    if math.isnan(mean):
-        return "–"
-    return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} ± {std:.3f}"
 
 
 def results_markdown(result: dict[str, Any], scenario: str = "user_cold") -> str:
@@ -51,7 +44,7 @@ def results_markdown(result: dict[str, Any], scenario: str = "user_cold") -> str
         lines += [f"**{metric}**", "", "| model | " + " | ".join(f"K={k_label(k)}" for k in ks)
                   + " |", "|---|" + "---|" * len(ks)]
         for model in order:
-            cells = [_cell(mean.loc[model, k], std.loc[model, k]) for k in ks]
+            cells = [mean_std(mean.loc[model, k], std.loc[model, k]) for k in ks]
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
         lines.append("")
     comps = [c for c in result["comparisons"] if c["scenario"] == scenario
@@ -78,7 +71,7 @@ def results_markdown(result: dict[str, Any], scenario: str = "user_cold") -> str
 
 def backtest_markdown(backtest: dict[str, Any], drift: dict[str, Any] | None) -> str:
     """The backtest of the project's data set, then each run of the drift benchmark."""
-    from metarec.scoring.backtest import markdown
+    from metarec.backtest.report import markdown
 
     lines = [f"**This project's data** (`metrics/backtest.json`, threshold "
              f"{backtest['relevance_threshold']:g}):", "", markdown(backtest)]

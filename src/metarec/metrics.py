@@ -13,7 +13,9 @@ random ranking.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torchmetrics.functional import mean_absolute_error, mean_squared_error
@@ -150,11 +152,6 @@ class CatalogueMetrics:
     hit_rate: torch.Tensor
     evaluated: torch.Tensor    # (T,) bool: the task has at least one relevant item
 
-    @property
-    def n_skipped(self) -> int:
-        """Users left out because none of their query ratings reaches the threshold."""
-        return int((~self.evaluated).sum())
-
     def means(self) -> dict[str, float]:
         """Mean over evaluated users (skipped ones excluded, not counted as zero)."""
         e = self.evaluated
@@ -229,3 +226,37 @@ def catalogue_metrics(scores: torch.Tensor, candidates: torch.Tensor, relevant: 
                             ndcg=torch.where(evaluated, ndcg, nan),
                             hit_rate=torch.where(evaluated, hit.clamp(0.0, 1.0), nan),
                             evaluated=evaluated)
+
+
+class Tasks(Protocol):
+    """A padded batch of tasks (:class:`metarec.data.tasks.TaskBatch`)."""
+
+    support_items: torch.Tensor
+    support_mask: torch.Tensor
+    query_items: torch.Tensor
+    query_ratings: torch.Tensor
+    query_mask: torch.Tensor
+
+
+def batch_catalogue_metrics(scores: torch.Tensor, batch: Tasks, threshold: float, k: int,
+                            eligible: torch.Tensor | None = None,
+                            seen: torch.Tensor | None = None) -> CatalogueMetrics:
+    """The catalogue metrics of ranking scores (T, N) for a batch of tasks: every item not in
+    a task's support is a candidate, its query items rated >= ``threshold`` are relevant;
+    ``eligible`` ((N,) bool) narrows both (an item-cold scenario's new items); ``seen``
+    ((T, N) bool) are items each user interacted with before the task's query period besides
+    its support, never candidates (what the nightly batch never recommends either). The one
+    rule behind every validation choice and every test metric."""
+    cands, rel = catalogue_targets(batch.support_items, batch.support_mask, batch.query_items,
+                                   batch.query_ratings, batch.query_mask, scores.shape[1],
+                                   threshold)
+    if eligible is not None:
+        cands, rel = cands & eligible, rel & eligible
+    if seen is not None:
+        cands, rel = cands & ~seen, rel & ~seen
+    return catalogue_metrics(scores, cands, rel, k)
+
+
+def finite_or(x: float, default: float = -1.0) -> float:
+    """``x``, or ``default`` when it is NaN: a choice by max treats a skipped score as last."""
+    return x if not math.isnan(x) else default

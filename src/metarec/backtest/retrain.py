@@ -24,6 +24,8 @@ from pathlib import Path
 
 from metarec import algorithms
 from metarec.config import EpisodesParams, ModelParams, TrainParams
+from metarec.data.episodes import build
+from metarec.fitting import fit_models
 from metarec.io import md5_file, read_parquet, write_parquet
 from metarec.scoring.world import day_end, parse_as_of
 
@@ -48,13 +50,7 @@ def point(first_night: str, day: str, every_days: int) -> str:
 
 def _needed(params: Training, served: tuple[str, ...]) -> tuple[str, ...]:
     """The served models and every algorithm they require, in params order."""
-    need: set[str] = set()
-    todo = list(served)
-    while todo:
-        name = todo.pop()
-        if name not in need:
-            need.add(name)
-            todo.extend(algorithms.get(name).requires)
+    need = {*served, *(r for name in served for r in algorithms.requirements(name))}
     return tuple(a for a in params.train.algorithms if a in need)
 
 
@@ -74,16 +70,15 @@ def _key(params: Training, validated_dir: Path, served: tuple[str, ...], at: str
 
 def models_at(params: Training, validated_dir: str | Path, served: tuple[str, ...], at: str,
               cache: str | Path | None = None) -> Path:
-    """The checkpoints folder (``seed<S>``) of models trained on the log before the end of
-    night ``at``; trained on first use, then read from the cache."""
-    from metarec.stages import episodes, train  # stages import scoring: import late
-
+    """The models folder (one ``seed<S>`` inside: the first of ``train.seeds``) of models
+    trained on the log before the end of night ``at``; trained on first use, then read from
+    the cache."""
     validated_dir = Path(validated_dir)
     root = Path(cache) if cache is not None else Path(tempfile.gettempdir()) / "metarec-retrain"
     folder = root / _key(params, validated_dir, served, at)[:20]
     seed = params.train.seeds[0]
-    out = folder / "models" / f"seed{seed}"
-    if out.is_dir():
+    out = folder / "models"
+    if (out / f"seed{seed}").is_dir():
         return out
     end = day_end(parse_as_of(at))
     with tempfile.TemporaryDirectory(prefix="metarec-retrain-") as tmp:
@@ -93,11 +88,11 @@ def models_at(params: Training, validated_dir: str | Path, served: tuple[str, ..
                 shutil.copy(validated_dir / name, work / name)
         log = read_parquet(validated_dir / "interactions.parquet")
         write_parquet(log[log["timestamp"].to_numpy() < end], work / "interactions.parquet")
-        episodes.run(params.episodes, work, work / "episodes", work / "data.json")
+        build(params.episodes, work, work / "episodes")
         tp = dataclasses.replace(params.train, seeds=(seed,),
                                  algorithms=_needed(params, served))
         folder.mkdir(parents=True, exist_ok=True)
-        train.run(params.model, tp, work / "episodes", folder / "models", work / "train.json")
+        fit_models(params.model, tp, work / "episodes", folder / "models")
     return out
 
 
