@@ -340,11 +340,87 @@ def public_checks_table(results: Path = RESULTS) -> str:
     return "\n".join(lines)
 
 
+def multilingual_table(results: Path = RESULTS) -> str:
+    """Item-cold and user-and-item-cold catalogue nDCG with no text, hashed n-grams and the
+    semantic encoder on each data set of ``multilingual.json`` (paired differences, CI), the
+    cross-lingual placement of new items and the goals as the JSON reads them."""
+    path = results / "multilingual.json"
+    if not path.exists():
+        return "_(no `benchmarks/results/multilingual.json` yet: run `benchmarks/multilingual.py`)_"
+    r = json.loads(path.read_text(encoding="utf-8"))
+    order = {"use-multilingual - none": 0, "hashed - none": 1, "use-multilingual - hashed": 2}
+    lines: list[str] = []
+    for name, d in sorted(r["datasets"].items()):
+        rows = d["rows"]
+        ks = sorted({x["k"] for x in rows}, key=_k)
+        metric, conf = d["catalogue_metric"], round(100 * d["confidence"])
+        lines += [f"**{name}** (`{d['params']}`, {d['dataset']}, seeds "
+                  f"{', '.join(map(str, d['seeds']))}, item-id dropout "
+                  f"{d['item_id_dropout']:g}, text_dim {d['text_dim']}): {metric} of the new "
+                  f"items (`item_cold_catalogue: {d['item_cold_catalogue']}`) with encoder a "
+                  f"→ with encoder b, and b − a with its {conf}% paired CI (bold: excludes "
+                  "0).", "",
+                  "| model | scenario | a → b | " + " | ".join(f"K={k}" for k in ks)
+                  + " |", "|---|---|---|" + "---|" * len(ks)]
+        by = {(x["model"], x["scenario"], x["comparison"], x["k"]): x for x in rows}
+        keys = sorted({(x["model"], x["scenario"], x["comparison"]) for x in rows},
+                      key=lambda key: (key[0], key[1], order.get(key[2], 9), key[2]))
+        for model, scenario, comp in keys:
+            first, _, second = comp.partition(" - ")
+            cells = [(f"{by[model, scenario, comp, k]['value_without']:.3f} → "
+                      f"{by[model, scenario, comp, k]['value_with']:.3f}, "
+                      + _ci(by[model, scenario, comp, k]))
+                     if (model, scenario, comp, k) in by else "" for k in ks]
+            lines.append(f"| {model} | {scenario} | {second} → {first} | "
+                         + " | ".join(cells) + " |")
+        users = {s: sorted({x["users"] for x in rows if x["scenario"] == s})
+                 for s in ("item_cold", "user_item_cold")}
+        total = d["seconds"].get("total")
+        lines += ["", "Test users per K: " + ", ".join(
+            f"{s} {u[0]}" + (f"–{u[-1]}" if u[-1] > u[0] else "") for s, u in users.items()
+            if u) + f". Models without text identical in both runs: "
+            f"{'yes' if d['none_identical_across_runs'] else 'no'}."
+            + (f" Run time {total / 60:.0f} min." if total else ""), ""]
+        if d.get("cross_lingual"):
+            cl = d["cross_lingual"]
+            cks = sorted({x["k"] for x in cl}, key=_k)
+            lines += ["Cross-lingual placement: for each new item, the item-cold test users "
+                      "who liked an item of its topic described in another language against "
+                      "those who liked none of its topic; AUC of the new item's place in their "
+                      "rankings (0.5: no better than chance), mean over new items in a "
+                      "language their topic's existing items used (seen) / never used "
+                      "(unseen).", "",
+                      "| encoder | model | " + " | ".join(f"K={k}" for k in cks) + " |",
+                      "|---|---|" + "---|" * len(cks)]
+            cby = {(x["encoder"], x["model"], x["k"]): x for x in cl}
+            for enc, model in dict.fromkeys((x["encoder"], x["model"]) for x in cl):
+                cells = [f"{cby[enc, model, k]['auc_seen']:.3f} / "
+                         f"{cby[enc, model, k]['auc_unseen']:.3f}"
+                         if (enc, model, k) in cby else "" for k in cks]
+                lines.append(f"| {enc} | {model} | " + " | ".join(cells) + " |")
+            x = cl[0]
+            lines += ["", f"New items with both groups of users: {x['items_seen']} seen, "
+                      f"{x['items_unseen']} unseen (K={x['k']})."]
+            if d.get("text_alone"):
+                lines[-1] += (" Topic read from the text alone (share of new items nearest "
+                              "the centre of their own topic's training items), seen / "
+                              "unseen: " + "; ".join(f"{enc} {v['seen']:.2f} / "
+                                                     f"{v['unseen']:.2f}"
+                                                     for enc, v in d["text_alone"].items())
+                              + ".")
+            lines.append("")
+    if r.get("goals"):
+        lines.append("Goals (multilingual catalogue): " + "; ".join(
+            f"{goal}: {_met(ok)}" for goal, ok in r["goals"].items()) + ".")
+    return "\n".join(lines).rstrip()
+
+
 SECTIONS = [(BEGIN, END, table),
             ("<!-- public-checks:begin -->", "<!-- public-checks:end -->", public_checks_table),
             ("<!-- text:begin -->", "<!-- text:end -->", text_table),
             ("<!-- platforms:begin -->", "<!-- platforms:end -->", platforms_table),
-            ("<!-- item-cold:begin -->", "<!-- item-cold:end -->", item_cold_table)]
+            ("<!-- item-cold:begin -->", "<!-- item-cold:end -->", item_cold_table),
+            ("<!-- multilingual:begin -->", "<!-- multilingual:end -->", multilingual_table)]
 
 
 def render(readme: str, body: str, begin: str = BEGIN, end: str = END) -> str:

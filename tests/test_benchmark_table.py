@@ -114,3 +114,27 @@ def test_the_large_data_pipeline_row_checks_memory_and_time_per_interaction(tmp_
                    {"peak_rss_mb": {**fifty["peak_rss_mb"], "max": 8200.0}}):
         (tmp_path / "data_pipeline_50000000.json").write_text(json.dumps({**fifty, **change}))
         assert mod.table(tmp_path).count("**missed**") == 1
+
+
+def test_the_multilingual_table_shows_each_comparison_and_the_goals(tmp_path: Path) -> None:
+    mod = _table_module()
+    base = {"model": "maml", "scenario": "item_cold", "k": 1, "value_without": 0.05,
+            "value_with": 0.12, "diff": 0.07, "ci_low": 0.05, "ci_high": 0.09, "users": 900}
+    rows = [{**base, "comparison": "use-multilingual - none"},
+            {**base, "comparison": "use-multilingual - hashed", "value_without": 0.1,
+             "diff": 0.02, "ci_low": -0.01, "ci_high": 0.05}]
+    check = {"encoder": "use-multilingual", "model": "maml", "k": 1, "auc_seen": 0.81,
+             "auc_unseen": 0.74, "items_seen": 102, "items_unseen": 101, "tasks": 972}
+    (tmp_path / "multilingual.json").write_text(json.dumps({"datasets": {"multilingual": {
+        "params": "p.yaml", "dataset": "synthetic", "seeds": [0], "algorithms": ["maml"],
+        "item_id_dropout": 0.5, "text_dim": 32, "catalogue_metric": "ndcg@20",
+        "item_cold_catalogue": "new", "confidence": 0.95, "none_identical_across_runs": True,
+        "rows": rows, "cross_lingual": [check], "seconds": {"total": 600.0}}},
+        "goals": {"maml: beats hashed at every K": False}}))
+    text = mod.multilingual_table(tmp_path)
+    assert "| maml | item_cold | none → use-multilingual | 0.050 → 0.120, " \
+           "**+0.070 [+0.050, +0.090]** |" in text
+    assert "| maml | item_cold | hashed → use-multilingual | 0.100 → 0.120, " \
+           "+0.020 [-0.010, +0.050] |" in text
+    assert "| use-multilingual | maml | 0.810 / 0.740 |" in text
+    assert "maml: beats hashed at every K: **missed**" in text

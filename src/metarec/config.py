@@ -67,6 +67,20 @@ class TableSource(Section):
 
 
 @dataclass(frozen=True)
+class SyntheticText(Section):
+    """Item descriptions in several languages, users' taste planted on their topics
+    (:mod:`metarec.data.sources.multilingual`); no languages = no descriptions."""
+
+    languages: tuple[str, ...] = ()
+    topics: int = bounded(8, 2)
+    topic_languages: int = bounded(2, 1)
+    topic_weight: float = bounded(0.7, 0.0, 1.0)
+    new_items: float = bounded(0.2, 0.0, 1.0)
+    new_after: float = bounded(0.85, 0.0, 1.0)
+    unseen_share: float = bounded(0.5, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
 class SyntheticSource(Section):
     """Seeded generator with planted latent structure (for tests and benchmarks)."""
 
@@ -86,6 +100,7 @@ class SyntheticSource(Section):
     platform_shift: float = bounded(0.5, 0.0)
     platform_share: float = bounded(0.5, 0.0, 1.0)
     label: Literal["explicit", "count"] = "explicit"
+    text: SyntheticText = field(default_factory=SyntheticText)
     seed: int = 0
 
 
@@ -282,6 +297,8 @@ class ScoreParams(Section):
     dynamic: bool = False
     dynamic_last: int = bounded(20, 1)
     engine_memory_mb: int = bounded(256, 16, neutral=SAME_BYTES)
+    text_cache: str | None = field(default=".cache/metarec/text",
+                                   metadata={"neutral": SAME_BYTES})
 
     def inputs(self) -> dict[str, str]:
         """The folder of daily landing files the batches read."""

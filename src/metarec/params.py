@@ -16,6 +16,8 @@ import yaml
 
 from metarec import algorithms
 from metarec.config import Params, parse_params
+from metarec.data.sources import multilingual
+from metarec.data.text import USE_DIM, USE_MULTILINGUAL
 from metarec.errors import ParamsError
 
 
@@ -57,10 +59,15 @@ def check(params: Params) -> None:
             raise ParamsError(f"train.{key}: lists an algorithm twice: {list(names)}")
     chosen = set(t.algorithms) | set(t.baselines)
     algorithms.fit_order(sorted(chosen))     # every requirement is fitted too
+    if params.ingest.source == "synthetic":
+        multilingual.check(params.ingest.synthetic)
     e = params.episodes
     if t.text_ablation and e.text_encoder == "none":
         raise ParamsError("train.text_ablation: there is no text to leave out; name an encoder "
                           "in episodes.text_encoder (e.g. hashed) or set it to false")
+    if e.text_encoder == USE_MULTILINGUAL and e.text_dim > USE_DIM:
+        raise ParamsError(f"episodes.text_dim: {e.text_dim} exceeds the {USE_DIM} numbers "
+                          f"{USE_MULTILINGUAL} gives per text; set it to at most {USE_DIM}")
     if abs(sum(e.split_fractions) - 1.0) > 1e-6:
         raise ParamsError(f"episodes.split_fractions: must sum to 1, got "
                           f"{list(e.split_fractions)}")

@@ -7,7 +7,8 @@ model never indexes out of range and never sees a value it could not have learne
 Numeric features are standardised with the training mean and std; missing values become 0
 (the training mean). Text features are display-only unless a text encoder is named
 (``episodes.text_encoder``): then each text becomes ``dim`` numeric columns
-(:mod:`metarec.data.text`), the same for every run that reads the same vocabulary.
+(:mod:`metarec.data.text`), the same for every run that reads the same vocabulary (which
+holds the projection of a semantic encoder, fitted by the episodes stage on training items).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - registers pa.compute
 import torch
 
-from metarec.data.text import TextCache, encode_cached
+from metarec.data.text import TextCache, encode_cached, project
 
 UNKNOWN = 0
 KINDS = ("categorical", "multicategorical", "numeric", "text")
@@ -146,6 +147,8 @@ def encode_entity(table: pd.DataFrame, id_col: str, vocab: dict[str, Any],
         elif kind == "text":
             vecs = encode_cached(table[name], spec["encoder"], spec["dim"], spec["seed"],
                                  text_cache)
+            if "projection" in spec:          # fitted on the training items (episodes)
+                vecs = project(vecs, spec["projection"])
             num_names.extend(f"{name}#{j}" for j in range(vecs.shape[1]))
             num_cols.extend(vecs.T.astype(np.float64))
     width = max((m.shape[1] for m in multi_mats), default=1)

