@@ -199,6 +199,9 @@ def test_stage_writes_checkpoints_and_metrics(data, tmp_path, monkeypatch):
     metrics = train_stage.run(MODEL, train, tmp_path / "episodes", tmp_path / "models",
                               tmp_path / "metrics" / "train.json")
     assert set(metrics["seeds"]) == {"seed0", "seed3"}
+    # the loss the size rule chose, and what it chose from (the fixture's 40 items: softmax)
+    assert metrics["objective"] == {"loss": "softmax", "item_ids": data.items.n_ids,
+                                    "sampled_above": 5000}
     per_seed = metrics["seeds"]["seed3"]
     assert set(per_seed) == {*train.baselines, "maml", "reptile"}
     written = json.loads((tmp_path / "metrics" / "train.json").read_text())
@@ -289,3 +292,27 @@ def test_svd_warm_start_begins_below_a_random_start(data, tmp_path, objective):
     warm = fit_algorithm("maml", data, replace(MODEL, warm_start="svd"), train, tmp_path / "svd")
     assert warm.initial_val_loss < 0.95 * cold.initial_val_loss, (warm.initial_val_loss,
                                                                   cold.initial_val_loss)
+
+
+def test_a_time_budget_stops_at_the_next_validation_and_keeps_the_best(data, tmp_path):
+    train = replace(TRAIN, max_steps=200, val_every=5, patience=0, max_seconds=1e-9)
+    fit = fit_algorithm("fomaml", data, MODEL, train, tmp_path)
+    assert fit.steps == train.val_every and fit.stopped_by == "time budget"
+    assert fit.metrics()["stopped_by"] == "time budget"
+    assert fit.best_val_loss <= fit.initial_val_loss
+    full = fit_algorithm("fomaml", data, MODEL, replace(train, max_seconds=0.0, max_steps=10),
+                         tmp_path / "full")
+    assert full.steps == 10 and full.metrics()["stopped_by"] == "max_steps"
+
+
+def test_the_size_rule_trains_large_catalogues_on_the_sampled_loss(data):
+    from metarec.config import ObjectiveParams
+
+    auto = ObjectiveParams(loss="auto", sampled_above=100)
+    assert auto.resolved(100).loss == "softmax" and auto.resolved(101).loss == "sampled"
+    assert ObjectiveParams(loss="bpr").resolved(10**6).loss == "bpr"   # a named loss stays
+    small = replace(TRAIN, objective=ObjectiveParams(loss="auto", sampled_above=10))
+    learner = algorithms.get("maml").create(data, MODEL, small)       # 40 items > 10
+    assert learner.objective.loss == "sampled"
+    large = replace(small, objective=replace(small.objective, sampled_above=1000))
+    assert algorithms.get("maml").create(data, MODEL, large).objective.loss == "softmax"

@@ -14,7 +14,7 @@ imports the algorithms, so a stage's code closure stays its own.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, ClassVar, Literal
 
 from metarec.schema import Keys, bounded, build, params_hash, to_dict
@@ -200,10 +200,20 @@ class ObjectiveParams(Section):
     ranking_weight: float = bounded(1.0, 0.0)
     rating_weight: float = bounded(0.3, 0.0)
     inner: Literal["rating", "ranking", "both"] = "both"
-    loss: Literal["softmax", "sampled", "bpr"] = "softmax"
+    loss: Literal["auto", "softmax", "sampled", "bpr"] = "auto"
+    sampled_above: int = bounded(5000, 1)
     negatives: int = bounded(256, 1)
     sampler: Literal["popularity", "uniform"] = "popularity"
     popularity_power: float = bounded(0.75, 0.0)
+
+    def resolved(self, n_items: int) -> ObjectiveParams:
+        """``loss: auto`` made concrete for a catalogue of ``n_items`` (item ids, the unknown
+        one included): the full softmax up to ``sampled_above`` items, the sampled,
+        logQ-corrected one above (each step then ranks against ``negatives`` items, not the
+        whole catalogue). The one copy of the size rule: fits and reports call it."""
+        if self.loss != "auto":
+            return self
+        return replace(self, loss="sampled" if n_items > self.sampled_above else "softmax")
 
 
 @dataclass(frozen=True)
@@ -234,6 +244,7 @@ class TrainParams(Section):
     outer_lr: float = bounded(1e-3, 0.0)
     cross_trust_lr: float = bounded(0.01, 0.0)
     max_steps: int = bounded(500, 0)
+    max_seconds: float = bounded(0.0, 0.0)
     val_every: int = bounded(100, 1)
     grad_clip: float = bounded(10.0, 0.0)
     patience: int = bounded(2, 0)

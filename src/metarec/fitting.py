@@ -96,6 +96,8 @@ def fit_models(model: ModelParams, train: TrainParams, episodes_dir: str | Path,
     names = algorithms.fit_order([*train.baselines, *train.algorithms])
     distributed.check(train, [algorithms.get(n) for n in names])  # before any work
     data = load_episodes(episodes_dir)
+    objective = train.objective.resolved(data.items.n_ids)
+    train = replace(train, objective=objective)       # every fit and checkpoint: the loss used
     ablate = ablation_views(train, data)
     writer = distributed.global_rank(train) == 0
     start = time.perf_counter()
@@ -105,6 +107,8 @@ def fit_models(model: ModelParams, train: TrainParams, episodes_dir: str | Path,
         results, draw, draw_choice = fit_all(pool, model, train, tmp, writer, ablate)
     return {"seeds": results, "seconds": round(time.perf_counter() - start, 2),
             "draw": draw, "draw_choice": draw_choice,
+            "objective": {"loss": objective.loss, "item_ids": data.items.n_ids,
+                          "sampled_above": objective.sampled_above},
             "val_tasks": int(data.select("val")["task_id"].nunique()),
             "train_tasks": int(data.select("train")["task_id"].nunique()),
             "processes": distributed.world_size(train), "workers": train.workers}

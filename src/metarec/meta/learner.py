@@ -59,7 +59,8 @@ class Learner(CatalogueRanking, nn.Module):
         self.model = model
         self.adapt_group = adapt
         self.objective = ObjectiveParams(**(objective if objective is not None
-                                            else RATING_ONLY))
+                                            else RATING_ONLY)).resolved(
+                                                model.item_bias.num_embeddings)
         self.fold_in, self.relevance, self.explicit = bool(fold_in), float(relevance), explicit
         unused = self.unused_heads()   # a head no loss reads is not adapted either
         self.adapt_names = [n for n in model.adapted_names(adapt) if not n.startswith(unused)]

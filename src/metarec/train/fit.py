@@ -48,10 +48,12 @@ class FitResult:
     steps: int
     seconds: float
     history: list[tuple[int, float]] = field(default_factory=list)
+    stopped_by: str | None = None      # patience | time budget | None: train.max_steps
 
     def metrics(self) -> dict[str, Any]:
         return {"initial_val_loss": self.initial_val_loss, "best_val_loss": self.best_val_loss,
                 "best_step": self.best_step, "steps": self.steps,
+                "stopped_by": self.stopped_by or "max_steps",
                 "seconds": round(self.seconds, 2)}
 
 
@@ -103,7 +105,8 @@ def fit_meta(entry: Any, build: Callable[[], Learner], outer_lr: float, *,
                          grad_clip=train.grad_clip, patience=train.patience,
                          initial_val=initial, val_k=train.val_ndcg_k, seed=train.seed,
                          item_id_dropout=train.item_id_dropout,
-                         cross_trust_lr=train.cross_trust_lr, name=name)
+                         cross_trust_lr=train.cross_trust_lr, name=name,
+                         max_seconds=train.max_seconds)
     logger = (_loggers(Path(log_dir), name) if distributed.global_rank(train) == 0 else False)
     trainer = L.Trainer(
         max_steps=train.max_steps, max_epochs=-1, accelerator=train.accelerator,
@@ -131,4 +134,4 @@ def fit_meta(entry: Any, build: Callable[[], Learner], outer_lr: float, *,
     return FitResult(name=name, learner=learner, initial_val_loss=initial,
                      best_val_loss=best, best_step=module.best_step,
                      steps=int(trainer.global_step), seconds=seconds,
-                     history=module.val_history)
+                     history=module.val_history, stopped_by=module.stopped_by)

@@ -10,6 +10,7 @@ a worse model. A loss or a weight that is not finite stops training with
 from __future__ import annotations
 
 import math
+import time
 
 import lightning as L
 import torch
@@ -32,7 +33,7 @@ class MetaLearner(L.LightningModule):
                  outer_lr: float, grad_clip: float = 10.0, patience: int = 0,
                  initial_val: float = math.inf, val_k: int = 20, seed: int = 0,
                  item_id_dropout: float = 0.0, cross_trust_lr: float | None = None,
-                 name: str = "") -> None:
+                 name: str = "", max_seconds: float = 0.0) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["learner", "store"])
         self.automatic_optimization = False
@@ -45,6 +46,8 @@ class MetaLearner(L.LightningModule):
         self.val_history: list[tuple[int, float]] = []
         self._sum, self._n = 0.0, 0
         self._stale = 0
+        self._started = time.perf_counter()
+        self.stopped_by: str | None = None      # "patience" | "time budget" | None (max_steps)
 
     def _snapshot(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.learner.state_dict().items()}
@@ -154,4 +157,17 @@ class MetaLearner(L.LightningModule):
             self._stale += 1
             # early stopping: every process has the same val, so all stop at the same step
             if self.hparams.patience and self._stale >= self.hparams.patience:
-                self.trainer.should_stop = True
+                self.trainer.should_stop, self.stopped_by = True, "patience"
+        if self._over_budget():
+            self.trainer.should_stop, self.stopped_by = True, "time budget"
+
+    def _over_budget(self) -> bool:
+        """Past ``max_seconds`` of training (0: no budget), as every process agrees (the
+        slowest decides): training then stops at this validation, keeping the best."""
+        if not self.hparams.max_seconds:
+            return False
+        over = float(time.perf_counter() - self._started > self.hparams.max_seconds)
+        if self.trainer.world_size > 1:
+            flag = torch.tensor([over], dtype=torch.float64, device=self.device)
+            over = float(self.trainer.strategy.reduce(flag, reduce_op="max").item())
+        return over > 0
