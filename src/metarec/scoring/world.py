@@ -28,6 +28,7 @@ import torch
 
 from metarec.errors import DataError, ParamsError
 from metarec.io import arrow_frame
+from metarec.schema import iso_date
 
 DAY = 86_400
 COLUMNS = ("user_id", "item_id", "rating", "timestamp")
@@ -38,12 +39,7 @@ def parse_as_of(value: str | None) -> dt.date:
     """A YYYY-MM-DD string as a date; the batch folder is named after it."""
     if value is None:
         raise ParamsError("score: no as-of date (pass --as-of YYYY-MM-DD or set score.as_of)")
-    if not _DATE.match(value):
-        raise ParamsError(f"score.as_of: {value!r} is not a YYYY-MM-DD date")
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError as exc:
-        raise ParamsError(f"score.as_of: {value!r}: {exc}") from exc
+    return iso_date(value, "score.as_of")
 
 
 def day_end(day: dt.date) -> int:
