@@ -26,7 +26,7 @@ from metarec import algorithms
 from metarec.config import EpisodesParams, ModelParams, TrainParams
 from metarec.data.episodes import build
 from metarec.fitting import fit_models
-from metarec.io import md5_file, read_parquet, write_parquet
+from metarec.io import md5_file, read_parquet, scratch_dir, write_parquet
 from metarec.scoring.world import day_end, parse_as_of
 
 TABLES = ("interactions.parquet", "users.parquet", "items.parquet", "schema.json")
@@ -81,7 +81,7 @@ def models_at(params: Training, validated_dir: str | Path, served: tuple[str, ..
     if (out / f"seed{seed}").is_dir():
         return out
     end = day_end(parse_as_of(at))
-    with tempfile.TemporaryDirectory(prefix="metarec-retrain-") as tmp:
+    with scratch_dir("retrain") as tmp:
         work = Path(tmp)
         for name in TABLES[1:]:
             if (validated_dir / name).exists():

@@ -17,7 +17,7 @@ import yaml
 from metarec.config import ScoreParams, TableSource, ValidateParams, params_hash, parse_params
 from metarec.data.validation import TABLES
 from metarec.errors import MetarecError, ParamsError
-from metarec.io import read_json, sha256_file
+from metarec.io import read_json, scratch_dir, sha256_file
 from metarec.schema import build
 from metarec.scoring.batch import build_batch
 from metarec.scoring.publish import MANIFEST, RECS, git_commit
@@ -62,7 +62,7 @@ def verify(batch_dir: str | Path) -> dict[str, Any]:
         if changed:   # rebuild in a folder holding the recorded bytes, restored by address
             stack.enter_context(contextlib.chdir(stack.enter_context(
                 restored(manifest, changed))))
-        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="metarec-verify-"))
+        tmp = stack.enter_context(scratch_dir("verify"))
         rebuilt = build_batch(params, manifest["validated_dir"], manifest["models_dir"], tmp,
                               manifest["as_of"], manifest.get("selection_path"), validate,
                               landing_format)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ import pyarrow.parquet as pq
 import torch
 
 from metarec.errors import DataError, ParamsError
-from metarec.io import arrow_frame
+from metarec.io import arrow_frame, scratch_dir
 from metarec.schema import iso_date
 
 DAY = 86_400
@@ -96,7 +95,7 @@ class World:
 
         self.end = int(end)
         self.memory_mb = int(memory_mb)
-        self._tmp = tempfile.TemporaryDirectory(prefix="metarec-world-")
+        self._tmp = scratch_dir("world")
         self.con = duckdb.connect(config={
             "memory_limit": f"{int(memory_mb)}MB", "temp_directory": self._tmp.name,
             # as many threads as torch uses: the one knob a run sets
