@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from metarec import io
-from metarec.errors import DiskFullError, LockedError
+from metarec.errors import DataError, DiskFullError, LockedError
 from metarec.io import (
     atomic_dir,
     atomic_path,
@@ -289,3 +289,115 @@ def test_two_holders_in_one_process_exclude_each_other(tmp_path: Path) -> None:
     with project_lock(lock, "first"), pytest.raises(LockedError), \
             project_lock(lock, "second"):
         pass
+
+
+# -- the plain helpers (read, write, JSON) ---------------------------------------------------
+
+def test_plain_turns_values_into_json_data() -> None:
+    import numpy as np
+
+    assert io.plain(np.int64(3)) == 3 and type(io.plain(np.int64(3))) is int
+    assert io.plain(np.float32(0.5)) == 0.5 and io.plain(float("nan")) is None
+    assert io.plain((1, [2.123456, np.float64(3.5)]), digits=2) == [1, [2.12, 3.5]]
+    assert io.plain(2.0000001, digits=3) == 2.0 and io.plain(2.5) == 2.5
+    assert io.plain(True) is True and io.plain(None) is None and io.plain("x") == "x"
+    assert io.plain(Path("a/b")) == "a/b" and io.plain({"a": 1}) == "{'a': 1}"
+
+
+def test_json_is_written_sorted_and_plain(tmp_path: Path) -> None:
+    import numpy as np
+
+    path = io.write_json({"b": np.int64(2), "a": {3, 1}, "c": Path("x")}, tmp_path / "o.json")
+    assert path == tmp_path / "o.json"
+    assert path.read_text() == '{\n  "a": [\n    1,\n    3\n  ],\n  "b": 2,\n  "c": "x"\n}\n'
+    assert io.read_json(path) == {"a": [1, 3], "b": 2, "c": "x"}
+    with pytest.raises(TypeError, match="not JSON serialisable: object"):
+        io.write_json({"x": object()}, tmp_path / "bad.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.json"]
+    assert io.write_text("héllo", tmp_path / "t.txt").read_bytes() == "héllo".encode()
+
+
+def test_a_tracked_input_that_is_missing_or_broken_names_how_to_restore_it(
+        tmp_path: Path) -> None:
+    missing = tmp_path / "validated" / "interactions.parquet"
+    with pytest.raises(DataError) as caught:
+        io.read_tracked(missing, "dvc repro validate")
+    assert str(caught.value) == (f"file {missing}: missing; run `dvc repro validate` (or "
+                                 "`dvc pull`) to restore it")
+    missing.parent.mkdir()
+    missing.write_bytes(b"PAR1 cut short")
+    with pytest.raises(DataError, match=r"unreadable \(truncated or corrupt\?\): .*; run "
+                                        r"`dvc repro validate` \(or `dvc pull`\)"):
+        io.read_tracked(missing, "dvc repro validate")
+    (tmp_path / "s.json").write_text("{")
+    with pytest.raises(DataError, match="unreadable"):
+        io.read_tracked(tmp_path / "s.json", "dvc repro ingest", io.read_json)
+    (tmp_path / "s.json").write_text('{"a": 1}')
+    assert io.read_tracked(tmp_path / "s.json", "x", io.read_json) == {"a": 1}
+
+
+def test_parquet_round_trips_with_stable_dtypes_and_no_metadata(tmp_path: Path) -> None:
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frame = pd.DataFrame({"id": ["a", "b"], "n": [1, 2], "tags": [["x"], ["y", "z"]]},
+                         index=[5, 6])
+    path = io.write_parquet(frame, tmp_path / "t.parquet")
+    assert pq.read_schema(path).metadata is None and pq.read_schema(path).names == [
+        "id", "n", "tags"]
+    back = io.read_parquet(path)
+    assert str(back["id"].dtype) == "string" and str(back["n"].dtype) == "int64"
+    assert isinstance(back["tags"].dtype, pd.ArrowDtype)
+    assert back["tags"].tolist() == [["x"], ["y", "z"]] and back.index.tolist() == [0, 1]
+    meta = pq.ParquetFile(path).metadata
+    assert meta.row_group(0).column(0).compression == "ZSTD"
+    big = pa.table({"s": pa.array(["q"], pa.large_string())})
+    assert str(io.arrow_frame(big)["s"].dtype) == "string"
+
+
+# -- the pieces of the lock and the temporary names ------------------------------------------
+
+def test_owner_tags_and_liveness() -> None:
+    pid, host = io.owner_tag().split("-")
+    assert pid == str(os.getpid()) and len(host) == 8
+    assert io._alive(os.getpid()) and not io._alive(DEAD)
+    assert io._alive(1)                       # init: someone else's, alive
+    assert io._dead_owner(f"{DEAD}-{host}") and not io._dead_owner(f"{os.getpid()}-{host}")
+    assert not io._dead_owner(f"{DEAD}-ffffffff") and not io._dead_owner("abc-" + host)
+    assert not io._dead_owner(f"{DEAD}")
+
+
+def test_the_held_locks_travel_in_one_variable(monkeypatch) -> None:
+    monkeypatch.setenv(io._HELD_ENV, "/a/.metarec.lock=12\n/b=c/.metarec.lock=34\nbad\n=5\nx=y")
+    assert io._held_entries() == {"/a/.metarec.lock": 12, "/b=c/.metarec.lock": 34}
+    io._set_held({"/z": 1, "/y": 2})
+    assert os.environ[io._HELD_ENV] == "/y=2\n/z=1"
+    io._set_held({})
+    assert io._HELD_ENV not in os.environ
+    assert os.getppid() in io._ancestors() and os.getpid() not in io._ancestors()
+    assert io._ancestors()[0] == os.getppid()
+
+
+def test_the_exchange_swaps_two_folders_atomically(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "f").write_text("a")
+    (b / "f").write_text("b")
+    assert io._exchange(a, b) is True
+    assert (a / "f").read_text() == "b" and (b / "f").read_text() == "a"
+    with pytest.raises(OSError) as caught:
+        io._exchange(a, tmp_path / "missing")
+    assert caught.value.errno == errno.ENOENT and str(tmp_path / "missing") in str(caught.value)
+    io.swap_dir(a, tmp_path / "new")                   # no target yet: a plain rename
+    assert not a.exists() and (tmp_path / "new" / "f").read_text() == "b"
+
+
+def test_a_lock_file_lives_beside_params(tmp_path: Path) -> None:
+    assert io.lock_file(tmp_path) == tmp_path.resolve() / ".metarec.lock"
+    deep = tmp_path / "x" / "y"
+    with project_lock(deep / ".metarec.lock", "metarec ingest"):
+        assert (deep / ".metarec.lock").is_file()
+        assert io._held_entries() == {str((deep / ".metarec.lock").resolve()): os.getpid()}
+    assert io._held_entries() == {}

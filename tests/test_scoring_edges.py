@@ -4,6 +4,7 @@ names that would become paths, leftovers of killed runs beside the batch."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -41,6 +42,11 @@ def models(world, tmp_path: Path) -> Path:  # noqa: F811
     blob["digest"] = checkpoint._digest(blob["state"])
     torch.save(blob, tmp_path / "retrained.pt")
     return out
+
+
+def _bare(world, landing: str | None = None):  # noqa: F811
+    """The world's score params with another landing folder (None: none)."""
+    return dataclasses.replace(_params(world), landing_dir=landing)
 
 
 def _batch_files(folder: Path) -> dict[str, bytes]:
@@ -263,3 +269,154 @@ def test_pinned_inputs_are_read_once(world, models: Path, tmp_path: Path) -> Non
             file_digests(path)
     scoring_inputs.check_unchanged(pinned)                       # nothing moved
     assert inputs.read(model).sha256 == sha256_file(model)       # unpinned: read now
+
+
+# -- what a batch records, and how it is checked (fast: the mutation tests run these) ---------
+
+def test_the_manifest_says_what_the_batch_was_built_from(world, tmp_path: Path) -> None:  # noqa: F811
+    import metarec
+    from metarec.config import params_hash, to_dict
+    from metarec.scoring.publish import git_commit
+
+    out = _run(world, tmp_path / "recs")
+    m = read_json(out / "manifest.json")
+    params = _params(world, as_of=AS_OF)
+    assert out == tmp_path / "recs" / AS_OF
+    assert m["as_of"] == AS_OF and m["params"] == to_dict(params)
+    assert m["params_hash"] == params_hash(params)
+    assert m["validated_dir"] == str(world["validated"]) and m["models_dir"] == str(
+        world["models"])
+    assert m["model"] == str(world["models"] / "seed0/maml.pt") and m["model_name"] == "maml"
+    assert m["seed"] == 0 and m["inner_steps"] is None and m["selection"] is None
+    assert m["selection_path"] is None
+    landing = str(world["landing"] / "2024-03-10.csv")
+    tables = [str(world["validated"] / f"{t}.parquet")
+              for t in ("interactions", "users", "items")]
+    assert sorted(m["inputs"]) == sorted([*tables, landing])
+    assert m["git_commit"] == git_commit() and m["metarec_version"] == metarec.__version__
+    assert m["torch_version"] == torch.__version__
+    assert m["rows"] == pq.read_metadata(out / "recommendations.parquet").num_rows > 0
+    assert m["parquet_sha256"] == sha256_file(out / "recommendations.parquet")
+    assert m["quarantine_sha256"] == sha256_file(out / "quarantine.parquet")
+    assert m["landing_params"] == {"validate": to_dict(ValidateParams()),
+                                   "format": to_dict(scoring_inputs.CANONICAL)}
+    assert m["landing"]["rows_in"] == 1 and m["landing"]["rows_kept"] == 1
+    assert {"users", "cold_users", "dynamic_users", "catalogue_items"} <= set(m)
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "quarantine.parquet",
+                                                     "recommendations.parquet"]
+    assert stage.verify(out) == m                                # and it rebuilds to the byte
+
+
+def test_a_batch_without_landing_files_records_none(world, tmp_path: Path) -> None:  # noqa: F811
+    out = stage.run(_bare(world), ValidateParams(), IngestParams(),
+                    world["validated"], world["models"], tmp_path / "recs", AS_OF)
+    m = read_json(out / "manifest.json")
+    assert m["landing"] is None and len(m["inputs"]) == 3
+    assert pq.read_table(out / "quarantine.parquet").num_rows == 0
+
+
+def test_a_selection_serves_its_model_seed_and_steps(world, tmp_path: Path) -> None:  # noqa: F811
+    path = tmp_path / "selection.json"
+    path.write_text(json.dumps({"model": "maml", "seeds": {"maml": 0},
+                                "inner_steps": {"0": {"maml": {"rate": 2, "rank": 3}}}}))
+    got = resolve(_params(world, model="auto", as_of=AS_OF), world["validated"],
+                  world["models"], None, path)
+    assert (got.model, got.seed, got.steps) == ("maml", 0, {"rate": 2, "rank": 3})
+    assert got.params.as_of == AS_OF and got.selection_path == str(path)
+    assert got.selection["model"] == "maml" and path in got.inputs
+    assert got.model_path == world["models"] / "seed0" / "maml.pt"
+    plain = resolve(_params(world), world["validated"], world["models"], "2024-03-09")
+    assert plain.params.as_of == "2024-03-09" and plain.selection is None
+    assert plain.selection_path is None and plain.steps is None and path not in plain.inputs
+
+
+def test_resolve_names_what_is_missing(world, tmp_path: Path) -> None:  # noqa: F811
+    with pytest.raises(DataError, match=r"score.model is auto but the evaluation's choice is "
+                                        r"missing; run `dvc repro evaluate`"):
+        resolve(_params(world, model="auto"), world["validated"], world["models"], AS_OF,
+                tmp_path / "none.json")
+    (tmp_path / "empty.json").write_text("{}")
+    with pytest.raises(DataError, match=r"empty.json: names no model"):
+        resolve(_params(world, model="auto"), world["validated"], world["models"], AS_OF,
+                tmp_path / "empty.json")
+    with pytest.raises(DataError, match=r"interactions.parquet: missing; run `dvc repro "):
+        resolve(_params(world), tmp_path, world["models"], AS_OF)
+    with pytest.raises(DataError, match=r"no trained models \(expected seed<S>/ folders\)"):
+        resolve(_params(world), world["validated"], tmp_path, AS_OF)
+
+
+def test_the_served_seed(world, tmp_path: Path) -> None:  # noqa: F811
+    from metarec.scoring.inputs import served_seed
+
+    for name in ("seed3", "seed10", "seedx", "other"):
+        (tmp_path / name).mkdir()
+    params = _params(world)
+    assert served_seed(params, None, "maml", tmp_path) == 3
+    assert served_seed(params, {"seeds": {"maml": 7}}, "maml", tmp_path) == 7
+    assert served_seed(params, {"seeds": {"ease": 7}}, "maml", tmp_path) == 3
+    assert served_seed(_params(world, seed=5), {"seeds": {"maml": 7}}, "maml", tmp_path) == 5
+
+
+def test_a_night_whose_rows_are_all_set_aside_fails(world, tmp_path: Path) -> None:  # noqa: F811
+    from metarec.scoring.inputs import NightRejected, check_day
+
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    (landing / f"{AS_OF}.csv").write_text("user_id,item_id,rating,timestamp\n"
+                                          "z,i99,4,1710100000\nz,i01,9,1710100000\n")
+    inputs = resolve(_bare(world, str(landing)), world["validated"],
+                     world["models"], AS_OF)
+    with pytest.raises(NightRejected) as caught:
+        check_day(inputs, tmp_path / "day")
+    msg = str(caught.value)
+    assert msg.startswith(f"file {landing / (AS_OF + '.csv')}: every one of the night's 2 "
+                          "rows was quarantined (")
+    assert "no batch was written for this night" in msg
+    assert caught.value.verdict["rows_in"] == 2 and caught.value.verdict["rows_kept"] == 0
+    (landing / f"{AS_OF}.csv").write_text("user_id,item_id,rating,timestamp\n"
+                                          "z,i01,4,1710100000\nz,i99,4,1710100000\n")
+    ok = check_day(inputs, tmp_path / "day2")
+    assert ok.checked == str(tmp_path / "day2") and ok.landing_verdict()["rows_kept"] == 1
+    assert ok.landing_rows().num_rows == 1
+    assert (tmp_path / "day2" / scoring_inputs.QUARANTINED).is_file()
+    none = check_day(resolve(_bare(world), world["validated"],
+                             world["models"], AS_OF), tmp_path / "day3")
+    assert none.checked is None and none.landing_verdict() is None
+    assert none.landing_rows() is None and none.model_copy is not None
+
+
+def test_verify_names_a_modified_batch_and_changed_inputs(world, tmp_path: Path) -> None:  # noqa: F811
+    out = _run(world, tmp_path / "recs")
+    (out / "recommendations.parquet").write_bytes(b"tampered")
+    with pytest.raises(VerifyError, match=r"not reproducible: .*recommendations.parquet was "
+                                          r"modified after it was written \(sha256 "):
+        stage.verify(out)
+    with pytest.raises(VerifyError, match=r"not a batch \(manifest.json or "
+                                          r"recommendations.parquet missing\)"):
+        stage.verify(tmp_path)
+    out = _run(world, tmp_path / "recs2")
+    manifest = read_json(out / "manifest.json")
+    validated = tmp_path / "validated"
+    shutil.copytree(world["validated"], validated)
+    moved = json.loads(json.dumps(manifest).replace(str(world["validated"]), str(validated)))
+    first = next(iter(moved["inputs"]))
+    moved["inputs"][first] = "0" * 64
+    (out / "manifest.json").write_text(json.dumps(moved))
+    with pytest.raises(VerifyError, match=r"params do not match|inputs changed") as caught:
+        stage.verify(out)
+    assert "sha256" in str(caught.value) or "params" in str(caught.value)
+
+
+def test_verify_restores_nothing_outside_a_dvc_project(world, tmp_path: Path,  # noqa: F811
+                                                       monkeypatch) -> None:
+    out = _run(world, tmp_path / "recs")
+    manifest = read_json(out / "manifest.json")
+    monkeypatch.chdir(tmp_path)
+    assert scoring_verify._dvc_root(tmp_path) is None
+    with pytest.raises(VerifyError, match=r"not a DVC project \(no .dvc folder above the "
+                                          r"working directory\)"):
+        with scoring_verify.restored(manifest, ["x: missing"]):
+            pass
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / "sub").mkdir()
+    assert scoring_verify._dvc_root(tmp_path / "sub") == tmp_path.resolve()

@@ -303,6 +303,8 @@ class BacktestParams(Section):
     bootstrap_confidence: float = bounded(0.95, 0.5, 0.999)
     seed: int = 0
     retrain_every_days: int | None = bounded(None, 1)
+    retrain_cache: str = field(default=".cache/metarec/retrain",
+                               metadata={"neutral": SAME_BYTES})
 
 
 # --------------------------------------------------------------------------------------------

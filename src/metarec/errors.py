@@ -61,7 +61,7 @@ class DiskFullError(MetarecError):
     """No space left where an output was being written: names the path and the free space."""
 
     def __init__(self, path: str | Path, detail: str = "") -> None:
-        self.path = Path(path)
+        self.path, self.detail = Path(path), detail
         free = free_space(self.path)
         super().__init__(
             f"disk full writing {self.path} ({free} free on its filesystem"

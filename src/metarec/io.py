@@ -215,6 +215,10 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         if is_disk_full(exc):
             raise DiskFullError(path, str(exc)) from exc
         raise
+    except DiskFullError as exc:     # a file of the folder: named where it was going
+        if not exc.path.is_relative_to(tmp):
+            raise
+        raise DiskFullError(path / exc.path.relative_to(tmp), exc.detail) from exc
     finally:
         _remove(tmp)
 

@@ -42,8 +42,10 @@ def bounded(default: Any, lo: float | None = None, hi: float | None = None, *,
     """A dataclass field whose value (or every element of a list value) must lie in
     [lo, hi]; ``nonempty`` lists must hold at least one element. Checked at parse time."""
     metadata = {**meta, "min": lo, "max": hi, "nonempty": nonempty}
-    if isinstance(default, (list, tuple, dict)):
-        frozen = tuple(default) if not isinstance(default, dict) else dict(default)
+    if isinstance(default, dict):        # a fresh copy each: never one dict shared
+        return field(default_factory=lambda: dict(default), metadata=metadata)
+    if isinstance(default, (list, tuple)):
+        frozen = tuple(default)
         return field(default_factory=lambda: frozen, metadata=metadata)
     return field(default=default, metadata=metadata)
 
@@ -284,7 +286,8 @@ def build(cls: type, raw: dict[str, Any], prefix: str,
                 continue
             try:
                 kwargs["sections"][name] = _coerce(raw.get(name) or {}, section,
-                                                   f"{prefix}.{name}", sections)
+                                                   f"{prefix}.{name}" if prefix else name,
+                                                   sections)
             except ParamsError as exc:
                 problems += exc.problems
     if problems:

@@ -8,8 +8,11 @@ the baselines), so no model ever sees a later interaction. Retrain points are th
 first night and every ``retrain_every_days`` after it.
 
 Trained models are cached by content (the validated files' md5s, the params that shape
-training, the retrain point and metarec's own source), so the Prefect flow's night subflows
-and a rerun share them and a change of any of those trains afresh.
+training, the retrain point and metarec's own source) in ``backtest.retrain_cache`` (in the
+project, not the system temp folder: one project's runs share it, nothing else does), so the
+Prefect flow's night subflows and a rerun share them and a change of any of those trains
+afresh. Each is trained in a scratch folder (removed after, or by the next run if this one
+was killed) and swapped into the cache whole.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ import datetime as dt
 import hashlib
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 from metarec import algorithms
@@ -69,12 +71,12 @@ def _key(params: Training, validated_dir: Path, served: tuple[str, ...], at: str
 
 
 def models_at(params: Training, validated_dir: str | Path, served: tuple[str, ...], at: str,
-              cache: str | Path | None = None) -> Path:
+              cache: str | Path) -> Path:
     """The models folder (one ``seed<S>`` inside: the first of ``train.seeds``) of models
     trained on the log before the end of night ``at``; trained on first use, then read from
-    the cache."""
+    ``cache``."""
     validated_dir = Path(validated_dir)
-    root = Path(cache) if cache is not None else Path(tempfile.gettempdir()) / "metarec-retrain"
+    root = Path(cache)
     folder = root / _key(params, validated_dir, served, at)[:20]
     seed = params.train.seeds[0]
     out = folder / "models"
