@@ -5,7 +5,7 @@ then writes the kill rate per module to ``benchmarks/results/mutation.json``. A 
 mutant is a change of the code that no test notices: kill it with a test, or list it as
 equivalent (with the reason) in ``benchmarks/mutation_equivalent.json``.
 
-    python benchmarks/mutation.py [--max-children N] [--sample N] [--out PATH]
+    python benchmarks/mutation.py [--max-children N] [--sample N] [--modules A,B] [--out PATH]
 
 ``--sample N`` runs a seeded random sample of N mutants per module instead of all of them
 (random mutant sampling: the kill rate of the sample estimates the module's, and the JSON
@@ -74,12 +74,19 @@ def _results(mutmut: list[str]) -> list[str]:
                           text=True, check=True).stdout.splitlines()
 
 
-def sample(lines: list[str], per_module: int, seed: int) -> list[str]:
-    """A seeded sample of ``per_module`` mutant names from each module (all if fewer)."""
+def wanted(module: str, prefixes: list[str] | None) -> bool:
+    """``module`` is one of ``prefixes`` or inside one (None: every module)."""
+    return prefixes is None or any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
+def sample(lines: list[str], per_module: int, seed: int,
+           prefixes: list[str] | None = None) -> list[str]:
+    """A seeded sample of ``per_module`` mutant names from each module (all if fewer) of
+    those ``prefixes`` name (None: every module)."""
     names: dict[str, list[str]] = defaultdict(list)
     for line in lines:
         m = re.match(r"\s+(\S+): (.+)$", line)
-        if m and m.group(2).strip() != "no tests":
+        if m and m.group(2).strip() != "no tests" and wanted(module_of(m.group(1)), prefixes):
             names[module_of(m.group(1))].append(m.group(1))
     rng = random.Random(seed)
     return sorted(n for mod in sorted(names)
@@ -93,9 +100,13 @@ def main() -> int:
     ap.add_argument("--sample", type=int, default=0,
                     help="mutants per module, drawn at random (seeded); 0 = all")
     ap.add_argument("--seed", type=int, default=0, help="seed of the sample")
+    ap.add_argument("--modules", default=None,
+                    help="comma-separated modules (or packages) to sample from, e.g. "
+                         "metarec.io,metarec.scoring (default: every module mutmut mutates)")
     ap.add_argument("--summary-only", action="store_true",
                     help="summarise the mutants/ folder of an earlier (maybe interrupted) run")
     args = ap.parse_args()
+    prefixes = args.modules.split(",") if args.modules else None
     start = time.perf_counter()
     mutmut = [sys.executable, "-m", "mutmut"]
     # mutmut forks a worker per mutant from a parent that has imported torch; a forked child
@@ -110,10 +121,11 @@ def main() -> int:
             # generate the mutants and the test map without running any mutant
             subprocess.run([*mutmut, "run", "--max-children", str(args.max_children),
                             "metarec.no_such_module.x_none__mutmut_1"], cwd=ROOT, env=env)
-            chosen = sample(_results(mutmut), args.sample, args.seed)
+            chosen = sample(_results(mutmut), args.sample, args.seed, prefixes)
         run = subprocess.run([*mutmut, "run", "--max-children", str(args.max_children),
                               *(chosen or [])], cwd=ROOT, env=env)
-    lines = _results(mutmut)
+    lines = [ln for ln in _results(mutmut)
+             if wanted(module_of(ln.split(":")[0].strip()), prefixes)]
     if args.summary_only and SAMPLE.exists():
         chosen = json.loads(SAMPLE.read_text())
     if chosen is not None:
@@ -129,6 +141,7 @@ def main() -> int:
     killed = sum(m["killed"] for m in modules.values())
     scored = killed + sum(m["survived"] for m in modules.values())
     result = {"tool": "mutmut", "sample_per_module": args.sample or None,
+              "modules_sampled": prefixes,
               "sample_seed": args.seed if args.sample else None,
               "seconds": round(time.perf_counter() - start, 1),
               "run_exit_code": run.returncode, "modules": modules,

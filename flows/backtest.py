@@ -26,6 +26,7 @@ from metarec.backtest import judge as bt_judge
 from metarec.backtest import report as bt_report
 from metarec.orchestration.backtest import night_task, plan_of
 from metarec.orchestration.local import use_local_server
+from metarec.orchestration.project import project_locked
 from metarec.orchestration.runners import RunnerKind, make_task_runner
 from metarec.params import load_params
 from metarec.stages import backtest as stage
@@ -50,15 +51,17 @@ def backtest(project_dir: str = ".", task_runner: RunnerKind | None = None,
     """Every night of ``backtest.from_date`` .. ``to_date``, then the window's summary.
     ``task_runner`` and ``dask_address`` default to params.yaml's ``prefect`` section."""
     root = Path(project_dir).resolve()
-    pl, opts = plan_of(root)
-    p = load_params(root / "params.yaml").prefect
+    params = load_params(root / "params.yaml")
+    p = params.prefect
     kind = task_runner or p.task_runner
-    if kind == "dask":
-        runner = make_task_runner(kind, dask_address or p.dask_address, p.dask_workers)
-        rows = backtest_nights.with_options(task_runner=runner)(str(root), pl.nights)
-    else:
-        rows = [backtest_night(str(root), day) for day in pl.nights]
-    summary = stage.finish(pl, rows, root / opts["metrics"], root / opts["report"])
+    with project_locked(root, "the backtest flow", params):   # models may be retrained
+        pl, opts = plan_of(root)
+        if kind == "dask":
+            runner = make_task_runner(kind, dask_address or p.dask_address, p.dask_workers)
+            rows = backtest_nights.with_options(task_runner=runner)(str(root), pl.nights)
+        else:
+            rows = [backtest_night(str(root), day) for day in pl.nights]
+        summary = stage.finish(pl, rows, root / opts["metrics"], root / opts["report"])
     table = [{"users": f"{kind} ({block['users']})", "method": summary["methods"][m],
               **{x: block[m][x] for x in bt_judge.METRICS}}
              for kind, block in summary["overall"].items() for m in bt_report.METHODS if m in block]

@@ -5,7 +5,9 @@ Scoring is a subflow whose task runner is a parameter: ``thread`` (default) or `
 (prefect-dask; a LocalCluster, or the scheduler at ``dask_address``). Shards are runs of whole
 scoring chunks, so the merged batch is byte-identical to ``metarec score --as-of DATE``.
 Without a date the night comes from ``prefect.clock`` (:mod:`metarec.orchestration.nightly`).
-Every path comes from ``dvc.yaml``; params.yaml is read once per run.
+Every path comes from ``dvc.yaml``; params.yaml is read once per run. The run holds the
+project lock from before it picks the night to after the batch is tracked, so two runs (or a
+run and the weekly retraining) never score the same night or read a model being replaced.
 
 Run once: ``python flows/nightly.py run [--as-of YYYY-MM-DD]``; serve the nightly and the
 retraining deployments on their cron schedules: ``make serve`` (``metarec serve``).
@@ -27,9 +29,8 @@ from metarec.data.landing import landing_format
 from metarec.errors import DataError
 from metarec.orchestration import nightly as plan
 from metarec.orchestration.local import serve_project, use_local_server
-from metarec.orchestration.project import ProjectPaths
+from metarec.orchestration.project import ProjectPaths, project_locked
 from metarec.orchestration.runners import RunnerKind, make_task_runner
-from metarec.orchestration.sharding import scoring_lock
 from metarec.orchestration.stages import run_stage, sync_pipeline, with_retries
 from metarec.orchestration.tasks import (
     merge_shards,
@@ -43,17 +44,17 @@ from metarec.params import load_params
 @flow(name="metarec-score-shards")
 def score_shards(project_dir: str, as_of: str, params: dict[str, Any], shards: int) -> str:
     """Plan chunk ranges (the landing files validated), score each shard as a mapped task,
-    merge into the dated batch. ``params``: the score, validate and ingest sections."""
+    merge into the dated batch. ``params``: the score, validate and ingest sections. Run
+    by :func:`nightly`, under its project lock."""
     paths = ProjectPaths.of(project_dir)
     p = parse_params(params)
     out_root = str(paths.batches)
-    with scoring_lock(out_root):
-        inputs, stats, ranges, folder = plan_shards(
-            p.score, str(paths.validated), str(paths.models), out_root, as_of, shards,
-            str(paths.selection), p.validate, landing_format(p.ingest.source, p.ingest.table))
-        futures = score_shard.map(inputs, [lo for lo, _ in ranges], [hi for _, hi in ranges],
-                                  folder)
-        return merge_shards(inputs, stats, futures.result(), folder, out_root)
+    inputs, stats, ranges, folder = plan_shards(
+        p.score, str(paths.validated), str(paths.models), out_root, as_of, shards,
+        str(paths.selection), p.validate, landing_format(p.ingest.source, p.ingest.table))
+    futures = score_shard.map(inputs, [lo for lo, _ in ranges], [hi for _, hi in ranges],
+                              folder)
+    return merge_shards(inputs, stats, futures.result(), folder, out_root)
 
 
 @task(name="check-landing", cache_policy=NO_CACHE)
@@ -90,19 +91,20 @@ def nightly(as_of: str | None = None, project_dir: str = ".",
     paths = ProjectPaths.of(project_dir)
     params = load_params(paths.root / "params.yaml")
     p = params.prefect
-    day = as_of or plan.next_night(params, paths.batches)
-    check_landing(params, day)
-    stage = with_retries(run_stage, p)
-    sync_pipeline(str(paths.root))
-    stage("ingest", str(paths.root))
-    stage("validate", str(paths.root))
-    start = time.perf_counter()
-    runner = make_task_runner(task_runner or p.task_runner, dask_address or p.dask_address,
-                              p.dask_workers)
-    sections = {k: to_dict(getattr(params, k)) for k in ("score", "validate", "ingest")}
-    batch = score_shards.with_options(task_runner=runner)(
-        str(paths.root), day, sections, shards or p.shards)
-    tracked = track_batch(str(paths.root), batch, params)
+    with project_locked(paths.root, "the nightly flow", params):
+        day = as_of or plan.next_night(params, paths.batches)
+        check_landing(params, day)
+        stage = with_retries(run_stage, p)
+        sync_pipeline(str(paths.root))
+        stage("ingest", str(paths.root))
+        stage("validate", str(paths.root))
+        start = time.perf_counter()
+        runner = make_task_runner(task_runner or p.task_runner,
+                                  dask_address or p.dask_address, p.dask_workers)
+        sections = {k: to_dict(getattr(params, k)) for k in ("score", "validate", "ingest")}
+        batch = score_shards.with_options(task_runner=runner)(
+            str(paths.root), day, sections, shards or p.shards)
+        tracked = track_batch(str(paths.root), batch, params)
     row = publish_batch_artifacts(batch, str(paths.validated), time.perf_counter() - start)
     return {**row, "dvc": tracked}
 

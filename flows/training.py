@@ -18,7 +18,7 @@ from prefect import flow
 
 from metarec import dag
 from metarec.orchestration.local import use_local_server
-from metarec.orchestration.project import ProjectPaths
+from metarec.orchestration.project import ProjectPaths, project_locked
 from metarec.orchestration.stages import run_stage, sync_pipeline, with_retries
 from metarec.orchestration.tasks import publish_evaluation, publish_validation
 from metarec.params import load_params
@@ -26,12 +26,15 @@ from metarec.params import load_params
 
 @flow(name="metarec-training")
 def training(project_dir: str = ".") -> dict[str, str]:
-    """Run the DVC pipeline stage by stage; publish validation and evaluation artifacts."""
+    """Run the DVC pipeline stage by stage (under the project lock: a nightly run never
+    reads a model this run replaces); publish validation and evaluation artifacts."""
     paths = ProjectPaths.of(project_dir)
-    stage = with_retries(run_stage, load_params(paths.root / "params.yaml").prefect)
-    sync_pipeline(str(paths.root))
-    for name in dag.until("evaluate"):
-        stage(name, str(paths.root))
+    params = load_params(paths.root / "params.yaml")
+    stage = with_retries(run_stage, params.prefect)
+    with project_locked(paths.root, "the training flow", params):
+        sync_pipeline(str(paths.root))
+        for name in dag.until("evaluate"):
+            stage(name, str(paths.root))
     publish_validation(str(paths.validation_summary))
     publish_evaluation(str(paths.report), str(paths.eval_metrics))
     return {"project": str(paths.root), "report": str(paths.report)}

@@ -290,9 +290,11 @@ def test_retrained_models_see_nothing_after_their_retrain_point(run: dict,
     root = run["root"]
     early = dt.datetime.fromtimestamp(bt_plan.trained_until(root / "episodes") - 5 * DAY,
                                       dt.UTC).date()
+    cache = tmp_path / "retrained"            # this test's own: nothing trained elsewhere
     p = dataclasses.replace(run["params"], from_date=early.isoformat(),
                             to_date=(early + dt.timedelta(days=9)).isoformat(), every_days=3,
-                            retrain_every_days=7, bootstrap_samples=20)
+                            retrain_every_days=7, bootstrap_samples=20,
+                            retrain_cache=str(cache))
     full = dataclasses.replace(run["full"], backtest=p)
     pl = stage.plan(*sections(full), root / "validated", root / "episodes",
                     root / "models", None)
@@ -302,6 +304,10 @@ def test_retrained_models_see_nothing_after_their_retrain_point(run: dict,
     rows = stage.night(pl, days[1])
     assert set(rows["method"]) >= {"model", "popularity"} and len(rows) > 0
     assert pl.models_for(days[0]) == pl.models_for(days[2]) != pl.models_for(days[3])
+    # trained here, into params' cache: one folder per retrain point, each the one served
+    served = {Path(pl.models_for(d)) for d in days}
+    assert {f / "models" for f in cache.iterdir()} == served and len(served) == 2
+    assert all((m / "seed0/maml.pt").is_file() for m in served)
 
     planted = tmp_path / "validated"
     shutil.copytree(root / "validated", planted)

@@ -157,3 +157,124 @@ def test_params_yaml_holds_every_key_at_its_default_value() -> None:
     # the dates of this project's data (the MovieLens timeline), not behaviour: no default
     dates = {"score.as_of", "backtest.from_date", "backtest.to_date"}
     assert [p for p in walk(defaults, raw, "") if p.split(":")[0] not in dates] == []
+
+
+# -- every value checked when params.yaml is loaded (issue 36) ----------------------------------
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ({"train": {"outer_lr": float("nan")}}, r"train.outer_lr: must be a finite number, got nan"),
+    ({"train": {"inner_lr": float("inf")}}, r"train.inner_lr: must be a finite number, got inf"),
+    ({"evaluate": {"bootstrap_confidence": float("nan")}},
+     r"evaluate.bootstrap_confidence: must be a finite number"),
+    ({"train": {"ease": {"lam": [10.0, float("-inf")]}}}, r"train.ease.lam\[1\]: must be a finite"),
+    ({"episodes": {"relevance_threshold": float("nan")}}, r"episodes.relevance_threshold: must"),
+    ({"score": {"as_of": "2023-02-30"}}, r"score.as_of: '2023-02-30': day is out of range"),
+    ({"score": {"as_of": "22/04/1998"}}, r"score.as_of: '22/04/1998' is not a YYYY-MM-DD date"),
+    ({"backtest": {"from_date": "1998-13-01"}}, r"backtest.from_date: '1998-13-01': month must"),
+    ({"backtest": {"to_date": "tomorrow"}}, r"backtest.to_date: 'tomorrow' is not a YYYY-MM-DD"),
+    ({"prefect": {"replay_start": "1998-4-1"}}, r"prefect.replay_start: '1998-4-1' is not a"),
+    ({"validate": {"min_timestamp": "the nineties"}},
+     r"validate.min_timestamp: not a date/time: 'the nineties'"),
+    ({"validate": {"max_timestamp": "NaT"}}, r"validate.max_timestamp: not a date/time: 'NaT'"),
+    ({"prefect": {"nightly_cron": "0 2 * *"}}, r"prefect.nightly_cron: '0 2 \* \*' is not a cron "
+                                               r"string: expected 5 fields"),
+    ({"prefect": {"retrain_cron": "0 24 * * 0"}}, r"'24' is not a valid hour \(0-23\)"),
+    ({"prefect": {"retrain_cron": "61 3 * * 0"}}, r"'61' is not a valid minute"),
+    ({"prefect": {"retrain_cron": "0 3 0 * *"}}, r"'0' is not a valid day of month \(1-31\)"),
+    ({"prefect": {"retrain_cron": "0 3 * 13 *"}}, r"'13' is not a valid month \(1-12, or a name"),
+    ({"prefect": {"retrain_cron": "0 3 * * 8"}}, r"'8' is not a valid day of week"),
+    ({"prefect": {"retrain_cron": "0 3 * * fri-mon"}}, r"'fri-mon' is not a valid day of week"),
+    ({"prefect": {"retrain_cron": "*/0 3 * * *"}}, r"bad step '0' in the minute field"),
+    ({"prefect": {"retrain_cron": "0 3 * * funday"}}, r"'funday' is not a valid day of week"),
+    ({"ingest": {"table": {"encoding": "utf-9"}}},
+     r"ingest.table.encoding: unknown text encoding 'utf-9'"),
+    ({"ingest": {"table": {"encoding": "rot13"}}},
+     r"ingest.table.encoding: 'rot13' is not a text encoding"),
+    ({"ingest": {"table": {"csv_delimiter": ""}}}, r"ingest.table.csv_delimiter: must not be"),
+    ({"ingest": {"table": {"csv_delimiter": '"'}}}, r"ingest.table.csv_delimiter: '\"' holds"),
+    ({"ingest": {"table": {"list_separator": "\n"}}}, r"ingest.table.list_separator: '\\n' holds"),
+    ({"ingest": {"table": {"rating_scale": [5, 1]}}},
+     r"ingest.table.rating_scale: the first value must be below the second, got \[5.0, 1.0\]"),
+    ({"ingest": {"table": {"rating_scale": [3, 3]}}}, r"ingest.table.rating_scale: the first"),
+    ({"model": {"item_id_embedding": False}},
+     r"model.warm_start: svd starts the item id vectors, and model.item_id_embedding is false"),
+    ({"validate": {"min_timestamp": "2000-01-01", "max_timestamp": "1999-12-31T23:00:00"}},
+     r"validate.min_timestamp '2000-01-01' must be before validate.max_timestamp"),
+    ({"backtest": {"from_date": "1998-03-09", "to_date": "1998-03-08"}},
+     r"backtest.to_date 1998-03-08 is before backtest.from_date 1998-03-09"),
+    ({"score": {"seed": 7}}, r"score.seed: 7 is not trained \(train.seeds: \[0, 1, 2\]"),
+    ({"prefect": {"host": "0.0.0.0"}},
+     r"prefect.host: '0.0.0.0' is not a loopback address: .* anyone who can reach it could read "
+     r"and start runs; .* prefect.open_to_network: true"),
+    ({"prefect": {"host": "metarec.example.org"}}, r"prefect.host: 'metarec.example.org' is not"),
+])
+def test_each_bad_value_is_refused_at_load(raw: dict, message: str) -> None:
+    """Each value that used to load and fail later (or never) fails when params load."""
+    with pytest.raises(ParamsError, match=message):
+        parse(raw)
+
+
+@pytest.mark.parametrize("raw", [
+    {"model": {"item_id_embedding": False, "warm_start": "none"}},
+    {"prefect": {"host": "localhost"}}, {"prefect": {"host": "127.0.0.2"}},
+    {"prefect": {"host": "::1"}},
+    {"prefect": {"host": "0.0.0.0", "open_to_network": True}},
+    {"validate": {"min_timestamp": "1995-01-01T00:00:00+02:00", "max_timestamp": "2030-01-01"}},
+    {"backtest": {"from_date": "1998-03-09", "to_date": "1998-03-09"}},
+    {"ingest": {"table": {"encoding": "latin-1", "csv_delimiter": "::", "rating_scale": [0, 1]}}},
+    {"score": {"seed": 2, "as_of": "2024-02-29"}},
+])
+def test_good_values_still_load(raw: dict) -> None:
+    parse(raw)
+
+
+GOOD_CRONS = ["0 2 * * *", "0 3 * * 0", "0 3 * * 7", "*/15 0-6 1,15 jan-jun mon-fri",
+              "5 4 * * sun", "0 0 1 */2 *", "0-59/5 * * * *", "30 23 31 DEC SAT"]
+
+
+@pytest.mark.parametrize("cron", GOOD_CRONS)
+def test_a_cron_params_accept_is_one_prefect_schedules(cron: str) -> None:
+    """What params load accepts, Prefect's scheduler accepts too (the deployments would
+    otherwise fail when `metarec serve` registers them)."""
+    from prefect._internal.schemas.validators import validate_cron_string
+
+    parse({"prefect": {"nightly_cron": cron}})
+    assert validate_cron_string(cron) == cron
+
+
+def test_one_error_lists_every_problem_with_its_key(tmp_path: Path) -> None:
+    """A params file with five mistakes in four sections: one error, five lines, each keyed;
+    the CLI prints them all and exits 2 before any stage runs."""
+    from typer.testing import CliRunner
+
+    from metarec.cli import app
+
+    raw = {"train": {"outer_lr": float("nan"), "inner_stepz": 3},
+           "score": {"as_of": "1998-02-30"}, "prefect": {"nightly_cron": "every night"},
+           "ingest": {"table": {"rating_scale": [5, 1]}}}
+    with pytest.raises(ParamsError) as caught:
+        parse(raw)
+    problems = caught.value.problems
+    assert len(problems) == 5, problems
+    assert sorted(p.split(":")[0] for p in problems) == [
+        "ingest.table.rating_scale", "prefect.nightly_cron", "score.as_of", "train.outer_lr",
+        "unknown key(s) in section 'train'"]
+    assert str(caught.value).startswith("5 problems:\n  ")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    result = CliRunner().invoke(app, ["ingest", "--params", str(params),
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    out = " ".join(result.output.split())
+    for key in ("ingest.table.rating_scale", "inner_stepz", "train.outer_lr", "score.as_of",
+                "prefect.nightly_cron"):
+        assert key in out, key
+    assert not (tmp_path / "out").exists()
+
+
+def test_cross_key_problems_are_listed_together() -> None:
+    with pytest.raises(ParamsError) as caught:
+        parse({"model": {"item_id_embedding": False}, "prefect": {"host": "0.0.0.0"},
+               "backtest": {"from_date": "1998-03-09", "to_date": "1998-03-01"}})
+    assert [p.split(" ")[0].rstrip(":") for p in caught.value.problems] == [
+        "model.warm_start", "backtest.to_date", "prefect.host"]

@@ -13,6 +13,7 @@ import torch
 from test_episodes import write_validated
 
 from metarec.config import EpisodesParams, EvaluateParams, TrainParams
+from metarec.eval import compare as compare_module
 from metarec.eval.scoring import catalogue_metric
 from metarec.readme import results_markdown
 from metarec.stages import episodes, evaluate, train
@@ -29,9 +30,19 @@ def knobs(synthetic_project: dict, tmp_path_factory: pytest.TempPathFactory) -> 
                      query_ndcg_ks=(1, 5), bootstrap_confidence=0.8, bootstrap_samples=60,
                      ensemble_size=1, inner_steps_grid=(0, 2), curve_k=10)
     out = tmp_path_factory.mktemp("knobs")
-    result = evaluate.run(params, root / "episodes", root / "models", out / "eval.json",
-                          out / "report", out / "selection.json")
-    return {"result": result, "out": out, "params": params}
+    calls: list[tuple] = []            # every paired bootstrap the comparisons ran: inputs, CI
+    real = compare_module.paired_bootstrap
+
+    def spy(model, baseline, n_samples, seed=0, confidence=0.95, **kw):
+        res = real(model, baseline, n_samples, seed=seed, confidence=confidence, **kw)
+        calls.append((model.clone(), baseline.clone(), n_samples, seed, confidence, res))
+        return res
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(compare_module, "paired_bootstrap", spy)
+        result = evaluate.run(params, root / "episodes", root / "models", out / "eval.json",
+                              out / "report", out / "selection.json")
+    return {"result": result, "out": out, "params": params, "bootstrap_calls": calls}
 
 
 def test_metric_names_follow_the_cut_offs(knobs: dict) -> None:
@@ -59,8 +70,24 @@ def test_search_grids_curves_and_ensembles_follow_their_knobs(knobs: dict) -> No
     curve_k = min(ks, key=lambda k: abs(k - params.curve_k))
     report = (knobs["out"] / "report" / "report.md").read_text()
     assert curve_k == 10 and "user-cold, K=10," in report and "meta-ens averages" not in report
-    for c in result["comparisons"]:      # an 80% interval is narrower than the 95% one
+    for c in result["comparisons"]:
         assert c["ci_low"] <= c["diff"] <= c["ci_high"]
+
+
+def test_the_confidence_knob_sets_the_width_of_every_interval(knobs: dict) -> None:
+    """evaluate.bootstrap_confidence 0.8 reaches every comparison: each interval is the 80%
+    percentile interval of its resamples, inside the 95% one of the same resamples and
+    narrower in total (a stage that ignored the knob would report the 95% intervals)."""
+    calls, result = knobs["bootstrap_calls"], knobs["result"]
+    assert calls and {c[4] for c in calls} == {0.8} and {c[2] for c in calls} == {60}
+    narrower = 0.0
+    for model, baseline, n, seed, _, at80 in calls:
+        at95 = compare_module.paired_bootstrap(model, baseline, n, seed=seed, confidence=0.95)
+        assert at95.low <= at80.low <= at80.diff <= at80.high <= at95.high
+        narrower += (at95.high - at95.low) - (at80.high - at80.low)
+    assert narrower > 0
+    reported = {(round(c[5].low, 6), round(c[5].high, 6)) for c in calls}
+    assert {(c["ci_low"], c["ci_high"]) for c in result["comparisons"]} <= reported
 
 
 @pytest.mark.slow

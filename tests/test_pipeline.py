@@ -92,10 +92,14 @@ def test_ensembles_average_the_seeds_and_meta_ens_is_chosen_on_validation(
 
 def test_choices_come_from_validation_and_curves_are_written(pipeline: dict) -> None:
     result, tmp = pipeline["eval"], pipeline["tmp"]
+    ck = f"val_ndcg@{pipeline['params'].evaluate.catalogue_k}"
     for seed in ("0", "1"):
         steps = result["choices"][seed]["inner_steps"]
         assert set(steps) == {"finetune", "maml", "reptile"}
-        assert all(v["steps"] in (1, 5) for v in steps.values())
+        for name, v in steps.items():      # the best of the grid on validation, not any
+            assert set(v["val_mse"]) == set(v[ck]) == {"1", "5"}, name
+            assert v["val_mse"][str(v["steps"])] == min(v["val_mse"].values()), name
+            assert v[ck][str(v["rank_steps"])] == max(v[ck].values()), name
     assert {r["steps"] for r in result["steps_curve"]} == set(range(11))
     for name in ("mae_vs_k.png", "ndcg_at_20_vs_k.png", "mae_vs_steps.png",
                  "ndcg_at_20_vs_steps.png"):

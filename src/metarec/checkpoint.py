@@ -73,13 +73,16 @@ def save_model(path: str | Path, predictor: Predictor, params: dict[str, Any],
     return Path(path)
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint dict, verified; raises :class:`CheckpointError` with the reason."""
+def read_checkpoint(path: str | Path, source: str | Path | None = None) -> dict[str, Any]:
+    """The checkpoint dict, verified; raises :class:`CheckpointError` with the reason.
+    ``source``: where its bytes are, when not at ``path`` (the copy a nightly batch took of
+    them when it began); messages name ``path``."""
     path = Path(path)
-    if not path.is_file():
+    src = Path(source) if source is not None else path
+    if not src.is_file():
         raise CheckpointError(f"{path}: checkpoint not found; run `metarec train` first")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob = torch.load(src, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile,
             ValueError, OSError) as exc:
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): "

@@ -1,8 +1,11 @@
 """The `metarec` command line: one subcommand per pipeline stage, wiring only.
 
 Each subcommand reads params.yaml once, passes its own section to the stage's ``run`` function
-and turns a :class:`MetarecError` into a one-line message and exit code 2. dvc.yaml and the
-Prefect flows call the same subcommands / functions.
+and turns every failure that a retry cannot cure (a :class:`MetarecError`, a full disk, a bug:
+:func:`metarec.errors.permanent`) into a one-line message and exit code 2, which the flows
+never retry. The commands that write data, models or batches hold the project lock
+(``.metarec.lock`` beside params.yaml) while they run. dvc.yaml and the Prefect flows call the
+same subcommands / functions.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from metarec.errors import MetarecError, ParamsError
+from metarec.config import Params
+from metarec.errors import ParamsError, permanent
+from metarec.io import crash_stage, lock_file, project_lock
 from metarec.params import load_params
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -46,17 +51,40 @@ def _fail(exc: Exception) -> None:
 
 
 @contextlib.contextmanager
-def reported(stage: str | None = None, params: Path | None = None) -> Iterator[None]:
-    """A metarec error becomes one red line and exit code 2 (never a traceback). A pipeline
-    ``stage`` first checks that dvc.yaml (beside ``params``) tracks what it will read."""
-    try:
-        if stage is not None and params is not None:
-            from metarec import pipeline
+def reported(stage: str | None = None, params: Path | None = None,
+             lock: str | None = None) -> Iterator[Params | None]:
+    """A failure no retry can cure becomes one red line and exit code 2 (a bug's traceback
+    is logged at debug level: ``--verbose``); anything else (an interrupt, a network error)
+    propagates. A pipeline ``stage`` first checks that dvc.yaml (beside ``params``) tracks
+    what it will read. With ``lock`` (the command's name) params are loaded and yielded, and
+    the project lock beside ``params`` is held until the command ends (waiting
+    ``prefect.lock_wait_s``); under torchrun only global rank 0 takes it."""
+    import os
 
-            pipeline.check_stage(stage, params)
-        yield
-    except MetarecError as exc:
-        _fail(exc)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(crash_stage(stage or lock or "cli"))
+            if stage is not None and params is not None:
+                from metarec import pipeline
+
+                pipeline.check_stage(stage, params)
+            loaded = None
+            if lock is not None and params is not None:
+                loaded = load_params(params)
+                if os.environ.get("RANK", "0") == "0":
+                    stack.enter_context(project_lock(
+                        lock_file(params.absolute().parent), f"metarec {lock}",
+                        loaded.prefect.lock_wait_s))
+            yield loaded
+        except (typer.Exit, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            found = permanent(exc)
+            if found is None:
+                raise
+            if found is not exc:
+                logging.getLogger("metarec").debug("traceback", exc_info=exc)
+            _fail(found)
 
 
 def _from_dvc(stage: str, **given: Path | None) -> dict[str, Path]:
@@ -91,9 +119,9 @@ def ingest(
     """Fetch or read the data source named in params.yaml; write canonical Parquet tables."""
     from metarec.stages import ingest as stage
 
-    with reported("ingest", params):
+    with reported("ingest", params, lock="ingest") as p:
         paths = _from_dvc("ingest", out=out)
-        stage.run(load_params(params).ingest, paths["out"])
+        stage.run(p.ingest, paths["out"])
 
 
 @app.command()
@@ -107,9 +135,9 @@ def validate(
     """Check the canonical tables with Great Expectations; quarantine or fail on bad rows."""
     from metarec.stages import validate as stage
 
-    with reported("validate", params):
+    with reported("validate", params, lock="validate") as loaded:
         p = _from_dvc("validate", inp=inp, out=out, quarantine=quarantine, report=report)
-        stage.run(load_params(params).validate, *p.values())
+        stage.run(loaded.validate, *p.values())
 
 
 @app.command()
@@ -123,9 +151,9 @@ def episodes(
     """Split users in time and build one support/query task per user and K."""
     from metarec.stages import episodes as stage
 
-    with reported("episodes", params):
+    with reported("episodes", params, lock="episodes") as p:
         paths = _from_dvc("episodes", inp=inp, out=out, metrics=metrics, report=report)
-        stage.run(load_params(params).episodes, *paths.values())
+        stage.run(p.episodes, *paths.values())
 
 
 # -- later stages register below this line (train, evaluate, score, ...) --
@@ -185,9 +213,8 @@ def train(
     """Meta-train every algorithm in params.yaml (+ pretrain/finetune); write checkpoints."""
     from metarec.stages import train as stage
 
-    with reported("train", params):
+    with reported("train", params, lock="train") as loaded:
         p = _from_dvc("train", episodes=episodes, out=out, metrics=metrics)
-        loaded = load_params(params)
         stage.run(loaded.model, loaded.train, p["episodes"], p["out"], p["metrics"])
 
 
@@ -203,11 +230,11 @@ def evaluate(
     """Score every model on the test tasks: 4 scenarios x K x seeds, with bootstrap CIs."""
     from metarec.stages import evaluate as stage
 
-    with reported("evaluate", params):
+    with reported("evaluate", params, lock="evaluate") as loaded:
         p = _from_dvc("evaluate", episodes=episodes, models=models, metrics=metrics,
                       report=report, selection=selection)
-        stage.run(load_params(params).evaluate, p["episodes"], p["models"], p["metrics"],
-                  p["report"], p["selection"])
+        stage.run(loaded.evaluate, p["episodes"], p["models"], p["metrics"], p["report"],
+                  p["selection"])
 
 
 # options shared by the scoring commands (score, backfill): dvc.yaml's score stage
@@ -230,9 +257,8 @@ def score(
     """Adapt to the day's cold-start users and write their top-K batch (atomically)."""
     from metarec.stages import score as stage
 
-    with reported("score", params):
+    with reported("score", params, lock="score") as p:
         d = _from_dvc("score", inp=inp, models=models, out=out, selection=selection)
-        p = load_params(params)
         batch = stage.run(p.score, p.validate, p.ingest, d["inp"], d["models"], d["out"],
                           as_of, d["selection"])
     typer.echo(str(batch))
@@ -251,9 +277,8 @@ def backfill(
     """Write the batch of every night from --from to --to (the bytes `score` gives each)."""
     from metarec.stages import score as stage
 
-    with reported():
+    with reported(params=params, lock="backfill") as p:
         d = _from_dvc("score", inp=inp, models=models, out=out, selection=selection)
-        p = load_params(params)
         batches = stage.backfill(p.score, p.validate, p.ingest, d["inp"], d["models"],
                                  d["out"], first, last, d["selection"])
     for batch in batches:
@@ -274,10 +299,9 @@ def backtest(
     from metarec.backtest.report import markdown
     from metarec.stages import backtest as stage
 
-    with reported("backtest", params):
+    with reported("backtest", params, lock="backtest") as p:
         d = _from_dvc("backtest", inp=inp, episodes=episodes, models=models,
                       selection=selection, metrics=metrics, report=report)
-        p = load_params(params)
         summary = stage.run(p.backtest, p.score, p.validate, p.ingest, p.episodes, p.model,
                             p.train, d["inp"], d["episodes"], d["models"], d["selection"],
                             d["metrics"], d["report"])

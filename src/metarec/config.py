@@ -17,7 +17,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, ClassVar, Literal
 
-from metarec.schema import Keys, bounded, build, params_hash, to_dict
+from metarec.schema import (
+    Keys,
+    bounded,
+    build,
+    check_cron,
+    check_date,
+    check_encoding,
+    check_instant,
+    check_ordered,
+    check_separator,
+    checked,
+    params_hash,
+    to_dict,
+)
 
 __all__ = ["bounded", "params_hash", "parse_params", "to_dict"]
 
@@ -48,20 +61,21 @@ class TableSource(Section):
 
     interactions: str | None = None
     format: Literal["auto", "parquet", "csv"] = "auto"
-    csv_delimiter: str = ","
-    encoding: str = "utf-8"
+    csv_delimiter: str = checked(",", check_separator)
+    encoding: str = checked("utf-8", check_encoding)
     user_col: str = "user_id"
     item_col: str = "item_id"
     rating_col: str | None = "rating"
     label: Literal["explicit", "count", "binary"] = "explicit"
     timestamp_col: str = "timestamp"
     timestamp_unit: Literal["s", "ms", "us", "ns", "iso"] = "s"
-    rating_scale: tuple[float, float] = (1.0, 5.0)
+    rating_scale: tuple[float, float] = field(default=(1.0, 5.0),
+                                              metadata={"check": check_ordered})
     users: str | None = None
     items: str | None = None
     user_features: dict[str, str] = field(default_factory=dict)
     item_features: dict[str, str] = field(default_factory=dict)
-    list_separator: str = "|"
+    list_separator: str = checked("|", check_separator)
     platform_col: str | None = None
     platforms: tuple[str, ...] = ()
 
@@ -136,8 +150,8 @@ class ValidateParams(Section):
     """Row policy and plausibility bounds of the validate stage (dates naive = UTC)."""
 
     policy: Literal["fail", "quarantine"] = "quarantine"
-    min_timestamp: str = "1990-01-01"
-    max_timestamp: str | None = None
+    min_timestamp: str = checked("1990-01-01", check_instant)
+    max_timestamp: str | None = checked(None, check_instant)
     examples: int = bounded(5, 0)
     batch_rows: int = bounded(BATCH_ROWS, 1, neutral=SAME_BYTES)
 
@@ -299,7 +313,7 @@ class ScoreParams(Section):
 
     model: str = "auto"
     seed: int | Literal["auto"] = "auto"
-    as_of: str | None = None
+    as_of: str | None = checked(None, check_date)
     top_k: int = bounded(20, 1)
     max_interactions: int = bounded(20, 1)
     active_days: int = bounded(30, 1)
@@ -320,8 +334,8 @@ class ScoreParams(Section):
 class BacktestParams(Section):
     """Replayed nights judged against what each scored user did in the following days."""
 
-    from_date: str | None = None
-    to_date: str | None = None
+    from_date: str | None = checked(None, check_date)
+    to_date: str | None = checked(None, check_date)
     every_days: int = bounded(1, 1)
     horizon_days: int = bounded(7, 1)
     k: int = bounded(20, 1)
@@ -331,6 +345,8 @@ class BacktestParams(Section):
     bootstrap_confidence: float = bounded(0.95, 0.5, 0.999)
     seed: int = 0
     retrain_every_days: int | None = bounded(None, 1)
+    retrain_cache: str = field(default=".cache/metarec/retrain",
+                               metadata={"neutral": SAME_BYTES})
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,9 +355,11 @@ class BacktestParams(Section):
 
 @dataclass(frozen=True)
 class PrefectParams(Section):
-    """Where the local Prefect server lives, how tasks retry, how the nightly batch shards."""
+    """Where the local Prefect server lives, how tasks retry, how the nightly batch shards,
+    how long a run waits for the project lock."""
 
     host: str = "127.0.0.1"
+    open_to_network: bool = False
     port: int = bounded(4200, 1, 65535)
     home: str = ".prefect"
     startup_timeout_s: int = bounded(90, 1)
@@ -351,10 +369,11 @@ class PrefectParams(Section):
     dask_address: str | None = None
     dask_workers: int = bounded(2, 1)
     shards: int = bounded(4, 1)
-    nightly_cron: str = "0 2 * * *"
-    retrain_cron: str = "0 3 * * 0"
+    nightly_cron: str = checked("0 2 * * *", check_cron)
+    retrain_cron: str = checked("0 3 * * 0", check_cron)
     clock: Literal["auto", "wall", "replay"] = "auto"
-    replay_start: str | None = None
+    replay_start: str | None = checked(None, check_date)
+    lock_wait_s: float = bounded(0.0, 0.0)
 
 
 @dataclass(frozen=True)

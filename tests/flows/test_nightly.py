@@ -149,3 +149,42 @@ def test_serve_registers_the_nightly_and_retraining_deployments(project: Path,
     assert [s.schedule.cron for s in by_name["metarec-retrain"].schedules] == [
         params.retrain_cron]
     assert by_name["metarec-nightly"].parameters == {"project_dir": str(project)}
+
+
+def test_two_nightly_runs_at_once_score_each_night_once(project: Path, tmp_path: Path) -> None:
+    """Two scheduled runs started together (a slow night overlapping the next schedule):
+    the project lock is taken before the night is chosen, so the second waits
+    (prefect.lock_wait_s) and scores the night after the first's, never the same one."""
+    import shutil
+    import threading
+
+    from metarec.orchestration import nightly as plan
+
+    from .flow_helpers import write_params
+
+    copy = tmp_path / "p"
+    shutil.copytree(project, copy)
+    write_params(copy, {"prefect": {"lock_wait_s": 600.0}})
+    params = load_params(copy / "params.yaml")
+    batches = copy / "data/recommendations"
+    first = plan.next_night(params, batches)
+    before = {p.name for p in batches.iterdir() if not p.name.startswith(".")}
+    flow = load_flow("nightly", copy)
+    states: list = []
+
+    def run() -> None:
+        states.append(flow(project_dir=str(copy), return_state=True))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(900)
+    assert len(states) == 2 and all(s.is_completed() for s in states), \
+        [s.message for s in states]
+    nights = sorted(Path(s.result()["batch"]).name for s in states)
+    second = (dt.date.fromisoformat(first) + dt.timedelta(days=1)).isoformat()
+    assert nights == [first, second]
+    after = {p.name for p in batches.iterdir() if not p.name.startswith(".")}
+    assert after - before == {first, second, f"{first}.dvc", f"{second}.dvc"}
+    assert not [p.name for p in batches.iterdir() if p.name.startswith(".")]

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import tempfile
 
 import numpy as np
 import pandas as pd
 
 from metarec.backtest.plan import Plan
 from metarec.config import BacktestParams
+from metarec.io import scratch_dir
 from metarec.scoring.inputs import check_day, landing_check
 from metarec.scoring.stream import recommend
 from metarec.scoring.world import DAY, World, landing_files, parse_as_of
@@ -22,7 +22,7 @@ def judge_night(pl: Plan, day: str) -> pd.DataFrame:
     """Per (user, method) metrics of one night: night, user_id, kind, method, hit_rate,
     recall, ndcg, relevant (the user's relevant future items). Users without a relevant
     future item are left out (counted by :func:`summarise` through ``scored``)."""
-    with tempfile.TemporaryDirectory(prefix="metarec-backtest-") as tmp:
+    with scratch_dir("backtest") as tmp:
         inputs = check_day(pl.resolve(day), tmp)
         tables = {"model": recommend(inputs)[0].to_pandas()}
         if pl.params.warm:

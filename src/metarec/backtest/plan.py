@@ -100,7 +100,8 @@ class Plan:
             return self.models_dir
         at = retrain.point(self.nights[0], day, self.params.retrain_every_days)
         served = (self.model,) if self.baseline is None else (self.model, self.baseline)
-        return str(retrain.models_at(self.training, self.validated_dir, served, at))
+        return str(retrain.models_at(self.training, self.validated_dir, served, at,
+                                     self.params.retrain_cache))
 
 
 def plan(p: BacktestParams, score: ScoreParams, training: retrain.Training | None,

@@ -8,8 +8,11 @@ the baselines), so no model ever sees a later interaction. Retrain points are th
 first night and every ``retrain_every_days`` after it.
 
 Trained models are cached by content (the validated files' md5s, the params that shape
-training, the retrain point and metarec's own source), so the Prefect flow's night subflows
-and a rerun share them and a change of any of those trains afresh.
+training, the retrain point and metarec's own source) in ``backtest.retrain_cache`` (in the
+project, not the system temp folder: one project's runs share it, nothing else does), so the
+Prefect flow's night subflows and a rerun share them and a change of any of those trains
+afresh. Each is trained in a scratch folder (removed after, or by the next run if this one
+was killed) and swapped into the cache whole.
 """
 
 from __future__ import annotations
@@ -19,14 +22,13 @@ import datetime as dt
 import hashlib
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 from metarec import algorithms
 from metarec.config import EpisodesParams, ModelParams, TrainParams
 from metarec.data.episodes import build
 from metarec.fitting import fit_models
-from metarec.io import md5_file, read_parquet, write_parquet
+from metarec.io import md5_file, read_parquet, scratch_dir, write_parquet
 from metarec.scoring.world import day_end, parse_as_of
 
 TABLES = ("interactions.parquet", "users.parquet", "items.parquet", "schema.json")
@@ -69,19 +71,19 @@ def _key(params: Training, validated_dir: Path, served: tuple[str, ...], at: str
 
 
 def models_at(params: Training, validated_dir: str | Path, served: tuple[str, ...], at: str,
-              cache: str | Path | None = None) -> Path:
+              cache: str | Path) -> Path:
     """The models folder (one ``seed<S>`` inside: the first of ``train.seeds``) of models
     trained on the log before the end of night ``at``; trained on first use, then read from
-    the cache."""
+    ``cache``."""
     validated_dir = Path(validated_dir)
-    root = Path(cache) if cache is not None else Path(tempfile.gettempdir()) / "metarec-retrain"
+    root = Path(cache)
     folder = root / _key(params, validated_dir, served, at)[:20]
     seed = params.train.seeds[0]
     out = folder / "models"
     if (out / f"seed{seed}").is_dir():
         return out
     end = day_end(parse_as_of(at))
-    with tempfile.TemporaryDirectory(prefix="metarec-retrain-") as tmp:
+    with scratch_dir("retrain") as tmp:
         work = Path(tmp)
         for name in TABLES[1:]:
             if (validated_dir / name).exists():

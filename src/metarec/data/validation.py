@@ -129,15 +129,10 @@ class Rule:
 
 
 def timestamp_bound(value: str, key: str) -> int:
-    """A params date/time (naive = UTC) as epoch seconds."""
-    from metarec.errors import ParamsError
+    """A params date/time (naive = UTC) as epoch seconds (the rule params load checks)."""
+    from metarec.schema import instant
 
-    try:
-        ts = pd.Timestamp(value)
-    except (ValueError, TypeError) as exc:
-        raise ParamsError(f"validate.{key}: not a date/time: {value!r}") from exc
-    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-    return int(ts.timestamp())
+    return instant(value, f"validate.{key}")
 
 
 def _fmt(x: float) -> str:

@@ -6,9 +6,12 @@ The flows take every path from the stage commands of ``dvc.yaml`` (``--in``, ``-
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from metarec.config import Params
+from metarec.io import lock_file, project_lock
 from metarec.pipeline import stage_options
 
 
@@ -35,3 +38,11 @@ class ProjectPaths:
                    report=root / evaluate["report"] / "report.md",
                    eval_metrics=root / evaluate["metrics"],
                    validation_summary=root / validate["report"] / "summary.json")
+
+
+def project_locked(root: str | Path, what: str, params: Params
+                   ) -> contextlib.AbstractContextManager[None]:
+    """The project's one lock (``.metarec.lock`` beside dvc.yaml) for a flow that writes data,
+    models or batches, held from its first read to its last write; its ``dvc repro`` stages
+    run under it. Another holder: wait ``prefect.lock_wait_s``, then fail naming it."""
+    return project_lock(lock_file(root), what, params.prefect.lock_wait_s)

@@ -5,7 +5,9 @@ overlap on a multi-core machine). ``dask``: prefect-dask's DaskTaskRunner, conne
 ``address`` (a running scheduler, e.g. ``tcp://scheduler:8786``) or, with no address, a
 LocalCluster of ``workers`` one-thread processes started for the run and closed after it.
 Workers must see the project's files at the same paths (shared filesystem) and have metarec
-installed: tasks travel by reference to :mod:`metarec.orchestration.tasks`.
+installed: tasks travel by reference to :mod:`metarec.orchestration.tasks`. A scheduler
+``address`` belongs on a trusted network only: Dask sends pickled tasks over plain TCP, and
+whoever can reach the scheduler can run code on its workers.
 """
 
 from __future__ import annotations

@@ -4,7 +4,15 @@ The server binds to 127.0.0.1 and keeps its SQLite database under ``PREFECT_HOME
 project (``.prefect/``, ignored by git), so runs survive between commands and can be inspected
 in the UI. Starting takes ~20 s here: we poll ``/api/health`` until it answers or a timeout
 passes. On timeout or early exit the whole process group is terminated and reaped, and the
-error quotes the end of the server log. A healthy server already on the port is reused.
+error quotes the end of the server log.
+
+The server has no authentication: whoever reaches it reads every run and artifact (user ids
+included) and can start runs. So it binds to loopback unless ``prefect.open_to_network`` says
+otherwise (params load refuses a non-loopback ``prefect.host`` without it, and :func:`start`
+says who can reach it), and a healthy server on the port is reused only when this project
+started it (its pid file names a live ``prefect server`` on that port whose ``PREFECT_HOME``
+is this project's): on a shared host the port may be someone else's, and our runs and
+artifacts would go to them.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from pathlib import Path
 
 from metarec.config import PrefectParams
 from metarec.errors import MetarecError
+from metarec.schema import is_loopback
 
 LOG_NAME, PID_NAME = "server.log", "server.pid"
 
@@ -104,8 +113,24 @@ def start(params: PrefectParams, project_dir: str | Path = ".",
     """
     home = (Path(project_dir) / params.home).resolve()
     url = api_url(params.host, params.port)
+    exposed = not is_loopback(params.host)
+    if exposed and not params.open_to_network:
+        raise ServerError(f"prefect.host {params.host!r} is not a loopback address; set "
+                          "prefect.open_to_network: true to serve on the network")
     if is_healthy(url):
-        return Server(url, home, _read_pid(home), started=False), None
+        pid = _read_pid(home)
+        if pid is None or not _ours(pid, home, params.port):
+            raise ServerError(
+                f"a Prefect server this project did not start answers on {url} (pid file "
+                f"{home / PID_NAME}: {pid or 'none'}); it may be someone else's, and would "
+                "receive this project's runs and artifacts: stop it or set another "
+                "prefect.port")
+        return Server(url, home, pid, started=False), None
+    if exposed:
+        print(f"warning: the Prefect server listens on {params.host}:{params.port} "
+              "(prefect.open_to_network): anyone who can reach it can read every run and "
+              "artifact, user ids included, and start runs; it has no authentication",
+              file=sys.stderr, flush=True)
     home.mkdir(parents=True, exist_ok=True)
     log_path = home / LOG_NAME
     with open(log_path, "ab") as log:
@@ -130,6 +155,25 @@ def start(params: PrefectParams, project_dir: str | Path = ".",
         raise
     (home / PID_NAME).write_text(str(proc.pid), encoding="utf-8")
     return Server(url, home, proc.pid, started=True), proc
+
+
+def _ours(pid: int, home: Path, port: int) -> bool:
+    """True when ``pid`` is a live ``prefect server`` on ``port`` whose PREFECT_HOME is
+    ``home`` (Linux /proc; elsewhere: the pid is alive)."""
+    proc = Path(f"/proc/{pid}")
+    if not proc.exists():
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return not Path("/proc/self").exists()     # no /proc on this system: trust the pid
+    try:
+        argv = (proc / "cmdline").read_bytes().split(b"\0")
+        environ = (proc / "environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    serves = b"server" in argv and b"start" in argv and str(port).encode() in argv
+    return serves and f"PREFECT_HOME={home}".encode() in environ
 
 
 def _read_pid(home: Path) -> int | None:

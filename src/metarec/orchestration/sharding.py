@@ -13,10 +13,8 @@ score`` uses.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from metarec.config import ScoreParams, TableSource, ValidateParams
-from metarec.io import write_parquet_stream
+from metarec.io import owner_tag, write_parquet_stream
 from metarec.scoring import inputs as batch_inputs
 from metarec.scoring import publish, stream
 
@@ -61,18 +59,15 @@ def split_chunks(n_chunks: int, shards: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
-def scoring_lock(out_root: str | Path) -> contextlib.AbstractContextManager[None]:
-    """The lock ``metarec score`` holds on ``out_root``: held by the scoring subflow for all
-    its shards, so a nightly run and a ``metarec score`` never write the same batches at once."""
-    return publish.scoring_lock(out_root, "metarec nightly scoring")
-
-
 def shard_dir(as_of: str, out_root: str | Path) -> Path:
-    """A fresh hidden folder beside the batch for the landing verdict and the shards' partial
-    files (``as_of``: the night, YYYY-MM-DD)."""
+    """A fresh hidden folder beside the batch for the pinned model, the landing verdict and
+    the shards' partial files (``as_of``: the night, YYYY-MM-DD), named after the flow's
+    process (``.<as_of>.<pid>-<host>.shards-*.tmp``), so that the next write of the batch
+    removes it if that process died (:func:`metarec.io.sweep`)."""
     root = Path(out_root)
     root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{as_of}.shards-{uuid.uuid4().hex[:8]}-", dir=root))
+    return Path(tempfile.mkdtemp(prefix=f".{as_of}.{owner_tag()}.shards-", suffix=".tmp",
+                                 dir=root))
 
 
 def write_shard(inputs: BatchInputs, lo: int, hi: int, folder: str | Path) -> str:

@@ -4,10 +4,11 @@ Each task runs ``dvc repro -s <stage>`` in a subprocess (not the stage function)
 decides whether the stage is up to date, records what ran in ``dvc.lock`` and keeps outputs in
 its cache, so a flow run and a ``dvc repro`` by hand never disagree about the pipeline state.
 
-Retries are for transient failures only: an OSError (spawning, disk, network), a DVC lock held
-by another ``dvc`` process, a stage killed by a signal. A stage whose ``metarec`` command exits
-with code 2 raised a :class:`~metarec.errors.MetarecError` (bad params, bad data): retrying
-gives the same answer, so the task fails at once.
+Retries are for transient failures only: an OSError other than a full disk (spawning,
+network), a DVC lock held by another ``dvc`` process, a stage killed by a signal. A stage whose
+``metarec`` command exits with code 2 failed in a way no retry cures (bad params or data, a
+full disk, a bug: the CLI classifies every exception once, :func:`metarec.errors.permanent`),
+so the task fails at once; a task that raises in this process is classified by the same rule.
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ from prefect.states import State
 from prefect.tasks import exponential_backoff
 
 from metarec.config import PrefectParams
+from metarec.errors import is_permanent
 
 # dvc's own wording when a stage command fails: "failed to run: <cmd>, exited with <code>"
 _EXITED = re.compile(r"exited with (-?\d+)")
-METAREC_ERROR_EXIT = 2  # cli._fail: a problem the user must fix; never transient
+METAREC_ERROR_EXIT = 2  # cli._fail: no retry can cure it (params, data, disk full, a bug)
 _TAIL = 4000
 _TAIL_LINES = 200
 
@@ -44,7 +46,8 @@ class StageFailed(RuntimeError):
         self.stage, self.returncode = stage, returncode
         self.stage_exit = int(found[-1]) if found else None
         self.permanent = self.stage_exit == METAREC_ERROR_EXIT
-        kind = "permanent (metarec error)" if self.permanent else "possibly transient"
+        kind = ("permanent (exit 2: retrying gives the same)" if self.permanent
+                else "possibly transient")
         super().__init__(f"dvc repro -s {stage} exited with {returncode} ({kind}):\n"
                          f"{output[-_TAIL:]}")
 
@@ -79,14 +82,17 @@ def dvc_repro(stage: str, project_dir: str | Path,
 
 
 def is_transient(task: Task, task_run: TaskRun, state: State) -> bool:
-    """Prefect ``retry_condition_fn``: retry unless the stage reported a metarec error."""
+    """Prefect ``retry_condition_fn``: retry unless the failure is permanent (a stage that
+    exited 2, or an exception :func:`metarec.errors.is_permanent` calls deterministic)."""
     exc = state.data if isinstance(state.data, BaseException) else None
     if exc is None:
         try:
             state.result(raise_on_failure=True)
         except BaseException as raised:  # only classified here, never swallowed
             exc = raised
-    return not (isinstance(exc, StageFailed) and exc.permanent)
+    if isinstance(exc, StageFailed):
+        return not exc.permanent
+    return exc is None or not is_permanent(exc)
 
 
 @task(name="dvc-stage", task_run_name="{stage}", cache_policy=NO_CACHE,

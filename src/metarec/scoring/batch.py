@@ -29,13 +29,13 @@ the same function, so its batch has the same bytes.
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path
 
 from metarec.config import ScoreParams, TableSource, ValidateParams
 from metarec.data.landing import CANONICAL
+from metarec.io import scratch_dir
 from metarec.scoring.inputs import check_day, resolve
-from metarec.scoring.publish import publish_batch, scoring_lock
+from metarec.scoring.publish import publish_batch
 from metarec.scoring.stream import recommend_stream
 
 log = logging.getLogger("metarec.score")
@@ -45,10 +45,11 @@ def build_batch(params: ScoreParams, validated_dir: str | Path, models_dir: str 
                 out_root: str | Path, as_of: str | None = None,
                 selection: str | Path | None = None, validate: ValidateParams | None = None,
                 landing_format: TableSource = CANONICAL) -> Path:
-    """Score the users of ``as_of`` (default ``params.as_of``); returns the batch folder."""
+    """Score the users of ``as_of`` (default ``params.as_of``); returns the batch folder.
+    The caller holds the project lock (the CLI and the flows do)."""
     inputs = resolve(params, validated_dir, models_dir, as_of, selection, validate,
                      landing_format)
-    with scoring_lock(out_root), tempfile.TemporaryDirectory(prefix="metarec-day-") as day:
+    with scratch_dir("day") as day:
         inputs = check_day(inputs, day)
         parts, stats = recommend_stream(inputs)
         target = publish_batch(inputs, parts, stats, out_root)

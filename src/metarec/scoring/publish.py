@@ -4,13 +4,14 @@ aside, all swapped into place at once.
 The batch is written into a hidden temporary folder beside ``<out_root>/<DATE>/`` and
 exchanged with it in one atomic rename: a crash or SIGKILL at any instant leaves the previous
 complete batch or none. ``metarec score`` and the sharded nightly flow both publish through
-:func:`publish_batch`, so they give the same bytes.
+:func:`publish_batch`, so they give the same bytes. The manifest's digests are those the
+batch took when it began (:func:`metarec.scoring.inputs.pin`), not the files' at publish
+time: it names what was read. The callers (the CLI, the flows) hold the project lock
+(:func:`metarec.io.project_lock`) from the first read to the publish.
 """
 
 from __future__ import annotations
 
-import contextlib
-import shutil
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,25 +24,11 @@ import torch
 import metarec
 from metarec.config import params_hash, to_dict
 from metarec.data.landing import QUARANTINE
-from metarec.io import (
-    atomic_dir,
-    md5_file,
-    project_lock,
-    sha256_file,
-    write_json,
-    write_parquet_stream,
-)
-from metarec.scoring.inputs import QUARANTINED, Inputs
+from metarec.io import atomic_dir, sha256_file, sweep, write_json, write_parquet_stream
+from metarec.scoring.inputs import QUARANTINED, Inputs, check_unchanged
 from metarec.scoring.stream import SCHEMA
 
 RECS, MANIFEST = "recommendations.parquet", "manifest.json"
-
-
-def scoring_lock(out_root: str | Path, what: str = "metarec score"
-                 ) -> contextlib.AbstractContextManager[None]:
-    """The one lock on ``out_root``: a second scoring run of the project fails fast."""
-    root = Path(out_root)
-    return project_lock(root.parent / f".{root.name}.lock", f"{what} (out {out_root})")
 
 
 def _rel(path: str | Path) -> str:
@@ -62,7 +49,9 @@ def publish_batch(inputs: Inputs, parts: Iterable[pa.Table], stats: dict[str, An
     Shared by ``metarec score`` and the sharded nightly flow, so both give the same bytes.
     """
     params, model_path = inputs.params, inputs.model_path
-    read = [*inputs.inputs, *([model_path] if model_path.is_file() else [])]
+    check_unchanged(inputs)
+    model = inputs.read(model_path) if inputs.model_copy or model_path.is_file() else None
+    reads = {p: inputs.read(p) for p in inputs.inputs}
     manifest = {
         "as_of": params.as_of, "params": to_dict(params), "params_hash": params_hash(params),
         "validated_dir": _rel(inputs.validated_dir), "models_dir": _rel(inputs.models_dir),
@@ -70,11 +59,12 @@ def publish_batch(inputs: Inputs, parts: Iterable[pa.Table], stats: dict[str, An
         "inner_steps": inputs.steps,
         "selection": inputs.selection, "selection_path":
             _rel(inputs.selection_path) if inputs.selection_path else None,
-        "model_sha256": sha256_file(model_path) if model_path.is_file() else None,
-        "inputs": {_rel(p): sha256_file(p) for p in inputs.inputs},
+        "model_sha256": model.sha256 if model is not None else None,
+        "inputs": {_rel(p): r.sha256 for p, r in reads.items()},
         # DVC's content addresses (md5 of the bytes): verify-batch restores the files from the
         # DVC cache or remote by these, whatever dvc.lock says now
-        "dvc_md5": {_rel(p): md5_file(p) for p in read},
+        "dvc_md5": {_rel(p): r.md5 for p, r in
+                    [*reads.items(), *([(model_path, model)] if model is not None else [])]},
         "git_commit": git_commit(), "metarec_version": metarec.__version__,
         "torch_version": torch.__version__, **stats,
         # how landing rows were read and checked (verify-batch rebuilds with the same) and
@@ -87,14 +77,8 @@ def publish_batch(inputs: Inputs, parts: Iterable[pa.Table], stats: dict[str, An
     quarantine = (pq.read_table(Path(inputs.checked) / QUARANTINED)
                   if inputs.checked is not None else QUARANTINE.empty_table())
     publish(target, parts, manifest, quarantine)
-    _sweep(target)
+    sweep(target)
     return target
-
-
-def _sweep(target: Path) -> None:
-    """Remove temporary folders a killed run may have left beside the batch."""
-    for stale in target.parent.glob(f".{target.name}.*"):
-        shutil.rmtree(stale, ignore_errors=True)
 
 
 def publish(target: Path, parts: Iterable[pa.Table], manifest: dict[str, Any],

@@ -11,7 +11,6 @@ evaluated seed and steps) and ranked over every item it has not interacted with
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from metarec.data.recency import Recency, recency_at, window_bounds
 from metarec.data.tasks import EpisodeData
 from metarec.data.text import TextCache, cache_file
 from metarec.errors import DataError, MetarecError
-from metarec.io import arrow_frame, read_json, read_parquet
+from metarec.io import arrow_frame, read_json, read_parquet, scratch_dir
 from metarec.progress import progress
 from metarec.scoring.engine import Ragged, recommend_chunk, task_batch
 from metarec.scoring.inputs import Inputs
@@ -69,12 +68,12 @@ def recommend_stream(inputs: Inputs, chunks: range | None = None, warm_support: 
     if chunks is not None and chunks.step != 1:
         raise ValueError(f"chunks must be a run of consecutive chunks, got {chunks}")
     params, tables, model_path = inputs.params, inputs.tables, inputs.model_path
-    blob = read_checkpoint(model_path)
+    blob = read_checkpoint(model_path, inputs.model_copy)   # the bytes pinned when it began
     vocab = blob["vocab"]
     check_compatible(vocab, tables["users"].parent / "schema.json", model_path)
     # the run's users and their interactions, sorted by user, live here until it ends (a
     # stream dropped unread is cleaned up when collected)
-    tmp = tempfile.TemporaryDirectory(prefix="metarec-score-")
+    tmp = scratch_dir("score")
     folder = Path(tmp.name)
     try:
         if inputs.landing and inputs.checked is None:

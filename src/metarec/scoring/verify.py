@@ -1,8 +1,16 @@
-"""``metarec verify-batch``: rebuild a nightly batch from its manifest and compare bytes."""
+"""``metarec verify-batch``: rebuild a nightly batch from its manifest and compare bytes.
+
+A manifest is data someone could have edited, and verify-batch runs ``git`` and ``dvc`` and
+writes files named by it: before anything runs, :func:`check_manifest` refuses one whose
+paths climb out of the project (``..``), whose restore list names files the batch did not
+read, whose digests are not digests, whose commit is not a hex id, or whose model is no
+registered algorithm.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import subprocess
 import sys
@@ -17,11 +25,15 @@ import yaml
 from metarec.config import ScoreParams, TableSource, ValidateParams, params_hash, parse_params
 from metarec.data.validation import TABLES
 from metarec.errors import MetarecError, ParamsError
-from metarec.io import read_json, sha256_file
-from metarec.schema import build
+from metarec.io import read_json, scratch_dir, sha256_file
+from metarec.schema import build, iso_date
 from metarec.scoring.batch import build_batch
+from metarec.scoring.inputs import known_model
 from metarec.scoring.publish import MANIFEST, RECS, git_commit
 from metarec.scoring.world import landing_files, parse_as_of
+
+_COMMIT = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")   # sha-1 or sha-256 object ids
+_SHA256, _MD5 = re.compile(r"^[0-9a-f]{64}$"), re.compile(r"^[0-9a-f]{32}$")
 
 
 class VerifyError(MetarecError):
@@ -39,7 +51,11 @@ def verify(batch_dir: str | Path) -> dict[str, Any]:
     batch_dir = Path(batch_dir).absolute()   # the rebuild may run in a restored folder
     if not (batch_dir / MANIFEST).is_file() or not (batch_dir / RECS).is_file():
         raise VerifyError(f"{batch_dir}: not a batch ({MANIFEST} or {RECS} missing)")
-    manifest = read_json(batch_dir / MANIFEST)
+    try:
+        manifest = read_json(batch_dir / MANIFEST)
+    except ValueError as exc:
+        raise VerifyError(f"{batch_dir / MANIFEST}: not JSON: {exc}") from exc
+    check_manifest(manifest, batch_dir / MANIFEST)
     try:
         params = parse_params({"score": manifest["params"]}).score
         landing = manifest.get("landing_params") or {}
@@ -62,7 +78,7 @@ def verify(batch_dir: str | Path) -> dict[str, Any]:
         if changed:   # rebuild in a folder holding the recorded bytes, restored by address
             stack.enter_context(contextlib.chdir(stack.enter_context(
                 restored(manifest, changed))))
-        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="metarec-verify-"))
+        tmp = stack.enter_context(scratch_dir("verify"))
         rebuilt = build_batch(params, manifest["validated_dir"], manifest["models_dir"], tmp,
                               manifest["as_of"], manifest.get("selection_path"), validate,
                               landing_format)
@@ -88,6 +104,66 @@ def verify(batch_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def _path(value: object, key: str, where: Path) -> str:
+    """A path the manifest records: a string, relative ones inside the project (no ``..``
+    anywhere, nothing but plain names); absolute ones are only ever read in place."""
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise VerifyError(f"{where}: {key}: {value!r} is not a path")
+    path = Path(value)
+    if ".." in path.parts or (not path.is_absolute() and value != path.as_posix()):
+        raise VerifyError(f"{where}: {key}: {value!r} leaves the project (or is not a plain "
+                          "relative path); refused before running anything")
+    return value
+
+
+def check_manifest(manifest: object, where: Path) -> None:
+    """Refuse a manifest that could turn verify-batch against its user (see the module
+    docstring); raises :class:`VerifyError` naming the key."""
+    if not isinstance(manifest, dict):
+        raise VerifyError(f"{where}: not a manifest (a JSON object)")
+    for key in ("validated_dir", "models_dir", "model"):
+        _path(manifest.get(key), key, where)
+    if manifest.get("selection_path") is not None:
+        _path(manifest["selection_path"], "selection_path", where)
+    inputs, md5s = manifest.get("inputs"), manifest.get("dvc_md5", {})
+    if not isinstance(inputs, dict) or not isinstance(md5s, dict):
+        raise VerifyError(f"{where}: inputs and dvc_md5 must be mappings")
+    for rel, sha in inputs.items():
+        _path(rel, f"inputs[{rel!r}]", where)
+        if not isinstance(sha, str) or not _SHA256.match(sha):
+            raise VerifyError(f"{where}: inputs[{rel!r}]: {sha!r} is not a sha256")
+    read = {*inputs, manifest["model"]}
+    for rel, md5 in md5s.items():
+        _path(rel, f"dvc_md5[{rel!r}]", where)
+        if rel not in read:
+            raise VerifyError(f"{where}: dvc_md5[{rel!r}]: not a file the batch read")
+        if not isinstance(md5, str) or not _MD5.match(md5):
+            raise VerifyError(f"{where}: dvc_md5[{rel!r}]: {md5!r} is not an md5")
+    sha = manifest.get("model_sha256")
+    if sha is not None and (not isinstance(sha, str) or not _SHA256.match(sha)):
+        raise VerifyError(f"{where}: model_sha256: {sha!r} is not a sha256")
+    commit = manifest.get("git_commit")
+    if commit is not None and (not isinstance(commit, str) or not _COMMIT.match(commit)):
+        raise VerifyError(f"{where}: git_commit: {commit!r} is not a commit id (40 or 64 "
+                          "lowercase hex digits); refused before running git")
+    if not known_model(manifest.get("model_name")):
+        raise VerifyError(f"{where}: model_name: {manifest.get('model_name')!r} is no "
+                          "registered algorithm")
+    try:
+        iso_date(manifest.get("as_of"), "as_of")      # type: ignore[arg-type]
+    except ParamsError as exc:
+        raise VerifyError(f"{where}: {exc}") from exc
+
+
+def _inside(root: Path, rel: str) -> Path:
+    """``root / rel``, refused unless it stays inside ``root`` (a second line of defence
+    behind :func:`check_manifest`)."""
+    dst = (root / rel).resolve()
+    if not dst.is_relative_to(root.resolve()):
+        raise VerifyError(f"{rel}: leaves the restore folder; refused")
+    return dst
+
+
 @contextlib.contextmanager
 def restored(manifest: dict[str, Any], changed: list[str]) -> Iterator[Path]:
     """A temporary folder inside the DVC repository holding every file the batch read at its
@@ -107,7 +183,7 @@ def restored(manifest: dict[str, Any], changed: list[str]) -> Iterator[Path]:
         root = Path(tmp)
         pull = []
         for rel, md5 in recorded.items():
-            src, dst = Path(rel), root / rel
+            src = Path(rel)
             unchanged = src.is_file() and sha256_file(src) == shas.get(rel)
             if src.is_absolute():       # outside the project: read in place, never restored
                 if not unchanged:
@@ -116,6 +192,7 @@ def restored(manifest: dict[str, Any], changed: list[str]) -> Iterator[Path]:
                                       "lies outside the DVC project; restore it by hand "
                                       "(`dvc pull` in its project), then verify again")
                 continue
+            dst = _inside(root, rel)
             dst.parent.mkdir(parents=True, exist_ok=True)
             if unchanged:
                 shutil.copyfile(src, dst)
@@ -160,6 +237,8 @@ def _dvc_root(start: Path) -> Path | None:
 def _from_git(manifest: dict[str, Any], rel: str, dst: Path) -> None:
     """A git-tracked file as of the batch's commit (metrics live in git, not the DVC cache)."""
     commit = manifest.get("git_commit")
+    if commit is not None and not _COMMIT.match(str(commit)):    # checked before, again here
+        raise VerifyError(f"git_commit: {commit!r} is not a commit id")
     out = subprocess.run(["git", "show", f"{commit}:{rel}"], capture_output=True,
                          check=False) if commit else None
     if out is None or out.returncode != 0:

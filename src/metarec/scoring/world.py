@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,8 @@ import pyarrow.parquet as pq
 import torch
 
 from metarec.errors import DataError, ParamsError
-from metarec.io import arrow_frame
+from metarec.io import arrow_frame, scratch_dir
+from metarec.schema import iso_date
 
 DAY = 86_400
 COLUMNS = ("user_id", "item_id", "rating", "timestamp")
@@ -38,12 +38,7 @@ def parse_as_of(value: str | None) -> dt.date:
     """A YYYY-MM-DD string as a date; the batch folder is named after it."""
     if value is None:
         raise ParamsError("score: no as-of date (pass --as-of YYYY-MM-DD or set score.as_of)")
-    if not _DATE.match(value):
-        raise ParamsError(f"score.as_of: {value!r} is not a YYYY-MM-DD date")
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError as exc:
-        raise ParamsError(f"score.as_of: {value!r}: {exc}") from exc
+    return iso_date(value, "score.as_of")
 
 
 def day_end(day: dt.date) -> int:
@@ -100,7 +95,7 @@ class World:
 
         self.end = int(end)
         self.memory_mb = int(memory_mb)
-        self._tmp = tempfile.TemporaryDirectory(prefix="metarec-world-")
+        self._tmp = scratch_dir("world")
         self.con = duckdb.connect(config={
             "memory_limit": f"{int(memory_mb)}MB", "temp_directory": self._tmp.name,
             # as many threads as torch uses: the one knob a run sets

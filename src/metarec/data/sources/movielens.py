@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -32,6 +33,7 @@ from metarec.data.sources.common import (
     split_lists,
 )
 from metarec.errors import DataError, IntegrityError
+from metarec.io import atomic_path, crash_point, scratch_dir
 
 log = logging.getLogger("metarec.ingest")
 
@@ -66,34 +68,56 @@ def _genres_from_flags(flags: pd.DataFrame) -> pd.Series:
 
 
 
+def _download(url: str, archive: Path) -> bool:
+    """Stream ``url`` into ``archive`` under a temporary name, renamed into place only when
+    complete (a kill or a dropped connection leaves no archive, and the next run downloads
+    again); False when the server cannot be reached."""
+    try:
+        log.info("downloading %s", url)
+        with urllib.request.urlopen(url, timeout=15) as resp, atomic_path(archive) as tmp:
+            with open(tmp, "wb") as out:
+                while block := resp.read(1 << 20):
+                    out.write(block)
+                    crash_point("mid-download")
+    except OSError as exc:
+        log.info("%s not reachable or cut short (%s)", url, exc)
+        return False
+    return True
+
+
 def _fetch_grouplens_100k(cache: Path) -> Path | None:
+    """The GroupLens archive, md5-checked; a cached copy that fails the check (written by an
+    older metarec in place, then cut short) is downloaded again once."""
     archive = cache / "ml-100k.zip"
-    if not archive.exists():
-        try:
-            log.info("downloading %s", GROUPLENS_100K_URL)
-            with urllib.request.urlopen(GROUPLENS_100K_URL, timeout=15) as resp:
-                data = resp.read()
-        except OSError as exc:
-            log.info("GroupLens not reachable (%s); falling back to the recbole wheel", exc)
+    for attempt in range(2):
+        if not archive.exists() and not _download(GROUPLENS_100K_URL, archive):
+            log.info("GroupLens not reachable; falling back to the recbole wheel")
             return None
-        archive.parent.mkdir(parents=True, exist_ok=True)
-        archive.write_bytes(data)
-    if hashlib.md5(archive.read_bytes()).hexdigest() != GROUPLENS_100K_MD5:
+        if hashlib.md5(archive.read_bytes()).hexdigest() == GROUPLENS_100K_MD5:
+            return archive
         archive.unlink()
-        raise IntegrityError(f"{archive}: md5 does not match GroupLens's published checksum")
-    return archive
+        if attempt:
+            raise IntegrityError(f"{archive}: md5 does not match GroupLens's published "
+                                 "checksum (downloaded twice)")
+        log.info("%s: md5 mismatch (a partial copy?); downloading again", archive)
+    return None
 
 
 def _fetch_recbole_100k(cache: Path) -> dict[str, bytes]:
     wheel = cache / RECBOLE_WHEEL
     if not wheel.exists():
         log.info("downloading %s from PyPI (no dependencies, not installed)", RECBOLE_WHEEL)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-               "--disable-pip-version-check", "recbole==1.2.1", "-d", str(cache)]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0 or not wheel.exists():
-            raise DataError("could not download recbole==1.2.1 from PyPI: "
-                            f"{done.stderr.strip()[-500:]}", file=str(wheel))
+        # into a folder of its own, renamed into the cache only when pip has finished
+        with scratch_dir("download") as tmp:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+                   "--disable-pip-version-check", "recbole==1.2.1", "-d", tmp]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            got = Path(tmp) / RECBOLE_WHEEL
+            if done.returncode != 0 or not got.exists():
+                raise DataError("could not download recbole==1.2.1 from PyPI: "
+                                f"{done.stderr.strip()[-500:]}", file=str(wheel))
+            with atomic_path(wheel) as part:
+                shutil.copyfile(got, part)
     blob = wheel.read_bytes()
     if sha256_bytes(blob) != RECBOLE_WHEEL_SHA256:
         wheel.unlink()
