@@ -160,6 +160,8 @@ def test_the_report_answers_on_its_first_screen_and_lists_last(tmp_path: Path) -
     assert "serves **reptile**" in first
     # per scenario the six models with the users, and a note where they are too few
     assert "| users | 180 | 180 | 180 |" in report and "| users | 15 | 15 | 15 |" in report
+    zero = next(line for line in report.splitlines() if line.startswith("| maml at 0 inner"))
+    assert zero.startswith("| maml at 0 inner steps | 0.295 (-3% [-7%, 0%]) |")  # vs maml
     assert "Too few users for a conclusion at K=1, 3, 5 (15 users)" in report
     assert "| global_mean" not in report and "global_mean" in (tmp_path / "appendix.md"
                                                                 ).read_text()

@@ -328,11 +328,11 @@ def to_html(items: list[Block], report_dir: Path, title: str) -> str:
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;
+<style>body{{font-family:sans-serif;margin:2em auto;max-width:1250px;padding:0 1em;
 line-height:1.4}}
 table{{border-collapse:collapse;font-size:14px;margin-bottom:1em}}
 td,th{{padding:3px 10px;border-bottom:1px solid #ddd;text-align:left}}
-td+td{{font-variant-numeric:tabular-nums}}
+td+td{{font-variant-numeric:tabular-nums;white-space:nowrap}}
 figure{{margin:1em 0 2em 0}}img{{width:100%;max-width:1000px}}
 #verdicts li{{margin-bottom:.4em}}summary{{cursor:pointer;font-weight:bold}}</style></head>
 <body>

@@ -141,11 +141,13 @@ def verdict_lines(records: list[dict[str, Any]], confidence: float) -> list[str]
 
 
 def headline_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Plain rows for a Prefect table artifact and the report."""
+    """Plain rows for a Prefect table artifact: what a reader needs first on the left (the
+    UI cuts a wide table at the right)."""
     return [{"scenario": SCENARIO_LABELS[r["scenario"]], "k": str(x["k"]),
-             "meta-learner": r["model"], "baseline": r["baseline"], "metric": r["metric"],
-             "users": x.get("users"), "baseline mean": round(x["baseline_mean"], 4),
-             "difference": round(x["diff"], 4), "relative": pct(x["rel"]),
+             "users": x.get("users"), "relative": pct(x["rel"]),
              "CI": f"[{pct(x['rel_low'])}, {pct(x['rel_high'])}]",
-             "verdict": x.get("verdict") or judge(x["rel"], x["rel_low"], x["rel_high"])}
+             "verdict": x.get("verdict") or judge(x["rel"], x["rel_low"], x["rel_high"]),
+             "meta-learner": r["model"], "baseline": r["baseline"],
+             "difference": round(x["diff"], 4), "baseline mean": round(x["baseline_mean"], 4),
+             "metric": r["metric"]}
             for r in records for x in r["per_k"]]

@@ -117,7 +117,7 @@ def lineup(result: dict[str, Any], metric: str) -> list[Member]:
         if role != "zero" and shown is not None:
             out[shown] = replace(out[shown], also=(*out[shown].also, role))
             continue
-        out.append(Member(role, model, ref if ref != model else None))
+        out.append(Member(role, model, ref if ref != model or role == "zero" else None))
     return out
 
 
