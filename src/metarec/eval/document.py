@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,8 +84,9 @@ class Table:
 
 @dataclass
 class Block:
-    """``kind``: h1, h2, p, ul, table, img (``items``: path, caption) or details (``blocks``
-    collapsed in the HTML; in Markdown a link to the appendix stands for them)."""
+    """``kind``: h1, h2, h3, p, ul, table, md (Markdown kept as it is: a table), img
+    (``items``: path, caption) or details (``blocks`` collapsed in the HTML; in Markdown a
+    link to the appendix stands for them)."""
 
     kind: str
     text: str = ""
@@ -103,7 +105,7 @@ def _cell(p: Point, ref: dict[Any, float]) -> str:
             f"{pct((p.high or 0) / base)}])")
 
 
-def _scenario_table(per: dict[Member, list[Point]]) -> tuple[Table, list[Any]]:
+def _scenario_table(per: dict[Member, list[Point]]) -> Table:
     """The lineup on one scenario: a row per model, a column per K, the users last."""
     ks = sorted({p.k for points in per.values() for p in points}, key=k_order)
     means = {m.model: {p.k: p.value for p in pts} for m, pts in per.items() if m.role != "zero"}
@@ -115,7 +117,7 @@ def _scenario_table(per: dict[Member, list[Point]]) -> tuple[Table, list[Any]]:
     users = {p.k: p.users for m, points in per.items() if m.role != "zero" for p in points
              if p.users is not None}
     rows.append(["users", *(str(users.get(k, "–")) for k in ks)])
-    return Table(["model", *(f"K={k_label(k)}" for k in ks)], rows), ks
+    return Table(["model", *(f"K={k_label(k)}" for k in ks)], rows)
 
 
 def _few_note(result: dict[str, Any], scenario: str) -> str | None:
@@ -143,7 +145,7 @@ def _metric_blocks(result: dict[str, Any], metric: str, heading: str) -> list[Bl
     out = []
     for scenario in order:
         per = per_scenario[scenario]
-        table, _ = _scenario_table(per)
+        table = _scenario_table(per)
         everyone = [p for pts in per.values() for p in pts]
         out += [Block("h3", f"{SCENARIO_LABELS.get(scenario, scenario)}: {heading} "
                             f"({users_of([{'users': p.users} for p in everyone])})"),
@@ -276,8 +278,6 @@ def to_markdown(items: list[Block]) -> str:
 
 def _inline(text: str) -> str:
     """Markdown's ``**bold**``, `` `code` `` and ``[text](link)`` in an escaped HTML line."""
-    import re
-
     out = html.escape(text)
     out = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", out)
     out = re.sub(r"`(.+?)`", r"<code>\1</code>", out)
