@@ -145,7 +145,7 @@ def test_variable_support_sizes_get_a_k_all_row(tmp_path: Path) -> None:
     rows = [r for r in result["results"] if r["model"] == "item_mean"]
     by_k = {r["k"]: r["users"] for r in rows}
     assert by_k == {1: 1, 2: 1, "all": 2}
-    assert "| user_cold | all | item_mean |" in (tmp_path / "report/report.md").read_text()
+    assert "| user_cold | all | item_mean |" in (tmp_path / "report/appendix.md").read_text()
 
 
 def synthetic_model():

@@ -1,10 +1,10 @@
-"""Report: mean ± std over seeds in Markdown, and a PNG that is written and reproducible."""
+"""Report appendix: mean ± std over seeds in Markdown (figures: tests/test_document.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from metarec.eval.report import adaptation_curves, markdown_table, summarize
+from metarec.eval.report import markdown_table, summarize
 
 
 def _rows() -> list[dict]:
@@ -26,19 +26,18 @@ def test_summary_mean_and_sample_std() -> None:
     assert row["n_seeds"] == 2
 
 
-def test_markdown_marks_the_best_model() -> None:
-    md = markdown_table(_rows(), ["mae", "ndcg@3"])
-    assert "| user_cold | 5 | mf | **0.810 ± 0.014** | **0.700 ± 0.000** | 2 |" in md
+def test_markdown_marks_no_best_and_names_seed_ensembles() -> None:
+    """A seed-ensemble is one evaluation, not one seed; no cell is bold (a best mean among
+    many rows is not a finding)."""
+    ens = [{"model": "mf-ens", "scenario": "user_cold", "k": 5, "seed": -1, "mae": 0.79,
+            "ndcg@3": 0.71}]
+    md = markdown_table(_rows() + ens, ["mae", "ndcg@3"])
+    assert "| user_cold | 5 | mf | 0.810 ± 0.014 | 0.700 ± 0.000 | 2 |" in md
     assert "| user_cold | 5 | mean | 0.920 ± 0.028 | 0.600 ± 0.000 | 2 |" in md
+    assert "| user_cold | 5 | mf-ens | 0.790 | 0.710 | ensemble |" in md
+    assert "**" not in md
 
 
 def test_duplicate_rows_are_rejected() -> None:
     with pytest.raises(ValueError, match="duplicate"):
         summarize(_rows() + _rows()[:1], ["mae"])
-
-
-def test_adaptation_curve_png_is_reproducible(tmp_path) -> None:
-    a = adaptation_curves(_rows(), "mae", tmp_path / "a.png")
-    b = adaptation_curves(_rows(), "mae", tmp_path / "b.png")
-    assert a.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert a.read_bytes() == b.read_bytes()

@@ -1,6 +1,7 @@
 """What a person sees, through headless Chromium (Debian package ``chromium``; skipped with the
-reason where it is absent): the HTML report shows the answer and its curves, and the Prefect
-UI's run and artifact pages show the headline table and a plot."""
+reason where it is absent): the HTML report's first screen holds the verdicts with their users
+and its figures are drawn large; the Prefect UI's run and artifact pages show the headline
+table and each plot at least 800 x 400 px, with no data URI printed as text."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 
 from metarec.config import PrefectParams
 from metarec.orchestration import server as prefect_server
-from metarec.orchestration.uicheck import check_ui, chromium, render
+from metarec.orchestration.uicheck import UICheckFailed, check_report, check_ui, chromium
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(chromium() is None,
@@ -30,13 +31,19 @@ def _png_has_content(path: Path) -> bool:
     return float(pixels[..., :3].std()) > 0.02
 
 
-def test_the_html_report_shows_the_answer_and_its_curves(synthetic_project: dict,
-                                                         tmp_path: Path) -> None:
+def test_the_html_report_answers_on_its_first_screen(synthetic_project: dict,
+                                                     tmp_path: Path) -> None:
     page = synthetic_project["root"] / "eval" / "index.html"
-    dom = render(page.as_uri(), tmp_path / "report.png", budget_ms=2000)
-    assert 'id="verdicts"' in dom and "<li>user-cold ndcg@20:" in dom
-    assert dom.count('src="data:image/png;base64,') >= 2
-    assert _png_has_content(tmp_path / "report.png")
+    found = check_report(page, tmp_path)
+    assert found["figures"] == 4 and _png_has_content(Path(found["screenshot"]))
+    # the check sees what is on screen: the same page with the verdicts pushed below the
+    # first screen fails it (planted)
+    pushed = tmp_path / "pushed.html"
+    text = page.read_text()
+    pushed.write_text(text.replace("<h2>The answer</h2>",
+                                   '<div style="height:1200px"></div><h2>The answer</h2>'))
+    with pytest.raises(UICheckFailed, match="below the first screen"):
+        check_report(pushed, tmp_path / "pushed")
 
 
 def _free_port() -> int:
@@ -45,8 +52,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_the_prefect_ui_shows_the_headline_and_a_plot(synthetic_project: dict,
-                                                      tmp_path: Path) -> None:
+def test_the_prefect_ui_shows_the_headline_and_each_plot_large(synthetic_project: dict,
+                                                               tmp_path: Path) -> None:
+    """Planted: the plots published as image artifacts (as before issue 37) failed this:
+    'a data URI is printed as text'."""
     params = PrefectParams(port=_free_port(), home=str(tmp_path / "prefect"),
                            startup_timeout_s=120)
     srv, _ = prefect_server.start(params, tmp_path)
@@ -67,6 +76,7 @@ def test_the_prefect_ui_shows_the_headline_and_a_plot(synthetic_project: dict,
         subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=300,
                        capture_output=True)
         found = check_ui(srv.api_url, tmp_path / "shots")
+        assert {"run", "headline", "curve-ndcg-at-20-vs-k"} <= set(found["pages"])
         for shot in found["screenshots"]:
             assert _png_has_content(Path(shot)), shot
     finally:

@@ -34,11 +34,21 @@ PARAMS = typer.Option(Path("params.yaml"), "--params", help="params file to read
 
 @app.callback()
 def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging")) -> None:
-    """Progress goes to stderr through rich; results go to files and stdout."""
-    from rich.logging import RichHandler
+    """Progress goes to stderr: through rich on a terminal, as plain one-line records
+    elsewhere (a pipe, CI, a Prefect task), where rich would wrap at 80 columns and add a
+    second timestamp; results go to files and stdout."""
+    from metarec.progress import plain_handler
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
-                        handlers=[RichHandler(console=console, show_path=False)], force=True)
+    if console.is_terminal:
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(console=console, show_path=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = plain_handler()
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        handlers=[handler], force=True)
+    logging.captureWarnings(True)    # a Python warning is one record, not two stray lines
     for noisy in ("great_expectations", "lightning", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -190,16 +200,25 @@ def ui(
 @app.command("ui-check")
 def ui_check(
     out: Path = typer.Option(Path("reports/ui"), help="folder for the screenshots"),
+    report: Path = typer.Option(Path("reports/eval/index.html"), help="the HTML report"),
+    api: str | None = typer.Option(None, help="Prefect API URL (default: PREFECT_API_URL, "
+                                              "else the project's server in params.yaml)"),
     params: Path = PARAMS,
 ) -> None:
-    """Render the latest training run and its artifacts in headless Chromium and check that
-    the headline table and a plot are on screen (the server `make run` leaves up)."""
-    from metarec.orchestration.uicheck import check_ui
+    """Render the latest training run, its artifacts and the HTML report in headless
+    Chromium at 1400 px and check what is on screen: the headline table, each plot at least
+    800 x 400 px with no data URI printed as text, a run log without continued records or
+    DVC noise, the verdicts with their user counts on the report's first screen."""
+    import os
+
+    from metarec.orchestration.uicheck import check_report, check_ui
 
     with reported():
         p = load_params(params).prefect
-        found = check_ui(f"http://{p.host}:{p.port}/api", out)
-    for shot in found["screenshots"]:
+        found = check_ui(api or os.environ.get("PREFECT_API_URL")
+                         or f"http://{p.host}:{p.port}/api", out)
+        shots = [*found["screenshots"], check_report(report, out)["screenshot"]]
+    for shot in shots:
         typer.echo(shot)
 
 

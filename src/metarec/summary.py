@@ -52,8 +52,8 @@ def summary_lines(project: Path, ui_url: str | None = None) -> list[str]:
         lines.append(f"batch {manifest['as_of']}: {manifest['users']:,} users "
                      f"({manifest['cold_users']:,} cold), {manifest['rows']:,} rows, model "
                      f"{manifest.get('model_name')} -> {folder.relative_to(project)}/")
-    lines += ["", "full report: reports/eval/report.md (reports/eval/index.html with the "
-                  "curves); all metrics: dvc metrics show",
+    lines += ["", "full report: reports/eval/index.html (report.md; figures in plots/; every "
+                  "model in appendix.md); all metrics: dvc metrics show",
               f"Prefect UI: {ui_url or 'make ui'} (runs, task logs, artifacts)",
               "schedule the nightly and weekly retraining runs: make serve "
               "(metarec serve; Ctrl-C stops)",

@@ -53,7 +53,12 @@ def _start(shared: Any, threads: int, logs: Any, level: int) -> None:
     """Worker initialiser: keep the inputs, fix the threads, forward log records."""
     global _SHARED, _THREADS
     _SHARED, _THREADS = shared, threads
-    logging.basicConfig(level=level, handlers=[QueueHandler(logs)], force=True)
+    # the record's message alone: the parent's handlers add level and name (basicConfig's
+    # default format would put "INFO:metarec.progress:" inside the message)
+    handler = QueueHandler(logs)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    logging.captureWarnings(True)    # a warning is one record too, not two stray lines
     for noisy in ("lightning", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -15,8 +15,11 @@ from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterId,
     FlowRunFilterParentTaskRunId,
+    LogFilter,
+    LogFilterFlowRunId,
 )
 from prefect.client.schemas.objects import Artifact, FlowRun, TaskRun
+from prefect.client.schemas.sorting import LogSort
 
 ROOT = Path(__file__).resolve().parents[2]
 AS_OF = "1998-10-01"  # synthetic timeline starts 1998-01-01; users keep arriving all year
@@ -88,3 +91,15 @@ def subflow_runs(run_id: UUID) -> list[FlowRun]:
     with get_client(sync_client=True) as client:
         return client.read_flow_runs(flow_run_filter=FlowRunFilter(
             parent_task_run_id=FlowRunFilterParentTaskRunId(any_=parents)))
+
+
+def run_logs(run_id: UUID) -> list[str]:
+    """Every log message of a flow run and its task runs, oldest first."""
+    out: list[str] = []
+    with get_client(sync_client=True) as client:
+        while True:
+            page = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])),
+                                    limit=200, offset=len(out), sort=LogSort.TIMESTAMP_ASC)
+            out += [log.message for log in page]
+            if len(page) < 200:
+                return out

@@ -16,7 +16,7 @@ from metarec import dag
 from metarec.orchestration import load_flow
 from metarec.orchestration import stages as stages_mod
 
-from .flow_helpers import artifacts, flow_run, task_runs, write_params
+from .flow_helpers import artifacts, flow_run, run_logs, task_runs, write_params
 
 STAGES = dag.until("evaluate")
 
@@ -37,13 +37,29 @@ def test_training_completes_with_its_artifacts(trained: UUID, project: Path) -> 
     report = found["evaluation-report"]
     assert report.type == "markdown"
     on_disk = (project / "reports/eval/report.md").read_text()
-    assert report.data.startswith(on_disk[:on_disk.index("![")])   # leads with the answer
+    assert report.data.startswith(on_disk[:on_disk.index("## The models")])  # the answer
     assert report.data.count("](data:image/png;base64,") == on_disk.count("![")  # inlined
     headline = json.loads(found["evaluation-headline"].data)
     assert headline and {"scenario", "meta-learner", "baseline", "CI"} <= set(headline[0])
-    assert found["curve-ndcg-at-20-vs-k"].type == "image"
+    curve = found["curve-ndcg-at-20-vs-k"]       # a Markdown image: the UI prints no URI
+    assert curve.type == "markdown" and curve.data.startswith("![ndcg@20 against K")
+    assert curve.data.count("](data:image/png;base64,") == 1
     link = found["evaluation-report-link"]
     assert "reports/eval/index.html" in link.data  # stored as Markdown: [text](file://...)
+
+
+def test_the_run_log_has_one_whole_record_per_event(trained: UUID) -> None:
+    """What the stages print reaches the run log as whole records at their level: progress
+    lines with the time left, no line cut by rich, no 'INFO:metarec...' inside a message.
+    Planted: the stages' rich handler kept under Prefect failed this (timestamps and levels
+    inside the messages)."""
+    from metarec.orchestration.uicheck import log_problems
+
+    messages = run_logs(trained)
+    stage_lines = [m for m in messages if m.split(":")[0] in STAGES]
+    assert any(m.startswith("train: metarec.progress: train maml seed 0: 10/10")
+               and m.endswith(" s left") for m in stage_lines), stage_lines
+    assert log_problems(messages) == []
 
 
 def test_a_transient_oserror_is_retried(trained: UUID, project: Path,

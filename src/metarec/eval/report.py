@@ -1,4 +1,4 @@
-"""Result rows -> a Markdown table (mean ± std over seeds) and PNG adaptation curves.
+"""Result rows -> a Markdown table (mean ± std over seeds), the appendix of the report.
 
 A row is one (model, scenario, K, seed) evaluation: ``{"model", "scenario", "k", "seed",
 "mae", "rmse", "ndcg@3", "recall@20", ...}``. Seeds are the unit of spread here (training
@@ -10,14 +10,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
-from metarec.io import atomic_path
 
 KEYS = ("model", "scenario", "k", "seed")
 LOWER_IS_BETTER = ("mae", "rmse")
@@ -64,50 +59,17 @@ def mean_std(mean: float, std: float, digits: int = 3) -> str:
 
 def markdown_table(rows: Iterable[dict[str, Any]], metrics: Sequence[str], digits: int = 3
                    ) -> str:
-    """One line per (scenario, K, model); the best mean of each (scenario, K) is in bold."""
+    """One line per (scenario, K, model), mean ± std over seeds. A seed-ensemble's row is
+    one evaluation (``ensemble`` in the seeds column, no spread). No cell is marked best: a
+    best mean among dozens of rows is not a finding (the paired comparisons are)."""
+    rows = list(rows)
+    ensembles = {r["model"] for r in rows if r["seed"] < 0}
     s = summarize(rows, metrics)
     head = ["scenario", "K", "model", *metrics, "seeds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    best: dict[tuple[str, int, str], float] = {}
-    for (scen, k), grp in s.groupby(["scenario", "k"], sort=True):
-        for m in metrics:
-            col = grp[f"{m}_mean"]
-            best[(scen, k, m)] = col.min() if m in LOWER_IS_BETTER else col.max()
     for r in s.to_dict("records"):
-        cells = []
-        for m in metrics:
-            text = mean_std(r[f"{m}_mean"], r[f"{m}_std"], digits)
-            cells.append(f"**{text}**" if r[f"{m}_mean"] == best[(r["scenario"], r["k"], m)]
-                         else text)
+        cells = [mean_std(r[f"{m}_mean"], r[f"{m}_std"], digits) for m in metrics]
+        seeds = "ensemble" if r["model"] in ensembles else str(r["n_seeds"])
         lines.append("| " + " | ".join([str(r["scenario"]), k_label(r["k"]), str(r["model"]),
-                                          *cells, str(r["n_seeds"])]) + " |")
+                                          *cells, seeds]) + " |")
     return "\n".join(lines) + "\n"
-
-
-def adaptation_curves(rows: Iterable[dict[str, Any]], metric: str, path: str | Path) -> Path:
-    """PNG of ``metric`` against K, one panel per scenario, one line per model (± std band).
-
-    Drawn on an Agg canvas owned by this figure (no global pyplot state, no display needed);
-    the PNG carries no version metadata, so identical results give identical bytes.
-    """
-    s = summarize(rows, [metric])
-    s = s[s["k"] != K_ALL]
-    scenarios = sorted(s["scenario"].unique())
-    fig = Figure(figsize=(4.0 * len(scenarios), 3.2), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(scenarios), squeeze=False)[0]
-    for ax, scen in zip(axes, scenarios, strict=True):
-        part = s[s["scenario"] == scen]
-        for model, grp in part.groupby("model", sort=True):
-            grp = grp.sort_values("k")
-            mean, std = grp[f"{metric}_mean"], grp[f"{metric}_std"].fillna(0.0)
-            ax.plot(grp["k"], mean, marker="o", label=str(model))
-            ax.fill_between(grp["k"], mean - std, mean + std, alpha=0.2)
-        ax.set_title(str(scen))
-        ax.set_xlabel("K (support ratings)")
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
-    axes[-1].legend(fontsize="small")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, metadata={"Software": None})
-    return Path(path)

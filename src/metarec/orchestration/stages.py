@@ -19,6 +19,7 @@ import re
 import subprocess
 import sys
 from collections import deque
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from prefect import Task, task
@@ -30,6 +31,7 @@ from prefect.tasks import exponential_backoff
 
 from metarec.config import PrefectParams
 from metarec.errors import is_permanent
+from metarec.progress import RECORDS_ENV, parse_record
 
 # dvc's own wording when a stage command fails: "failed to run: <cmd>, exited with <code>"
 _EXITED = re.compile(r"exited with (-?\d+)")
@@ -54,11 +56,44 @@ class StageFailed(RuntimeError):
 
 def stage_env() -> dict[str, str]:
     """The environment of a stage subprocess: this interpreter's bin first on PATH, so ``dvc``
-    and the ``metarec`` commands in dvc.yaml are the ones installed beside it."""
+    and the ``metarec`` commands in dvc.yaml are the ones installed beside it; log records
+    one per line (:data:`~metarec.progress.RECORDS_ENV`) and no line wrapped by rich (which
+    cuts what it prints to a pipe at 80 columns), so each line read is one whole record."""
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.setdefault("GX_ANALYTICS_ENABLED", "false")
+    env[RECORDS_ENV] = "1"
+    env["COLUMNS"] = "10000"
     return env
+
+
+# DVC ends every stage that rewrites dvc.lock with a hint to `git add` it and to turn on
+# autostaging; inside a flow it is noise after each stage (committing dvc.lock is the
+# user's call, and `git status` shows it), so those lines are left out of the run log.
+_GIT_HINT = ("To track the changes with git, run:", "To enable auto staging, run:")
+_DVC_LEVEL = re.compile(r"^(WARNING|ERROR): ")   # DVC's own warnings and errors
+
+
+def _log_lines(lines: Iterable[str], stage: str,
+               log: logging.Logger | logging.LoggerAdapter | None) -> Iterator[str]:
+    """Each line of a stage's output, passed on; those worth a record logged as one, at its
+    own level (a metarec record) or INFO (DVC's and other output), DVC's git hints left out."""
+    hint = False
+    for line in lines:
+        yield line
+        text = line.rstrip()
+        if text in _GIT_HINT:
+            hint = True
+        elif text and not text[0].isspace():
+            hint = False
+        if log is None or hint or not text.strip():
+            continue
+        record = parse_record(text)
+        if record is None:
+            dvc = _DVC_LEVEL.match(text)
+            record = (logging.getLevelNamesMapping()[dvc.group(1)] if dvc else logging.INFO,
+                      text)
+        log.log(record[0], "%s: %s", stage, record[1])
 
 
 def dvc_repro(stage: str, project_dir: str | Path,
@@ -71,10 +106,7 @@ def dvc_repro(stage: str, project_dir: str | Path,
                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
                           errors="replace") as proc:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            tail.append(line)
-            if log is not None and line.strip():
-                log.info("%s: %s", stage, line.rstrip())
+        tail.extend(_log_lines(proc.stdout, stage, log))
     output = "".join(tail)
     if proc.returncode != 0:
         raise StageFailed(stage, proc.returncode, output)

@@ -15,7 +15,6 @@ import pandas as pd
 import pyarrow.parquet as pq
 from prefect import task
 from prefect.artifacts import (
-    create_image_artifact,
     create_link_artifact,
     create_markdown_artifact,
     create_table_artifact,
@@ -99,10 +98,15 @@ def publish_validation(summary_path: str) -> None:
 
 @task(name="publish-evaluation", cache_policy=NO_CACHE)
 def publish_evaluation(report_path: str, eval_json: str) -> None:
-    """The answer first: a table artifact of the headline (best meta-learner vs best baseline
-    per scenario and K, with CIs), one image artifact per curve (the PNG inlined), the full
-    report as Markdown with the curves inlined, and a link to the HTML version on disk."""
-    from metarec.eval.document import PLOTS, png_data_uri
+    """The answer first: a table artifact of the headline (per scenario and K: the best
+    meta-learner against the best baseline, the users, the CI, the verdict), one Markdown
+    artifact per figure, the report as Markdown with its figures inlined, and a link to the
+    HTML version on disk.
+
+    A figure is a Markdown image, which the UI draws at the width of its column (about
+    850 px at a 1400 px window); an image artifact would also print its whole ``data:`` URI
+    as text under it."""
+    from metarec.eval.document import APPENDIX, PLOTS, png_data_uri
     from metarec.eval.headline import headline_table
 
     path = Path(report_path).resolve()
@@ -112,16 +116,23 @@ def publish_evaluation(report_path: str, eval_json: str) -> None:
         create_table_artifact(table=[{k: plain(v) for k, v in r.items()} for r in rows],
                               key="evaluation-headline",
                               description="test catalogue metric: the best meta-learner on "
-                                          "validation minus the best baseline, relative, CI")
+                                          "validation minus the best baseline, relative, CI, "
+                                          "users, verdict")
     text = path.read_text(encoding="utf-8")
+    text = text.replace(f"]({APPENDIX})", f"]({path.with_name(APPENDIX).as_uri()})")
+    html = path.with_name("index.html")
     for png in sorted((path.parent / PLOTS).glob("*.png")):
         uri = png_data_uri(png)
-        text = text.replace(f"]({PLOTS}/{png.name})", f"]({uri})")
-        create_image_artifact(image_url=uri, key=f"curve-{png.stem.replace('_', '-')}",
-                              description=f"{png.name}: {path.parent}")
+        link = f"]({PLOTS}/{png.name})"
+        caption = next((line[2:line.index(link)] for line in text.splitlines()
+                        if line.startswith("![") and link in line), png.stem)
+        text = text.replace(link, f"]({uri})")
+        create_markdown_artifact(
+            markdown=f"![{caption}]({uri})\n\n{caption}.\n\nFile: `{png}`; the full report: "
+                     f"`{html}`\n", key=f"curve-{png.stem.replace('_', '-')}",
+            description=f"{png.name}: {caption}")
     create_markdown_artifact(markdown=text, key="evaluation-report",
                              description=f"reports/eval/report.md ({path})")
-    html = path.with_name("index.html")
     create_link_artifact(link=html.as_uri(), link_text=str(html), key="evaluation-report-link",
                          description="the evaluation report with its curves, one HTML file")
 
