@@ -1,7 +1,8 @@
 """The closed-form solves behind biased MF, the ridge meta-learner and a cold user's fit.
 
 One implementation each: a batched ridge regression per task (optionally shrunk toward a
-prior, with one precision per dimension), and the grouped ridge of an ALS half-step.
+prior, with one precision per dimension), the grouped ridge of an ALS half-step, and the
+inverse of a ridge-penalised Gram matrix (EASE).
 """
 
 from __future__ import annotations
@@ -28,6 +29,16 @@ def ridge_solve(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
     if prior is not None:
         b = b + lam_t * prior
     return torch.linalg.solve(a, b)                                    # (T, D)
+
+
+def ridge_inverse(g: torch.Tensor, lam: float) -> torch.Tensor:
+    """(G + lam I)^-1 of a symmetric positive semi-definite float64 G (m, m), lam > 0, by
+    Cholesky (half the work of a general inverse); G is left unchanged."""
+    a = g.clone()
+    a.diagonal().add_(lam)
+    factor = torch.linalg.cholesky(a)                                     # (m, m) lower
+    del a                                  # at most three m x m matrices (G included) at once
+    return torch.cholesky_inverse(factor)                                 # (m, m)
 
 
 class RatingPattern:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import itertools
 import logging
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -20,7 +20,7 @@ import torch
 from metarec.config import bounded
 from metarec.data.tasks import EpisodeData, TaskBatch, validation_tasks
 from metarec.errors import DataError
-from metarec.eval.metrics import catalogue_metrics, catalogue_targets, mae
+from metarec.eval.metrics import CatalogueMetrics, catalogue_metrics, catalogue_targets, mae
 from metarec.models.base import Algorithm, Predictor
 
 log = logging.getLogger("metarec.train")
@@ -150,43 +150,61 @@ def tune_mae(make: Callable[[Any], Predictor], grid: Sequence[Any], data: Episod
 
 def validation_ndcg(model: Predictor, batch: TaskBatch, threshold: float, k: int) -> float:
     """Mean catalogue nDCG@k over the tasks of ``batch`` that have a relevant query item."""
-    scores = model.rank(model.adapt(batch))                                  # (T, N)
-    cands, rel = catalogue_targets(batch.support_items, batch.support_mask, batch.query_items,
-                                   batch.query_ratings, batch.query_mask, scores.shape[1],
-                                   threshold)
-    return catalogue_metrics(scores.float(), cands, rel, k).means()["ndcg"]
+    return scores_ndcg(model.rank(model.adapt(batch)), batch, threshold, k)
 
 
-def tune_ndcg(make: Callable[[Any], Predictor], grid: Sequence[Any], data: EpisodeData,
-              k: int) -> tuple[Predictor, dict[str, Any]]:
-    """Build ``make(value)`` for every grid value; keep the highest validation catalogue
-    nDCG@k (first wins); the record lists every value and its score."""
-    batch = validation_batch(data)
-    best, best_score, scores = None, -1.0, []
-    for value in grid:
-        model = make(value)
-        score = validation_ndcg(model, batch, data.relevance_threshold, k)
-        scores.append(score)
-        if score > best_score:
-            best, best_score = model, score
-    record: dict[str, Any] = {"grid": [_plain(v) for v in grid], f"val_ndcg@{k}": scores}
-    if best is None:   # every score NaN: no validation task has a relevant query item
-        log.warning("no validation task has a query item rated >= %g: %s keeps the first "
-                    "grid value %s", data.relevance_threshold, type(make(grid[0])).name,
-                    grid[0])
-        best = make(grid[0])
-        record["note"] = "no relevant validation item: first grid value kept"
-    return best, record
+def scores_ndcg(scores: torch.Tensor, batch: TaskBatch, threshold: float, k: int,
+                cells: int = 1 << 24) -> float:
+    """:func:`validation_ndcg` of given (T, N) catalogue scores. Ranked ``cells`` (task, item)
+    pairs at a time, which bounds the metric's temporaries (several (T, N) tensors at once);
+    each task is ranked alone, so the mean is the same number for any ``cells``."""
+    parts = []
+    step = max(1, cells // max(1, scores.shape[1]))
+    for a in range(0, scores.shape[0], step):
+        rows = slice(a, a + step)
+        cands, rel = catalogue_targets(batch.support_items[rows], batch.support_mask[rows],
+                                       batch.query_items[rows], batch.query_ratings[rows],
+                                       batch.query_mask[rows], scores.shape[1], threshold)
+        parts.append(catalogue_metrics(scores[rows].float(), cands, rel, k))
+    return CatalogueMetrics(*(torch.cat([getattr(m, f.name) for m in parts])
+                              for f in fields(CatalogueMetrics))).means()["ndcg"]
+
+
+GridScores = Callable[[TaskBatch], Iterable[tuple[tuple[Any, ...], torch.Tensor]]]
 
 
 def tune_product(make: Callable[..., Predictor], axes: dict[str, Sequence[Any]],
-                 data: EpisodeData, k: int) -> tuple[Predictor, dict[str, Any]]:
-    """:func:`tune_ndcg` over every combination of the ``axes`` values (``make(*values)``);
-    the tuning record names the axes and the chosen value of each."""
+                 data: EpisodeData, k: int, scores: GridScores | None = None
+                 ) -> tuple[Predictor, dict[str, Any]]:
+    """Keep the combination of the ``axes`` values (``make(*values)``) with the highest
+    validation catalogue nDCG@k (first in grid order wins; NaN never does); the record lists
+    every combination and its score, and names the axes and the chosen value of each.
+
+    ``scores(batch)``, when given, yields ``(values, (T, N) validation scores)`` for every
+    combination, in any order: a model whose grid shares one factorisation (EASE) or one
+    similarity pass (ItemKNN) scores it without fitting each value, and only the chosen
+    combination is built. Without it, every combination is built and ranks the batch.
+    """
     grid = list(itertools.product(*axes.values()))
-    best, record = tune_ndcg(lambda values: make(*values), grid, data, k)
-    chosen = grid[int(max(range(len(grid)), key=lambda i: _finite(record[f"val_ndcg@{k}"][i])))]
-    return best, {", ".join(axes): record, **dict(zip(axes, chosen, strict=True))}
+    batch = validation_batch(data)
+    if scores is None:
+        def scores(b: TaskBatch) -> Iterator[tuple[tuple[Any, ...], torch.Tensor]]:
+            for values in grid:
+                model = make(*values)
+                yield values, model.rank(model.adapt(b))
+    found = {values: scores_ndcg(s, batch, data.relevance_threshold, k)
+             for values, s in scores(batch)}
+    if set(found) != set(grid):
+        raise ValueError(f"the grid scores cover {sorted(found)}, not the grid {grid}")
+    ndcg = [found[values] for values in grid]
+    record: dict[str, Any] = {"grid": [_plain(v) for v in grid], f"val_ndcg@{k}": ndcg}
+    chosen = max(range(len(grid)), key=lambda i: _finite(ndcg[i]))   # first of the best
+    best = make(*grid[chosen])
+    if ndcg[chosen] != ndcg[chosen]:   # every score NaN: no task has a relevant query item
+        log.warning("no validation task has a query item rated >= %g: %s keeps the first "
+                    "grid value %s", data.relevance_threshold, best.name, grid[chosen])
+        record["note"] = "no relevant validation item: first grid value kept"
+    return best, {", ".join(axes): record, **dict(zip(axes, grid[chosen], strict=True))}
 
 
 def _finite(x: float) -> float:
