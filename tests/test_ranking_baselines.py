@@ -4,6 +4,8 @@ tuned on validation only, and the item side fitted on the training history only.
 from __future__ import annotations
 
 import itertools
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -422,17 +424,52 @@ def test_the_cheap_ease_grid_is_the_dense_grid(seed: int) -> None:
     assert model.items.numel() < n - 3                         # never-rated items left out
 
 
-def test_the_ease_grid_is_the_same_in_any_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Blocks of one task and one row of V (the memory bound) change no score."""
-    from metarec.algorithms import ease
-
+@pytest.mark.parametrize(("name", "section"), [
+    ("ease", EaseParams(lam=(0.5, 8.0, 200.0), window=(0, 4))),
+    ("itemknn", ItemKNNParams(neighbours=(8, 2, 60), window=(0, 4))),
+])
+def test_the_grids_are_the_same_in_any_blocks(monkeypatch: pytest.MonkeyPatch, name: str,
+                                              section: object) -> None:
+    """Blocks of one task (the memory bound) change no score and no choice."""
     data = random_data(3)
-    section = EaseParams(lam=(0.5, 8.0, 200.0), window=(0, 4))
-    whole = fit("ease", data, section)
-    monkeypatch.setattr(ease, "CHUNK_CELLS", 1)
-    blocks = fit("ease", data, section)
+    whole = fit(name, data, section)
+    monkeypatch.setattr(sys.modules[type(whole).__module__], "CHUNK_CELLS", 1)
+    blocks = fit(name, data, section)
     assert blocks.tuning == whole.tuning
-    torch.testing.assert_close(blocks.weights, whole.weights)
+    for key, value in whole.state().items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(blocks.state()[key], value), key
+
+
+def test_grid_scores_cover_every_task_of_every_value_in_order() -> None:
+    """Blocks of tasks may interleave values; a gap or a missing value fails loudly; the
+    first of equal scores in grid order wins."""
+    from metarec.models.statistical import tune_product
+
+    data = random_data(5)
+    t, n = len(validation_tasks(data)), len(data.items)
+
+    def make(v: int, w: int) -> MostPopular:
+        return MostPopular(torch.zeros(data.items.n_ids), v).bind(data)
+
+    def blocks(skip: int = -1, values: tuple = (2, 1)) -> Callable:
+        def scores(batch: object) -> Iterator:
+            for a in range(0, t, 5):                  # blocks of 5, values interleaved
+                for v in values:
+                    if a != skip:
+                        yield (v, 0), a, torch.arange(n).float().expand(min(5, t - a), n)
+        return scores
+
+    best, record = tune_product(make, {"v": (1, 2), "w": (0,)}, data, 3, blocks())
+    assert (record["v"], best.window) == (1, 1)       # the same ranking: the first value
+    scores = record["v, w"]["val_ndcg@3"]
+    assert scores[0] == scores[1] == scores_ndcg(torch.arange(n).float().expand(t, n),
+                                                 validation_tasks(data), 4.0, 3)
+    with pytest.raises(ValueError, match=r"grid scores of \(2, 0\): tasks from 10, "
+                                         r"expected 5"):
+        tune_product(make, {"v": (1, 2), "w": (0,)}, data, 3, blocks(skip=5))
+    with pytest.raises(ValueError, match="the grid scores cover"):
+        tune_product(make, {"v": (1, 2), "w": (0,)}, data, 3, blocks(values=(2,)))
 
 
 def test_validation_ndcg_is_the_same_in_any_blocks() -> None:

@@ -41,7 +41,7 @@ from metarec.models.statistical import (
     tune_product,
 )
 
-CHUNK_CELLS = 1 << 24   # float64 cells of a block of tasks' x P (bounds the temporaries)
+CHUNK_CELLS = 1 << 24   # cells of a block of tasks' x P, x B and scores (bounds memory)
 
 
 @dataclass(frozen=True)
@@ -91,10 +91,10 @@ def weights(p: torch.Tensor) -> torch.Tensor:
 
 
 def task_scores(p: torch.Tensor, items: torch.Tensor, batch: TaskBatch, codes: torch.Tensor,
-                n_codes: int) -> torch.Tensor:
-    """(T, N) float32 scores x B of the tasks of ``batch`` (``codes``: the catalogue rows'
-    codes) from P (m, m) over ``items``: x B = x - (x P) / diag(P), where x P sums the rows of
-    P of each task's support items (a repeated item once), in blocks of tasks."""
+                n_codes: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first task, (B, N) float32 scores x B) of the tasks of ``batch`` block by block
+    (``codes``: the catalogue rows' codes), from P (m, m) over ``items``: x B = x - (x P) /
+    diag(P), where x P sums the rows of P of each task's support items (a repeated one once)."""
     m, t = items.numel(), len(batch)
     pos = torch.full((n_codes,), -1, dtype=torch.long)
     pos[items] = torch.arange(m)
@@ -105,8 +105,7 @@ def task_scores(p: torch.Tensor, items: torch.Tensor, batch: TaskBatch, codes: t
     cols = torch.nonzero(pos[codes] >= 0).squeeze(1)                       # rows in ``items``
     head = pos[codes[cols]]                                                # their positions
     diag = torch.diagonal(p)                                               # (m,)
-    out = torch.zeros(t, codes.numel())                                    # (T, N)
-    step = max(1, CHUNK_CELLS // m)
+    step = max(1, CHUNK_CELLS // max(m, codes.numel()))
     bounds = torch.searchsorted(task, torch.arange(0, t + step, step)).tolist()
     for c, a in enumerate(range(0, t, step)):
         lo, hi, size = bounds[c], bounds[c + 1], min(step, t - a)
@@ -116,8 +115,9 @@ def task_scores(p: torch.Tensor, items: torch.Tensor, batch: TaskBatch, codes: t
                                      check_invariants=True)                # (B, m) x
         xb = torch.sparse.mm(xa, p).div_(-diag)                            # (B, m) -xP/diag
         xb.index_put_(tuple(at), ones, accumulate=True)                    # (B, m) x B
-        out[a:a + size, cols] = xb[:, head].float()
-    return out
+        block = torch.zeros(size, codes.numel())                           # (B, N)
+        block[:, cols] = xb[:, head].float()
+        yield a, block
 
 
 @register
@@ -139,11 +139,12 @@ class Ease(RankingBaseline):
         p, data = cls.params_of(ctx.train), ctx.data
         n, codes = data.items.n_ids, data.items.id_code.long()
 
-        def scores(batch: TaskBatch) -> Iterator[tuple[tuple[int, float], torch.Tensor]]:
+        def scores(batch: TaskBatch) -> Iterator[tuple[tuple[int, float], int, torch.Tensor]]:
             for w in p.window:                   # one Gram matrix in memory at a time
                 items, g = gram(data, w, p)
                 for lam in p.lam:
-                    yield (w, lam), task_scores(ridge_inverse(g, lam), items, batch, codes, n)
+                    for a, block in task_scores(ridge_inverse(g, lam), items, batch, codes, n):
+                        yield (w, lam), a, block
 
         def make(window: int, lam: float) -> Ease:
             items, g = gram(data, window, p)

@@ -29,6 +29,8 @@ from metarec.models.statistical import (
     tune_product,
 )
 
+CHUNK_CELLS = 1 << 24   # cells of a block of tasks' scores or gathered neighbours (memory)
+
 
 @dataclass(frozen=True)
 class ItemKNNParams:
@@ -60,18 +62,18 @@ def top_neighbours(x: torch.Tensor, k: int, block: int) -> tuple[torch.Tensor, t
     return torch.cat(idx), torch.cat(val)
 
 
-def add_neighbours(out: torch.Tensor, batch: TaskBatch, codes: torch.Tensor,
-                   neighbours: torch.Tensor, similarity: torch.Tensor, lo: int, hi: int,
-                   cells: int = 1 << 24) -> torch.Tensor:
+def add_neighbours(out: torch.Tensor, support_items: torch.Tensor, support_mask: torch.Tensor,
+                   codes: torch.Tensor, neighbours: torch.Tensor, similarity: torch.Tensor,
+                   lo: int, hi: int, cells: int = CHUNK_CELLS) -> torch.Tensor:
     """Add to ``out`` (T, n_codes) float64 each task's similarities to its support items'
     neighbours in columns ``lo:hi`` of ``neighbours`` / ``similarity`` (n_codes, K), in
     blocks of tasks of about ``cells`` (task, support, neighbour) entries."""
-    t, s = batch.support_items.shape
+    t, s = support_items.shape
     step = max(1, cells // max(1, s * (hi - lo)))
     for a in range(0, t, step):
-        sup = codes[batch.support_items[a:a + step]]                        # (B, S)
+        sup = codes[support_items[a:a + step]]                              # (B, S)
         nb = neighbours[sup, lo:hi]                                         # (B, S, k)
-        sim = similarity[sup, lo:hi].double() * batch.support_mask[a:a + step, :, None]
+        sim = similarity[sup, lo:hi].double() * support_mask[a:a + step, :, None]
         out[a:a + step].scatter_add_(1, nb.reshape(len(sup), -1), sim.reshape(len(sup), -1))
     return out
 
@@ -96,13 +98,18 @@ class ItemKNN(RankingBaseline):
                 for w in p.window}
         codes = data.items.id_code.long()
 
-        def scores(batch: TaskBatch) -> Iterator[tuple[tuple[int, int], torch.Tensor]]:
+        def scores(batch: TaskBatch) -> Iterator[tuple[tuple[int, int], int, torch.Tensor]]:
             for w, (idx, val) in tops.items():
-                out, done = torch.zeros(len(batch), idx.shape[0], dtype=torch.float64), 0
-                for k in sorted(set(p.neighbours)):     # each adds the columns past the last
-                    add_neighbours(out, batch, codes, idx, val, done, k)
-                    done = k
-                    yield (w, k), out[:, codes].float()
+                step = max(1, CHUNK_CELLS // idx.shape[0])
+                for a in range(0, len(batch), step):
+                    items = batch.support_items[a:a + step]                 # (B, S)
+                    out = torch.zeros(len(items), idx.shape[0], dtype=torch.float64)
+                    done = 0
+                    for k in sorted(set(p.neighbours)):   # each adds the columns past the last
+                        add_neighbours(out, items, batch.support_mask[a:a + step], codes,
+                                       idx, val, done, k)
+                        done = k
+                        yield (w, k), a, out[:, codes].float()
 
         def make(window: int, k: int) -> ItemKNN:
             idx, val = tops[window]
@@ -114,8 +121,8 @@ class ItemKNN(RankingBaseline):
 
     def rank(self, state: TaskBatch) -> torch.Tensor:
         out = torch.zeros(len(state), self.neighbours.shape[0], dtype=torch.float64)
-        add_neighbours(out, state, self.codes, self.neighbours, self.similarity, 0,
-                       self.neighbours.shape[1])                          # (T, n_codes)
+        add_neighbours(out, state.support_items, state.support_mask, self.codes,
+                       self.neighbours, self.similarity, 0, self.neighbours.shape[1])
         return out[:, self.codes].float()                                 # (T, N)
 
     def explain(self, batch: TaskBatch, items: torch.Tensor) -> torch.Tensor:

@@ -153,24 +153,39 @@ def validation_ndcg(model: Predictor, batch: TaskBatch, threshold: float, k: int
     return scores_ndcg(model.rank(model.adapt(batch)), batch, threshold, k)
 
 
-def scores_ndcg(scores: torch.Tensor, batch: TaskBatch, threshold: float, k: int,
-                cells: int = 1 << 24) -> float:
-    """:func:`validation_ndcg` of given (T, N) catalogue scores. Ranked ``cells`` (task, item)
-    pairs at a time, which bounds the metric's temporaries (several (T, N) tensors at once);
-    each task is ranked alone, so the mean is the same number for any ``cells``."""
+METRIC_CELLS = 1 << 24   # (task, item) pairs ranked at once: bounds the metric's temporaries
+
+
+def block_metrics(scores: torch.Tensor, batch: TaskBatch, start: int, threshold: float,
+                  k: int, cells: int = METRIC_CELLS) -> list[CatalogueMetrics]:
+    """Per-task catalogue metrics@k of (B, N) ``scores`` of tasks ``start:start + B`` of
+    ``batch``, ranked ``cells`` (task, item) pairs at a time (several (B, N) temporaries
+    each); every task is ranked alone, so the blocks change no value."""
     parts = []
     step = max(1, cells // max(1, scores.shape[1]))
     for a in range(0, scores.shape[0], step):
-        rows = slice(a, a + step)
+        rows = slice(start + a, start + min(a + step, scores.shape[0]))
         cands, rel = catalogue_targets(batch.support_items[rows], batch.support_mask[rows],
                                        batch.query_items[rows], batch.query_ratings[rows],
                                        batch.query_mask[rows], scores.shape[1], threshold)
-        parts.append(catalogue_metrics(scores[rows].float(), cands, rel, k))
+        parts.append(catalogue_metrics(scores[a:a + step].float(), cands, rel, k))
+    return parts
+
+
+def mean_ndcg(parts: list[CatalogueMetrics]) -> float:
+    """Mean nDCG over the evaluated tasks of the blocks ``parts``, in task order."""
     return CatalogueMetrics(*(torch.cat([getattr(m, f.name) for m in parts])
                               for f in fields(CatalogueMetrics))).means()["ndcg"]
 
 
-GridScores = Callable[[TaskBatch], Iterable[tuple[tuple[Any, ...], torch.Tensor]]]
+def scores_ndcg(scores: torch.Tensor, batch: TaskBatch, threshold: float, k: int,
+                cells: int = METRIC_CELLS) -> float:
+    """:func:`validation_ndcg` of given (T, N) catalogue scores (the same for any ``cells``)."""
+    return mean_ndcg(block_metrics(scores, batch, 0, threshold, k, cells))
+
+
+# (values, first task, (B, N) validation scores of tasks first:first + B under values)
+GridScores = Callable[[TaskBatch], Iterable[tuple[tuple[Any, ...], int, torch.Tensor]]]
 
 
 def tune_product(make: Callable[..., Predictor], axes: dict[str, Sequence[Any]],
@@ -180,23 +195,33 @@ def tune_product(make: Callable[..., Predictor], axes: dict[str, Sequence[Any]],
     validation catalogue nDCG@k (first in grid order wins; NaN never does); the record lists
     every combination and its score, and names the axes and the chosen value of each.
 
-    ``scores(batch)``, when given, yields ``(values, (T, N) validation scores)`` for every
-    combination, in any order: a model whose grid shares one factorisation (EASE) or one
-    similarity pass (ItemKNN) scores it without fitting each value, and only the chosen
-    combination is built. Without it, every combination is built and ranks the batch.
+    ``scores(batch)``, when given, yields ``(values, first task, (B, N) scores)``: every
+    combination's scores of every validation task, each combination's blocks of tasks in
+    order, combinations in any order and interleaved. A model whose grid shares one
+    factorisation (EASE) or one similarity pass (ItemKNN) scores it without fitting each
+    value, in blocks of tasks that bound its memory; only the chosen combination is built.
+    Without it, every combination is built and ranks the whole batch.
     """
     grid = list(itertools.product(*axes.values()))
     batch = validation_batch(data)
     if scores is None:
-        def scores(b: TaskBatch) -> Iterator[tuple[tuple[Any, ...], torch.Tensor]]:
+        def scores(b: TaskBatch) -> Iterator[tuple[tuple[Any, ...], int, torch.Tensor]]:
             for values in grid:
                 model = make(*values)
-                yield values, model.rank(model.adapt(b))
-    found = {values: scores_ndcg(s, batch, data.relevance_threshold, k)
-             for values, s in scores(batch)}
-    if set(found) != set(grid):
-        raise ValueError(f"the grid scores cover {sorted(found)}, not the grid {grid}")
-    ndcg = [found[values] for values in grid]
+                yield values, 0, model.rank(model.adapt(b))
+    parts: dict[tuple[Any, ...], list[CatalogueMetrics]] = {}
+    done: dict[tuple[Any, ...], int] = {}
+    for values, start, block in scores(batch):
+        if start != done.get(values, 0):
+            raise ValueError(f"grid scores of {values}: tasks from {start}, expected "
+                             f"{done.get(values, 0)}")
+        parts.setdefault(values, []).extend(
+            block_metrics(block, batch, start, data.relevance_threshold, k))
+        done[values] = start + block.shape[0]
+    if done != dict.fromkeys(grid, len(batch)):
+        raise ValueError(f"the grid scores cover {done} tasks, not {len(batch)} of each "
+                         f"combination of {grid}")
+    ndcg = [mean_ndcg(parts[values]) for values in grid]
     record: dict[str, Any] = {"grid": [_plain(v) for v in grid], f"val_ndcg@{k}": ndcg}
     chosen = max(range(len(grid)), key=lambda i: _finite(ndcg[i]))   # first of the best
     best = make(*grid[chosen])
