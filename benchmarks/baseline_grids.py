@@ -8,9 +8,11 @@ Builds the episodes of the params file (ingest, validate, episodes) in a tempora
 ``--keep DIR``; ``--episodes DIR`` reads an episodes folder already built from the same params
 instead), then fits each baseline in a fresh process with ``--threads`` torch threads (1 = the
 train stage's default), so that each one's peak resident memory (``ru_maxrss``) is its own:
-loading the episodes, the whole validation grid, the chosen model. The JSON records the seconds
-of the fit alone, the peak and the memory held before the fit, the chosen values and the whole
-tuning record (the choices of two versions can be compared), and the commit measured.
+loading the episodes, the whole validation grid, the chosen model. The JSON records the wall and
+CPU seconds of the fit alone (with one thread the CPU seconds are the cost on a loaded machine),
+the peak and the memory held before the fit, the chosen values and the whole tuning record (the
+choices of two versions can be compared), and the commit measured. ``PYTHONPATH=<an older
+src/>`` measures an older version with the same script.
 """
 
 from __future__ import annotations
@@ -53,6 +55,13 @@ def rss_mb() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
+def cpu_seconds() -> float:
+    """CPU seconds this process has used (user + system): with one thread, the fit's cost
+    whatever else the machine runs, which wall seconds on a shared machine are not."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def fit_one(name: str, params_path: str, episodes_dir: str, threads: int) -> dict[str, Any]:
     """Fit ``name`` once (its params section, the first seed) in this fresh process."""
     import torch
@@ -68,14 +77,14 @@ def fit_one(name: str, params_path: str, episodes_dir: str, threads: int) -> dic
     data = load_episodes(episodes_dir)
     train = replace(p.train, seed=p.train.seeds[0])
     ctx = FitContext(data=data, model=ModelParams(), train=train, log_dir=Path(episodes_dir))
-    before = rss_mb()
+    before, cpu = rss_mb(), cpu_seconds()
     start = time.perf_counter()
     model = algorithms.get(name).fit(ctx)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     tuning = model.tuning
     chosen = {k: v for k, v in tuning.items() if isinstance(v, (int, float, str, bool))}
-    return {"seconds": round(seconds, 2), "peak_rss_mb": round(peak),
+    return {"seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2), "peak_rss_mb": round(peak),
             "rss_before_fit_mb": round(before), "chosen": chosen, "tuning": tuning}
 
 
@@ -113,11 +122,15 @@ def main() -> dict[str, Any]:
                 fits[name] = pool.submit(fit_one, name, str(args.params), str(args.episodes),
                                          args.threads).result()
             r = fits[name]
-            print(f"{name:10s} {r['seconds']:9.2f} s  peak RSS {r['peak_rss_mb']:6d} MiB "
+            print(f"{name:10s} {r['seconds']:9.2f} s ({r['cpu_seconds']:.2f} CPU s)  peak RSS "
+                  f"{r['peak_rss_mb']:6d} MiB "
                   f"(before the fit {r['rss_before_fit_mb']} MiB)  chosen {r['chosen']}",
                   flush=True)
+    import metarec
+
     report = {"params": str(args.params.relative_to(ROOT)) if args.params.is_relative_to(ROOT)
-              else str(args.params), "commit": commit, "threads": args.threads,
+              else str(args.params), "commit": commit,
+              "src": str(Path(metarec.__file__).parents[1]), "threads": args.threads,
               "episodes_seconds": build_s, "data": shape, "fits": fits}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

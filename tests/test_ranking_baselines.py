@@ -518,3 +518,25 @@ def test_the_itemknn_grid_from_one_similarity_pass_is_the_dense_grid(seed: int) 
     assert len(set(np.round(scores, 6))) > 3                   # the grid tells values apart
     torch.testing.assert_close(model.rank(model.adapt(batch)),
                                dense[(model.window, model.k)], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ndcg_from_the_columns_that_reach_the_top_is_the_catalogue_ndcg(seed: int) -> None:
+    """Ties at the k-th score (a group of 0 scores here), relevant items far below it, tasks
+    with fewer candidates than k: every task's metrics are the whole catalogue's."""
+    from metarec.eval.metrics import catalogue_metrics
+    from metarec.models.statistical import reach_top
+
+    gen = torch.Generator().manual_seed(seed)
+    t, n, k = 40, 300, 5
+    scores = torch.randint(-3, 40, (t, n), generator=gen).float().clamp_min(0.0) / 7
+    cands = torch.rand(t, n, generator=gen) < 0.9
+    cands[:3, 4:] = False                                  # fewer candidates than k
+    rel = (torch.rand(t, n, generator=gen) < 0.03) & cands
+    rel[5, scores[5].argmin()] = True
+    cut = reach_top(scores, cands, rel, k)
+    assert cut[0].shape[1] < n // 2                        # far fewer columns
+    whole, part = catalogue_metrics(scores, cands, rel, k), catalogue_metrics(*cut, k)
+    for name in ("ndcg", "recall", "hit_rate", "evaluated"):
+        torch.testing.assert_close(getattr(part, name), getattr(whole, name), rtol=0,
+                                   atol=1e-6, equal_nan=True)

@@ -168,8 +168,34 @@ def block_metrics(scores: torch.Tensor, batch: TaskBatch, start: int, threshold:
         cands, rel = catalogue_targets(batch.support_items[rows], batch.support_mask[rows],
                                        batch.query_items[rows], batch.query_ratings[rows],
                                        batch.query_mask[rows], scores.shape[1], threshold)
-        parts.append(catalogue_metrics(scores[a:a + step].float(), cands, rel, k))
+        parts.append(catalogue_metrics(*reach_top(scores[a:a + step].float(), cands, rel, k),
+                                       k))
     return parts
+
+
+def reach_top(scores: torch.Tensor, candidates: torch.Tensor, relevant: torch.Tensor, k: int
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The columns of (B, N) scores that can change nDCG@k, in their order: candidates
+    scoring at least the k-th best candidate (ties included: a tie group's size enters its
+    averaged gain) and the relevant ones (their count is the ideal DCG's); the other columns
+    only shift positions past k. Sorting k-odd columns, not N, is what ranking a catalogue of
+    10^4-10^5 items for every grid value costs. Rows are padded with non-candidates; scores
+    with NaN or inf are returned whole (the metric rejects them)."""
+    b, n = scores.shape
+    s = scores.masked_fill(~candidates, -torch.inf)                        # (B, N)
+    if n <= k or not torch.isfinite(scores).all():
+        return scores, candidates, relevant
+    kth = s.topk(k, dim=1).values[:, -1:]                                  # (B, 1)
+    keep = candidates & ((s >= kth) | relevant)                            # (B, N)
+    width = int(keep.sum(1).max())
+    if 2 * width >= n:
+        return scores, candidates, relevant
+    row, col = torch.nonzero(keep, as_tuple=True)                          # in column order
+    at = (row, keep.long().cumsum(1)[row, col] - 1)
+    out = (torch.zeros(b, width), torch.zeros(b, width, dtype=torch.bool),
+           torch.zeros(b, width, dtype=torch.bool))
+    out[0][at], out[1][at], out[2][at] = scores[row, col], True, relevant[row, col]
+    return out
 
 
 def mean_ndcg(parts: list[CatalogueMetrics]) -> float:
