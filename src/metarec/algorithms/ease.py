@@ -84,6 +84,13 @@ def gram(data: EpisodeData, window: int, p: EaseParams) -> tuple[torch.Tensor, t
     return items, sparse_product(xh.t(), xh).double()                     # (m,), (m, m)
 
 
+def positions(items: torch.Tensor, n_codes: int) -> torch.Tensor:
+    """(n_codes,) each code's row in B (its position in ``items``), -1 for codes B omits."""
+    pos = torch.full((n_codes,), -1, dtype=torch.long)
+    pos[items] = torch.arange(items.numel())
+    return pos
+
+
 def weights(p: torch.Tensor) -> torch.Tensor:
     """B = -P / diag(P) column by column, zero diagonal, in place of ``p`` (m, m)."""
     p.div_(torch.diagonal(p).clone()).neg_()
@@ -95,9 +102,7 @@ def task_scores(p: torch.Tensor, items: torch.Tensor, batch: TaskBatch, codes: t
     """(first task, (B, N) float32 scores x B) of the tasks of ``batch`` block by block
     (``codes``: the catalogue rows' codes), from P (m, m) over ``items``: x B = x - (x P) /
     diag(P), where x P sums the rows of P of each task's support items (a repeated one once)."""
-    m, t = items.numel(), len(batch)
-    pos = torch.full((n_codes,), -1, dtype=torch.long)
-    pos[items] = torch.arange(m)
+    m, t, pos = items.numel(), len(batch), positions(items, n_codes)
     sup = pos[codes[batch.support_items]]                                  # (T, S) or -1
     keep = batch.support_mask & (sup >= 0)
     pair = torch.unique(torch.arange(t)[:, None].mul(m).add(sup)[keep])    # sorted by task
@@ -146,7 +151,7 @@ class Ease(RankingBaseline):
                     for a, block in task_scores(ridge_inverse(g, lam), items, batch, codes, n):
                         yield (w, lam), a, block
 
-        def make(window: int, lam: float) -> Ease:
+        def make(window: int, lam: float) -> Ease:      # the chosen one: G once more
             items, g = gram(data, window, p)
             return cls(items, weights(ridge_inverse(g, lam)), n, lam, window).bind(data)
 
@@ -162,8 +167,7 @@ class Ease(RankingBaseline):
 
     def explain(self, batch: TaskBatch, items: torch.Tensor) -> torch.Tensor:
         """The support item j with the largest weight B[j, i] toward each recommended i."""
-        pos = torch.full((self.n_codes,), -1, dtype=torch.long)
-        pos[self.items] = torch.arange(self.items.numel())
+        pos = positions(self.items, self.n_codes)
         sup, rec = pos[self.codes[batch.support_items]], pos[self.codes[items]]  # (T, S), (T, k)
         contrib = self.weights[sup[:, :, None].clamp_min(0), rec[:, None, :].clamp_min(0)]
         contrib = contrib * ((sup[:, :, None] >= 0) & (rec[:, None, :] >= 0))   # (T, S, k)
