@@ -96,10 +96,13 @@ def main() -> dict[str, Any]:
     ap.add_argument("--keep", type=Path, help="build the episodes here and keep them")
     ap.add_argument("--episodes", type=Path, help="an episodes folder built from --params")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--commit", help="the commit of the src/ measured, when PYTHONPATH names "
+                                     "another one (default: this checkout's HEAD)")
     args = ap.parse_args()
     out = args.out or ROOT / "benchmarks" / "results" / f"baseline_grids_{args.params.stem}.json"
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
-                            capture_output=True, text=True).stdout.strip()
+    commit = args.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                           check=True, capture_output=True,
+                                           text=True).stdout.strip()
     with tempfile.TemporaryDirectory(prefix="metarec-grids-") as tmp:
         build_s = None
         if args.episodes is None:
