@@ -118,8 +118,16 @@ def main() -> dict[str, Any]:
                  "validation_tasks": len(validation_tasks(data))}
         del data
         print(shape, flush=True)
-        fits = {}
+        import metarec
+
+        fits: dict[str, Any] = {}
+        report = {"params": str(args.params.relative_to(ROOT))
+                  if args.params.is_relative_to(ROOT) else str(args.params),
+                  "commit": commit, "src": str(Path(metarec.__file__).parents[1]),
+                  "threads": args.threads, "episodes_seconds": build_s, "data": shape,
+                  "fits": fits}
         spawn = multiprocessing.get_context("spawn")
+        out.parent.mkdir(parents=True, exist_ok=True)
         for name in args.baselines:
             with ProcessPoolExecutor(1, mp_context=spawn) as pool:
                 fits[name] = pool.submit(fit_one, name, str(args.params), str(args.episodes),
@@ -129,14 +137,7 @@ def main() -> dict[str, Any]:
                   f"{r['peak_rss_mb']:6d} MiB "
                   f"(before the fit {r['rss_before_fit_mb']} MiB)  chosen {r['chosen']}",
                   flush=True)
-    import metarec
-
-    report = {"params": str(args.params.relative_to(ROOT)) if args.params.is_relative_to(ROOT)
-              else str(args.params), "commit": commit,
-              "src": str(Path(metarec.__file__).parents[1]), "threads": args.threads,
-              "episodes_seconds": build_s, "data": shape, "fits": fits}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+            out.write_text(json.dumps(report, indent=2) + "\n")   # each fit as it ends
     return report
 
 
