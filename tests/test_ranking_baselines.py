@@ -116,7 +116,9 @@ def test_ease_equals_the_closed_form(data: EpisodeData) -> None:
 def test_ease_refuses_a_catalogue_past_max_items(data: EpisodeData) -> None:
     with pytest.raises(ParamsError, match=r"train.ease: 6 items with interactions \(window 0\)"
                                           r".*max_items \(5\); set train.ease.top_items to "
-                                          r"at most 5 "):
+                                          r"at most 5 \(EASE over that many most-interacted "
+                                          r"items, every other item ranked after them by "
+                                          r"popularity\)"):
         fit("ease", data, EaseParams(lam=(2.0,), window=(0,), max_items=5))
 
 
@@ -244,7 +246,8 @@ def test_ease_fits_at_max_items_and_names_the_memory_past_it(data: EpisodeData) 
 
 def test_ease_top_items_is_the_closed_form_of_the_most_interacted(data: EpisodeData) -> None:
     """top_items = 3: i0 and i1 (3 users each) and i2, the lowest code of the three items
-    with 2 users; every other item has zero rows and columns of B (score 0)."""
+    with 2 users; every other item ranks after them by popularity (count / (1 + 3)),
+    also for a task whose support has none of them."""
     model = fit("ease", data, EaseParams(lam=(2.0,), window=(0,), top_items=3, max_items=3))
     assert model.items.tolist() == [1, 2, 3]
     x = dense_x(data)[:, 1:4]
@@ -253,8 +256,9 @@ def test_ease_top_items_is_the_closed_form_of_the_most_interacted(data: EpisodeD
     np.fill_diagonal(b, 0.0)
     np.testing.assert_allclose(model.weights.numpy(), b, rtol=1e-5, atol=1e-6)
     batch = to_batch(data.select("val"))                    # v0: i0 (code 1), v1: i3 (code 4)
-    expect = np.zeros((2, 6))
-    expect[0, :3] = np.r_[0.0, b[0, 1:]]
+    head = np.r_[0.0, b[0, 1:]]                             # v0's scores of codes 1, 2, 3
+    below = head.min() - 1.0 + np.array([0.5, 0.5, 0.25])   # codes 4, 5, 6: 2, 2, 1 users
+    expect = np.array([[*head, *below], [0.0, 0.0, 0.0, -0.5, -0.5, -0.75]])
     np.testing.assert_allclose(model.rank(model.adapt(batch)).numpy(), expect, atol=1e-6)
 
 
@@ -398,30 +402,41 @@ def dense_choice(data: EpisodeData, models: dict[tuple, object]) -> tuple[tuple,
     return list(models)[int(np.argmax(scores))], scores
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_the_cheap_ease_grid_is_the_dense_grid(seed: int) -> None:
-    """Every (window, lam) fitted on its own (a float64 dense inverse over every item code,
-    the model ranking the tasks) chooses what the cheap grid chooses (Gram matrices over the
-    items with interactions, scores from the rows of P), with the same validation scores and
-    the same B."""
+@pytest.mark.parametrize(("seed", "top"), [(0, 0), (1, 0), (2, 0), (0, 20), (1, 12)])
+def test_the_cheap_ease_grid_is_the_dense_grid(seed: int, top: int) -> None:
+    """Every (window, lam) fitted on its own (a float64 dense inverse, the model ranking the
+    tasks) chooses what the cheap grid chooses (Gram matrices over the items with
+    interactions, scores from the rows of P), with the same validation scores and the same
+    B; with ``top_items`` the head is the ``top`` most interacted (lower code first) and the
+    rest are ranked by popularity."""
     data = random_data(seed)
-    section = EaseParams(lam=(0.5, 2.0, 8.0, 30.0, 200.0), window=(0, 4))
+    section = EaseParams(lam=(0.5, 2.0, 8.0, 30.0, 200.0), window=(0, 4), top_items=top)
     model = fit("ease", data, section)
     n = data.items.n_ids
     dense = {}
     for w, lam in itertools.product(section.window, section.lam):
         x = interaction_matrix(data, w).to_dense().double()
-        p = torch.linalg.inv(x.T @ x + lam * torch.eye(n, dtype=torch.float64))
+        counts = x.sum(0)
+        items = torch.nonzero(counts > 0).squeeze(1)
+        popularity = torch.zeros(0)
+        if top:
+            order = np.argsort(-counts[items].numpy(), kind="stable")[:top]
+            items, popularity = items[np.sort(order)], counts / (1 + counts.max())
+        x = x[:, items]
+        p = torch.linalg.inv(x.T @ x + lam * torch.eye(len(items), dtype=torch.float64))
         b = -p / torch.diagonal(p)
         b.fill_diagonal_(0.0)
-        dense[(w, lam)] = Ease(torch.arange(n), b, n, lam, w).bind(data)
+        dense[(w, lam)] = Ease(items, b, n, popularity, lam, w).bind(data)
     choice, scores = dense_choice(data, dense)
     record = model.tuning["window, lam"]
     assert (model.window, model.lam) == choice
     np.testing.assert_allclose(record["val_ndcg@3"], scores, rtol=0, atol=1e-6)
     assert len(set(np.round(scores, 6))) > 3                   # the grid tells values apart
-    np.testing.assert_allclose(dense_b(model), dense[choice].weights.numpy(), atol=1e-6)
-    assert model.items.numel() < n - 3                         # never-rated items left out
+    assert torch.equal(model.items, dense[choice].items)
+    assert model.items.numel() == top if top else 0 not in model.items.tolist()
+    np.testing.assert_allclose(model.weights.numpy(), dense[choice].weights.numpy(),
+                               atol=1e-6)
+    torch.testing.assert_close(model.popularity, dense[choice].popularity)
 
 
 @pytest.mark.parametrize(("name", "section"), [

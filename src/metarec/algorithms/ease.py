@@ -13,10 +13,10 @@ thread), and each lambda's scores then need tasks x items^2 products with the ei
 more than one Cholesky inverse once there are half as many validation tasks as items.
 
 Only items with interactions in the window enter G (an item without any has G's row lambda e_i,
-so zero row and column of B: score 0); ``top_items`` keeps only that many of the most
-interacted, for catalogues too large for a dense items x items matrix (every other item then
-scores 0 the same way). Past ``max_items`` such items the fit is refused, naming the memory and
-the knobs.
+so zero row and column of B: score 0). ``top_items`` > 0 is the bounded variant for catalogues
+too large for a dense items x items matrix: EASE over that many most-interacted items (the
+head), every other item ranked after the head in order of interactions. Past ``max_items``
+head items the fit is refused, naming the memory and the knobs.
 """
 
 from __future__ import annotations
@@ -50,26 +50,38 @@ class EaseParams:
                                       10000.0), 1e-9,
                                      nonempty=True)     # ridge penalty grid
     window: tuple[int, ...] = bounded((0, 20), 0, nonempty=True)   # first N per user (0 = all)
-    top_items: int = bounded(0, 0)      # 0: every item with interactions; N: the N most interacted
+    top_items: int = bounded(0, 0)      # 0: every item with interactions; N: the N most
+                                        # interacted, the others after them by popularity
     max_items: int = bounded(20_000, 1)                 # refuse a dense G past this many items
 
 
-def head_items(x: torch.Tensor, top: int) -> torch.Tensor:
-    """(m,) ascending codes of the items with interactions in the sparse (users, codes) ``x``;
-    with ``top`` > 0 only the ``top`` most interacted (equal counts: the lower code first)."""
+def head_items(x: torch.Tensor, top: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(m,) ascending codes of the items with interactions in the sparse (users, codes) ``x``,
+    and the popularity the others are ranked by. With ``top`` > 0 only the ``top`` most
+    interacted (equal counts: the lower code first), and every code's count / (1 + the largest)
+    in [0, 1) (n,); without, an empty popularity (the others score 0)."""
     counts = torch.sparse.sum(x, 0).to_dense()                             # (n,)
     active = torch.nonzero(counts > 0).squeeze(1)                          # (m,) ascending
-    if 0 < top < active.numel():
+    if top == 0:
+        return active, torch.zeros(0)
+    if top < active.numel():
         order = torch.sort(counts[active], descending=True, stable=True).indices[:top]
         active = torch.sort(active[order]).values
-    return active
+    return active, counts / (1.0 + counts.max())
 
 
-def gram(data: EpisodeData, window: int, p: EaseParams) -> tuple[torch.Tensor, torch.Tensor]:
-    """(m,) item codes and their float64 Gram matrix (m, m) in ``window``; refused past
-    ``max_items`` items, saying what to set."""
+def below_head(head: torch.Tensor, popularity: torch.Tensor) -> torch.Tensor:
+    """(B, n_out) scores of the items outside the head (``popularity`` (n_out,) in [0, 1)):
+    after every head item of the row (B, m), in order of popularity."""
+    return head.min(1, keepdim=True).values - 1.0 + popularity.to(head.dtype)
+
+
+def gram(data: EpisodeData, window: int, p: EaseParams
+         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(m,) item codes, their float64 Gram matrix (m, m) in ``window`` and the popularity of
+    every code (:func:`head_items`); refused past ``max_items`` items, saying what to set."""
     x = interaction_matrix(data, window)
-    items = head_items(x, p.top_items)
+    items, popularity = head_items(x, p.top_items)
     m = items.numel()
     if m > p.max_items:
         gib = 3 * m * m * 8 / 2**30   # G, G + lambda I and its Cholesky factor or inverse
@@ -77,11 +89,11 @@ def gram(data: EpisodeData, window: int, p: EaseParams) -> tuple[torch.Tensor, t
             f"train.ease: {m:,} items with interactions (window {window}) need dense "
             f"{m:,} x {m:,} float64 matrices (~{gib:,.1f} GiB at the peak), past "
             f"train.ease.max_items ({p.max_items:,}); set train.ease.top_items to at most "
-            f"{p.max_items:,} (EASE over that many most-interacted items; every other item "
-            f"scores 0, as an item without interactions does), raise max_items, or remove "
-            f"ease from train.baselines")
+            f"{p.max_items:,} (EASE over that many most-interacted items, every other item "
+            f"ranked after them by popularity), raise max_items, or remove ease from "
+            f"train.baselines")
     xh = torch.index_select(x, 1, items)                                  # (users, m) sparse
-    return items, sparse_product(xh.t(), xh).double()                     # (m,), (m, m)
+    return items, sparse_product(xh.t(), xh).double(), popularity          # (m, m) G
 
 
 def positions(items: torch.Tensor, n_codes: int) -> torch.Tensor:
@@ -97,11 +109,13 @@ def weights(p: torch.Tensor) -> torch.Tensor:
     return p.fill_diagonal_(0.0)
 
 
-def task_scores(p: torch.Tensor, items: torch.Tensor, batch: TaskBatch, codes: torch.Tensor,
-                n_codes: int) -> Iterator[tuple[int, torch.Tensor]]:
+def task_scores(p: torch.Tensor, items: torch.Tensor, popularity: torch.Tensor,
+                batch: TaskBatch, codes: torch.Tensor, n_codes: int
+                ) -> Iterator[tuple[int, torch.Tensor]]:
     """(first task, (B, N) float32 scores x B) of the tasks of ``batch`` block by block
     (``codes``: the catalogue rows' codes), from P (m, m) over ``items``: x B = x - (x P) /
-    diag(P), where x P sums the rows of P of each task's support items (a repeated one once)."""
+    diag(P), where x P sums the rows of P of each task's support items (a repeated one once);
+    the other items by :func:`below_head` when there is a ``popularity``, else 0."""
     m, t, pos = items.numel(), len(batch), positions(items, n_codes)
     sup = pos[codes[batch.support_items]]                                  # (T, S) or -1
     keep = batch.support_mask & (sup >= 0)
@@ -109,6 +123,7 @@ def task_scores(p: torch.Tensor, items: torch.Tensor, batch: TaskBatch, codes: t
     task, col = pair // m, pair % m                                        # (nnz,), (nnz,)
     cols = torch.nonzero(pos[codes] >= 0).squeeze(1)                       # rows in ``items``
     head = pos[codes[cols]]                                                # their positions
+    out = torch.nonzero(pos[codes] < 0).squeeze(1)                         # the other rows
     diag = torch.diagonal(p)                                               # (m,)
     step = max(1, CHUNK_CELLS // max(m, codes.numel()))
     bounds = torch.searchsorted(task, torch.arange(0, t + step, step)).tolist()
@@ -122,6 +137,8 @@ def task_scores(p: torch.Tensor, items: torch.Tensor, batch: TaskBatch, codes: t
         xb.index_put_(tuple(at), ones, accumulate=True)                    # (B, m) x B
         block = torch.zeros(size, codes.numel())                           # (B, N)
         block[:, cols] = xb[:, head].float()
+        if popularity.numel():
+            block[:, out] = below_head(xb, popularity[codes[out]]).float()
         yield a, block
 
 
@@ -132,11 +149,12 @@ class Ease(RankingBaseline):
     Params = EaseParams
 
     def __init__(self, items: torch.Tensor, weights: torch.Tensor, n_codes: int,
-                 lam: float = 0.0, window: int = 0) -> None:
+                 popularity: torch.Tensor, lam: float = 0.0, window: int = 0) -> None:
         super().__init__()
         self.items = items.long()                 # (m,) the codes B covers
         self.weights = weights.float()            # (m, m) B over them, zero diagonal
         self.n_codes = int(n_codes)               # item codes of the vocabulary
+        self.popularity = popularity.float()      # (n_codes,) or (0,): see below_head
         self.lam, self.window = float(lam), int(window)
 
     @classmethod
@@ -146,14 +164,15 @@ class Ease(RankingBaseline):
 
         def scores(batch: TaskBatch) -> Iterator[tuple[tuple[int, float], int, torch.Tensor]]:
             for w in p.window:                   # one Gram matrix in memory at a time
-                items, g = gram(data, w, p)
+                items, g, pop = gram(data, w, p)
                 for lam in p.lam:
-                    for a, block in task_scores(ridge_inverse(g, lam), items, batch, codes, n):
+                    for a, block in task_scores(ridge_inverse(g, lam), items, pop, batch,
+                                                codes, n):
                         yield (w, lam), a, block
 
         def make(window: int, lam: float) -> Ease:      # the chosen one: G once more
-            items, g = gram(data, window, p)
-            return cls(items, weights(ridge_inverse(g, lam)), n, lam, window).bind(data)
+            items, g, pop = gram(data, window, p)
+            return cls(items, weights(ridge_inverse(g, lam)), n, pop, lam, window).bind(data)
 
         best, best.tuning = tune_product(make, {"window": p.window, "lam": p.lam}, data,
                                          ctx.train.val_ndcg_k, scores)
@@ -161,8 +180,12 @@ class Ease(RankingBaseline):
 
     def rank(self, state: TaskBatch) -> torch.Tensor:
         x = support_matrix(state, self.codes, self.n_codes)[:, self.items]   # (T, m)
+        head = x @ self.weights                                             # (T, m)
         out = torch.zeros(len(state), self.n_codes)                         # (T, n_codes)
-        out[:, self.items] = x @ self.weights
+        out[:, self.items] = head
+        if self.popularity.numel():
+            other = positions(self.items, self.n_codes) < 0                 # (n_codes,)
+            out[:, other] = below_head(head, self.popularity[other])
         return out[:, self.codes]                                           # (T, N)
 
     def explain(self, batch: TaskBatch, items: torch.Tensor) -> torch.Tensor:
@@ -175,4 +198,4 @@ class Ease(RankingBaseline):
 
     def extra_state(self) -> dict[str, Any]:
         return {"items": self.items, "weights": self.weights, "n_codes": self.n_codes,
-                "lam": self.lam, "window": self.window}
+                "popularity": self.popularity, "lam": self.lam, "window": self.window}
