@@ -499,7 +499,7 @@ def test_validation_ndcg_is_the_same_in_any_blocks() -> None:
 def dense_itemknn_scores(data: EpisodeData, window: int, k: int) -> torch.Tensor:
     """(T, N) validation scores of ItemKNN with ``k`` neighbours from a dense cosine matrix:
     float32 similarities, each row's k best (equal ones: the lower code first), sums of the
-    clipped similarities over each task's distinct support items."""
+    clipped similarities over each task's support items (a repeated one twice, as today)."""
     x = interaction_matrix(data, window).to_dense()                     # (U, n) float32
     norms = x.sum(0).sqrt()
     sim = (x.T @ x) / (norms[:, None] * norms[None, :]).clamp_min(1e-12)
