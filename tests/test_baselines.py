@@ -19,7 +19,7 @@ from metarec.config import ModelParams, TrainParams
 from metarec.data.encoding import encode_entity
 from metarec.data.tasks import EpisodeData, TaskBatch, to_batch
 from metarec.models.base import FitContext
-from metarec.models.linalg import fit_als, ridge_solve
+from metarec.models.linalg import RatingPattern, fit_als, grouped_ridge, ridge_solve
 from metarec.models.statistical import ShrinkageParams, rows_to_codes, training_ratings
 
 USERS = ["u1", "u2", "u3", "v1", "v2", "t1"]
@@ -252,6 +252,22 @@ def test_als_is_seeded_deterministic_and_fits_a_planted_model() -> None:
                       qry, torch.zeros(5, 30), torch.ones(5, 30, dtype=torch.bool))
     err = (mf.predict(batch, qry) - (3.0 + u @ q[qry[0]].T)).abs().mean()
     assert float(err) < 0.05
+
+
+def test_an_als_half_step_is_a_ridge_fit_per_row() -> None:
+    """Row r's weights are argmin sum over its ratings (y - side[col] . w)^2 + lam |w|^2,
+    a repeated (row, column) pair counted twice; a row without ratings gets 0."""
+    gen = torch.Generator().manual_seed(1)
+    rows = torch.tensor([0, 0, 0, 1, 1, 0, 3, 3, 3, 3])      # (0, 2) twice; row 2 empty
+    cols = torch.tensor([2, 0, 1, 1, 4, 2, 0, 1, 3, 4])
+    side = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+    y = torch.randn(10, generator=gen, dtype=torch.float64)
+    got = grouped_ridge(RatingPattern(rows, cols, 4, 5), side, y, 0.7)
+    for r in range(4):
+        x, t = side[cols[rows == r]].numpy(), y[rows == r].numpy()
+        want = np.linalg.solve(x.T @ x + 0.7 * np.eye(3), x.T @ t)
+        np.testing.assert_allclose(got[r].numpy(), want, rtol=1e-12, atol=1e-12)
+    assert torch.equal(got[2], torch.zeros(3, dtype=torch.float64))
 
 
 def test_save_load_round_trip_weights_only(data: EpisodeData, tmp_path) -> None:

@@ -3,6 +3,9 @@ tuned on validation only, and the item side fitted on the training history only.
 
 from __future__ import annotations
 
+import itertools
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +19,10 @@ from metarec.algorithms.itemknn import ItemKNN, ItemKNNParams, top_neighbours
 from metarec.algorithms.most_popular import MostPopular, MostPopularParams
 from metarec.config import ModelParams, TrainParams
 from metarec.data.encoding import encode_entity
-from metarec.data.tasks import EpisodeData, to_batch
+from metarec.data.tasks import EpisodeData, to_batch, validation_tasks
 from metarec.errors import ParamsError
 from metarec.models.base import FitContext
-from metarec.models.statistical import interaction_matrix
+from metarec.models.statistical import interaction_matrix, scores_ndcg, validation_ndcg
 
 ITEMS = [f"i{i}" for i in range(6)]
 USERS = [f"t{u}" for u in range(5)] + ["v0", "v1", "x0"]
@@ -74,6 +77,13 @@ def dense_x(data: EpisodeData, window: int = 0) -> np.ndarray:
     return x
 
 
+def dense_b(model: Ease) -> np.ndarray:
+    """The model's B over every item code (codes outside ``model.items``: zero rows, columns)."""
+    b = np.zeros((model.n_codes, model.n_codes))
+    b[np.ix_(model.items.numpy(), model.items.numpy())] = model.weights.numpy()
+    return b
+
+
 @pytest.fixture(scope="module")
 def data() -> EpisodeData:
     return make_data()
@@ -93,7 +103,8 @@ def test_ease_equals_the_closed_form(data: EpisodeData) -> None:
     p = np.linalg.inv(x.T @ x + 2.0 * np.eye(x.shape[1]))
     b = np.eye(x.shape[1]) - p / np.diag(p)[None, :]
     np.fill_diagonal(b, 0.0)
-    np.testing.assert_allclose(model.weights.numpy(), b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dense_b(model), b, rtol=1e-5, atol=1e-6)
+    assert model.items.tolist() == [1, 2, 3, 4, 5, 6]       # code 0 has no interactions
     batch = to_batch(data.select("val"))
     support = np.zeros((2, x.shape[1]))
     support[0, 1], support[1, 4] = 1.0, 1.0                 # v0: i0, v1: i3 (codes)
@@ -103,8 +114,12 @@ def test_ease_equals_the_closed_form(data: EpisodeData) -> None:
 
 
 def test_ease_refuses_a_catalogue_past_max_items(data: EpisodeData) -> None:
-    with pytest.raises(ParamsError, match=r"train.ease: 7 item codes .*max_items \(6\)"):
-        fit("ease", data, EaseParams(lam=(2.0,), max_items=6))
+    with pytest.raises(ParamsError, match=r"train.ease: 6 items with interactions \(window 0\)"
+                                          r".*max_items \(5\); set train.ease.top_items to "
+                                          r"at most 5 \(EASE over that many most-interacted "
+                                          r"items, every other item ranked after them by "
+                                          r"popularity\)"):
+        fit("ease", data, EaseParams(lam=(2.0,), window=(0,), max_items=5))
 
 
 def test_itemknn_equals_dense_cosine_top_k(data: EpisodeData) -> None:
@@ -215,20 +230,40 @@ def test_ease_on_a_history_window_is_the_closed_form_of_that_window(data: Episod
     p = np.linalg.inv(x.T @ x + 2.0 * np.eye(x.shape[1]))
     b = np.eye(x.shape[1]) - p / np.diag(p)[None, :]
     np.fill_diagonal(b, 0.0)
-    np.testing.assert_allclose(model.weights.numpy(), b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dense_b(model), b, rtol=1e-5, atol=1e-6)
     assert np.abs(b).max() > 0.01                             # a non-trivial B
 
 
 def test_ease_fits_at_max_items_and_names_the_memory_past_it(data: EpisodeData) -> None:
-    assert fit("ease", data, EaseParams(lam=(2.0,), max_items=7)).weights.shape == (7, 7)
-    ids = [f"j{i}" for i in range(39_999)]
+    assert fit("ease", data, EaseParams(lam=(2.0,), max_items=6)).weights.shape == (6, 6)
+    ids = [f"j{i}" for i in range(40_000)]
+    wide = pd.DataFrame({"user_id": "t0", "item_id": ids, "rating": 5})
     big = EpisodeData(tasks=data.tasks, users=data.users, vocab=data.vocab,
-                      history=data.history,
                       items=encode_entity(pd.DataFrame({"item_id": ids}), "item_id",
-                                          {"ids": ids, "features": {}}))
-    # 40,000 codes: 40,000^2 float64 = 11.9 GiB
-    with pytest.raises(ParamsError, match=r"40,000 item codes .*\(~11\.9 GiB to invert\)"):
-        fit("ease", big, EaseParams(lam=(2.0,), max_items=39_999))
+                                          {"ids": ids, "features": {}}),
+                      history=wide.assign(timestamp=np.arange(40_000), user_idx=0,
+                                          item_idx=np.arange(40_000)))
+    # 40,000 items with interactions: G, G + lam I and its factor, 3 x 40,000^2 float64
+    with pytest.raises(ParamsError, match=r"40,000 items .*\(~35\.8 GiB at the peak\)"):
+        fit("ease", big, EaseParams(lam=(2.0,), window=(0,), max_items=39_999))
+
+
+def test_ease_top_items_is_the_closed_form_of_the_most_interacted(data: EpisodeData) -> None:
+    """top_items = 3: i0 and i1 (3 users each) and i2, the lowest code of the three items
+    with 2 users; every other item ranks after them by popularity (count / (1 + 3)),
+    also for a task whose support has none of them."""
+    model = fit("ease", data, EaseParams(lam=(2.0,), window=(0,), top_items=3, max_items=3))
+    assert model.items.tolist() == [1, 2, 3]
+    x = dense_x(data)[:, 1:4]
+    p = np.linalg.inv(x.T @ x + 2.0 * np.eye(3))
+    b = np.eye(3) - p / np.diag(p)[None, :]
+    np.fill_diagonal(b, 0.0)
+    np.testing.assert_allclose(model.weights.numpy(), b, rtol=1e-5, atol=1e-6)
+    batch = to_batch(data.select("val"))                    # v0: i0 (code 1), v1: i3 (code 4)
+    head = np.r_[0.0, b[0, 1:]]                             # v0's scores of codes 1, 2, 3
+    below = head.min() - 1.0 + np.array([0.5, 0.5, 0.25])   # codes 4, 5, 6: 2, 2, 1 users
+    expect = np.array([[*head, *below], [0.0, 0.0, 0.0, -0.5, -0.5, -0.75]])
+    np.testing.assert_allclose(model.rank(model.adapt(batch)).numpy(), expect, atol=1e-6)
 
 
 def test_most_popular_positive_only_counts_relevant_interactions(data: EpisodeData) -> None:
@@ -317,3 +352,210 @@ def test_the_support_item_that_explains_each_pick_is_the_strongest_link(name: st
     got = model.explain(batch, items).numpy()
     np.testing.assert_array_equal(got, _expected_because(weight, batch, items))
     assert set(got[1].tolist()) == {0, 1}                 # both support items explain a pick
+
+
+# ---- cheap grids choose what the dense per-value fits choose -------------------------------
+
+
+def random_data(seed: int, n_items: int = 40, n_train: int = 60, n_val: int = 24
+                ) -> EpisodeData:
+    """A planted taste (two halves of the catalogue) over ``n_items`` items, the last three
+    never rated in training (zero Gram rows: B's zero rows and columns); validation users with
+    supports of 1 to 5 items (one repeated) and 6 rated query items."""
+    rng = np.random.default_rng(seed)
+    items = [f"i{i}" for i in range(n_items)]
+    users = [f"t{u}" for u in range(n_train)] + [f"v{u}" for u in range(n_val)]
+    rated = n_items - 3
+    hist = []
+    for u in range(n_train):
+        half = rng.integers(2)
+        pref = np.r_[np.full(rated // 2, 3.0 if half else 1.0),
+                     np.full(rated - rated // 2, 1.0 if half else 3.0)]
+        picks = rng.choice(rated, size=rng.integers(3, 15), replace=False, p=pref / pref.sum())
+        hist += [(f"t{u}", f"i{i}", int(rng.integers(1, 6))) for i in picks]
+    tasks = []
+    for u in range(n_val):
+        picks = rng.choice(n_items, size=11, replace=False)
+        k = 1 + u % 5
+        support = [*picks[:k], picks[0]] if u % 7 == 0 else picks[:k]   # a repeated item
+        tasks += [(u, f"v{u}", "val", "user_cold", k, "support", f"i{i}", 4) for i in support]
+        tasks += [(u, f"v{u}", "val", "user_cold", k, "query", f"i{i}", int(rng.integers(1, 6)))
+                  for i in picks[5:]]
+    enc_u = encode_entity(pd.DataFrame({"user_id": users}), "user_id",
+                          {"ids": users, "features": {}})
+    enc_i = encode_entity(pd.DataFrame({"item_id": items}), "item_id",
+                          {"ids": items, "features": {}})
+    h = pd.DataFrame(hist, columns=["user_id", "item_id", "rating"])
+    h["timestamp"] = np.arange(len(h), dtype=np.int64)
+    h = h.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
+    h["user_idx"], h["item_idx"] = enc_u.index_of(h["user_id"]), enc_i.index_of(h["item_id"])
+    t = pd.DataFrame(tasks, columns=["task_id", "user_id", "split", "scenario", "k", "role",
+                                     "item_id", "rating"])
+    t["timestamp"] = 10_000 + np.arange(len(t), dtype=np.int64)
+    t["rating"] = t["rating"].astype("float32")
+    t["user_idx"], t["item_idx"] = enc_u.index_of(t["user_id"]), enc_i.index_of(t["item_id"])
+    vocab = {"rating": {"kind": "explicit", "min": 1.0, "max": 5.0, "relevant": 4.0}}
+    return EpisodeData(tasks=t, users=enc_u, items=enc_i, vocab=vocab, history=h)
+
+
+def dense_choice(data: EpisodeData, models: dict[tuple, object]) -> tuple[tuple, list[float]]:
+    """What fitting every grid value on its own chooses: each model ranks the validation
+    tasks, the first of the highest nDCG@3 wins. (choice, scores in grid order)."""
+    batch = validation_tasks(data)
+    scores = [validation_ndcg(m, batch, data.relevance_threshold, 3) for m in models.values()]
+    return list(models)[int(np.argmax(scores))], scores
+
+
+@pytest.mark.parametrize(("seed", "top"), [(0, 0), (1, 0), (2, 0), (0, 20), (1, 12)])
+def test_the_cheap_ease_grid_is_the_dense_grid(seed: int, top: int) -> None:
+    """Every (window, lam) fitted on its own (a float64 dense inverse, the model ranking the
+    tasks) chooses what the cheap grid chooses (Gram matrices over the items with
+    interactions, scores from the rows of P), with the same validation scores and the same
+    B; with ``top_items`` the head is the ``top`` most interacted (lower code first) and the
+    rest are ranked by popularity."""
+    data = random_data(seed)
+    section = EaseParams(lam=(0.5, 2.0, 8.0, 30.0, 200.0), window=(0, 4), top_items=top)
+    model = fit("ease", data, section)
+    n = data.items.n_ids
+    dense = {}
+    for w, lam in itertools.product(section.window, section.lam):
+        x = interaction_matrix(data, w).to_dense().double()
+        counts = x.sum(0)
+        items = torch.nonzero(counts > 0).squeeze(1)
+        popularity = torch.zeros(0)
+        if top:
+            order = np.argsort(-counts[items].numpy(), kind="stable")[:top]
+            items, popularity = items[np.sort(order)], counts / (1 + counts.max())
+        x = x[:, items]
+        p = torch.linalg.inv(x.T @ x + lam * torch.eye(len(items), dtype=torch.float64))
+        b = -p / torch.diagonal(p)
+        b.fill_diagonal_(0.0)
+        dense[(w, lam)] = Ease(items, b, n, popularity, lam, w).bind(data)
+    choice, scores = dense_choice(data, dense)
+    record = model.tuning["window, lam"]
+    assert (model.window, model.lam) == choice
+    np.testing.assert_allclose(record["val_ndcg@3"], scores, rtol=0, atol=1e-6)
+    assert len(set(np.round(scores, 6))) > 3                   # the grid tells values apart
+    assert torch.equal(model.items, dense[choice].items)
+    assert model.items.numel() == top if top else 0 not in model.items.tolist()
+    np.testing.assert_allclose(model.weights.numpy(), dense[choice].weights.numpy(),
+                               atol=1e-6)
+    torch.testing.assert_close(model.popularity, dense[choice].popularity)
+
+
+@pytest.mark.parametrize(("name", "section"), [
+    ("ease", EaseParams(lam=(0.5, 8.0, 200.0), window=(0, 4))),
+    ("itemknn", ItemKNNParams(neighbours=(8, 2, 60), window=(0, 4))),
+])
+def test_the_grids_are_the_same_in_any_blocks(monkeypatch: pytest.MonkeyPatch, name: str,
+                                              section: object) -> None:
+    """Blocks of one task (the memory bound) change no score and no choice."""
+    data = random_data(3)
+    whole = fit(name, data, section)
+    monkeypatch.setattr(sys.modules[type(whole).__module__], "CHUNK_CELLS", 1)
+    blocks = fit(name, data, section)
+    assert blocks.tuning == whole.tuning
+    for key, value in whole.state().items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(blocks.state()[key], value), key
+
+
+def test_grid_scores_cover_every_task_of_every_value_in_order() -> None:
+    """Blocks of tasks may interleave values; a gap or a missing value fails loudly; the
+    first of equal scores in grid order wins."""
+    from metarec.models.statistical import tune_product
+
+    data = random_data(5)
+    t, n = len(validation_tasks(data)), len(data.items)
+
+    def make(v: int, w: int) -> MostPopular:
+        return MostPopular(torch.zeros(data.items.n_ids), v).bind(data)
+
+    def blocks(skip: int = -1, values: tuple = (2, 1)) -> Callable:
+        def scores(batch: object) -> Iterator:
+            for a in range(0, t, 5):                  # blocks of 5, values interleaved
+                for v in values:
+                    if a != skip:
+                        yield (v, 0), a, torch.arange(n).float().expand(min(5, t - a), n)
+        return scores
+
+    best, record = tune_product(make, {"v": (1, 2), "w": (0,)}, data, 3, blocks())
+    assert (record["v"], best.window) == (1, 1)       # the same ranking: the first value
+    scores = record["v, w"]["val_ndcg@3"]
+    assert scores[0] == scores[1] == scores_ndcg(torch.arange(n).float().expand(t, n),
+                                                 validation_tasks(data), 4.0, 3)
+    with pytest.raises(ValueError, match=r"grid scores of \(2, 0\): tasks from 10, "
+                                         r"expected 5"):
+        tune_product(make, {"v": (1, 2), "w": (0,)}, data, 3, blocks(skip=5))
+    with pytest.raises(ValueError, match="the grid scores cover"):
+        tune_product(make, {"v": (1, 2), "w": (0,)}, data, 3, blocks(values=(2,)))
+
+
+def test_validation_ndcg_is_the_same_in_any_blocks() -> None:
+    data = random_data(4)
+    batch = validation_tasks(data)
+    scores = torch.randn(len(batch), len(data.items)).round(decimals=1)   # with ties
+    whole = scores_ndcg(scores, batch, 4.0, 3)
+    assert whole == scores_ndcg(scores, batch, 4.0, 3, cells=len(data.items) * 5)
+    assert whole == scores_ndcg(scores, batch, 4.0, 3, cells=1)
+
+
+def dense_itemknn_scores(data: EpisodeData, window: int, k: int) -> torch.Tensor:
+    """(T, N) validation scores of ItemKNN with ``k`` neighbours from a dense cosine matrix:
+    float32 similarities, each row's k best (equal ones: the lower code first), sums of the
+    clipped similarities over each task's support items (a repeated one twice, as today)."""
+    x = interaction_matrix(data, window).to_dense()                     # (U, n) float32
+    norms = x.sum(0).sqrt()
+    sim = (x.T @ x) / (norms[:, None] * norms[None, :]).clamp_min(1e-12)
+    sim.fill_diagonal_(-1.0)
+    sim = sim.numpy()
+    batch = validation_tasks(data)
+    codes = data.items.id_code.long().numpy()
+    out = np.zeros((len(batch), data.items.n_ids))
+    for t in range(len(batch)):
+        for j in codes[batch.support_items[t][batch.support_mask[t]].numpy()]:
+            top = np.argsort(-sim[j], kind="stable")[:k]
+            out[t, top] += np.clip(sim[j, top], 0.0, None)
+    return torch.from_numpy(out[:, codes]).float()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_itemknn_grid_from_one_similarity_pass_is_the_dense_grid(seed: int) -> None:
+    """Every (window, neighbours) scored on its own from a dense cosine matrix chooses what
+    the one-pass grid chooses (neighbours in any order, one past the catalogue), with the
+    same validation scores; the chosen model ranks as the dense reference does."""
+    data = random_data(seed)
+    section = ItemKNNParams(neighbours=(8, 2, 60, 4, 16), window=(0, 4))
+    model = fit("itemknn", data, section)
+    batch = validation_tasks(data)
+    grid = list(itertools.product(section.window, section.neighbours))
+    dense = {v: dense_itemknn_scores(data, *v) for v in grid}
+    scores = [scores_ndcg(dense[v], batch, data.relevance_threshold, 3) for v in grid]
+    record = model.tuning["window, neighbours"]
+    assert (model.window, model.k) == grid[int(np.argmax(scores))]
+    np.testing.assert_allclose(record["val_ndcg@3"], scores, rtol=0, atol=1e-6)
+    assert len(set(np.round(scores, 6))) > 3                   # the grid tells values apart
+    torch.testing.assert_close(model.rank(model.adapt(batch)),
+                               dense[(model.window, model.k)], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ndcg_from_the_columns_that_reach_the_top_is_the_catalogue_ndcg(seed: int) -> None:
+    """Ties at the k-th score (a group of 0 scores here), relevant items far below it, tasks
+    with fewer candidates than k: every task's metrics are the whole catalogue's."""
+    from metarec.metrics import catalogue_metrics
+    from metarec.models.statistical import reach_top
+
+    gen = torch.Generator().manual_seed(seed)
+    t, n, k = 40, 300, 5
+    scores = torch.randint(-3, 40, (t, n), generator=gen).float().clamp_min(0.0) / 7
+    cands = torch.rand(t, n, generator=gen) < 0.9
+    cands[:3, 4:] = False                                  # fewer candidates than k
+    rel = (torch.rand(t, n, generator=gen) < 0.03) & cands
+    rel[5, scores[5].argmin()] = True
+    cut = reach_top(scores, cands, rel, k)
+    assert cut[0].shape[1] < n // 2                        # far fewer columns
+    whole, part = catalogue_metrics(scores, cands, rel, k), catalogue_metrics(*cut, k)
+    for name in ("ndcg", "recall", "hit_rate", "evaluated"):
+        torch.testing.assert_close(getattr(part, name), getattr(whole, name), rtol=0,
+                                   atol=1e-6, equal_nan=True)

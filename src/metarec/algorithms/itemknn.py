@@ -2,10 +2,17 @@
 cosine(i, j) among j's ``neighbours`` most similar items (on the meta-train users' binary
 history). The neighbour count and the history window are chosen on validation (catalogue
 nDCG). Only each item's top neighbours are kept (items x neighbours), never items x items.
+
+The neighbour grid shares one similarity pass per window: the largest count's neighbours are
+kept, every smaller count is their first columns, and the validation scores of the counts in
+increasing order add only the columns between one count and the next. Scores are summed in
+float64 (exact for these float32 similarities), so any order of summation gives the same
+float32 scores as :meth:`ItemKNN.rank`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +28,8 @@ from metarec.models.statistical import (
     sparse_product,
     tune_product,
 )
+
+CHUNK_CELLS = 1 << 24   # cells of a block of tasks' scores or gathered neighbours (memory)
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,22 @@ def top_neighbours(x: torch.Tensor, k: int, block: int) -> tuple[torch.Tensor, t
     return torch.cat(idx), torch.cat(val)
 
 
+def add_neighbours(out: torch.Tensor, support_items: torch.Tensor, support_mask: torch.Tensor,
+                   codes: torch.Tensor, neighbours: torch.Tensor, similarity: torch.Tensor,
+                   lo: int, hi: int, cells: int = CHUNK_CELLS) -> torch.Tensor:
+    """Add to ``out`` (T, n_codes) float64 each task's similarities to its support items'
+    neighbours in columns ``lo:hi`` of ``neighbours`` / ``similarity`` (n_codes, K), in
+    blocks of tasks of about ``cells`` (task, support, neighbour) entries."""
+    t, s = support_items.shape
+    step = max(1, cells // max(1, s * (hi - lo)))
+    for a in range(0, t, step):
+        sup = codes[support_items[a:a + step]]                              # (B, S)
+        nb = neighbours[sup, lo:hi]                                         # (B, S, k)
+        sim = similarity[sup, lo:hi].double() * support_mask[a:a + step, :, None]
+        out[a:a + step].scatter_add_(1, nb.reshape(len(sup), -1), sim.reshape(len(sup), -1))
+    return out
+
+
 @register
 class ItemKNN(RankingBaseline):
     name = "itemknn"
@@ -71,22 +96,34 @@ class ItemKNN(RankingBaseline):
         p, data = cls.params_of(ctx.train), ctx.data
         tops = {w: top_neighbours(interaction_matrix(data, w), max(p.neighbours), p.block)
                 for w in p.window}
+        codes = data.items.id_code.long()
+
+        def scores(batch: TaskBatch) -> Iterator[tuple[tuple[int, int], int, torch.Tensor]]:
+            for w, (idx, val) in tops.items():
+                step = max(1, CHUNK_CELLS // idx.shape[0])
+                for a in range(0, len(batch), step):
+                    items = batch.support_items[a:a + step]                 # (B, S)
+                    out = torch.zeros(len(items), idx.shape[0], dtype=torch.float64)
+                    done = 0
+                    for k in sorted(set(p.neighbours)):   # each adds the columns past the last
+                        add_neighbours(out, items, batch.support_mask[a:a + step], codes,
+                                       idx, val, done, k)
+                        done = k
+                        yield (w, k), a, out[:, codes].float()
 
         def make(window: int, k: int) -> ItemKNN:
             idx, val = tops[window]
             return cls(idx[:, :k], val[:, :k], k, window).bind(data)
 
         best, best.tuning = tune_product(make, {"window": p.window, "neighbours": p.neighbours},
-                                         data, ctx.train.val_ndcg_k)
+                                         data, ctx.train.val_ndcg_k, scores)
         return best
 
     def rank(self, state: TaskBatch) -> torch.Tensor:
-        t, n = len(state), self.neighbours.shape[0]
-        sup = self.codes[state.support_items]                              # (T, S)
-        nb = self.neighbours[sup]                                         # (T, S, k)
-        sim = self.similarity[sup] * state.support_mask[..., None]        # (T, S, k)
-        scores = torch.zeros(t, n).scatter_add_(1, nb.reshape(t, -1), sim.reshape(t, -1))
-        return scores[:, self.codes]                                      # (T, N)
+        out = torch.zeros(len(state), self.neighbours.shape[0], dtype=torch.float64)
+        add_neighbours(out, state.support_items, state.support_mask, self.codes,
+                       self.neighbours, self.similarity, 0, self.neighbours.shape[1])
+        return out[:, self.codes].float()                                 # (T, N)
 
     def explain(self, batch: TaskBatch, items: torch.Tensor) -> torch.Tensor:
         """The support item with the largest similarity to each recommended item."""

@@ -11,8 +11,8 @@ from __future__ import annotations
 import itertools
 import logging
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -21,7 +21,13 @@ from metarec.config import bounded
 from metarec.data.tasks import EpisodeData, TaskBatch, validation_tasks
 from metarec.errors import DataError
 from metarec.io import plain
-from metarec.metrics import batch_catalogue_metrics, finite_or, mae
+from metarec.metrics import (
+    CatalogueMetrics,
+    catalogue_metrics,
+    catalogue_targets,
+    finite_or,
+    mae,
+)
 from metarec.models.base import Algorithm, Predictor
 
 log = logging.getLogger("metarec.train")
@@ -151,40 +157,112 @@ def tune_mae(make: Callable[[Any], Predictor], grid: Sequence[Any], data: Episod
 
 def validation_ndcg(model: Predictor, batch: TaskBatch, threshold: float, k: int) -> float:
     """Mean catalogue nDCG@k over the tasks of ``batch`` that have a relevant query item."""
-    scores = model.rank(model.adapt(batch))                                  # (T, N)
-    return batch_catalogue_metrics(scores.float(), batch, threshold, k).means()["ndcg"]
+    return scores_ndcg(model.rank(model.adapt(batch)), batch, threshold, k)
 
 
-def tune_ndcg(make: Callable[[Any], Predictor], grid: Sequence[Any], data: EpisodeData,
-              k: int) -> tuple[Predictor, dict[str, Any]]:
-    """Build ``make(value)`` for every grid value; keep the highest validation catalogue
-    nDCG@k (first wins); the record lists every value and its score."""
-    batch = validation_batch(data)
-    best, best_score, scores = None, -1.0, []
-    for value in grid:
-        model = make(value)
-        score = validation_ndcg(model, batch, data.relevance_threshold, k)
-        scores.append(score)
-        if score > best_score:
-            best, best_score = model, score
-    record: dict[str, Any] = {"grid": [plain(v) for v in grid], f"val_ndcg@{k}": scores}
-    if best is None:   # every score NaN: no validation task has a relevant query item
-        log.warning("no validation task has a query item rated >= %g: %s keeps the first "
-                    "grid value %s", data.relevance_threshold, type(make(grid[0])).name,
-                    grid[0])
-        best = make(grid[0])
-        record["note"] = "no relevant validation item: first grid value kept"
-    return best, record
+METRIC_CELLS = 1 << 24   # (task, item) pairs ranked at once: bounds the metric's temporaries
+
+
+def block_metrics(scores: torch.Tensor, batch: TaskBatch, start: int, threshold: float,
+                  k: int, cells: int = METRIC_CELLS) -> list[CatalogueMetrics]:
+    """Per-task catalogue metrics@k of (B, N) ``scores`` of tasks ``start:start + B`` of
+    ``batch``, ranked ``cells`` (task, item) pairs at a time (several (B, N) temporaries
+    each); every task is ranked alone, so the blocks change no value."""
+    parts = []
+    step = max(1, cells // max(1, scores.shape[1]))
+    for a in range(0, scores.shape[0], step):
+        rows = slice(start + a, start + min(a + step, scores.shape[0]))
+        cands, rel = catalogue_targets(batch.support_items[rows], batch.support_mask[rows],
+                                       batch.query_items[rows], batch.query_ratings[rows],
+                                       batch.query_mask[rows], scores.shape[1], threshold)
+        parts.append(catalogue_metrics(*reach_top(scores[a:a + step].float(), cands, rel, k),
+                                       k))
+    return parts
+
+
+def reach_top(scores: torch.Tensor, candidates: torch.Tensor, relevant: torch.Tensor, k: int
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The columns of (B, N) scores that can change nDCG@k, in their order: candidates
+    scoring at least the k-th best candidate (ties included: a tie group's size enters its
+    averaged gain) and the relevant ones (their count is the ideal DCG's); the other columns
+    only shift positions past k. Sorting k-odd columns, not N, is what ranking a catalogue of
+    10^4-10^5 items for every grid value costs. Rows are padded with non-candidates; scores
+    with NaN or inf are returned whole (the metric rejects them)."""
+    b, n = scores.shape
+    s = scores.masked_fill(~candidates, -torch.inf)                        # (B, N)
+    if n <= k or not torch.isfinite(scores).all():
+        return scores, candidates, relevant
+    kth = s.topk(k, dim=1).values[:, -1:]                                  # (B, 1)
+    keep = candidates & ((s >= kth) | relevant)                            # (B, N)
+    width = int(keep.sum(1).max())
+    if 2 * width >= n:
+        return scores, candidates, relevant
+    row, col = torch.nonzero(keep, as_tuple=True)                          # in column order
+    at = (row, keep.long().cumsum(1)[row, col] - 1)
+    out = (torch.zeros(b, width), torch.zeros(b, width, dtype=torch.bool),
+           torch.zeros(b, width, dtype=torch.bool))
+    out[0][at], out[1][at], out[2][at] = scores[row, col], True, relevant[row, col]
+    return out
+
+
+def mean_ndcg(parts: list[CatalogueMetrics]) -> float:
+    """Mean nDCG over the evaluated tasks of the blocks ``parts``, in task order."""
+    return CatalogueMetrics(*(torch.cat([getattr(m, f.name) for m in parts])
+                              for f in fields(CatalogueMetrics))).means()["ndcg"]
+
+
+def scores_ndcg(scores: torch.Tensor, batch: TaskBatch, threshold: float, k: int,
+                cells: int = METRIC_CELLS) -> float:
+    """:func:`validation_ndcg` of given (T, N) catalogue scores (the same for any ``cells``)."""
+    return mean_ndcg(block_metrics(scores, batch, 0, threshold, k, cells))
+
+
+# (values, first task, (B, N) validation scores of tasks first:first + B under values)
+GridScores = Callable[[TaskBatch], Iterable[tuple[tuple[Any, ...], int, torch.Tensor]]]
 
 
 def tune_product(make: Callable[..., Predictor], axes: dict[str, Sequence[Any]],
-                 data: EpisodeData, k: int) -> tuple[Predictor, dict[str, Any]]:
-    """:func:`tune_ndcg` over every combination of the ``axes`` values (``make(*values)``);
-    the tuning record names the axes and the chosen value of each."""
+                 data: EpisodeData, k: int, scores: GridScores | None = None
+                 ) -> tuple[Predictor, dict[str, Any]]:
+    """Keep the combination of the ``axes`` values (``make(*values)``) with the highest
+    validation catalogue nDCG@k (first in grid order wins; NaN never does); the record lists
+    every combination and its score, and names the axes and the chosen value of each.
+
+    ``scores(batch)``, when given, yields ``(values, first task, (B, N) scores)``: every
+    combination's scores of every validation task, each combination's blocks of tasks in
+    order, combinations in any order and interleaved. A model whose grid shares one
+    factorisation (EASE) or one similarity pass (ItemKNN) scores it without fitting each
+    value, in blocks of tasks that bound its memory; only the chosen combination is built.
+    Without it, every combination is built and ranks the whole batch.
+    """
     grid = list(itertools.product(*axes.values()))
-    best, record = tune_ndcg(lambda values: make(*values), grid, data, k)
-    chosen = grid[int(max(range(len(grid)), key=lambda i: finite_or(record[f"val_ndcg@{k}"][i])))]
-    return best, {", ".join(axes): record, **dict(zip(axes, chosen, strict=True))}
+    batch = validation_batch(data)
+    if scores is None:
+        def scores(b: TaskBatch) -> Iterator[tuple[tuple[Any, ...], int, torch.Tensor]]:
+            for values in grid:
+                model = make(*values)
+                yield values, 0, model.rank(model.adapt(b))
+    parts: dict[tuple[Any, ...], list[CatalogueMetrics]] = {}
+    done: dict[tuple[Any, ...], int] = {}
+    for values, start, block in scores(batch):
+        if start != done.get(values, 0):
+            raise ValueError(f"grid scores of {values}: tasks from {start}, expected "
+                             f"{done.get(values, 0)}")
+        parts.setdefault(values, []).extend(
+            block_metrics(block, batch, start, data.relevance_threshold, k))
+        done[values] = start + block.shape[0]
+    if done != dict.fromkeys(grid, len(batch)):
+        raise ValueError(f"the grid scores cover {done} tasks, not {len(batch)} of each "
+                         f"combination of {grid}")
+    ndcg = [mean_ndcg(parts[values]) for values in grid]
+    record: dict[str, Any] = {"grid": [plain(v) for v in grid], f"val_ndcg@{k}": ndcg}
+    chosen = max(range(len(grid)), key=lambda i: finite_or(ndcg[i]))   # first of the best
+    best = make(*grid[chosen])
+    if ndcg[chosen] != ndcg[chosen]:   # every score NaN: no task has a relevant query item
+        log.warning("no validation task has a query item rated >= %g: %s keeps the first "
+                    "grid value %s", data.relevance_threshold, best.name, grid[chosen])
+        record["note"] = "no relevant validation item: first grid value kept"
+    return best, {", ".join(axes): record, **dict(zip(axes, grid[chosen], strict=True))}
 
 
 def interaction_matrix(data: EpisodeData, window: int = 0, positive: bool = False
