@@ -17,6 +17,7 @@ from metarec import algorithms
 from metarec.algorithms.ease import Ease, EaseParams
 from metarec.algorithms.itemknn import ItemKNN, ItemKNNParams, top_neighbours
 from metarec.algorithms.most_popular import MostPopular, MostPopularParams
+from metarec.algorithms.popular_now import PopularNow
 from metarec.config import ModelParams, TrainParams
 from metarec.data.encoding import encode_entity
 from metarec.data.tasks import EpisodeData, to_batch, validation_tasks
@@ -187,7 +188,7 @@ def test_a_planted_test_interaction_changes_no_item_side_fit(name: str) -> None:
             assert torch.equal(sa[key], sb[key]), key
         else:
             assert sa[key] == sb[key], key
-    assert isinstance(a, (Ease, ItemKNN, MostPopular)) or a.predicts_ratings
+    assert isinstance(a, (Ease, ItemKNN, MostPopular, PopularNow)) or a.predicts_ratings
 
 
 # ---- contracts the mutation run found untested ------------------------------------------
