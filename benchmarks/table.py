@@ -340,6 +340,50 @@ def public_checks_table(results: Path = RESULTS) -> str:
     return "\n".join(lines)
 
 
+def scale_table(results: Path = RESULTS) -> str:
+    """benchmarks/scale.py: each scale config's stages (minutes, peak memory), the slowest
+    fits, the loss the size rule chose, and the goal of issue #39."""
+    runs = sorted(results.glob("scale_*.json"))
+    if not runs:
+        return "_No scale run yet: `python benchmarks/scale.py`._"
+    lines: list[str] = []
+    for path in runs:
+        r = json.loads(path.read_text(encoding="utf-8"))
+        o = r["overlay"].get("ingest", {}).get("synthetic", {})
+        goal = r.get("goal", {})
+        minutes = goal.get("minutes_1_seed" if len(r["seeds"]) == 1 else "minutes_3_seeds")
+        verdict = ("not completed" if not r.get("completed") else
+                   _met(minutes is None or r["total_minutes"] <= minutes)
+                   if "peak_gib" not in goal else
+                   _met(r["total_minutes"] <= minutes and r["peak_rss_gib"] <= goal["peak_gib"]))
+        lines += [f"**{r['params']}** ({o.get('interactions', 0):,} interactions, "
+                  f"{o.get('items', 0):,} items, {o.get('users', 0):,} users; seeds "
+                  f"{r['seeds']}; commit {r['commit'][:7]}): {r['total_minutes']} min, peak "
+                  f"{r['peak_rss_gib']} GiB; goal "
+                  + (f"{minutes} min" if minutes else "–")
+                  + (f", {goal['peak_gib']} GiB" if "peak_gib" in goal else "")
+                  + f": {verdict}", "",
+                  "| stage | minutes | CPU minutes | peak RSS (GiB) | exit |",
+                  "|---|---|---|---|---|"]
+        for st in r["stages"]:
+            lines.append(f"| {st['stage']} | {st['seconds'] / 60:.1f} | "
+                         f"{st['cpu_seconds'] / 60:.1f} | {st['peak_rss_mib'] / 1024:.2f} | "
+                         f"{st['returncode']} |")
+        t = r.get("train")
+        if t:
+            timed = {n: f for n, f in t["fits"].items()
+                     if isinstance(f.get("fit_seconds"), (int, float))}
+            slow = sorted(timed, key=lambda n: -timed[n]["fit_seconds"])[:8]
+            obj = t.get("objective") or {}
+            lines += ["", f"Training: loss {obj.get('loss')} ({obj.get('item_ids')} item ids, "
+                      f"sampled above {obj.get('sampled_above')}); slowest fits: " + ", ".join(
+                          f"{n} {timed[n]['fit_seconds']:.0f} s"
+                          + (f" ({timed[n]['stopped_by']}, {timed[n]['steps']} steps)"
+                             if timed[n].get("stopped_by") else "") for n in slow) + "."]
+        lines.append("")
+    return "\n".join(lines)
+
+
 def multilingual_table(results: Path = RESULTS) -> str:
     """Item-cold and user-and-item-cold catalogue nDCG with no text, hashed n-grams and the
     semantic encoder on each data set of ``multilingual.json`` (paired differences, CI), the
@@ -420,7 +464,8 @@ SECTIONS = [(BEGIN, END, table),
             ("<!-- text:begin -->", "<!-- text:end -->", text_table),
             ("<!-- platforms:begin -->", "<!-- platforms:end -->", platforms_table),
             ("<!-- item-cold:begin -->", "<!-- item-cold:end -->", item_cold_table),
-            ("<!-- multilingual:begin -->", "<!-- multilingual:end -->", multilingual_table)]
+            ("<!-- multilingual:begin -->", "<!-- multilingual:end -->", multilingual_table),
+            ("<!-- scale:begin -->", "<!-- scale:end -->", scale_table)]
 
 
 def render(readme: str, body: str, begin: str = BEGIN, end: str = END) -> str:

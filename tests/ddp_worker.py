@@ -29,8 +29,10 @@ def _digest(state: dict[str, torch.Tensor]) -> str:
 
 
 def main(spec_path: str) -> None:
+    from metarec import fitting
     from metarec.params import parse
     from metarec.stages import train as stage
+    from metarec.train import entries
     from metarec.train.distributed import global_rank
 
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
@@ -38,11 +40,11 @@ def main(spec_path: str) -> None:
     params = parse({"model": spec["model"], "train": spec["train"]})
     digests: dict[str, str] = {}
     written: list[str] = []
-    fit, save, write = stage.fit_meta, stage.save_model, stage.write_json
+    fit, save, write = entries.fit_meta, fitting.save_model, stage.write_json
 
-    def fit_and_digest(name: str, *args: Any, **kwargs: Any) -> Any:
-        result = fit(name, *args, **kwargs)
-        digests[name] = _digest(result.learner.state_dict())
+    def fit_and_digest(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        result = fit(cls, *args, **kwargs)
+        digests[cls.name] = _digest(result.learner.state_dict())
         return result
 
     def save_and_record(path: Any, *args: Any, **kwargs: Any) -> Any:
@@ -53,9 +55,9 @@ def main(spec_path: str) -> None:
         written.append(Path(path).name)
         return write(obj, path)
 
-    stage.load_episodes = lambda directory: data
-    stage.fit_meta = fit_and_digest
-    stage.save_model = save_and_record
+    fitting.load_episodes = lambda directory: data
+    entries.fit_meta = fit_and_digest
+    fitting.save_model = save_and_record
     stage.write_json = write_and_record
     out = Path(spec["out"])
     metrics = stage.run(params.model, params.train, out / "episodes", out / "models",

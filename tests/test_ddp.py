@@ -20,6 +20,7 @@ from types import SimpleNamespace
 import pytest
 from meta_fixtures import episode_data, fit_algorithm
 
+from metarec import fitting
 from metarec.algorithms.finetune import FinetuneParams
 from metarec.algorithms.reptile import ReptileParams
 from metarec.algorithms.ridge import RidgeParams
@@ -37,7 +38,7 @@ SECTIONS = {"ridge": RidgeParams(outer_lr=0.01), "finetune": FinetuneParams(step
             "reptile": ReptileParams(mode="adam")}
 TRAIN = TrainParams(algorithms=("fomaml", "reptile", "ridge"), max_steps=30, val_every=10,
                     meta_batch=16, outer_lr=0.01, inner_lr=0.1, inner_steps=2, seeds=(0,),
-                    sections=SECTIONS)
+                    sections=SECTIONS, workers=1)
 DDP = replace(TRAIN, strategy="ddp", devices=2)
 RTOL = 1e-3
 
@@ -104,7 +105,7 @@ def test_ddp_two_ranks_match_one_process(data, tmp_path, monkeypatch):
     best step, both runs lower the validation loss, and only rank 0 writes files.
     """
     ranks = _launch(tmp_path / "ddp", data, DDP)
-    monkeypatch.setattr(train_stage, "load_episodes", lambda directory: data)
+    monkeypatch.setattr(fitting, "load_episodes", lambda directory: data)
     one = train_stage.run(MODEL, TRAIN, tmp_path, tmp_path / "one",
                           tmp_path / "one" / "train.json")["seeds"]["seed0"]
     r0, r1 = ranks

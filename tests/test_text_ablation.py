@@ -18,6 +18,7 @@ from metarec.config import TrainParams
 from metarec.data import views
 from metarec.data.encoding import encode_entity
 from metarec.data.tasks import EpisodeData, load_episodes
+from metarec import fitting
 from metarec.errors import ParamsError
 from metarec.params import parse
 from metarec.stages import episodes, evaluate, ingest, train, validate
@@ -128,8 +129,8 @@ def test_text_ablation_without_text_vectors_is_refused() -> None:
         tasks=pd.DataFrame(), users=None, items=None,
         vocab={"items": {"features": {"year": {"kind": "numeric"}}}})
     with pytest.raises(ParamsError, match="episodes.text_encoder"):
-        train._views(TrainParams(text_ablation=True), data)
-    assert train._views(TrainParams(), data) == ()
+        fitting.ablation_views(TrainParams(text_ablation=True), data)
+    assert fitting.ablation_views(TrainParams(), data) == ()
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["train"]["text_ablation"] = True              # and episodes.text_encoder: none
     with pytest.raises(ParamsError, match="train.text_ablation: there is no text"):
@@ -139,14 +140,14 @@ def test_text_ablation_without_text_vectors_is_refused() -> None:
 def test_the_nightly_batch_scores_with_a_variant(project: dict, tmp_path: Path) -> None:
     """A variant read by the nightly engine sees the features it was trained on: its batch
     has the same users as maml's, and other scores (maml reads the titles)."""
-    from metarec.config import ScoreParams
+    from metarec.config import IngestParams, ScoreParams, ValidateParams
     from metarec.stages import score
 
     root, out = project["root"], {}
     for name in ("maml~notext", "maml"):
         folder = score.run(ScoreParams(model=name, as_of="1970-07-01", active_days=60,
-                                       max_interactions=30), root / "validated",
-                           root / "models" / "seed0", tmp_path / name)
+                                       max_interactions=30), ValidateParams(),
+                           IngestParams(), root / "validated", root / "models", tmp_path / name)
         out[name] = pd.read_parquet(folder / "recommendations.parquet")
     plain, full = out["maml~notext"], out["maml"]
     assert len(plain) > 0 and plain["user_id"].tolist() == full["user_id"].tolist()

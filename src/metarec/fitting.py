@@ -163,6 +163,7 @@ def fit_job(data: EpisodeData, job: FitJob, model: ModelParams, train: TrainPara
     if job.view is not None:
         log_dir = log_dir / job.view
     fitted: dict[str, Predictor] = dict(prefit)
+    took: dict[str, float | str] = dict.fromkeys(prefit, "probe")
     for name in job.names:
         if writer:
             console.print(f"[bold]train[/] seed {', '.join(map(str, job.seeds))} "
@@ -170,7 +171,9 @@ def fit_job(data: EpisodeData, job: FitJob, model: ModelParams, train: TrainPara
         if name not in fitted:
             ctx = FitContext(data=data, model=model, train=run_params, log_dir=log_dir,
                              fitted=fitted, draw=draw)
+            begun = time.perf_counter()
             fitted[name] = algorithms.get(name).fit(ctx)
+            took[name] = round(time.perf_counter() - begun, 2)
         if writer:
             _report(name, fitted[name].tuning)
     for s in job.seeds if writer else ():
@@ -181,8 +184,11 @@ def fit_job(data: EpisodeData, job: FitJob, model: ModelParams, train: TrainPara
         for name in job.names:
             save_model(out_dir / f"seed{s}" / f"{views.variant(name, job.view)}.pt",
                        fitted[name], params, data.vocab, job.view)
-    return {s: {views.variant(name, job.view): fitted[name].tuning for name in job.names}
-            for s in job.seeds}
+    # the record's copy says how long each fit took (the model's own tuning record, which
+    # its checkpoint keeps, holds no clock); "probe": fitted by the draw or rate search
+    return {s: {views.variant(name, job.view): {**fitted[name].tuning,
+                                                "fit_seconds": took[name]}
+                for name in job.names} for s in job.seeds}
 
 
 def choose_draw(names: list[str], pool: Workers, model: ModelParams, train: TrainParams,

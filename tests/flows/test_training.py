@@ -116,7 +116,7 @@ def test_bad_params_fail_the_flow_before_any_stage_runs(trained: UUID, project: 
     write_params(broken, {"train": {"algorithms": ["no-such-algorithm"]}})
     state = load_flow("training", broken)(project_dir=str(broken), return_state=True)
     assert state.is_failed()
-    assert "train.algorithms: unknown 'no-such-algorithm' (valid: fomaml" in state.message
+    assert "train.algorithms: unknown 'no-such-algorithm' (valid: encoder, fomaml" in state.message
     assert task_runs(state.state_details.flow_run_id) == {}
 
 

@@ -122,6 +122,6 @@ def seen_items(data: EpisodeData, batch: TaskBatch, params: EvaluateParams
     if pairs.empty:
         return None
     seen = torch.zeros(len(batch), len(data.items), dtype=torch.bool)
-    seen[torch.from_numpy(pairs["task"].to_numpy(np.int64)),
-         torch.from_numpy(pairs["item_idx"].to_numpy(np.int64))] = True
+    seen[torch.as_tensor(pairs["task"].to_numpy(np.int64, copy=True)),
+         torch.as_tensor(pairs["item_idx"].to_numpy(np.int64, copy=True))] = True
     return seen

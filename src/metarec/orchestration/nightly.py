@@ -63,7 +63,8 @@ def check_landing(params: Params, day: str) -> None:
         raise MissingDay(f"no landing file for {day} (expected {day}.parquet or {day}.csv)",
                          file=str(folder))
     if today[0].stat().st_size == 0:
-        raise MissingDay(f"the landing file for {day} is empty (0 bytes)", file=str(today[0]))
+        raise MissingDay(f"file is empty (0 bytes): the landing file for {day} holds nothing",
+                         file=str(today[0]))
     fmt = landing_format(params.ingest.source, params.ingest.table)
     if read_log(today[0], fmt, allow_empty=True).empty:
         raise MissingDay(f"the landing file for {day} holds no rows (a header only)",

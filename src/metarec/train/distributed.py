@@ -42,14 +42,14 @@ def check(train: TrainParams, classes: Iterable[Any]) -> None:
             raise ParamsError("train.devices and train.num_nodes above 1 need "
                               "train.strategy: ddp")
         return
-    if train.workers != 1:
-        raise ParamsError(f"train.strategy ddp trains in the processes torchrun started: set "
-                          f"train.workers to 1 (now {train.workers})")
-    for cls in classes:
+    for cls in classes:     # what DDP cannot do at all first, then how to run it
         reason = cls.ddp_refusal(train)
         if reason is not None:
             raise ParamsError(f"train.strategy ddp cannot train {cls.name!r}: {reason} "
                               "(or remove it from train.algorithms)")
+    if train.workers != 1:
+        raise ParamsError(f"train.strategy ddp trains in the processes torchrun started: set "
+                          f"train.workers to 1 (now {train.workers})")
     n = world_size(train)
     if train.meta_batch % n:
         raise ParamsError(f"train.meta_batch ({train.meta_batch}) must be a multiple of the "
