@@ -13,12 +13,12 @@ import pytest
 import torch
 import yaml
 
+from metarec import fitting
 from metarec.checkpoint import load_model, read_checkpoint
 from metarec.config import TrainParams
 from metarec.data import views
 from metarec.data.encoding import encode_entity
 from metarec.data.tasks import EpisodeData, load_episodes
-from metarec import fitting
 from metarec.errors import ParamsError
 from metarec.params import parse
 from metarec.stages import episodes, evaluate, ingest, train, validate

@@ -40,7 +40,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def _without_seconds(obj: Any) -> Any:
     """A fit's record without its wall-clock seconds (the one value that may differ)."""
     if isinstance(obj, dict):
-        return {k: _without_seconds(v) for k, v in obj.items() if k not in ("seconds", "fit_seconds")}
+        return {k: _without_seconds(v) for k, v in obj.items()
+                if k not in ("seconds", "fit_seconds")}
     if isinstance(obj, list):
         return [_without_seconds(v) for v in obj]
     return obj
