@@ -138,3 +138,37 @@ def test_the_multilingual_table_shows_each_comparison_and_the_goals(tmp_path: Pa
            "+0.020 [-0.010, +0.050] |" in text
     assert "| use-multilingual | maml | 0.810 / 0.740 |" in text
     assert "maml: beats hashed at every K: **missed**" in text
+
+
+def _scale_run(minutes: float, peak_mib: float, completed: bool = True) -> dict:
+    stages = [{"stage": s, "seconds": minutes * 60 / 2, "cpu_seconds": 60.0,
+               "peak_rss_mib": peak_mib, "returncode": 0} for s in ("train", "evaluate")]
+    return {"params": "scale_100k", "overlay": {"ingest": {"synthetic": {
+        "interactions": 2_000_000, "items": 100_000, "users": 30_000}}}, "seeds": [0],
+        "commit": "0123456789abcdef", "goal": {"minutes_1_seed": 60, "peak_gib": 16},
+        "stages": stages, "total_minutes": minutes, "peak_rss_gib": peak_mib / 1024,
+        "completed": completed,
+        "train": {"objective": {"loss": "sampled", "item_ids": 100_001,
+                                "sampled_above": 5000},
+                  "fits": {"maml": {"fit_seconds": 61.0, "stopped_by": "time budget",
+                                    "steps": 300},
+                           "pretrain": {"fit_seconds": "probe"}}}}
+
+
+def test_the_scale_table_judges_time_and_memory_and_never_calls_a_partial_run_met(
+        tmp_path: Path) -> None:
+    """Each scale run: its stages, the loss the size rule chose, the slowest fits, and the
+    goal judged on both minutes and peak memory; a run that stopped is not met."""
+    scale_table = _table_module().scale_table
+    path = tmp_path / "scale_100k.json"
+    path.write_text(json.dumps(_scale_run(50.0, 8 * 1024)))
+    text = scale_table(tmp_path)
+    assert "50.0 min" in text and "goal 60 min, 16 GiB: met" in text
+    assert "loss sampled" in text and "maml 61 s (time budget, 300 steps)" in text
+    assert "| train | 25.0 |" in text and "pretrain" not in text   # a probe's fit has no time
+    path.write_text(json.dumps(_scale_run(50.0, 20 * 1024)))
+    assert "**missed**" in scale_table(tmp_path)                 # memory over the goal
+    path.write_text(json.dumps(_scale_run(70.0, 8 * 1024)))
+    assert "**missed**" in scale_table(tmp_path)                 # time over the goal
+    path.write_text(json.dumps(_scale_run(10.0, 8 * 1024, completed=False)))
+    assert "not completed" in scale_table(tmp_path) and ": met" not in scale_table(tmp_path)

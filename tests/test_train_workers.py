@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -164,6 +165,24 @@ def test_workers_return_more_tensors_than_the_process_may_open_files() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert [len(o) for o in out] == [400, 400]
     assert out[1][399].tolist() == [1399.0] * 3 and out[0][0].tolist() == [0.0] * 3
+
+
+def _slow_or_failing(shared: None, seconds: float) -> float:
+    if seconds < 0:
+        raise ArithmeticError("planted: this fit diverged")
+    time.sleep(seconds)
+    return seconds
+
+
+def test_a_failing_job_ends_the_map_at_once_and_the_pool_runs_again() -> None:
+    """A fit that fails (a diverged meta-learner) ends the stage when it fails, not after the
+    other worker's long job; the jobs after it never start and the next map works."""
+    with Workers(None, 2, 1) as pool:
+        start = time.perf_counter()
+        with pytest.raises(ArithmeticError, match="planted"):
+            pool.map(_slow_or_failing, [(60.0,), (-1.0,), (60.0,), (60.0,)])
+        assert time.perf_counter() - start < 30
+        assert pool.map(_slow_or_failing, [(0.0,), (0.01,)]) == [0.0, 0.01]
 
 
 def test_ddp_trains_in_the_processes_torchrun_started() -> None:

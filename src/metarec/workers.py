@@ -127,7 +127,24 @@ class Workers:
             return out
         pool = self._processes()
         futures = [pool.submit(_call, fn, args) for fn, args in calls]
-        for _ in as_completed(futures):
+        for future in as_completed(futures):
+            if future.exception() is not None:
+                # fail fast: a diverged fit or a bad input ends the stage now, not after the
+                # other workers' jobs (tens of minutes on a large log) ran for nothing
+                self._abort(futures)
+                future.result()
             if done is not None:
                 done()
         return [pickle.loads(f.result()) for f in futures]
+
+    def _abort(self, futures: Sequence[Any]) -> None:
+        """Cancel the jobs not started and stop the worker processes mid-job; the next
+        :meth:`run` starts new ones."""
+        for future in futures:
+            future.cancel()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            # the executor has no public way to stop running jobs: end its processes
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.terminate()
+            pool.shutdown(wait=True, cancel_futures=True)

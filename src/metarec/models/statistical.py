@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import itertools
 import logging
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+import scipy.sparse
 import torch
 
 from metarec.config import bounded
@@ -283,10 +283,17 @@ def interaction_matrix(data: EpisodeData, window: int = 0, positive: bool = Fals
 
 
 def sparse_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` of sparse matrices as a dense one (torch's beta-CSR notice silenced)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse.mm(a, b).to_dense()
+    """``a @ b`` of sparse COO matrices as a dense one, by scipy's CSR product: torch's
+    sparse-sparse product took minutes for the 10^4 x 10^4 Gram of a 2M-interaction log
+    (issue #39), scipy's takes seconds. Counts (sums of ones) are exact either way."""
+    left, right = _csr(a), _csr(b)
+    return torch.from_numpy((left @ right).toarray())
+
+
+def _csr(x: torch.Tensor) -> scipy.sparse.csr_matrix:
+    x = x.coalesce()
+    rows, cols = x.indices().numpy()
+    return scipy.sparse.csr_matrix((x.values().numpy(), (rows, cols)), shape=tuple(x.shape))
 
 
 def support_matrix(batch: TaskBatch, codes: torch.Tensor, n_codes: int) -> torch.Tensor:
