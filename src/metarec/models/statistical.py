@@ -283,9 +283,9 @@ def interaction_matrix(data: EpisodeData, window: int = 0, positive: bool = Fals
 
 
 def sparse_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` of sparse COO matrices as a dense one, by scipy's CSR product: torch's
-    sparse-sparse product took minutes for the 10^4 x 10^4 Gram of a 2M-interaction log
-    (issue #39), scipy's takes seconds. Counts (sums of ones) are exact either way."""
+    """``a @ b`` of sparse COO matrices as a dense one, by scipy's CSR product (the 10^4 x
+    10^4 Gram of scale_10k's 1.4M training interactions: 4.0 s against 5.5 s for torch's
+    sparse product, one thread; the same counts, exact either way)."""
     left, right = _csr(a), _csr(b)
     return torch.from_numpy((left @ right).toarray())
 
