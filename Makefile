@@ -17,9 +17,9 @@ $(STAMP): pyproject.toml tools/install_venv.py
 
 venv: $(STAMP)
 
-## run: create the environment, run the training flow and the nightly batch of score.as_of on
-## the local Prefect server (started or reused, left up for the UI), push data, models and the
-## batch to the local DVC remote, print the answer
+## run: create the environment, run the training flow, the nightly batch of score.as_of and the
+## backtest stage on the local Prefect server (started or reused, left up for the UI), push
+## data, models and the batch to the local DVC remote, print the answer
 run: venv
 	$(BIN)/dvc remote add --local --force --default localremote $(CURDIR)/.dvc-remote
 	$(BIN)/python -m metarec.orchestration.local

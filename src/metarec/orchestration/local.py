@@ -1,9 +1,10 @@
 """`make run` and `metarec serve` against the project's local Prefect server.
 
 ``main`` (``python -m metarec.orchestration.local``): start or reuse the server, run the
-training flow and the nightly flow for ``score.as_of``, then print one cold-start user's
-recommendations (``make run`` ends with ``metarec summary``). The server is left running so the
-runs can be inspected (``metarec ui --stop`` stops it).
+training flow, the nightly flow for ``score.as_of`` and the backtest stage (``dvc repro -s
+backtest``: every stage of ``dvc.yaml`` has run, so ``dvc status`` is clean), then print one
+cold-start user's recommendations (``make run`` ends with ``metarec summary``). The server is
+left running so the runs can be inspected (``metarec ui --stop`` stops it).
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from rich.console import Console
 
+    from metarec.orchestration.stages import run_stage
     from metarec.orchestration.tasks import examples
 
     console = Console()
@@ -84,6 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     load_flow("training", project)(project_dir=str(project))
     result = load_flow("nightly", project)(as_of=args.as_of or params.score.as_of,
                                            project_dir=str(project))
+    # the last stage of dvc.yaml too, so that `dvc status` is clean after `make run`
+    run_stage("backtest", str(project))
     console.print(examples(result["batch"], ProjectPaths.of(project).validated, users=1),
                   markup=False, highlight=False, soft_wrap=True)
 
