@@ -40,7 +40,6 @@ import pandas as pd
 import torch
 import yaml
 from platforms import run_stages
-from text_eval import overlay
 
 from metarec.data.tasks import load_episodes
 from metarec.data.text import USE_MULTILINGUAL
@@ -49,7 +48,7 @@ from metarec.eval.compare import compare_views
 from metarec.eval.evaluation import Inputs, group_job
 from metarec.eval.groups import TestGroup, groups_of
 from metarec.eval.scoring import eligible_items
-from metarec.params import parse
+from metarec.params import overlaid, parse
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = {"multilingual": ROOT / "benchmarks" / "params" / "multilingual.yaml",
@@ -223,10 +222,10 @@ def _text_rows(ev: dict, encoder: str) -> list[dict[str, Any]]:
 def run_dataset(name: str, path: Path, tmp: Path) -> dict[str, Any]:
     """Both encoders' runs of one data set, their comparisons and (catalogue) the check."""
     runs, seconds, rows = {}, {}, []
-    base = overlay(yaml.safe_load((ROOT / "params.yaml").read_text()),
+    base = overlaid(yaml.safe_load((ROOT / "params.yaml").read_text()),
                    yaml.safe_load(path.read_text()))
     for encoder in ENCODERS:
-        raw = overlay(base, {"episodes": {"text_encoder": encoder},
+        raw = overlaid(base, {"episodes": {"text_encoder": encoder},
                              "train": {"text_ablation": True}})
         cwd = tmp / name / encoder
         cwd.mkdir(parents=True)

@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from metarec.eval.headline import best_meta
-from metarec.params import parse
+from metarec.params import overlaid, parse
 from metarec.stages import episodes, evaluate, ingest, train, validate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,19 +42,10 @@ SCENARIO = "user_cold"
 MATCH = -0.01            # "at least matches": the CI's lower bound above -1% of the peer's mean
 
 
-def merged(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``overlay``'s keys replaced, section by section."""
-    out = dict(base)
-    for key, value in overlay.items():
-        out[key] = (merged(base[key], value) if isinstance(value, dict)
-                    and isinstance(base.get(key), dict) else value)
-    return out
-
-
 def run_check(name: str, seeds: list[int]) -> dict[str, Any]:
     """One check's pipeline in a temporary folder; its summary."""
     overlay = yaml.safe_load((ROOT / "benchmarks" / "params" / CHECKS[name]).read_text())
-    raw = merged(yaml.safe_load((ROOT / "params.yaml").read_text()), overlay)
+    raw = overlaid(yaml.safe_load((ROOT / "params.yaml").read_text()), overlay)
     raw["train"] = {**raw["train"], "seeds": seeds}
     p = parse(raw)
     start = time.perf_counter()

@@ -32,6 +32,8 @@ from typing import Any
 
 import yaml
 
+from metarec.params import overlaid
+
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("ingest", "validate", "episodes", "train", "evaluate")
 # the goals of issue #39 on the 2-core machine, by params file: minutes for the whole run
@@ -40,15 +42,6 @@ GOALS: dict[str, dict[str, float]] = {
     "scale_10k": {"minutes_1_seed": 15, "minutes_3_seeds": 30},
     "scale_100k": {"minutes_1_seed": 60, "minutes_3_seeds": 60, "peak_gib": 16},
 }
-
-
-def merged(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``overlay``'s keys replaced, section by section."""
-    out = dict(base)
-    for key, value in overlay.items():
-        out[key] = (merged(base[key], value) if isinstance(value, dict)
-                    and isinstance(base.get(key), dict) else value)
-    return out
 
 
 def stage_command(stage: str) -> list[str]:
@@ -102,7 +95,7 @@ def main() -> None:
 
     name = Path(args.params).stem
     overlay = yaml.safe_load(Path(args.params).read_text())
-    raw = merged(yaml.safe_load((ROOT / "params.yaml").read_text()), overlay)
+    raw = overlaid(yaml.safe_load((ROOT / "params.yaml").read_text()), overlay)
     if args.seeds is not None:
         raw["train"] = {**raw["train"], "seeds": args.seeds}
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"{name}.json")

@@ -28,18 +28,11 @@ from typing import Any
 import yaml
 from platforms import print_with_without, run_stages
 
+from metarec.params import overlaid
+
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "benchmarks" / "params" / "ml100k_text.yaml"
 RESULT = ROOT / "benchmarks" / "results" / "text_eval.json"
-
-
-def overlay(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``extra``'s keys replaced, section by section."""
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = (overlay(base[key], value) if isinstance(value, dict)
-                    and isinstance(base.get(key), dict) else value)
-    return out
 
 
 def main() -> dict[str, Any]:
@@ -48,7 +41,7 @@ def main() -> dict[str, Any]:
     ap.add_argument("--out", type=Path, default=RESULT)
     args = ap.parse_args()
     start = time.perf_counter()
-    raw = overlay(yaml.safe_load((ROOT / "params.yaml").read_text()),
+    raw = overlaid(yaml.safe_load((ROOT / "params.yaml").read_text()),
                   yaml.safe_load(args.params.read_text()))
     with tempfile.TemporaryDirectory(prefix="metarec-text-") as tmp:
         cwd = Path(tmp)

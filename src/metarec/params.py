@@ -22,6 +22,16 @@ from metarec.errors import ParamsError
 from metarec.schema import instant, is_loopback
 
 
+def overlaid(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """Raw params ``base`` with ``overlay``'s keys replaced, section by section: a shipped
+    params file (``benchmarks/params/``) names only the keys that differ from params.yaml."""
+    out = dict(base)
+    for key, value in overlay.items():
+        out[key] = (overlaid(base[key], value) if isinstance(value, dict)
+                    and isinstance(base.get(key), dict) else value)
+    return out
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read, parse and check ``path``; raises :class:`ParamsError` naming the key."""
     path = Path(path)
