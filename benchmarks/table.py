@@ -377,6 +377,12 @@ def scale_table(results: Path = RESULTS) -> str:
             lines.append(f"| {st['stage']} | {st['seconds'] / 60:.1f} | "
                          f"{st['cpu_seconds'] / 60:.1f} | {st['peak_rss_mib'] / 1024:.2f} | "
                          f"{st['returncode']} |")
+        failed = [st for st in r["stages"] if st["returncode"]]
+        for st in failed:
+            said = [ln for ln in st.get("error_tail", "").splitlines() if ln.strip()]
+            errors = [ln for ln in said if ln.lower().startswith("error")] or said[-1:]
+            lines += ["", f"{st['stage']} stopped (exit {st['returncode']}): "
+                      + (errors[-1].strip() if errors else "no output")]
         t = r.get("train")
         if t:
             timed = {n: f for n, f in t["fits"].items()

@@ -170,5 +170,9 @@ def test_the_scale_table_judges_time_and_memory_and_never_calls_a_partial_run_me
     assert "**missed**" in scale_table(tmp_path)                 # memory over the goal
     path.write_text(json.dumps(_scale_run(70.0, 8 * 1024)))
     assert "**missed**" in scale_table(tmp_path)                 # time over the goal
-    path.write_text(json.dumps(_scale_run(10.0, 8 * 1024, completed=False)))
-    assert "not completed" in scale_table(tmp_path) and ": met" not in scale_table(tmp_path)
+    run = _scale_run(10.0, 8 * 1024, completed=False)
+    run["stages"][0].update(returncode=2, error_tail="INFO a\nerror: maml diverged\n")
+    path.write_text(json.dumps(run))
+    text = scale_table(tmp_path)
+    assert "not completed" in text and ": met" not in text
+    assert "train stopped (exit 2): error: maml diverged" in text
