@@ -316,3 +316,21 @@ def test_the_size_rule_trains_large_catalogues_on_the_sampled_loss(data):
     assert learner.objective.loss == "sampled"
     large = replace(small, objective=replace(small.objective, sampled_above=1000))
     assert algorithms.get("maml").create(data, MODEL, large).objective.loss == "softmax"
+
+
+def test_a_diverging_inner_rate_loses_the_search_and_is_recorded(data, tmp_path):
+    """A rate whose probe diverges is the search's loser, named in the record, not the end of
+    the train stage (a large catalogue's maml diverged at the search's larger rate); when
+    every rate diverges the stage fails, naming the algorithm."""
+    from metarec.workers import Workers
+
+    search = replace(TRAIN.search, inner_lr=(0.1, 1e30), budget_s=1e9)
+    train = replace(TRAIN, algorithms=("fomaml",), baselines=(), seeds=(0,), search=search)
+    with Workers(data, 1, 1) as pool:
+        lr, record, fits = fitting.choose_inner_lr(["fomaml"], pool, MODEL, train, tmp_path,
+                                                   None, True, 0.0)
+        assert lr == 0.1 and set(fits) == {0.1} and set(record["val_loss"]) == {"0.1"}
+        assert record["diverged"]["1e+30"].startswith("fomaml (seed 0)")
+        every = replace(train, search=replace(search, inner_lr=(1e30, 1e31)))
+        with pytest.raises(TrainingDiverged, match=r"fomaml \(seed 0\)"):
+            fitting.choose_inner_lr(["fomaml"], pool, MODEL, every, tmp_path, None, True, 0.0)

@@ -31,6 +31,7 @@ from metarec.errors import ParamsError
 from metarec.io import atomic_dir
 from metarec.models.base import FitContext, Predictor
 from metarec.train import distributed
+from metarec.train.module import TrainingDiverged
 from metarec.workers import Workers
 
 console = Console(stderr=True)
@@ -225,8 +226,9 @@ def choose_inner_lr(names: list[str], pool: Workers, model: ModelParams, train: 
     loss wins. ``train.inner_lr`` when the grid holds fewer than two rates, when no algorithm
     has an inner loop, or when the draw probes already spent ``train.search.budget_s``
     seconds (``spent``; said in the record). ``known``: probes already fitted (the draw
-    probe at ``train.inner_lr``), used when they are this probe's algorithm. Returns (rate,
-    record, probe predictors)."""
+    probe at ``train.inner_lr``), used when they are this probe's algorithm. A rate whose
+    probe diverges loses (the record names it under ``diverged``); when all do, the stage
+    fails. Returns (rate, record, probe predictors)."""
     grid = train.search.inner_lr
     probe = next((n for n in names if algorithms.get(n).capabilities.tunable_steps
                   and algorithms.get(n).capabilities.uses_draws), None)
@@ -237,16 +239,33 @@ def choose_inner_lr(names: list[str], pool: Workers, model: ModelParams, train: 
                                 f"{train.search.budget_s:g} s budget (train.search.budget_s)"}, {}
     fits = {lr: fit for lr, fit in (known or {}).items() if lr in grid and fit.name == probe}
     todo = [lr for lr in grid if lr not in fits]
-    fits.update(zip(todo, pool.map(probe_job, [(probe, model, replace(train, inner_lr=lr),
-                                                out_dir, draw, writer) for lr in todo]),
-                    strict=True))
-    losses = {lr: float(fits[lr].tuning["best_val_loss"]) for lr in grid}
+    done = pool.map(probe_or_divergence, [(probe, model, replace(train, inner_lr=lr), out_dir,
+                                           draw, writer) for lr in todo])
+    diverged = {lr: out for lr, out in zip(todo, done, strict=True) if isinstance(out, str)}
+    fits.update((lr, out) for lr, out in zip(todo, done, strict=True)
+                if not isinstance(out, str))
+    if not fits:                                     # every rate diverged: nothing to keep
+        raise TrainingDiverged(next(iter(diverged.values())))
+    losses = {lr: float(fits[lr].tuning["best_val_loss"]) if lr in fits else float("inf")
+              for lr in grid}
     chosen = min(losses, key=lambda lr: (losses[lr], grid.index(lr)))
     if writer:
         console.print(f"[bold]train[/] inner learning rate: {chosen:g} ({losses})")
-    record = {"probe": probe, "val_loss": {f"{lr:g}": v for lr, v in losses.items()},
-              "chosen": chosen}
+    record = {"probe": probe, "val_loss": {f"{lr:g}": v for lr, v in losses.items()
+                                           if lr in fits}, "chosen": chosen}
+    if diverged:
+        record["diverged"] = {f"{lr:g}": message for lr, message in diverged.items()}
     return chosen, record, fits
+
+
+def probe_or_divergence(data: EpisodeData, probe: str, model: ModelParams, train: TrainParams,
+                        out_dir: Path, mode: str | None, writer: bool) -> Predictor | str:
+    """:func:`probe_job`, or the message of its divergence: a rate that diverges loses the
+    search (and is recorded) instead of ending the train stage."""
+    try:
+        return probe_job(data, probe, model, train, out_dir, mode, writer)
+    except TrainingDiverged as exc:
+        return str(exc)
 
 
 def probe_job(data: EpisodeData, probe: str, model: ModelParams, train: TrainParams,

@@ -143,8 +143,16 @@ class Workers:
         for future in futures:
             future.cancel()
         pool, self._pool = self._pool, None
-        if pool is not None:
-            # the executor has no public way to stop running jobs: end its processes
-            for process in list(getattr(pool, "_processes", {}).values()):
-                process.terminate()
-            pool.shutdown(wait=True, cancel_futures=True)
+        if pool is None:
+            return
+        # the executor has no public way to stop running jobs: end its processes, then let
+        # it go without waiting (its manager thread may never see a killed worker's result)
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        for process in processes:
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=10)
