@@ -334,3 +334,17 @@ def test_a_diverging_inner_rate_loses_the_search_and_is_recorded(data, tmp_path)
         every = replace(train, search=replace(search, inner_lr=(1e30, 1e31)))
         with pytest.raises(TrainingDiverged, match=r"fomaml \(seed 0\)"):
             fitting.choose_inner_lr(["fomaml"], pool, MODEL, every, tmp_path, None, True, 0.0)
+
+
+def test_a_checkpoint_holds_no_clock_so_two_fits_write_the_same_bytes(data, tmp_path):
+    """The fit's seconds go to metrics/train.json, never into the checkpoint: two runs of the
+    same fit write byte-identical models (and so the same DVC hashes and batch manifests)."""
+    written = []
+    for run in ("a", "b"):
+        fit = fit_algorithm("fomaml", data, MODEL, TRAIN, tmp_path / run)
+        pred = predictor(fit, data)
+        assert "seconds" in pred.fit_metrics and "seconds" not in pred.state()["fit"]
+        path = save_model(tmp_path / run / "fomaml.pt", pred,
+                          {"model": to_dict(MODEL), "train": to_dict(TRAIN)}, data.vocab)
+        written.append(path.read_bytes())
+    assert written[0] == written[1]

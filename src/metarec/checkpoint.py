@@ -68,8 +68,10 @@ def save_model(path: str | Path, predictor: Predictor, params: dict[str, Any],
             "vocab_sha256": vocab_hash(vocab)}
     if view is not None:
         blob["view"] = view
-    with atomic_path(path) as tmp:
-        torch.save(blob, tmp)
+    # saved through a file object: torch names the zip's records after a path's file name,
+    # and the temporary name carries a pid, so saving by path gave other bytes every run
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(blob, fh)
     return Path(path)
 
 

@@ -136,7 +136,10 @@ class AdaptivePredictor(Predictor):
         return self._item_table
 
     def state(self) -> dict[str, Any]:
-        return {**self.learner.state(), "fit": self.fit_metrics}
+        # no clock in a checkpoint: the same inputs, params and code give the same bytes
+        # (how long the fit took stays in metrics/train.json)
+        fit = {k: v for k, v in self.fit_metrics.items() if k != "seconds"}
+        return {**self.learner.state(), "fit": fit}
 
 
 def catalogue_blocks(learner: Learner, fast: Params, user: Feats,
