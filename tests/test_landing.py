@@ -48,7 +48,8 @@ def _score(world: dict, tmp_path: Path, case: Case, policy: str = "quarantine"  
     result = CliRunner().invoke(app, ["score", "--as-of", AS_OF, "--in",
                                       str(world["validated"]), "--models",
                                       str(world["models"]), "--out", str(out), "--params",
-                                      str(params)])
+                                      str(params), "--selection",   # not the project's own
+                                      str(tmp_path / "no-selection.json")])
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception            # a traceback is a failure of this test
     return result.exit_code, " ".join(result.output.split()), out / AS_OF

@@ -679,7 +679,10 @@ def test_cli_score_writes_the_batch_and_fails_cleanly(world, tmp_path):
     params.write_text(f"score:\n  model: maml\n  top_k: 4\n  max_interactions: 3\n"
                       f"  active_days: 3\n  landing_dir: {world['landing']}\n")
     args = ["score", "--as-of", AS_OF, "--in", str(world["validated"]), "--models",
-            str(world["models"]), "--out", str(tmp_path / "recs"), "--params", str(params)]
+            str(world["models"]), "--out", str(tmp_path / "recs"), "--params", str(params),
+            # no evaluation choice: not the project's own metrics/selection.json (after
+            # `make run`, the default path holds one that names another models folder's seed)
+            "--selection", str(tmp_path / "no-selection.json")]
     ok = CliRunner().invoke(app, args)
     assert ok.exit_code == 0, ok.output
     recs = pd.read_parquet(tmp_path / "recs" / AS_OF / "recommendations.parquet")
