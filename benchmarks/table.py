@@ -360,10 +360,9 @@ def scale_table(results: Path = RESULTS) -> str:
         o = r["overlay"].get("ingest", {}).get("synthetic", {})
         goal = r.get("goal", {})
         minutes = goal.get("minutes_1_seed" if len(r["seeds"]) == 1 else "minutes_3_seeds")
-        verdict = ("not completed" if not r.get("completed") else
-                   _met(minutes is None or r["total_minutes"] <= minutes)
-                   if "peak_gib" not in goal else
-                   _met(r["total_minutes"] <= minutes and r["peak_rss_gib"] <= goal["peak_gib"]))
+        in_time = minutes is None or r["total_minutes"] <= minutes
+        in_memory = r["peak_rss_gib"] <= goal.get("peak_gib", float("inf"))
+        verdict = _met(in_time and in_memory) if r.get("completed") else "not completed"
         lines += [f"**{r['params']}** ({o.get('interactions', 0):,} interactions, "
                   f"{o.get('items', 0):,} items, {o.get('users', 0):,} users; seeds "
                   f"{r['seeds']}; commit {r['commit'][:7]}): {r['total_minutes']} min, peak "
