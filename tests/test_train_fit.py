@@ -87,12 +87,44 @@ def test_early_stopping_ends_training_after_patience_stale_validations(data, tmp
         torch.testing.assert_close(v, start.learner.state_dict()[k], rtol=0, atol=0)
 
 
-def test_a_diverging_run_fails_naming_algorithm_seed_and_step(data, tmp_path):
+def test_a_run_diverging_before_any_improvement_fails_naming_algorithm_seed_and_step(
+        data, tmp_path):
     train = replace(TRAIN, outer_lr=1e38, outer_optimizer="sgd", max_steps=20, val_every=5,
                     seed=3)
     with pytest.raises(TrainingDiverged, match=r"fomaml \(seed 3\) diverged at outer step "
                                                r"\d+: .*not finite|fomaml \(seed 3\).*nan"):
         fit_algorithm("fomaml", data, MODEL, train, tmp_path)
+
+
+def test_a_run_that_diverges_after_improving_stops_there_and_keeps_its_best(
+        data, tmp_path, monkeypatch):
+    """The plant: the outer loss turns NaN at step 21 of 30, after two validations (steps 10,
+    20) improved. Training stops at that step, says so, and the learner holds the weights of
+    its best validation (their validation loss is the recorded best), not the NaN ones."""
+    from metarec.meta.features import feature_store
+    from metarec.meta.learner import Learner
+    from metarec.meta.predictor import validation_loss
+    from metarec.train.data import EpisodeDataModule
+
+    real, calls = Learner.outer_loss, [0]
+
+    def planted(self, support, query):
+        calls[0] += 1
+        objective, report = real(self, support, query)
+        return (objective * float("nan") if calls[0] > 20 else objective), report
+
+    monkeypatch.setattr(Learner, "outer_loss", planted)
+    fit = fit_algorithm("fomaml", data, MODEL, TRAIN, tmp_path)
+    assert fit.best_step in (10, 20) and fit.best_val_loss < fit.initial_val_loss
+    assert fit.steps < TRAIN.max_steps
+    assert fit.metrics()["stopped_by"].startswith("diverged at outer step 20 (the outer loss")
+    assert all(torch.isfinite(v).all() for v in fit.learner.state_dict().values())
+    store = feature_store(data, fit.learner.model)
+    fit.learner.use_catalogue(store)
+    dm = EpisodeDataModule(data, TRAIN.meta_batch, seed=TRAIN.seed)
+    dm.setup("fit")
+    again = validation_loss(fit.learner, store, dm.val_tasks, k=TRAIN.val_ndcg_k)
+    assert again == pytest.approx(fit.best_val_loss, rel=1e-6)
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])

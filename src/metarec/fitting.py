@@ -286,3 +286,5 @@ def _report(name: str, record: dict[str, Any]) -> None:
         console.print(f"[bold]train[/] {name}: val loss {record['initial_val_loss']:.4f} -> "
                       f"{record['best_val_loss']:.4f} (step {record['best_step']}, "
                       f"{record['seconds']:.1f} s)")
+        if str(record.get("stopped_by", "")).startswith("diverged"):
+            console.print(f"[bold yellow]train[/] {name}: {record['stopped_by']}")

@@ -48,7 +48,7 @@ class FitResult:
     steps: int
     seconds: float
     history: list[tuple[int, float]] = field(default_factory=list)
-    stopped_by: str | None = None      # patience | time budget | None: train.max_steps
+    stopped_by: str | None = None      # patience, time budget, diverged; None: max_steps
 
     def metrics(self) -> dict[str, Any]:
         return {"initial_val_loss": self.initial_val_loss, "best_val_loss": self.best_val_loss,
