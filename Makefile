@@ -34,7 +34,7 @@ serve: venv
 ui: venv
 	$(BIN)/metarec ui
 
-PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider -n 2
 
 ## test: create or reuse the environment and run the whole suite on both cores, with branch
 ## coverage (modules below 100%, lowest first)

@@ -18,9 +18,6 @@ from metarec.eval.scoring import catalogue_metric
 from metarec.readme import results_markdown
 from metarec.stages import episodes, evaluate, train
 
-# one worker runs the module: its trained fixtures are built once, not once per worker
-pytestmark = pytest.mark.xdist_group("test_evaluate")
-
 
 @pytest.fixture(scope="module")
 def knobs(synthetic_project: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:

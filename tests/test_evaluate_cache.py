@@ -3,7 +3,6 @@ cached states, with the same numbers as members adapting afresh."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from metarec.data.tasks import load_episodes
@@ -12,8 +11,6 @@ from metarec.eval.ensembles import build_ensembles
 from metarec.eval.evaluation import AdaptCache, load_models
 from metarec.eval.groups import TestGroup
 from metarec.eval.scoring import score_batch
-
-pytestmark = pytest.mark.xdist_group("test_evaluate")   # the session project's worker
 
 
 def test_ensembles_score_cached_member_states_as_if_adapted_afresh(synthetic_project: dict

@@ -26,8 +26,7 @@ import torch
 import yaml
 from conftest import ROOT
 
-pytestmark = [pytest.mark.slow,                        # real `metarec` subprocesses
-              pytest.mark.xdist_group("reliability")]  # one worker builds the project once
+pytestmark = pytest.mark.slow                          # real `metarec` subprocesses
 
 AS_OF = "1998-02-20"
 BIN = Path(sys.executable).parent

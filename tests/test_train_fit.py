@@ -23,9 +23,6 @@ from metarec.stages import train as train_stage
 from metarec.train.fit import FitResult
 from metarec.train.module import MetaLearner, TrainingDiverged
 
-# one worker runs the module: its trained fixtures are built once, not once per worker
-pytestmark = pytest.mark.xdist_group("test_train_fit")
-
 # from a random start, so that training has something to lower (the SVD warm start of the
 # default is tested in test_warm_start.py)
 MODEL = ModelParams(interaction="dot", embedding_dim=8, hidden=(16,), adapt="user",

@@ -23,8 +23,6 @@ from metarec.models.base import FitContext
 from metarec.stages import episodes, ingest, train, validate
 from metarec.workers import Workers
 
-pytestmark = pytest.mark.xdist_group("test_train_workers")   # one tiny project per session
-
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
