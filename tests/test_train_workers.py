@@ -126,6 +126,17 @@ def test_jobs_keep_requirements_together_and_put_the_longest_first() -> None:
     assert fits == sorted((s, n) for s in (0, 1) for n in names)
 
 
+def test_on_a_large_catalogue_the_dense_item_fits_go_first() -> None:
+    """EASE's grid (a dense items x items inverse per penalty) is the longest fit at 10^4
+    items: past the size rule it leads, before the meta-learners; below it, it stays with the
+    cheap baselines."""
+    names = algorithms.fit_order(["global_mean", "ease", "maml", "fomaml"])
+    large = fitting.plan_jobs(names, (0,), large=True)
+    assert [j.names for j in large] == [("ease",), ("maml",), ("fomaml",), ("global_mean",)]
+    small = fitting.plan_jobs(names, (0,))
+    assert [j.names for j in small] == [("maml",), ("fomaml",), ("global_mean",), ("ease",)]
+
+
 def _matmul(shared: torch.Tensor, power: int) -> tuple[torch.Tensor, int]:
     return (shared @ shared.T) ** power, torch.get_num_threads()
 

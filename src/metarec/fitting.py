@@ -61,12 +61,14 @@ def ablation_views(train: TrainParams, data: EpisodeData) -> tuple[str, ...]:
 
 
 def plan_jobs(names: list[str], seeds: tuple[int, ...], meta: tuple[str, ...] = (),
-              ablate: tuple[str, ...] = ()) -> list[FitJob]:
+              ablate: tuple[str, ...] = (), large: bool = False) -> list[FitJob]:
     """Every fit as independent jobs: each algorithm grouped with what it requires, a group
     that reads no seed once for all seeds, every other group once per seed; then, for each
     view of ``ablate``, every job that fits one of the meta-learners ``meta`` again on that
-    view. The longest go first (second-order meta-training, then the rest of the gradient
-    training), so that the workers end together."""
+    view. The longest go first, so that the workers end together: on a ``large`` catalogue
+    the dense items x items fits (EASE's grid: ten minutes at 10^4 items, which as the last
+    job kept one worker busy alone), then second-order meta-training, then the rest of the
+    gradient training."""
     groups: list[list[str]] = []
     for name in names:                       # fit order: requirements come first
         needs = set(algorithms.requirements(name))
@@ -81,7 +83,8 @@ def plan_jobs(names: list[str], seeds: tuple[int, ...], meta: tuple[str, ...] = 
              if set(job.names) & set(meta)]
 
     def cost(job: FitJob) -> int:
-        return (2 if any(caps[n].second_order for n in job.names)
+        return (3 if large and any(caps[n].dense_items for n in job.names)
+                else 2 if any(caps[n].second_order for n in job.names)
                 else 1 if any(caps[n].gradient for n in job.names) else 0)
 
     return sorted(jobs, key=lambda j: -cost(j))   # stable: seed and params order otherwise
@@ -134,7 +137,8 @@ def fit_all(pool: Workers, model: ModelParams, train: TrainParams, out_dir: Path
         reused[lr_probes[lr].name] = lr_probes[lr]
     if lr_choice:
         draw_choice = {**draw_choice, "inner_lr": lr_choice}
-    jobs = plan_jobs(names, train.seeds, train.algorithms, ablate)
+    large = pool.shared.items.n_ids > train.objective.sampled_above
+    jobs = plan_jobs(names, train.seeds, train.algorithms, ablate, large)
     prefit = [{name: fit for name, fit in reused.items() if name in job.names}
               if job.seeds[0] == train.seeds[0] and job.view is None else {} for job in jobs]
     done = pool.map(fit_job, [(job, model, train, out_dir, draw, writer, pre)

@@ -145,7 +145,8 @@ def task_scores(p: torch.Tensor, items: torch.Tensor, popularity: torch.Tensor,
 @register
 class Ease(RankingBaseline):
     name = "ease"
-    capabilities = Capabilities(seeded=False)   # no random draw: one fit serves all seeds
+    # no random draw: one fit serves all seeds; a dense items x items inverse per penalty
+    capabilities = Capabilities(seeded=False, dense_items=True)
     Params = EaseParams
 
     def __init__(self, items: torch.Tensor, weights: torch.Tensor, n_codes: int,

@@ -47,7 +47,11 @@ class Capabilities:
       PyTorch's DistributedDataParallel does not support;
     - ``uses_draws``: it is trained on meta-train tasks, so how they are drawn matters;
     - ``seeded``: its fit reads the seed (False: one fit serves every seed);
-    - ``unused_parameters``: some network parameters get no gradient (DDP must look for them).
+    - ``unused_parameters``: some network parameters get no gradient (DDP must look for them);
+    - ``dense_items``: its fit solves dense items x items systems, whose time grows with the
+      cube of the catalogue: on a large one (more items than
+      ``train.objective.sampled_above``, the size rule of the loss) it is the costliest fit,
+      scheduled first.
     """
 
     tunable_steps: bool = False
@@ -56,6 +60,7 @@ class Capabilities:
     uses_draws: bool = False
     seeded: bool = True
     unused_parameters: bool = False
+    dense_items: bool = False
 
 
 @dataclass
