@@ -401,3 +401,66 @@ def test_a_lock_file_lives_beside_params(tmp_path: Path) -> None:
         assert (deep / ".metarec.lock").is_file()
         assert io._held_entries() == {str((deep / ".metarec.lock").resolve()): os.getpid()}
     assert io._held_entries() == {}
+
+
+def test_the_exchange_reports_the_error_of_its_own_call(tmp_path: Path) -> None:
+    """Two failed exchanges in a row name their own causes (the errno of that call, not one
+    left over from an earlier call), so a real failure is never mistaken for "unsupported"."""
+    a = tmp_path / "a"
+    a.mkdir()
+    (tmp_path / "file").write_text("x")
+    for other, expected in ((tmp_path / "missing", errno.ENOENT),
+                            (tmp_path / "file" / "below", errno.ENOTDIR),
+                            (tmp_path / "missing", errno.ENOENT)):
+        with pytest.raises(OSError) as caught:
+            io._exchange(a, other)
+        assert caught.value.errno == expected, other
+
+
+def test_relative_output_paths_are_swapped_in_atomically(tmp_path: Path, monkeypatch) -> None:
+    """Outputs named relative to the working directory (``models/``, as the CLI passes them)
+    are exchanged relative to it too."""
+    monkeypatch.chdir(tmp_path)
+    Path("a").mkdir()
+    Path("b").mkdir()
+    Path("a/f").write_text("a")
+    Path("b/f").write_text("b")
+    assert io._exchange(Path("a"), Path("b")) is True
+    assert Path("a/f").read_text() == "b" and Path("b/f").read_text() == "a"
+    _write(Path("b"), {"old": b"old"})
+    with atomic_dir("b") as tmp:
+        _write(tmp, {"new": b"new"})
+    assert _tree(Path("b")) == {"new": b"new"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
+
+
+def test_sweep_puts_the_set_aside_folder_back_and_still_removes_the_rest(
+        tmp_path: Path) -> None:
+    """A writer killed inside the fallback swap leaves the old folder set aside and its new
+    folder half-renamed: the sweep restores the one and removes the other."""
+    target = tmp_path / "out"
+    host = io.owner_tag().split("-")[1]
+    aside = tmp_path / f".out.{DEAD}-{host}.aside.tmp"
+    aside.mkdir()
+    _write(aside, {"a": b"old"})
+    left = tmp_path / f".out.{DEAD}-{host}.zzz.tmp"      # sorts after the aside folder
+    left.mkdir()
+    assert sweep(target) == [left]
+    assert _tree(target) == {"a": b"old"}
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_text_is_written_as_utf8_whatever_the_locale(tmp_path: Path) -> None:
+    """A server whose locale is plain C (ASCII) still writes UTF-8 text."""
+    import locale
+
+    if sys.flags.utf8_mode:
+        pytest.skip("Python's UTF-8 mode ignores the locale")
+    before = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")
+    try:
+        assert locale.getpreferredencoding(False).lower() in {"ansi_x3.4-1968", "ascii"}
+        path = io.write_text("héllo ✓", tmp_path / "t.txt")
+    finally:
+        locale.setlocale(locale.LC_CTYPE, before)
+    assert path.read_bytes() == "héllo ✓".encode()

@@ -222,3 +222,47 @@ def test_encodings_separators_scales_and_hosts() -> None:
         assert is_loopback(host), host
     for host in ("0.0.0.0", "::", "10.0.0.1", "example.org", "", "192.168.1.1"):
         assert not is_loopback(host), host
+
+
+def test_a_key_left_out_takes_its_declared_default() -> None:
+    """params.yaml may omit any key: the field's declared default applies, never None."""
+    @dataclasses.dataclass(frozen=True)
+    class Defaults:
+        n: int = bounded(3, 1, 10)
+        rate: float = bounded(0.5, 0.0, 1.0)
+
+    assert build(Defaults, {}, "") == Defaults() == Defaults(3, 0.5)
+    assert build(Defaults, {"rate": 1}, "").n == 3
+    got = build(Outer, {}, "")
+    assert got.n == 3 and got.inner.rate == 0.5 and got == Outer()
+
+
+def test_a_dict_default_keeps_its_field_rules() -> None:
+    """A mapping-valued field keeps the metadata its declaration gives (here: set by the code,
+    not by params.yaml), like every other field."""
+    @dataclasses.dataclass(frozen=True)
+    class WithTable:
+        table: dict[str, int] = bounded({"a": 1}, internal="set per run")
+
+    with pytest.raises(ParamsError, match=r"^table is not a params.yaml key \(set per run\)$"):
+        build(WithTable, {"table": {"a": 2}}, "")
+    assert build(WithTable, {}, "").table == {"a": 1}
+
+
+def test_a_sectioned_object_without_sections_is_shaped_like_params_yaml() -> None:
+    """No algorithm section configured: to_dict still leaves out the internal ``sections``
+    field (params.yaml has no such key), so the hash covers the same data as the file."""
+    got = build(Outer, {}, "", {})
+    assert got.sections == {}
+    plain = to_dict(got)
+    assert "sections" not in plain and set(plain) == {
+        "n", "pair", "many", "maybe", "kind", "flag", "table", "inner", "when", "hidden"}
+
+
+def test_the_params_hash_is_the_sha256_of_compact_sorted_json() -> None:
+    """Checkpoints and manifests written by earlier versions record this hash: its recipe
+    (sorted keys, no spaces) must not change, or every old batch would fail verify-batch."""
+    import hashlib
+
+    blob = b'{"name":"x","rate":0.5}'
+    assert params_hash(Inner()) == hashlib.sha256(blob).hexdigest()

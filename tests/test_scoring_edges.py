@@ -216,8 +216,9 @@ def test_verify_refuses_a_manifest_before_running_anything(batch: Path, monkeypa
     for name in ("build_batch", "restored", "_changed_inputs"):
         monkeypatch.setattr(scoring_verify, name, never)
     monkeypatch.setattr(scoring_verify.subprocess, "run", never)
-    with pytest.raises(VerifyError, match=message):
+    with pytest.raises(VerifyError, match=message) as caught:
         stage.verify(batch)
+    assert str(caught.value).startswith(f"{batch / 'manifest.json'}: ")    # which manifest
 
 
 def test_verify_refuses_restoring_a_file_the_batch_did_not_read(batch: Path) -> None:
@@ -420,3 +421,215 @@ def test_verify_restores_nothing_outside_a_dvc_project(world, tmp_path: Path,  #
     (tmp_path / ".dvc").mkdir()
     (tmp_path / "sub").mkdir()
     assert scoring_verify._dvc_root(tmp_path / "sub") == tmp_path.resolve()
+
+
+# -- what users read in a batch and in verify-batch's answers (the mutation sample's gaps) ----
+
+def _night(tmp_path: Path, *rows: str) -> Path:
+    """A landing folder holding the night's file with ``rows`` (user,item,rating,timestamp)."""
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    (landing / f"{AS_OF}.csv").write_text("user_id,item_id,rating,timestamp\n"
+                                          + "".join(f"{r}\n" for r in rows))
+    return landing
+
+
+GOOD, UNKNOWN_ITEM = "h,i11,5,1710100800", "z,i99,4,1710100000"
+
+
+def test_the_landing_rows_set_aside_are_published_with_the_batch(world, tmp_path: Path,  # noqa: F811
+                                                                  caplog) -> None:
+    """quarantine.parquet holds the night's rejected rows (file, row, reason) and the
+    manifest its digest; the log line names the model and the batch folder."""
+    import logging
+
+    landing = _night(tmp_path, GOOD, UNKNOWN_ITEM)
+    caplog.set_level(logging.INFO, logger="metarec.score")
+    out = stage.run(_bare(world, str(landing)), ValidateParams(), IngestParams(),
+                    world["validated"], world["models"], tmp_path / "recs", AS_OF)
+    quarantine = pq.read_table(out / "quarantine.parquet").to_pylist()
+    assert len(quarantine) == 1 and quarantine[0]["file"] == f"{AS_OF}.csv"
+    assert quarantine[0]["item_id"] == "i99" and quarantine[0]["reason"]
+    manifest = read_json(out / "manifest.json")
+    assert manifest["quarantine_sha256"] == sha256_file(out / "quarantine.parquet")
+    assert manifest["landing"]["rows_in"] == 2 and manifest["landing"]["rows_kept"] == 1
+    users = manifest["users"]
+    assert f"score: {users} users with maml -> {out}" in caplog.messages
+
+
+def test_the_validate_rules_given_are_the_ones_applied(world, tmp_path: Path) -> None:  # noqa: F811
+    """``validate.policy: fail`` stops the night at a bad landing row instead of setting it
+    aside, and the rules are recorded in the manifest for verify-batch."""
+    landing = _night(tmp_path, GOOD, UNKNOWN_ITEM)
+    strict = ValidateParams(policy="fail")
+    with pytest.raises(DataError, match=f"{AS_OF}.csv"):
+        stage.run(_bare(world, str(landing)), strict, IngestParams(), world["validated"],
+                  world["models"], tmp_path / "recs", AS_OF)
+    assert not (tmp_path / "recs" / AS_OF).exists()
+    (landing / f"{AS_OF}.csv").write_text(f"user_id,item_id,rating,timestamp\n{GOOD}\n")
+    out = stage.run(_bare(world, str(landing)), ValidateParams(policy="fail", examples=2),
+                    IngestParams(), world["validated"], world["models"], tmp_path / "recs",
+                    AS_OF)
+    from metarec.config import to_dict
+
+    assert read_json(out / "manifest.json")["landing_params"]["validate"] == to_dict(
+        ValidateParams(policy="fail", examples=2))
+
+
+def test_a_batch_published_without_a_model_file_records_no_model_digest(
+        world, tmp_path: Path) -> None:  # noqa: F811
+    """Nothing pinned and no model file: the manifest records no model digest (verify-batch
+    then reports the model as changed) instead of failing to publish."""
+    from metarec.scoring.publish import publish_batch
+
+    (tmp_path / "models" / "seed0").mkdir(parents=True)
+    inputs = resolve(_bare(world), world["validated"], tmp_path / "models", AS_OF)
+    out = publish_batch(inputs, [], {"users": 0}, tmp_path / "recs")
+    manifest = read_json(out / "manifest.json")
+    assert manifest["model_sha256"] is None and manifest["rows"] == 0
+    assert manifest["model"] not in manifest["dvc_md5"]
+    assert set(manifest["dvc_md5"]) == set(manifest["inputs"])
+
+
+def test_resolve_names_the_file_at_fault(world, tmp_path: Path) -> None:  # noqa: F811
+    import re
+
+    path = tmp_path / "selection.json"
+    path.write_text('["maml"]')
+    with pytest.raises(DataError, match=rf"^file {re.escape(str(path))}: not an evaluation "):
+        resolve(_params(world, model="auto"), world["validated"], world["models"], AS_OF, path)
+    empty = tmp_path / "no_models"
+    empty.mkdir()
+    with pytest.raises(DataError, match=rf"^file {re.escape(str(empty))}: no trained models"):
+        resolve(_params(world), world["validated"], empty, AS_OF)
+
+
+def test_the_pinned_folder_is_created_with_its_parents(world, tmp_path: Path) -> None:  # noqa: F811
+    inputs = resolve(_params(world), world["validated"], world["models"], AS_OF)
+    pinned = scoring_inputs.pin(inputs, tmp_path / "scratch" / "day")
+    assert Path(pinned.model_copy).parent == tmp_path / "scratch" / "day"
+
+
+def _git(*args: str) -> str:
+    import subprocess
+
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org",
+                           *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path: Path, monkeypatch) -> Path:
+    """A fresh git repository (no commit yet) as the working directory."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    root = tmp_path / "repo"
+    root.mkdir()
+    monkeypatch.chdir(root)
+    _git("init", "-q")
+    return root
+
+
+def test_the_batch_records_the_commit_of_its_code(repo: Path) -> None:
+    """A project without any commit records none (git would print 'HEAD', which verify-batch
+    refuses as a commit id); after a commit, the commit's id."""
+    from metarec.scoring.publish import git_commit
+
+    assert git_commit() is None
+    _git("commit", "-q", "--allow-empty", "-m", "first")
+    assert git_commit() == _git("rev-parse", "HEAD")
+    assert scoring_verify._COMMIT.match(git_commit())
+
+
+def test_the_evaluation_choice_is_restored_from_the_batch_commit(repo: Path) -> None:
+    """A changed metrics/selection.json comes back as it was at the batch's commit; without
+    a recorded commit, or absent there, verify-batch says so."""
+    (repo / "metrics").mkdir()
+    (repo / "metrics/selection.json").write_text('{"model": "maml"}')
+    _git("add", "metrics/selection.json")
+    _git("commit", "-q", "-m", "choice")
+    commit = _git("rev-parse", "HEAD")
+    (repo / "metrics/selection.json").write_text('{"model": "ease"}')
+    dst = repo / "restored.json"
+    scoring_verify._from_git({"git_commit": commit}, "metrics/selection.json", dst)
+    assert dst.read_text() == '{"model": "maml"}'
+    for manifest in ({"git_commit": None}, {"git_commit": commit}):
+        with pytest.raises(VerifyError, match=r"changed since the batch was written, and not "
+                                              r"found in git at the batch's commit"):
+            scoring_verify._from_git(manifest, "metrics/other.json", repo / "o.json")
+
+
+def _rewrite(batch: Path, **changes) -> None:
+    manifest = read_json(batch / "manifest.json")
+    for key, value in changes.items():
+        if value is None:
+            manifest.pop(key)
+        else:
+            manifest[key] = value
+    (batch / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_verify_names_bad_landing_params_by_key(batch: Path) -> None:
+    manifest = read_json(batch / "manifest.json")
+    landing = {**manifest["landing_params"], "validate": {"policy": "sometimes"}}
+    _rewrite(batch, landing_params=landing)
+    with pytest.raises(VerifyError, match=r"unreadable params: validate\.policy: 'sometimes' "
+                                          r"is not one of"):
+        stage.verify(batch)
+
+
+def test_verify_names_the_manifest_keys_the_rebuild_records_differently(batch: Path) -> None:
+    _rewrite(batch, metarec_version="0.0.0", users=10**6)
+    with pytest.raises(VerifyError, match=r"manifest.json: the rebuild records different "
+                                          r"metarec_version, users \(manifest edited\?\)$"):
+        stage.verify(batch)
+
+
+def test_a_rebuild_with_other_bytes_names_the_code_and_environment(batch: Path) -> None:
+    """The batch's file is intact (its digest matches the manifest) but the rebuild differs:
+    the answer names the commits and torch versions of then and now."""
+    (batch / "recommendations.parquet").write_bytes(b"written by other code")
+    _rewrite(batch, parquet_sha256=sha256_file(batch / "recommendations.parquet"))
+    with pytest.raises(VerifyError) as caught:
+        stage.verify(batch)
+    msg = str(caught.value)
+    assert "not reproducible: the rebuild gives different bytes" in msg
+    assert f"torch {torch.__version__}, now {torch.__version__})" in msg
+
+
+def test_a_landing_file_that_appeared_cannot_be_restored(world, tmp_path: Path,  # noqa: F811
+                                                          monkeypatch) -> None:
+    """A landing file dated on or before the batch's date that the batch did not read: no
+    recorded version exists, so verify-batch refuses before restoring anything."""
+    landing = _night(tmp_path, GOOD)
+    out = stage.run(_bare(world, str(landing)), ValidateParams(), IngestParams(),
+                    world["validated"], world["models"], tmp_path / "recs", AS_OF)
+    (landing / "2024-03-09.csv").write_text(f"user_id,item_id,rating,timestamp\n{GOOD}\n")
+
+    def never(*args, **kwargs):
+        raise AssertionError("tried to restore or rebuild")
+
+    monkeypatch.setattr(scoring_verify, "restored", never)
+    monkeypatch.setattr(scoring_verify, "build_batch", never)
+    with pytest.raises(VerifyError, match=r"(?s)cannot rebuild: inputs changed .*2024-03-09.csv: "
+                                          r"landing file dated on or before the as-of date "
+                                          r"appeared.*restore them with `dvc pull`"):
+        stage.verify(out)
+
+
+def test_a_changed_input_is_restored_by_its_recorded_md5(world, tmp_path: Path,  # noqa: F811
+                                                         monkeypatch) -> None:
+    """With the inputs' DVC addresses recorded, a changed input is restored (here: refused
+    because this is no DVC project); a batch from before they were recorded cannot be."""
+    validated = tmp_path / "validated"
+    shutil.copytree(world["validated"], validated)
+    out = stage.run(_bare(world), ValidateParams(), IngestParams(), validated, world["models"],
+                    tmp_path / "recs", AS_OF)
+    (validated / "users.parquet").unlink()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(VerifyError, match=r"(?s)users.parquet: missing.*and this is not a DVC "
+                                          r"project"):
+        stage.verify(out)
+    _rewrite(out, dvc_md5=None)                       # a batch from before dvc_md5
+    with pytest.raises(VerifyError, match=r"(?s)users.parquet: missing.*restore them with "
+                                          r"`dvc pull`"):
+        stage.verify(out)
