@@ -12,7 +12,6 @@ start is no trained model.
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 
@@ -24,8 +23,6 @@ from metarec.errors import MetarecError
 from metarec.meta.features import FeatureStore
 from metarec.meta.learner import Learner
 from metarec.meta.predictor import validation_sums
-
-log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(MetarecError):
@@ -68,13 +65,12 @@ class MetaLearner(L.LightningModule):
     def _stop_or_fail(self, what: str) -> None:
         """Divergence: fail while the best weights are still the untrained start; after an
         improvement, put the best weights back and stop training at this step."""
-        if self.best_step == 0 or self.best_state is None:
+        if self.best_step == 0:
             raise self._diverged(what)
         self.learner.load_state_dict(self.best_state)
         self.trainer.should_stop = True
         self.stopped_by = (f"diverged at outer step {int(self.global_step)} ({what}); kept "
-                           f"the best weights, step {self.best_step}")
-        log.warning("%s (seed %d): %s", self.hparams.name, self.hparams.seed, self.stopped_by)
+                           f"the best weights, step {self.best_step}")  # said by the stage
 
     def param_groups(self) -> list[dict]:
         """The outer optimiser's parameter groups: every outer parameter at ``outer_lr``, and
