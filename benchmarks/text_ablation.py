@@ -64,7 +64,7 @@ def per_user_scores(episodes_dir: Path, models_dir: Path, params: Any
     metric = catalogue_metric(ev)
     models = load_models(models_dir, data)[params.train.seeds[0]]
     val = to_batch(data.select("val"))
-    choose.choose_inner_steps(models, val, ev.inner_steps_grid, ev,
+    choose.choose_inner_steps(models, [val], ev.inner_steps_grid, ev,
                               data.relevance_threshold, data.explicit)
     val_scores = {name: round(nanmean(score_batch(m, val, ev, data.relevance_threshold,
                                                   data.explicit)[metric]), 6)

@@ -348,3 +348,32 @@ def test_predefined_file_errors_name_row_and_column(tmp_path: Path, spec: dict,
 
     with pytest.raises(DataError, match=message):
         _predefined(tmp_path, spec)
+
+
+def test_choices_on_validation_read_a_seeded_sample_of_validation_users(
+        synthetic_project: dict) -> None:
+    """``episodes.val_users`` caps the validation users every choice reads: a sample drawn
+    with ``episodes.seed``, the same on every load, each kept user with all its tasks."""
+    from dataclasses import replace
+
+    from metarec.data.tasks import validation_tasks
+
+    data = load_episodes(synthetic_project["root"] / "episodes")
+    every = data.tasks[data.tasks["split"] == "val"]
+    users = set(every["user_id"].unique())
+    assert len(users) > 6 and data.vocab["draws"]["val_users"] >= len(users)
+    assert data.validation_users is None and len(data.select("val")) == len(every)
+
+    def capped(n: int, seed: int = 0):
+        return replace(data, vocab={**data.vocab, "draws": {**data.vocab["draws"],
+                                                            "val_users": n, "seed": seed}})
+
+    small = capped(6)
+    kept = small.validation_users
+    assert len(kept) == 6 and set(kept) <= users
+    assert list(kept) == list(capped(6).validation_users)               # seeded
+    assert any(list(capped(6, s).validation_users) != list(kept) for s in (1, 2, 3))
+    val = small.select("val")
+    assert set(val["user_id"]) == set(kept)
+    pd.testing.assert_frame_equal(val, every[every["user_id"].isin(kept)])
+    assert len(validation_tasks(small)) == val["task_id"].nunique() < every["task_id"].nunique()

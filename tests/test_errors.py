@@ -89,6 +89,19 @@ def test_a_deterministic_failure_exits_2_with_one_line(tmp_path: Path, monkeypat
     assert sorted(p.name for p in tmp_path.iterdir()) == [".metarec.lock", "params.yaml"]
 
 
+def test_a_killed_worker_is_one_line_exit_1_and_passes_next_time(tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    """A worker process the system ended (out of memory) is not a traceback: one line naming
+    the stage, the job and the memory, exit code 1 (the flows may retry it)."""
+    result = _ingest(tmp_path, monkeypatch, "WorkerLost")
+    out = " ".join(result.output.split())
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert out.startswith("error: ingest: a worker process died while running planted jobs "
+                          "(0 of 1 done)")
+    assert "out of memory" in out and "ingest.workers to 1" in out
+    assert _ingest(tmp_path, monkeypatch, None).exit_code == 0
+
+
 def test_a_transient_failure_is_not_turned_into_exit_2(tmp_path: Path, monkeypatch) -> None:
     result = _ingest(tmp_path, monkeypatch, "EIO")
     assert result.exit_code == 1 and isinstance(result.exception, OSError)

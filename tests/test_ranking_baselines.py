@@ -221,6 +221,7 @@ def test_the_tuning_record_names_each_axis_and_the_chosen_values(data: EpisodeDa
     rec = model.tuning
     assert set(rec) == {"window, lam", "window", "lam"}
     assert rec["window, lam"]["grid"] == [[0, 2.0], [0, 20.0], [2, 2.0], [2, 20.0]]
+    assert "search" not in rec["window, lam"]                 # every value scored
     assert [model.window, model.lam] == [rec["window"], rec["lam"]]
 
 
@@ -444,6 +445,130 @@ def test_the_cheap_ease_grid_is_the_dense_grid(seed: int, top: int) -> None:
     torch.testing.assert_close(model.popularity, dense[choice].popularity)
 
 
+# ---- a large catalogue: float32 inverses, the penalties walked -----------------------------
+
+LAMS = (0.5, 2.0, 8.0, 30.0, 100.0, 300.0, 1000.0)
+
+
+def walked(grid: tuple[float, ...], curve: list[float]) -> list[int]:
+    """The indices :func:`hill_climb` scores on ``curve``, each read only once yielded."""
+    from metarec.algorithms.ease import hill_climb
+
+    out: list[int] = []
+
+    def score(i: int) -> float:
+        assert i in out, f"{i} read before it was scored"
+        return curve[i]
+
+    for i in hill_climb(grid, score):
+        assert i not in out
+        out.append(i)
+    return out
+
+
+def first_best(curve: list[float], at: list[int]) -> int:
+    """tune_product's rule over the indices ``at``: the highest, NaN last, first in order."""
+    return max(sorted(at), key=lambda i: -1.0 if curve[i] != curve[i] else curve[i])
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_walk_finds_the_best_of_a_unimodal_curve_with_fewer_scores(seed: int) -> None:
+    """A curve rising to a peak and not rising after it (plateaus there, the peak's
+    included): the walk scores the middle value first and ends at the grid's best, the
+    first of equal ones, one more score per step past the first three. (A plateau before
+    the peak would stop it: a local maximum.)"""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 12))
+    peak = int(rng.integers(n))
+    up, down = rng.integers(1, 3, size=peak + 1), rng.integers(0, 3, size=n - peak - 1)
+    curve = np.r_[np.cumsum(up), up.sum() - np.cumsum(down)].astype(float).tolist()
+    grid = tuple(float(v) for v in np.sort(rng.uniform(0, 1e4, n)))
+    seen = walked(grid, curve)
+    assert seen[0] == (n - 1) // 2
+    assert first_best(curve, seen) == first_best(curve, list(range(n)))
+    assert len(seen) <= n and len(seen) <= 3 + abs(first_best(curve, seen) - (n - 1) // 2)
+
+
+def test_the_walk_stops_at_a_local_maximum_and_breaks_ties_as_tune_product() -> None:
+    grid = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0)
+    assert walked(grid, [9, 0, 1, 2, 1, 0, 0]) == [3, 2, 4]     # the peak at 0 is missed
+    assert walked(grid, [0, 1, 2, 2, 2, 1, 0]) == [3, 2, 4, 1]   # a tie: the earlier
+    assert walked(grid, [0, 1, 2, 1, 2, 3, 4]) == [3, 2, 4, 1]
+    assert walked(grid, [float("nan")] * 7) == [3, 2, 4, 1, 0]   # all NaN: the first
+    assert walked(grid, [0, 0, 1, float("nan"), 0, 0, 0]) == [3, 2, 4, 1]
+    # an unsorted grid is walked in ascending value; equal values: the earlier index first
+    assert walked((30.0, 1.0, 10.0, 3.0, 100.0), [5, 1, 4, 3, 0]) == [2, 3, 0, 4]
+    assert walked((2.0,), [1.0]) == [0] and walked((2.0, 1.0), [1, 1]) == [1, 0]
+
+
+def test_a_large_catalogue_walks_the_penalties_to_the_full_grid_choice() -> None:
+    """Past large_items (37 items with interactions here), each window's validation curve
+    (unimodal on this fixture, its peak off the middle value) is walked: the choice is the
+    full grid's, from fewer scores, each the full grid's score of that value; the record
+    lists only those and says why. The middle value (30) would choose differently."""
+    data = random_data(0)
+    full = fit("ease", data, EaseParams(lam=LAMS, window=(0, 4)))
+    walk = fit("ease", data, EaseParams(lam=LAMS, window=(0, 4), large_items=36))
+    whole, part = full.tuning["window, lam"], walk.tuning["window, lam"]
+    assert "search" not in whole and len(whole["grid"]) == 14
+    curves = np.array(whole["val_ndcg@3"]).reshape(2, len(LAMS))
+    for curve in curves:                                      # the fixture's premise
+        top = int(np.argmax(curve))
+        assert (np.diff(curve[:top + 1]) >= 0).all() and (np.diff(curve[top:]) <= 0).all()
+        assert top != len(LAMS) // 2
+    assert (walk.window, walk.lam) == (full.window, full.lam) == (4, 8.0)
+    assert [walk.tuning["window"], walk.tuning["lam"]] == [4, 8.0]
+    scored = dict(zip(map(tuple, whole["grid"]), whole["val_ndcg@3"], strict=True))
+    assert part["grid"] == [g for g in whole["grid"] if tuple(g) in map(tuple, part["grid"])]
+    assert part["grid"] == [[0, 0.5], [0, 2.0], [0, 8.0], [0, 30.0], [0, 100.0],
+                            [4, 2.0], [4, 8.0], [4, 30.0], [4, 100.0]]
+    np.testing.assert_allclose(part["val_ndcg@3"], [scored[tuple(g)] for g in part["grid"]],
+                               rtol=0, atol=1e-6)
+    assert part["search"] == ("walked: lam hill-climbed from the middle, in float32, where G "
+                              "has more than large_items 36 (window 0: 37 items, window 4: "
+                              "37 items)")
+    assert walk.weights.shape == full.weights.shape
+    np.testing.assert_allclose(walk.weights.numpy(), full.weights.numpy(), rtol=0, atol=1e-5)
+
+
+def test_only_the_windows_past_large_items_are_walked() -> None:
+    data = random_data(1)                                     # window 0: 37 items, 4: 36
+    model = fit("ease", data, EaseParams(lam=LAMS, window=(0, 4), large_items=36))
+    record = model.tuning["window, lam"]
+    assert [g for g in record["grid"] if g[0] == 4] == [[4, lam] for lam in LAMS]
+    assert 0 < len([g for g in record["grid"] if g[0] == 0]) < len(LAMS)
+    assert record["search"].endswith("large_items 36 (window 0: 37 items)")
+    at = fit("ease", data, EaseParams(lam=LAMS, window=(0, 4), large_items=37))
+    assert "search" not in at.tuning["window, lam"]           # m <= large_items: whole grid
+    full = fit("ease", data, EaseParams(lam=LAMS, window=(0, 4)))
+    assert at.tuning == full.tuning and torch.equal(at.weights, full.weights)
+
+
+def test_the_float32_inverse_is_within_its_rounding_of_the_float64_one() -> None:
+    """float32 Cholesky inverse: ||P32 - P64|| / ||P64|| within a few m eps32 cond(G + lam I)
+    (the inversion's forward error bound); B = -P / diag(P) with it. A float32 G whose
+    factorisation breaks down (1e8 + 1 rounds to 1e8: singular) is redone in float64."""
+    from metarec.algorithms.ease import weights
+    from metarec.models.linalg import ridge_inverse
+
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(400, 120, generator=gen) < torch.linspace(0.01, 0.5, 120)).double()
+    g = x.T @ x                                                 # counts: exact in float32
+    for lam in (1.0, 10.0, 1000.0):
+        p64, p32 = ridge_inverse(g, lam), ridge_inverse(g.float(), lam)
+        assert p32.dtype == torch.float32
+        a = g + lam * torch.eye(120, dtype=torch.float64)
+        bound = 4 * 120 * torch.finfo(torch.float32).eps * torch.linalg.cond(a)
+        err = torch.linalg.matrix_norm(p32.double() - p64) / torch.linalg.matrix_norm(p64)
+        assert err < bound, (lam, err, bound)
+        b64, b32 = weights(p64.clone()), weights(p32.clone())
+        assert torch.linalg.matrix_norm(b32.double() - b64) < bound * torch.linalg.matrix_norm(
+            b64)
+    singular = torch.full((2, 2), 1e8, dtype=torch.float64)
+    torch.testing.assert_close(ridge_inverse(singular.float(), 1.0),
+                               ridge_inverse(singular, 1.0), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize(("name", "section"), [
     ("ease", EaseParams(lam=(0.5, 8.0, 200.0), window=(0, 4))),
     ("itemknn", ItemKNNParams(neighbours=(8, 2, 60), window=(0, 4))),
@@ -490,6 +615,38 @@ def test_grid_scores_cover_every_task_of_every_value_in_order() -> None:
         tune_product(make, {"v": (1, 2), "w": (0,)}, data, 3, blocks(skip=5))
     with pytest.raises(ValueError, match="the grid scores cover"):
         tune_product(make, {"v": (1, 2), "w": (0,)}, data, 3, blocks(values=(2,)))
+
+
+def test_a_searched_grid_is_chosen_among_and_records_only_what_was_scored() -> None:
+    """With ``search`` the scorer reads each finished combination's score to pick the next;
+    the record lists the scored ones in grid order and why; none scored fails loudly."""
+    from metarec.models.statistical import tune_product
+
+    data = random_data(5)
+    batch = validation_tasks(data)
+    t, n = len(batch), len(data.items)
+    ranks = [torch.arange(n).float().expand(t, n), torch.arange(n).flip(0).float().expand(t, n)]
+    (high, better), (low, worse) = sorted(((scores_ndcg(r, batch, 4.0, 3), r) for r in ranks),
+                                          key=lambda pair: -pair[0])
+    assert high > low
+
+    def make(v: int, w: int) -> MostPopular:
+        return MostPopular(torch.zeros(data.items.n_ids), v).bind(data)
+
+    def scores(batch: object, score: Callable) -> Iterator:
+        yield (3, 0), 0, worse[:5]
+        with pytest.raises(ValueError, match=r"grid scores of \(3, 0\): 5 of \d+ tasks"):
+            score((3, 0))
+        yield (3, 0), 5, worse[5:]
+        assert score((3, 0)) == low
+        yield (1, 0), 0, better
+
+    best, record = tune_product(make, {"v": (1, 2, 3), "w": (0,)}, data, 3, scores, "why")
+    assert record["v, w"] == {"grid": [[1, 0], [3, 0]], "val_ndcg@3": [high, low],
+                              "search": "why"}
+    assert (record["v"], best.window) == (1, 1)
+    with pytest.raises(ValueError, match="the grid scores cover"):
+        tune_product(make, {"v": (1, 2), "w": (0,)}, data, 3, lambda b, s: iter(()), "why")
 
 
 def test_validation_ndcg_is_the_same_in_any_blocks() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +19,7 @@ from metarec import algorithms, fitting
 from metarec.checkpoint import read_checkpoint
 from metarec.config import TrainParams
 from metarec.data.tasks import load_episodes
-from metarec.errors import ParamsError
+from metarec.errors import ParamsError, WorkerLost, permanent
 from metarec.models.base import FitContext
 from metarec.stages import episodes, ingest, train, validate
 from metarec.workers import Workers
@@ -192,6 +193,25 @@ def test_a_failing_job_ends_the_map_at_once_and_the_pool_runs_again() -> None:
             pool.map(_slow_or_failing, [(60.0,), (-1.0,), (60.0,), (60.0,)])
         assert time.perf_counter() - start < 30
         assert pool.map(_slow_or_failing, [(0.0,), (0.01,)]) == [0.0, 0.01]
+
+
+def _killed(shared: None, die: bool) -> int:
+    if die:                      # what the kernel's out-of-memory killer does to a worker
+        os.kill(os.getpid(), signal.SIGKILL)
+    return 1
+
+
+def test_a_worker_killed_by_the_system_is_named_in_one_clear_error() -> None:
+    """A worker process ended by the system (out of memory) is a WorkerLost naming the stage,
+    the job and the memory, which a retry may cure (not a traceback of the pool's internals),
+    and the pool runs again afterwards."""
+    with Workers(None, 2, 1, "evaluate") as pool:
+        with pytest.raises(WorkerLost, match=r"evaluate: a worker process died while "
+                           r"running _killed jobs \([01] of 3 done\).*GiB.*evaluate.workers "
+                           r"to 1") as caught:
+            pool.map(_killed, [(False,), (True,), (False,)])
+        assert permanent(caught.value) is None
+        assert pool.map(_killed, [(False,), (False,)]) == [1, 1]
 
 
 def test_ddp_trains_in_the_processes_torchrun_started() -> None:

@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 
 from metarec.config import Params
-from metarec.errors import ParamsError, permanent
+from metarec.errors import ParamsError, WorkerLost, permanent
 from metarec.io import crash_stage, lock_file, project_lock
 from metarec.params import load_params
 
@@ -53,11 +53,11 @@ def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug lo
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _fail(exc: Exception) -> None:
+def _fail(exc: Exception, code: int = 2) -> None:
     from rich.markup import escape
 
     console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code=2)
+    raise typer.Exit(code=code)
 
 
 @contextlib.contextmanager
@@ -90,6 +90,8 @@ def reported(stage: str | None = None, params: Path | None = None,
             raise
         except Exception as exc:
             found = permanent(exc)
+            if isinstance(exc, WorkerLost):     # a retry may pass: one line, exit code 1
+                _fail(exc, code=1)
             if found is None:
                 raise
             if found is not exc:

@@ -178,6 +178,7 @@ class EpisodesParams(Section):
     text_encoder: str = "none"
     text_dim: int = bounded(32, 1)
     cross_max: int = bounded(20, 0)
+    val_users: int = bounded(1000, 0)
     text_cache: str | None = field(default=".cache/metarec/text",
                                    metadata={"neutral": SAME_BYTES})
     batch_rows: int = bounded(BATCH_ROWS, 1, neutral=SAME_BYTES)

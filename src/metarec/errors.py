@@ -9,6 +9,7 @@ signal, a worker pool that lost a process) may pass on a second try.
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
@@ -82,6 +83,20 @@ class InternalError(MetarecError):
         super().__init__(f"internal error {type(exc).__name__}{where}: {exc} (a bug or an "
                          "unchecked input; rerun with --verbose for the traceback; a retry "
                          "gives the same result)")
+
+
+class WorkerLost(BrokenProcessPool):
+    """A worker process of a stage ended without a result: the system killed it, most often
+    for lack of memory. Not the input's fault and not a bug, so a retry may pass (with more
+    memory free); the CLI says so in one line, exit code 1 (:func:`permanent`: None)."""
+
+    def __init__(self, stage: str, job: str, workers: int) -> None:
+        gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+        super().__init__(
+            f"{stage}: a worker process died while running {job} (ended by the system, most "
+            f"likely out of memory: this machine has {gib:.1f} GiB and {workers} worker "
+            f"processes each hold their own copy of the inputs); free memory or set "
+            f"{stage}.workers to 1, then run again (the previous outputs are unchanged)")
 
 
 def free_space(path: str | Path) -> str:

@@ -107,7 +107,7 @@ def fit_models(model: ModelParams, train: TrainParams, episodes_dir: str | Path,
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:   # all checkpoints appear at once, or none
         tmp = stack.enter_context(atomic_dir(out_dir)) if writer else Path(out_dir)
-        pool = stack.enter_context(Workers(data, train.workers, train.threads))
+        pool = stack.enter_context(Workers(data, train.workers, train.threads, "train"))
         results, draw, draw_choice = fit_all(pool, model, train, tmp, writer, ablate)
     return {"seeds": results, "seconds": round(time.perf_counter() - start, 2),
             "draw": draw, "draw_choice": draw_choice,

@@ -32,7 +32,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from metarec.errors import DataError, DiskFullError, LockedError, is_disk_full
+from metarec.errors import DataError, DiskFullError, LockedError, WorkerLost, is_disk_full
 
 # --------------------------------------------------------------------------------------------
 # crash points: a test hook, inert unless METAREC_CRASH_AT names the point
@@ -47,6 +47,8 @@ _FAULTS: dict[str, Any] = {
     "ValueError": lambda: ValueError("planted by METAREC_CRASH_AT"),
     "LookupError": lambda: LookupError("unknown encoding: planted by METAREC_CRASH_AT"),
     "RuntimeError": lambda: RuntimeError("planted by METAREC_CRASH_AT"),
+    "WorkerLost": lambda: WorkerLost(_stage[-1] if _stage else "cli",
+                                     "planted jobs (0 of 1 done)", 2),
 }
 
 

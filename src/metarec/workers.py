@@ -25,10 +25,13 @@ import multiprocessing as mp
 import pickle
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from logging.handlers import QueueHandler, QueueListener
 from typing import Any
 
 import torch
+
+from metarec.errors import WorkerLost
 
 _SHARED: Any = None   # a worker process's copy of the stage's read-only inputs
 _THREADS = 1          # and its intra-op threads per job
@@ -78,10 +81,11 @@ class Workers:
     many spawned processes (started on the first ``map``, reused by later ones). Inside the
     ``with`` block this process, too, computes with ``threads`` torch threads."""
 
-    def __init__(self, shared: Any, workers: int, threads: int) -> None:
+    def __init__(self, shared: Any, workers: int, threads: int, name: str = "stage") -> None:
         if workers < 1 or threads < 1:
             raise ValueError(f"workers ({workers}) and threads ({threads}) must be >= 1")
         self.shared, self.workers, self.threads = shared, workers, threads
+        self.name = name          # the stage whose params hold ``workers`` (messages)
         self._pool: ProcessPoolExecutor | None = None
         self._listener: QueueListener | None = None
         self._stack = contextlib.ExitStack()
@@ -127,11 +131,17 @@ class Workers:
             return out
         pool = self._processes()
         futures = [pool.submit(_call, fn, args) for fn, args in calls]
-        for future in as_completed(futures):
-            if future.exception() is not None:
+        for finished, future in enumerate(as_completed(futures)):
+            exc = future.exception()
+            if exc is not None:
                 # fail fast: a diverged fit or a bad input ends the stage now, not after the
                 # other workers' jobs (tens of minutes on a large log) ran for nothing
                 self._abort(futures)
+                if isinstance(exc, BrokenProcessPool):   # a process killed: every job still
+                    # running fails with it, in no set order, so no one job is to blame
+                    names = sorted({fn.__name__ for fn, _ in calls})
+                    raise WorkerLost(self.name, f"{' / '.join(names)} jobs ({finished} of "
+                                     f"{len(calls)} done)", self.workers) from exc
                 future.result()
             if done is not None:
                 done()

@@ -13,11 +13,19 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from metarec import algorithms
 from metarec.config import EvaluateParams
 from metarec.data.tasks import TaskBatch
 from metarec.data.views import base_name
-from metarec.eval.scoring import catalogue_metric, nanmean, score_batch
+from metarec.eval.scoring import (
+    cat_values,
+    catalogue_metric,
+    nanmean,
+    score_batch,
+    score_blocks,
+)
 
 
 def is_baseline(name: str) -> bool:
@@ -26,24 +34,29 @@ def is_baseline(name: str) -> bool:
     return algorithms.get(base_name(name)).kind == "baseline"
 
 
-def choose_inner_steps(models: dict[str, Any], val: TaskBatch, grid: tuple[int, ...],
+def choose_inner_steps(models: dict[str, Any], val: list[TaskBatch], grid: tuple[int, ...],
                        params: EvaluateParams, threshold: float, explicit: bool = True
                        ) -> dict[str, dict[str, Any]]:
     """Test-time inner steps of each adaptive model, chosen on validation tasks (grid
-    search): for its ratings by the lowest MSE, for its ranking by the highest catalogue
-    nDCG. Sets them on the models; returns the record."""
+    search; ``val``: their :func:`~metarec.eval.scoring.task_blocks`): for its ratings by the
+    lowest MSE, for its ranking by the highest catalogue nDCG. Sets them on the models;
+    returns the record."""
     ck = catalogue_metric(params)
     chosen = {}
+    n = torch.cat([b.query_mask.sum(1) for b in val]).double()        # ratings per task
     for name, model in models.items():
         if not model.adapts:          # declared: an inner loop whose steps can be set
             continue
         mse, ndcg = {}, {}
-        states = model.adapt_grid(val, grid)        # one inner loop for the whole grid
+        parts: dict[int, list[dict[str, torch.Tensor]]] = {s: [] for s in grid}
+        for i, block in enumerate(val):
+            states = model.adapt_grid(block, grid, i)   # one inner loop for the whole grid
+            for steps in grid:
+                parts[steps].append(score_batch(model, block, params, threshold, explicit,
+                                                state=states[steps]))
         for steps in grid:
-            vals = score_batch(model, val, params, threshold, explicit,
-                               state=states[steps])
+            vals = cat_values(parts[steps])
             if model.predicts_ratings and explicit:   # pooled MSE over ratings, from per-task RMSE
-                n = val.query_mask.sum(1).double()
                 mse[steps] = float((vals["rmse"].double() ** 2 * n).nansum() / n.sum())
             ndcg[steps] = nanmean(vals[ck])
         rate = min(mse, key=lambda s: (mse[s], s)) if mse else grid[0]
@@ -55,17 +68,18 @@ def choose_inner_steps(models: dict[str, Any], val: TaskBatch, grid: tuple[int, 
     return chosen
 
 
-def validation_scores(models: dict[str, Any], val: TaskBatch, params: EvaluateParams,
+def validation_scores(models: dict[str, Any], val: list[TaskBatch], params: EvaluateParams,
                       threshold: float, explicit: bool = True,
-                      adapt: Callable[[Any, TaskBatch], Any] | None = None
+                      adapt: Callable[[Any, TaskBatch, int], Any] | None = None
                       ) -> dict[str, dict[str, float]]:
-    """{model: {"mae": ..., catalogue metric: ...}} pooled over every validation task;
-    ``adapt(model, val)``: where a model's state comes from (None: it adapts here)."""
+    """{model: {"mae": ..., catalogue metric: ...}} pooled over every validation task (``val``:
+    their blocks); ``adapt(model, block, i)``: where a model's state of block i comes from
+    (None: it adapts here)."""
     ck = catalogue_metric(params)
     out = {}
     for name, model in models.items():
-        state = adapt(model, val) if adapt is not None else None
-        vals = score_batch(model, val, params, threshold, explicit, state=state)
+        states = None if adapt is None else [adapt(model, b, i) for i, b in enumerate(val)]
+        vals = score_blocks(model, val, params, threshold, explicit, states=states)
         out[name] = {"mae": nanmean(vals["mae"]), ck: nanmean(vals[ck])}
     return out
 

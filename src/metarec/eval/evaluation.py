@@ -44,12 +44,15 @@ from metarec.eval.ensembles import ENSEMBLE_SEED, Ensemble, build_ensembles
 from metarec.eval.groups import TestGroup, cross_pairs, groups_of, nearest_k
 from metarec.eval.headline import headline
 from metarec.eval.scoring import (
+    cat_values,
     catalogue_metric,
     eligible_items,
     metric_names,
     nanmean,
     score_batch,
+    score_blocks,
     seen_items,
+    task_blocks,
 )
 from metarec.io import plain
 from metarec.progress import progress
@@ -73,14 +76,19 @@ def steps_curve(models: dict[str, Any], data: EpisodeData, k: int, params: Evalu
                 seed: int) -> list[dict[str, Any]]:
     """Metrics against test-time inner steps 0..10 for each adaptive model (user-cold, K)."""
     batch = to_batch(data.select("test", "user_cold", k))
+    blocks = task_blocks(batch, len(data.items))
     rows = []
     for name, model in models.items():
         if not model.adapts or len(batch) == 0:
             continue
-        states = model.adapt_grid(batch, range(0, 11))     # one inner loop of 10 steps
+        parts: list[list[dict[str, Any]]] = [[] for _ in range(11)]
+        for i, block in enumerate(blocks):
+            states = model.adapt_grid(block, range(0, 11), i)   # one inner loop of 10 steps
+            for steps in range(0, 11):
+                parts[steps].append(score_batch(model, block, params, data.relevance_threshold,
+                                                data.explicit, state=states[steps]))
         for steps in range(0, 11):
-            vals = score_batch(model, batch, params, data.relevance_threshold,
-                               data.explicit, state=states[steps])
+            vals = cat_values(parts[steps])
             rows.append({"model": name, "steps": steps, "seed": seed,
                          **{m: plain(nanmean(vals[m])) for m in ("mae",
                                                                  catalogue_metric(params))}})
@@ -111,26 +119,28 @@ class AdaptCache:
 
 
 def _score_group(models: dict[str, Any], seed: int, data: EpisodeData, group: TestGroup,
-                 batch: TaskBatch, params: EvaluateParams, adapt: AdaptCache,
+                 blocks: list[TaskBatch], params: EvaluateParams, adapt: AdaptCache,
                  rows: list[dict[str, Any]], per_user: PerUser, zero: PerUser) -> None:
-    """Every model on one group of test tasks: result rows + per-user values; for a model
-    with an inner loop, also its per-user values at 0 test-time steps (``zero``: what the
-    inner loop adds is measured against the same model without it)."""
+    """Every model on one group of test tasks (``blocks``: their :func:`task_blocks`): result
+    rows + per-user values; for a model with an inner loop, also its per-user values at 0
+    test-time steps (``zero``: what the inner loop adds is measured against the same model
+    without it)."""
     scenario, k = group.label, group.k_label
     eligible = eligible_items(scenario, params, data.items.id_code)
-    seen = seen_items(data, batch, params)
+    seen = [seen_items(data, b, params) for b in blocks]
+    users = sum(len(b) for b in blocks)
     for name, model in models.items():
-        vals = score_batch(model, batch, params, data.relevance_threshold,
-                           data.explicit, eligible, state=adapt(model, batch), seen=seen)
+        vals = score_blocks(model, blocks, params, data.relevance_threshold, data.explicit,
+                            eligible, [adapt(model, b, i) for i, b in enumerate(blocks)], seen)
         per_user.setdefault((name, scenario, k), []).append(vals)
         rows.append({"model": name, "scenario": scenario, "k": k, "seed": seed,
-                     "users": len(batch),
+                     "users": users,
                      **{m: plain(nanmean(v), 6) for m, v in vals.items()}})
         if model.adapts:
-            still = model.adapt_grid(batch, [0])[0]
-            zero.setdefault((name, scenario, k), []).append(score_batch(
-                model, batch, params, data.relevance_threshold, data.explicit, eligible,
-                state=still, seen=seen))
+            still = [model.adapt_grid(b, [0], i)[0] for i, b in enumerate(blocks)]
+            zero.setdefault((name, scenario, k), []).append(score_blocks(
+                model, blocks, params, data.relevance_threshold, data.explicit, eligible,
+                still, seen))
 
 
 @dataclass
@@ -141,16 +151,17 @@ class Inputs:
     data: EpisodeData
     models_dir: Path
     _models: dict[int, dict[str, Any]] | None = None
-    _val: TaskBatch | None = None
+    _val: list[TaskBatch] | None = None
 
     def models(self) -> dict[int, dict[str, Any]]:
         if self._models is None:
             self._models = load_models(self.models_dir, self.data)
         return self._models
 
-    def val(self) -> TaskBatch:
+    def val(self) -> list[TaskBatch]:
+        """The validation tasks' :func:`task_blocks`."""
         if self._val is None:
-            self._val = validation_tasks(self.data)
+            self._val = task_blocks(validation_tasks(self.data), len(self.data.items))
         return self._val
 
     def __getstate__(self) -> dict[str, Any]:
@@ -164,10 +175,10 @@ def choose_job(inputs: Inputs, params: EvaluateParams, seed: int, name: str
     data, val, model = inputs.data, inputs.val(), inputs.models()[seed][name]
     steps = choose.choose_inner_steps({name: model}, val, params.inner_steps_grid, params,
                                       data.relevance_threshold, data.explicit)
-    state = model.adapt(val)
+    states = [model.adapt(b, i) for i, b in enumerate(val)]
     scores = choose.validation_scores({name: model}, val, params, data.relevance_threshold,
-                                      data.explicit, lambda m, b: state)
-    return steps.get(name), scores[name], None if choose.is_baseline(name) else state
+                                      data.explicit, lambda m, b, i: states[i])
+    return steps.get(name), scores[name], None if choose.is_baseline(name) else states
 
 
 def group_job(inputs: Inputs, params: EvaluateParams, group: TestGroup,
@@ -185,12 +196,12 @@ def group_job(inputs: Inputs, params: EvaluateParams, group: TestGroup,
     adapt = AdaptCache()
     ens = {name: Ensemble(name, [models[s][m] for s, m in members], adapt)
            for name, members in ensembles.items()}
-    batch = group.batch(data)
+    blocks = task_blocks(group.batch(data), len(data.items))
     rows: dict[int, list[dict[str, Any]]] = {}
     per_user: PerUser = {}
     zero: PerUser = {}
     for seed, group_models in [*models.items(), (ENSEMBLE_SEED, ens)]:
-        _score_group(group_models, seed, data, group, batch, params, adapt,
+        _score_group(group_models, seed, data, group, blocks, params, adapt,
                      rows.setdefault(seed, []), per_user, zero)
     return rows, per_user, zero
 
@@ -231,7 +242,7 @@ def evaluate(params: EvaluateParams, episodes_dir: str | Path, models_dir: str |
     ref_k = nearest_k(ks, params.curve_k)
     keys = [(seed, name) for seed, models in all_models.items() for name in models]
     with contextlib.ExitStack() as stack:
-        pool = stack.enter_context(Workers(inputs, params.workers, params.threads))
+        pool = stack.enter_context(Workers(inputs, params.workers, params.threads, "evaluate"))
         bar = stack.enter_context(progress("evaluate", len(keys) + len(groups) + 1))
         # 1. every choice on validation, model by model
         picked = pool.map(choose_job, [(params, seed, name) for seed, name in keys],
@@ -240,29 +251,31 @@ def evaluate(params: EvaluateParams, episodes_dir: str | Path, models_dir: str |
         choices: dict[str, Any] = {str(seed): {"inner_steps": {}} for seed in all_models}
         val_scores: dict[str, Any] = {str(seed): {} for seed in all_models}
         steps: dict[int, dict[str, tuple[int, int]]] = {seed: {} for seed in all_models}
-        for (seed, name), (record, score, state) in zip(keys, picked, strict=True):
+        for (seed, name), (record, score, states) in zip(keys, picked, strict=True):
             model = all_models[seed][name]
             if record is not None:
                 choices[str(seed)]["inner_steps"][name] = record
                 steps[seed][name] = (record["steps"], record["rank_steps"])
                 model.set_steps(rate=record["steps"], rank=record["rank_steps"])
             val_scores[str(seed)][name] = score
-            if state is not None:
-                adapt.put(model, val, state)
+            if states is not None:
+                for i, (block, state) in enumerate(zip(val, states, strict=True)):
+                    adapt.put(model, block, state, i)
         for seed in all_models:
             choices[str(seed)]["best_baseline"] = choose.best_baselines(val_scores[str(seed)],
                                                                         params)
 
         def val_score(model: Any) -> float:
-            return nanmean(score_batch(model, val, params, data.relevance_threshold,
-                                       data.explicit, state=adapt(model, val))[
-                                           catalogue_metric(params)])
+            states = [adapt(model, b, i) for i, b in enumerate(val)]
+            return nanmean(score_blocks(model, val, params, data.relevance_threshold,
+                                        data.explicit, states=states)[catalogue_metric(params)])
 
         meta = [n for n in next(iter(all_models.values()))    # variants stay out of the
                 if not choose.is_baseline(n) and views.SEP not in n]  # seed-ensembles
         ensembles, choices["ensembles"] = build_ensembles(all_models, meta,
                                                           params.ensemble_size, val_score, adapt)
-        adapt.forget(val)
+        for block in val:
+            adapt.forget(block)
         member = {id(m): (seed, name) for seed, models in all_models.items()
                   for name, m in models.items()}
         spec = {name: [member[id(m)] for m in ens.members] for name, ens in ensembles.items()}

@@ -32,11 +32,19 @@ def ridge_solve(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
 
 
 def ridge_inverse(g: torch.Tensor, lam: float) -> torch.Tensor:
-    """(G + lam I)^-1 of a symmetric positive semi-definite float64 G (m, m), lam > 0, by
-    Cholesky (half the work of a general inverse); G is left unchanged."""
+    """(G + lam I)^-1 of a symmetric positive semi-definite G (m, m), lam > 0, by Cholesky
+    (half the work of a general inverse), in G's dtype; G is left unchanged. float32 is ~2.3x
+    faster at 10^4 items (EASE past ``large_items``); where its factorisation breaks down (a
+    non-positive pivot from rounding, at a tiny lam) it is redone, and returned, in float64."""
     a = g.clone()
     a.diagonal().add_(lam)
-    factor = torch.linalg.cholesky(a)                                     # (m, m) lower
+    if g.dtype == torch.float64:
+        factor = torch.linalg.cholesky(a)                                 # (m, m) lower
+    else:
+        factor, info = torch.linalg.cholesky_ex(a)
+        if int(info):
+            del a, factor
+            return ridge_inverse(g.double(), lam)
     del a                                  # at most three m x m matrices (G included) at once
     return torch.cholesky_inverse(factor)                                 # (m, m)
 

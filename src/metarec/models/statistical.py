@@ -222,8 +222,8 @@ GridScores = Callable[[TaskBatch], Iterable[tuple[tuple[Any, ...], int, torch.Te
 
 
 def tune_product(make: Callable[..., Predictor], axes: dict[str, Sequence[Any]],
-                 data: EpisodeData, k: int, scores: GridScores | None = None
-                 ) -> tuple[Predictor, dict[str, Any]]:
+                 data: EpisodeData, k: int, scores: GridScores | None = None,
+                 search: str | None = None) -> tuple[Predictor, dict[str, Any]]:
     """Keep the combination of the ``axes`` values (``make(*values)``) with the highest
     validation catalogue nDCG@k (first in grid order wins; NaN never does); the record lists
     every combination and its score, and names the axes and the chosen value of each.
@@ -234,6 +234,12 @@ def tune_product(make: Callable[..., Predictor], axes: dict[str, Sequence[Any]],
     factorisation (EASE) or one similarity pass (ItemKNN) scores it without fitting each
     value, in blocks of tasks that bound its memory; only the chosen combination is built.
     Without it, every combination is built and ranks the whole batch.
+
+    ``search``, when given, says why ``scores`` scores only part of the grid (EASE walks its
+    penalties on a large catalogue): it is called as ``scores(batch, score)``, ``score(values)``
+    the nDCG of a combination whose every task it has yielded (to choose what to score
+    next), and the record lists only the scored combinations, in grid order, with ``search``;
+    the choice is the same rule over them.
     """
     grid = list(itertools.product(*axes.values()))
     batch = validation_batch(data)
@@ -244,18 +250,29 @@ def tune_product(make: Callable[..., Predictor], axes: dict[str, Sequence[Any]],
                 yield values, 0, model.rank(model.adapt(b))
     parts: dict[tuple[Any, ...], list[CatalogueMetrics]] = {}
     done: dict[tuple[Any, ...], int] = {}
-    for values, start, block in scores(batch):
+
+    def score(values: tuple[Any, ...]) -> float:
+        if done.get(values) != len(batch):
+            raise ValueError(f"grid scores of {values}: {done.get(values, 0)} of "
+                             f"{len(batch)} tasks scored")
+        return mean_ndcg(parts[values])
+
+    for values, start, block in scores(batch) if search is None else scores(batch, score):
         if start != done.get(values, 0):
             raise ValueError(f"grid scores of {values}: tasks from {start}, expected "
                              f"{done.get(values, 0)}")
         parts.setdefault(values, []).extend(
             block_metrics(block, batch, start, data.relevance_threshold, k))
         done[values] = start + block.shape[0]
-    if done != dict.fromkeys(grid, len(batch)):
+    if search is not None:
+        grid = [values for values in grid if values in done]
+    if not grid or done != dict.fromkeys(grid, len(batch)):
         raise ValueError(f"the grid scores cover {done} tasks, not {len(batch)} of each "
                          f"combination of {grid}")
     ndcg = [mean_ndcg(parts[values]) for values in grid]
     record: dict[str, Any] = {"grid": [plain(v) for v in grid], f"val_ndcg@{k}": ndcg}
+    if search is not None:
+        record["search"] = search
     chosen = max(range(len(grid)), key=lambda i: finite_or(ndcg[i]))   # first of the best
     best = make(*grid[chosen])
     if ndcg[chosen] != ndcg[chosen]:   # every score NaN: no task has a relevant query item
