@@ -162,6 +162,18 @@ def test_biased_mf_cold_user_is_a_ridge_fit_on_the_support(data: EpisodeData) ->
     assert pred[0, 1].item() == pytest.approx(MU + w[2], rel=1e-6)    # new item: mu + b_u
 
 
+def test_biased_mf_ranks_the_catalogue_as_it_rates_every_item(data: EpisodeData) -> None:
+    """Its catalogue ranking (one matrix product) is its rating of every item row."""
+    q = torch.tensor([[0.5, -1.0], [1.0, 0.2], [-0.3, 0.8], [0.0, 0.0]], dtype=torch.float64)
+    b_i = torch.tensor([0.3, -0.1, -0.4, 0.0], dtype=torch.float64)
+    mf = BiasedMF(MU, (1, 5), codes(q, data), codes(b_i, data), user_lambda=0.5).bind(data)
+    b = _val_batch(data)
+    state = mf.adapt(b)
+    every = torch.arange(mf.n_items).expand(len(b), mf.n_items)
+    torch.testing.assert_close(mf.rank(state), mf.rate(state, every), rtol=0, atol=1e-6)
+    assert mf.rank(state).std() > 0
+
+
 def test_batched_predictions_equal_task_by_task(data: EpisodeData) -> None:
     models = fit_baselines(data, seed=0)
     b = _val_batch(data)

@@ -433,6 +433,17 @@ def test_the_cheap_ease_grid_is_the_dense_grid(seed: int, top: int) -> None:
         b = -p / torch.diagonal(p)
         b.fill_diagonal_(0.0)
         dense[(w, lam)] = Ease(items, b, n, popularity, lam, w).bind(data)
+    batch = validation_tasks(data)                 # the ranking: each support row x B
+    x = torch.zeros(len(batch), n)
+    x[torch.arange(len(batch))[:, None].expand_as(batch.support_items)[batch.support_mask],
+      model.codes[batch.support_items][batch.support_mask]] = 1.0
+    head = x[:, model.items] @ model.weights
+    ranked = model.rank(batch)
+    pos = torch.full((n,), -1)
+    pos[model.items] = torch.arange(model.items.numel())
+    cols = torch.nonzero(pos[model.codes] >= 0).squeeze(1)
+    torch.testing.assert_close(ranked[:, cols], head[:, pos[model.codes[cols]]], rtol=0,
+                               atol=1e-5)
     choice, scores = dense_choice(data, dense)
     record = model.tuning["window, lam"]
     assert (model.window, model.lam) == choice
@@ -701,8 +712,7 @@ def test_the_itemknn_grid_from_one_similarity_pass_is_the_dense_grid(seed: int) 
 def test_ndcg_from_the_columns_that_reach_the_top_is_the_catalogue_ndcg(seed: int) -> None:
     """Ties at the k-th score (a group of 0 scores here), relevant items far below it, tasks
     with fewer candidates than k: every task's metrics are the whole catalogue's."""
-    from metarec.metrics import catalogue_metrics
-    from metarec.models.statistical import reach_top
+    from metarec.metrics import catalogue_metrics, reach_top
 
     gen = torch.Generator().manual_seed(seed)
     t, n, k = 40, 300, 5

@@ -238,6 +238,32 @@ class Tasks(Protocol):
     query_mask: torch.Tensor
 
 
+def reach_top(scores: torch.Tensor, candidates: torch.Tensor, relevant: torch.Tensor, k: int
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The columns of (B, N) scores that can change nDCG@k, in their order: candidates
+    scoring at least the k-th best candidate (ties included: a tie group's size enters its
+    averaged gain) and the relevant ones (their count is the ideal DCG's); the other columns
+    only shift positions past k. Sorting k-odd columns, not N, is what ranking a catalogue of
+    10^4-10^5 items for every grid value costs. Rows are padded with non-candidates; scores
+    with NaN or inf are returned whole (the metric rejects them)."""
+    b, n = scores.shape
+    s = scores.masked_fill(~candidates, -torch.inf)                        # (B, N)
+    if n <= k or not torch.isfinite(scores).all():
+        return scores, candidates, relevant
+    kth = s.topk(k, dim=1).values[:, -1:]                                  # (B, 1)
+    keep = candidates & ((s >= kth) | relevant)                            # (B, N)
+    count = keep.sum(1)                                                    # (B,)
+    width = int(count.max())
+    if 2 * width >= n:
+        return scores, candidates, relevant
+    row, col = torch.nonzero(keep, as_tuple=True)                          # in column order
+    at = (row, torch.arange(row.numel()) - (count.cumsum(0) - count)[row])  # place in its row
+    out = (torch.zeros(b, width), torch.zeros(b, width, dtype=torch.bool),
+           torch.zeros(b, width, dtype=torch.bool))
+    out[0][at], out[1][at], out[2][at] = scores[row, col], True, relevant[row, col]
+    return out
+
+
 def batch_catalogue_metrics(scores: torch.Tensor, batch: Tasks, threshold: float, k: int,
                             eligible: torch.Tensor | None = None,
                             seen: torch.Tensor | None = None) -> CatalogueMetrics:
@@ -246,7 +272,8 @@ def batch_catalogue_metrics(scores: torch.Tensor, batch: Tasks, threshold: float
     ``eligible`` ((N,) bool) narrows both (an item-cold scenario's new items); ``seen``
     ((T, N) bool) are items each user interacted with before the task's query period besides
     its support, never candidates (what the nightly batch never recommends either). The one
-    rule behind every validation choice and every test metric."""
+    rule behind every validation choice and every test metric; the candidates that cannot
+    reach the top k are left out of the sort (:func:`reach_top`: the same values)."""
     cands, rel = catalogue_targets(batch.support_items, batch.support_mask, batch.query_items,
                                    batch.query_ratings, batch.query_mask, scores.shape[1],
                                    threshold)
@@ -254,7 +281,7 @@ def batch_catalogue_metrics(scores: torch.Tensor, batch: Tasks, threshold: float
         cands, rel = cands & eligible, rel & eligible
     if seen is not None:
         cands, rel = cands & ~seen, rel & ~seen
-    return catalogue_metrics(scores, cands, rel, k)
+    return catalogue_metrics(*reach_top(scores, cands, rel, k), k)
 
 
 def finite_or(x: float, default: float = -1.0) -> float:

@@ -91,6 +91,13 @@ class BiasedMF(Baseline):
         score = torch.einsum("tcd,td->tc", self._features(items), state)   # (T, C)
         return self._clip(self.mu + self.item_bias[self.codes[items]] + score)
 
+    def rank(self, state: torch.Tensor) -> torch.Tensor:
+        """:meth:`rate` of the whole catalogue as one (T, d + 1) x (d + 1, N) product, not a
+        (T, N, d + 1) gather of the item factors (870 MB and ~5 s per 1,400 tasks at 10^4)."""
+        everything = torch.arange(self.n_items)
+        score = state @ self._features(everything).T.to(state.dtype)        # (T, N)
+        return self._clip(self.mu + self.item_bias[self.codes] + score)
+
     def extra_state(self) -> dict[str, Any]:
         return {"item_factors": self.item_factors, "item_bias": self.item_bias,
                 "user_lambda": self.user_lambda}

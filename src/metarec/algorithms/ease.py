@@ -44,7 +44,6 @@ from metarec.models.statistical import (
     RankingBaseline,
     interaction_matrix,
     sparse_product,
-    support_matrix,
     tune_product,
 )
 
@@ -239,8 +238,17 @@ class Ease(RankingBaseline):
         return best
 
     def rank(self, state: TaskBatch) -> torch.Tensor:
-        x = support_matrix(state, self.codes, self.n_codes)[:, self.items]   # (T, m)
-        head = x @ self.weights                                             # (T, m)
+        """x B for each task's binary support row x: a sparse product (the rows of B of its
+        support items, each once), not a dense (T, m) x (m, m) one: at 10^4 items the dense
+        product cost ~40 s per 6,000 tasks, the sparse one a few hundred times less."""
+        m, t = self.items.numel(), len(state)
+        sup = positions(self.items, self.n_codes)[self.codes[state.support_items]]  # (T, S)
+        keep = state.support_mask & (sup >= 0)
+        pair = torch.unique(torch.arange(t)[:, None].mul(m).add(sup)[keep])   # sorted, once
+        x = torch.sparse_coo_tensor(torch.stack([pair // m, pair % m]),
+                                    torch.ones(pair.numel()), (t, m), is_coalesced=True,
+                                    check_invariants=True)
+        head = torch.sparse.mm(x, self.weights)                             # (T, m)
         out = torch.zeros(len(state), self.n_codes)                         # (T, n_codes)
         out[:, self.items] = head
         if self.popularity.numel():

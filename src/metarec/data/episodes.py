@@ -247,6 +247,11 @@ def build(params: EpisodesParams, inp: str | Path, out: str | Path,
                     "too_few": info["too_few"]}
     log.info("episodes: %d tasks (%s)", len(starts),
              {s: sum(sum(v.values()) for v in d.values()) for s, d in summary["tasks"].items()})
+    n_val = int(firsts.loc[firsts["split"] == "val", "user_id"].nunique())
+    if params.val_users and n_val > params.val_users:
+        log.info("episodes: every choice on validation reads the tasks of %d of the %d "
+                 "validation users (episodes.val_users, a sample drawn with episodes.seed)",
+                 params.val_users, n_val)
     return data_metrics
 
 

@@ -27,6 +27,7 @@ from metarec.metrics import (
     catalogue_targets,
     finite_or,
     mae,
+    reach_top,
 )
 from metarec.models.base import Algorithm, Predictor
 
@@ -180,31 +181,6 @@ def block_metrics(scores: torch.Tensor, batch: TaskBatch, start: int, threshold:
     return parts
 
 
-def reach_top(scores: torch.Tensor, candidates: torch.Tensor, relevant: torch.Tensor, k: int
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The columns of (B, N) scores that can change nDCG@k, in their order: candidates
-    scoring at least the k-th best candidate (ties included: a tie group's size enters its
-    averaged gain) and the relevant ones (their count is the ideal DCG's); the other columns
-    only shift positions past k. Sorting k-odd columns, not N, is what ranking a catalogue of
-    10^4-10^5 items for every grid value costs. Rows are padded with non-candidates; scores
-    with NaN or inf are returned whole (the metric rejects them)."""
-    b, n = scores.shape
-    s = scores.masked_fill(~candidates, -torch.inf)                        # (B, N)
-    if n <= k or not torch.isfinite(scores).all():
-        return scores, candidates, relevant
-    kth = s.topk(k, dim=1).values[:, -1:]                                  # (B, 1)
-    keep = candidates & ((s >= kth) | relevant)                            # (B, N)
-    width = int(keep.sum(1).max())
-    if 2 * width >= n:
-        return scores, candidates, relevant
-    row, col = torch.nonzero(keep, as_tuple=True)                          # in column order
-    at = (row, keep.long().cumsum(1)[row, col] - 1)
-    out = (torch.zeros(b, width), torch.zeros(b, width, dtype=torch.bool),
-           torch.zeros(b, width, dtype=torch.bool))
-    out[0][at], out[1][at], out[2][at] = scores[row, col], True, relevant[row, col]
-    return out
-
-
 def mean_ndcg(parts: list[CatalogueMetrics]) -> float:
     """Mean nDCG over the evaluated tasks of the blocks ``parts``, in task order."""
     return CatalogueMetrics(*(torch.cat([getattr(m, f.name) for m in parts])
@@ -311,13 +287,6 @@ def _csr(x: torch.Tensor) -> scipy.sparse.csr_matrix:
     x = x.coalesce()
     rows, cols = x.indices().numpy()
     return scipy.sparse.csr_matrix((x.values().numpy(), (rows, cols)), shape=tuple(x.shape))
-
-
-def support_matrix(batch: TaskBatch, codes: torch.Tensor, n_codes: int) -> torch.Tensor:
-    """(T, n_codes) binary rows: which item codes each task's support holds."""
-    x = torch.zeros(len(batch), n_codes)
-    x.scatter_reduce_(1, codes[batch.support_items], batch.support_mask.float(), reduce="amax")
-    return x
 
 
 class RankingBaseline(Baseline):
