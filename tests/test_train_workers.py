@@ -207,11 +207,54 @@ def test_a_worker_killed_by_the_system_is_named_in_one_clear_error() -> None:
     and the pool runs again afterwards."""
     with Workers(None, 2, 1, "evaluate") as pool:
         with pytest.raises(WorkerLost, match=r"evaluate: a worker process died while "
-                           r"running _killed jobs \([01] of 3 done\).*GiB.*evaluate.workers "
+                           r"running _killed jobs \([0-2] of 3 done\).*GiB.*evaluate.workers "
                            r"to 1") as caught:
             pool.map(_killed, [(False,), (True,), (False,)])
         assert permanent(caught.value) is None
         assert pool.map(_killed, [(False,), (False,)]) == [1, 1]
+
+
+STAGE = """
+import os, sys, time
+from metarec.workers import Workers
+
+def job(shared, seconds):
+    print(os.getpid(), flush=True)
+    time.sleep(seconds)
+    return seconds
+
+if __name__ == "__main__":
+    with Workers(None, 2, 1) as pool:
+        pool.map(job, [(300,), (300,)])
+"""
+
+
+def test_workers_end_with_a_stage_process_that_is_killed(tmp_path: Path) -> None:
+    """A stage killed past its cleanup (SIGKILL, the OOM killer) takes its workers with it,
+    not leaving them to finish their jobs on the cores of whatever runs next."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "stage.py"
+    script.write_text(STAGE)
+    stage = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    pids = [int(stage.stdout.readline()) for _ in range(2)]       # both jobs running
+    stage.kill()
+    stage.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [pid for pid in pids if _running(pid)]
+    assert not alive, f"workers {alive} outlived their stage"
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"     # a zombie has ended
+    except FileNotFoundError:
+        return False
 
 
 def test_ddp_trains_in_the_processes_torchrun_started() -> None:

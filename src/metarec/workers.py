@@ -22,7 +22,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing as mp
+import os
 import pickle
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -52,10 +55,21 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.use_deterministic_algorithms(det)
 
 
-def _start(shared: Any, threads: int, logs: Any, level: int) -> None:
-    """Worker initialiser: keep the inputs, fix the threads, forward log records."""
+def _orphan_watch(parent: int, every: float = 1.0) -> None:
+    """End this worker once the stage's process is gone (killed past its cleanup): a pool's
+    worker would otherwise finish its job, tens of minutes on a large log, on the cores of
+    whatever runs next (seen: two workers of a killed evaluate ran on for half an hour)."""
+    while os.getppid() == parent:
+        time.sleep(every)
+    os._exit(1)
+
+
+def _start(shared: Any, threads: int, logs: Any, level: int, parent: int) -> None:
+    """Worker initialiser: keep the inputs, fix the threads, forward log records, and end
+    with the parent process (:func:`_orphan_watch`)."""
     global _SHARED, _THREADS
     _SHARED, _THREADS = shared, threads
+    threading.Thread(target=_orphan_watch, args=(parent,), daemon=True).start()
     # the record's message alone: the parent's handlers add level and name (basicConfig's
     # default format would put "INFO:metarec.progress:" inside the message)
     handler = QueueHandler(logs)
@@ -108,7 +122,7 @@ class Workers:
             self._stack.callback(self._listener.stop)
             self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_start,
                                              initargs=(self.shared, self.threads, logs,
-                                                       root.getEffectiveLevel()))
+                                                       root.getEffectiveLevel(), os.getpid()))
             self._stack.callback(self._pool.shutdown, cancel_futures=True)
         return self._pool
 
