@@ -239,8 +239,8 @@ class Ease(RankingBaseline):
 
     def rank(self, state: TaskBatch) -> torch.Tensor:
         """x B for each task's binary support row x: a sparse product (the rows of B of its
-        support items, each once), not a dense (T, m) x (m, m) one: at 10^4 items the dense
-        product cost ~40 s per 6,000 tasks, the sparse one a few hundred times less."""
+        support items, each once), not a dense (T, m) x (m, m) one: T x S x m additions
+        instead of T x m x m (10^4 items, 20 support items: 500x fewer)."""
         m, t = self.items.numel(), len(state)
         sup = positions(self.items, self.n_codes)[self.codes[state.support_items]]  # (T, S)
         keep = state.support_mask & (sup >= 0)

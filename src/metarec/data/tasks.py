@@ -72,9 +72,9 @@ class EpisodeData:
     @functools.cached_property
     def validation_users(self) -> np.ndarray | None:
         """The ids of the validation users whose tasks every choice reads: a seeded sample of
-        ``episodes.val_users`` of them, in id order (None: every one). Checking every model
-        against 13,000 tasks of a 30,000-user log cost more than training it; a thousand
-        users' tasks rank models as surely, and the sample is the same for every model."""
+        ``episodes.val_users`` of them, in id order (None: every one). Checked against the
+        13,291 validation tasks of a 30,000-user log, a fit of 50 outer steps took 44 s,
+        mostly validating; the sample is the same for every model."""
         draws = self.vocab.get("draws", {})
         limit = int(draws.get("val_users", 0))
         users = np.sort(self.tasks.loc[self.tasks["split"] == "val", "user_id"].unique())

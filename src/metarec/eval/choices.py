@@ -19,13 +19,7 @@ from metarec import algorithms
 from metarec.config import EvaluateParams
 from metarec.data.tasks import TaskBatch
 from metarec.data.views import base_name
-from metarec.eval.scoring import (
-    cat_values,
-    catalogue_metric,
-    nanmean,
-    score_batch,
-    score_blocks,
-)
+from metarec.eval.scoring import catalogue_metric, nanmean, score_blocks, score_grid
 
 
 def is_baseline(name: str) -> bool:
@@ -48,14 +42,8 @@ def choose_inner_steps(models: dict[str, Any], val: list[TaskBatch], grid: tuple
         if not model.adapts:          # declared: an inner loop whose steps can be set
             continue
         mse, ndcg = {}, {}
-        parts: dict[int, list[dict[str, torch.Tensor]]] = {s: [] for s in grid}
-        for i, block in enumerate(val):
-            states = model.adapt_grid(block, grid, i)   # one inner loop for the whole grid
-            for steps in grid:
-                parts[steps].append(score_batch(model, block, params, threshold, explicit,
-                                                state=states[steps]))
-        for steps in grid:
-            vals = cat_values(parts[steps])
+        by_steps = score_grid(model, val, grid, params, threshold, explicit)
+        for steps, vals in by_steps.items():
             if model.predicts_ratings and explicit:   # pooled MSE over ratings, from per-task RMSE
                 mse[steps] = float((vals["rmse"].double() ** 2 * n).nansum() / n.sum())
             ndcg[steps] = nanmean(vals[ck])

@@ -44,13 +44,12 @@ from metarec.eval.ensembles import ENSEMBLE_SEED, Ensemble, build_ensembles
 from metarec.eval.groups import TestGroup, cross_pairs, groups_of, nearest_k
 from metarec.eval.headline import headline
 from metarec.eval.scoring import (
-    cat_values,
     catalogue_metric,
     eligible_items,
     metric_names,
     nanmean,
-    score_batch,
     score_blocks,
+    score_grid,
     seen_items,
     task_blocks,
 )
@@ -81,14 +80,9 @@ def steps_curve(models: dict[str, Any], data: EpisodeData, k: int, params: Evalu
     for name, model in models.items():
         if not model.adapts or len(batch) == 0:
             continue
-        parts: list[list[dict[str, Any]]] = [[] for _ in range(11)]
-        for i, block in enumerate(blocks):
-            states = model.adapt_grid(block, range(0, 11), i)   # one inner loop of 10 steps
-            for steps in range(0, 11):
-                parts[steps].append(score_batch(model, block, params, data.relevance_threshold,
-                                                data.explicit, state=states[steps]))
-        for steps in range(0, 11):
-            vals = cat_values(parts[steps])
+        by_steps = score_grid(model, blocks, range(0, 11), params, data.relevance_threshold,
+                              data.explicit)                # one inner loop of 10 steps
+        for steps, vals in by_steps.items():
             rows.append({"model": name, "steps": steps, "seed": seed,
                          **{m: plain(nanmean(vals[m])) for m in ("mae",
                                                                  catalogue_metric(params))}})
@@ -137,10 +131,9 @@ def _score_group(models: dict[str, Any], seed: int, data: EpisodeData, group: Te
                      "users": users,
                      **{m: plain(nanmean(v), 6) for m, v in vals.items()}})
         if model.adapts:
-            still = [model.adapt_grid(b, [0], i)[0] for i, b in enumerate(blocks)]
-            zero.setdefault((name, scenario, k), []).append(score_blocks(
-                model, blocks, params, data.relevance_threshold, data.explicit, eligible,
-                still, seen))
+            zero.setdefault((name, scenario, k), []).append(score_grid(
+                model, blocks, [0], params, data.relevance_threshold, data.explicit, eligible,
+                seen)[0])
 
 
 @dataclass

@@ -8,6 +8,7 @@ changes every name downstream: JSON, report, README.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -113,6 +114,23 @@ def score_blocks(model: Predictor, blocks: list[TaskBatch], params: EvaluatePara
                                    state=model.adapt(b, i) if states is None else states[i],
                                    seen=None if seen is None else seen[i])
                        for i, b in enumerate(blocks)])
+
+
+def score_grid(model: Predictor, blocks: list[TaskBatch], grid: Sequence[int],
+               params: EvaluateParams, threshold: float, explicit: bool = True,
+               eligible: torch.Tensor | None = None,
+               seen: list[torch.Tensor | None] | None = None
+               ) -> dict[int, dict[str, torch.Tensor]]:
+    """{steps: per-task values (T,)} of an adaptive model with each number of test-time inner
+    steps in ``grid``: block i adapted once (chunk i) for the longest, then scored at each."""
+    parts: dict[int, list[dict[str, torch.Tensor]]] = {s: [] for s in grid}
+    for i, block in enumerate(blocks):
+        states = model.adapt_grid(block, grid, i)        # one inner loop for the whole grid
+        for steps in grid:
+            parts[steps].append(score_batch(model, block, params, threshold, explicit,
+                                            eligible, state=states[steps],
+                                            seen=None if seen is None else seen[i]))
+    return {steps: cat_values(parts[steps]) for steps in grid}
 
 
 ITEM_COLD = ("item_cold", "user_item_cold")
